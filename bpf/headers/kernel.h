@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The few kernel types and constants workerstats' programs use. Struct
+ * layouts are relocated at load time (CO-RE, preserve_access_index), so only
+ * the fields we read are named here and their order does not matter. This
+ * keeps the build independent of the build machine's kernel and of a
+ * multi-megabyte vmlinux.h.
+ */
+#ifndef WORKERSTATS_KERNEL_H
+#define WORKERSTATS_KERNEL_H
+
+typedef signed char __s8;
+typedef unsigned char __u8;
+typedef short __s16;
+typedef unsigned short __u16;
+typedef int __s32;
+typedef unsigned int __u32;
+typedef long long __s64;
+typedef unsigned long long __u64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef __u16 umode_t;
+
+/* UAPI constants (include/uapi/linux/bpf.h), stable by definition. */
+enum {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
+};
+enum {
+	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
+	BPF_EXIST = 2,
+};
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define MSG_PEEK 2
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	__u64 start_boottime;
+	struct files_struct *files;
+};
+
+struct inode {
+	umode_t i_mode;
+};
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+};
+
+struct sock;
+
+struct socket {
+	struct sock *sk;
+};
+
+#pragma clang attribute pop
+
+/* Argument block of raw tracepoints. */
+struct bpf_raw_tracepoint_args {
+	__u64 args[0];
+};
+
+#endif

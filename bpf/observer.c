@@ -1,0 +1,393 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * workerstats kernel side: per-worker request accounting for pre-fork pools.
+ *
+ * Userspace puts a pool's master into `workers` (role MASTER) with the
+ * workers it already has (role WORKER). From then on the kernel follows the
+ * pool by itself: a process forked by a master becomes a worker, an exiting
+ * worker is marked dead (userspace folds its final counts and deletes it).
+ *
+ * A connection belongs to the worker that accepted it: accept() adds the
+ * socket to `conns`, close() removes it. Only bytes moved on sockets in
+ * `conns` are counted, so a worker's own outbound connections never count.
+ *
+ * A request is inbound data on an accepted connection and the response to it:
+ * the first inbound bytes after an idle or answered state start one; the
+ * response ends at its last outbound byte, which is known when the next
+ * request starts or the connection closes.
+ *
+ * Bytes come from one of two attachment sets, picked by userspace:
+ *  - sock:sock_recv_length / sock:sock_send_length (kernel >= 6.3), which
+ *    hand us the socket directly;
+ *  - syscall enter/exit tracepoints of read/write/send/recv and friends,
+ *    resolving the fd to its socket at enter (any kernel with BTF).
+ *
+ * Every program filters on "is the current process a watched worker" first:
+ * one hash lookup keyed by tgid, before any other work.
+ */
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+enum role {
+	ROLE_MASTER = 1,
+	ROLE_WORKER = 2,
+};
+
+/* Per-process entry, keyed by tgid: a threaded worker is one worker. */
+struct worker {
+	__u32 role;
+	__u32 master;       /* tgid of the master, for workers */
+	__u64 start_ns;     /* task start_boottime, ns: (pid, start) identifies a process */
+	__u64 exit_ns;      /* 0 while alive; bpf_ktime_get_ns() at exit */
+	__u64 accepts;      /* connections accepted */
+	__u64 requests;     /* requests started */
+	__u64 closes;       /* accepted connections closed */
+	__u64 rx;           /* bytes received on accepted connections */
+	__u64 tx;           /* bytes sent on accepted connections */
+	__u64 rt_ns;        /* sum of finished requests' durations */
+	__u64 avg_rt_ns;    /* uWSGI's running average: avg = (avg + rt) / 2 */
+	__u64 finished;     /* requests whose duration is in rt_ns */
+	__s64 in_progress;  /* requests started and not yet finished */
+};
+
+enum conn_state {
+	CONN_IDLE = 0,      /* no request yet, or the last one was finished */
+	CONN_RECEIVING = 1, /* inbound data seen, no response yet */
+	CONN_RESPONDING = 2 /* response bytes sent */
+};
+
+struct conn {
+	__u32 owner; /* tgid of the worker that accepted it */
+	__u32 state;
+	__u64 req_start_ns;
+	__u64 last_tx_ns;
+};
+
+/* Global per-CPU counters, indexed by enum counter: what was tracked, and what could not be. */
+enum counter {
+	CNT_CONN_TRACKED = 0,  /* accepted connections added to conns */
+	CNT_CONN_CLOSED = 1,   /* tracked connections closed */
+	CNT_CONN_FULL = 2,     /* accepted connections not tracked: conns insert failed */
+	CNT_CONN_STALE = 3,    /* a socket address reused while still in conns (close missed) */
+	CNT_WORKER_FULL = 4,   /* new worker not tracked: workers insert failed */
+	CNT_WORKER_REUSED = 5, /* a dead worker's unread entry overwritten by a reused pid */
+	CNT_INFLIGHT_FULL = 6, /* syscall path: a send/recv not tracked */
+	CNT_MAX = 7,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct worker);
+} workers SEC(".maps");
+
+/* LRU: a missed close (fd closed by exit, dup2, close_range) cannot fill it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+/* Syscall path: socket of a send/recv between its enter and exit, by thread. */
+struct inflight {
+	__u64 sk;
+	__u32 dir; /* DIR_RECV or DIR_SEND */
+	__u32 pad;
+};
+
+enum { DIR_RECV = 0, DIR_SEND = 1 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, enum counter);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Tracepoint contexts: layouts of /sys/kernel/tracing/events/.../format. */
+struct sys_enter_ctx {
+	__u64 common;
+	long id;
+	unsigned long args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	long id;
+	long ret;
+};
+
+struct sock_msg_length_ctx {
+	__u64 common;
+	void *sk;
+	__u16 family;
+	__u16 protocol;
+	int ret;
+	int flags;
+};
+
+static __always_inline void count(enum counter c)
+{
+	__u32 idx = c;
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1; /* per-CPU: no atomic needed */
+}
+
+/* The current process's entry if it is a live worker, else NULL. */
+static __always_inline struct worker *current_worker(__u32 *tgid)
+{
+	*tgid = bpf_get_current_pid_tgid() >> 32;
+	struct worker *w = bpf_map_lookup_elem(&workers, tgid);
+	if (!w || w->role != ROLE_WORKER || w->exit_ns)
+		return 0;
+	return w;
+}
+
+/* fd of the current task -> its struct sock *, or 0 when not a socket. */
+static __always_inline __u64 fd_to_sock(unsigned long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	return (__u64)BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline struct worker *owner_of(struct conn *c, __u32 tgid, struct worker *cur)
+{
+	if (c->owner == tgid)
+		return cur;
+	return bpf_map_lookup_elem(&workers, &c->owner);
+}
+
+/* Close the request running on c, ending at its last response byte. */
+static __always_inline void finish_request(struct worker *w, struct conn *c, __u64 now)
+{
+	__u64 end = c->state == CONN_RESPONDING ? c->last_tx_ns : now;
+	__u64 rt = end > c->req_start_ns ? end - c->req_start_ns : 0;
+	__sync_fetch_and_add(&w->rt_ns, rt);
+	__sync_fetch_and_add(&w->finished, 1);
+	__sync_fetch_and_add(&w->in_progress, -1);
+	w->avg_rt_ns = (w->avg_rt_ns + rt) / 2;
+	c->state = CONN_IDLE;
+}
+
+static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c)
+		return; /* not an accepted connection: outbound, pipe, file... */
+	struct worker *w = owner_of(c, tgid, cur);
+	if (!w)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (dir == DIR_SEND) {
+		__sync_fetch_and_add(&w->tx, n);
+		c->last_tx_ns = now;
+		if (c->state == CONN_RECEIVING)
+			c->state = CONN_RESPONDING;
+		return;
+	}
+	__sync_fetch_and_add(&w->rx, n);
+	if (c->state == CONN_RECEIVING)
+		return; /* more of the same request */
+	if (c->state == CONN_RESPONDING)
+		finish_request(w, c, now); /* keep-alive: the previous one is answered */
+	__sync_fetch_and_add(&w->requests, 1);
+	__sync_fetch_and_add(&w->in_progress, 1);
+	c->req_start_ns = now;
+	c->state = CONN_RECEIVING;
+}
+
+/* ---- process lifecycle ---- */
+
+SEC("raw_tracepoint/sched_process_fork")
+int on_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *parent = (struct task_struct *)ctx->args[0];
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	struct worker *m = bpf_map_lookup_elem(&workers, &ptgid);
+	if (!m || m->role != ROLE_MASTER || m->exit_ns)
+		return 0;
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 pid = BPF_CORE_READ(child, pid);
+	__u32 tgid = BPF_CORE_READ(child, tgid);
+	if (pid != tgid)
+		return 0; /* a new thread of the master, not a worker */
+
+	struct worker *old = bpf_map_lookup_elem(&workers, &tgid);
+	if (old && old->exit_ns)
+		count(CNT_WORKER_REUSED);
+	struct worker w = {
+		.role = ROLE_WORKER,
+		.master = ptgid,
+		.start_ns = BPF_CORE_READ(child, start_boottime),
+	};
+	if (bpf_map_update_elem(&workers, &tgid, &w, BPF_ANY))
+		count(CNT_WORKER_FULL);
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exit")
+int on_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	__u32 pid = BPF_CORE_READ(task, pid);
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	if (pid != tgid)
+		return 0; /* a thread; the process lives on */
+	struct worker *w = bpf_map_lookup_elem(&workers, &tgid);
+	if (w && !w->exit_ns) {
+		w->exit_ns = bpf_ktime_get_ns();
+		w->in_progress = 0;
+	}
+	return 0;
+}
+
+/* ---- connections ---- */
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int on_accept_exit(struct sys_exit_ctx *ctx)
+{
+	__u32 tgid;
+	struct worker *w = current_worker(&tgid);
+	if (!w || ctx->ret < 0)
+		return 0;
+	__u64 sk = fd_to_sock(ctx->ret);
+	if (!sk)
+		return 0;
+	if (bpf_map_lookup_elem(&conns, &sk))
+		count(CNT_CONN_STALE);
+	struct conn c = { .owner = tgid };
+	if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
+		count(CNT_CONN_FULL);
+		return 0;
+	}
+	count(CNT_CONN_TRACKED);
+	__sync_fetch_and_add(&w->accepts, 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int on_close_enter(struct sys_enter_ctx *ctx)
+{
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (!cur)
+		return 0;
+	__u64 sk = fd_to_sock(ctx->args[0]);
+	if (!sk)
+		return 0;
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c)
+		return 0;
+	struct worker *w = owner_of(c, tgid, cur);
+	if (w) {
+		if (c->state != CONN_IDLE)
+			finish_request(w, c, bpf_ktime_get_ns());
+		__sync_fetch_and_add(&w->closes, 1);
+	}
+	bpf_map_delete_elem(&conns, &sk);
+	count(CNT_CONN_CLOSED);
+	return 0;
+}
+
+/* ---- bytes, socket path (kernel >= 6.3) ---- */
+
+static __always_inline int sock_length(struct sock_msg_length_ctx *ctx, __u32 dir)
+{
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (!cur || ctx->ret <= 0 || (ctx->flags & MSG_PEEK))
+		return 0;
+	on_bytes((__u64)ctx->sk, dir, ctx->ret, tgid, cur);
+	return 0;
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int on_sock_recv(struct sock_msg_length_ctx *ctx)
+{
+	return sock_length(ctx, DIR_RECV);
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int on_sock_send(struct sock_msg_length_ctx *ctx)
+{
+	return sock_length(ctx, DIR_SEND);
+}
+
+/* ---- bytes, syscall path (any kernel) ---- */
+
+static __always_inline int data_enter(struct sys_enter_ctx *ctx, __u32 dir)
+{
+	__u32 tgid;
+	if (!current_worker(&tgid))
+		return 0;
+	__u64 sk = fd_to_sock(ctx->args[0]);
+	if (!sk || !bpf_map_lookup_elem(&conns, &sk))
+		return 0; /* not an accepted connection: nothing to do at exit */
+	__u64 id = bpf_get_current_pid_tgid();
+	struct inflight f = { .sk = sk, .dir = dir };
+	if (bpf_map_update_elem(&inflight, &id, &f, BPF_ANY))
+		count(CNT_INFLIGHT_FULL);
+	return 0;
+}
+
+/* Attached to sys_enter_{read,readv,recvfrom,recvmsg}: args[0] is the fd. */
+SEC("tracepoint/syscalls/sys_enter_read")
+int on_recv_enter(struct sys_enter_ctx *ctx)
+{
+	return data_enter(ctx, DIR_RECV);
+}
+
+/* Attached to sys_enter_{write,writev,sendto,sendmsg,sendfile64}: args[0] is the (out) fd. */
+SEC("tracepoint/syscalls/sys_enter_write")
+int on_send_enter(struct sys_enter_ctx *ctx)
+{
+	return data_enter(ctx, DIR_SEND);
+}
+
+/* Attached to the sys_exit of every syscall above. */
+SEC("tracepoint/syscalls/sys_exit_read")
+int on_data_exit(struct sys_exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct inflight *f = bpf_map_lookup_elem(&inflight, &id);
+	if (!f)
+		return 0;
+	__u64 sk = f->sk;
+	__u32 dir = f->dir;
+	bpf_map_delete_elem(&inflight, &id);
+	if (ctx->ret <= 0)
+		return 0;
+	__u32 tgid = id >> 32;
+	struct worker *cur = bpf_map_lookup_elem(&workers, &tgid);
+	if (!cur)
+		return 0;
+	on_bytes(sk, dir, ctx->ret, tgid, cur);
+	return 0;
+}

@@ -1,0 +1,408 @@
+package observer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/bpf"
+)
+
+// Hook sets: where the kernel side learns of bytes moved.
+const (
+	HooksAuto    = "auto"
+	HooksSock    = "sock"    // sock:sock_{send,recv}_length, Linux >= 6.3
+	HooksSyscall = "syscall" // syscall enter/exit tracepoints, any kernel with BTF
+)
+
+// TracefsDir is where workerstats expects (and, as root, mounts) tracefs.
+const TracefsDir = "/sys/kernel/tracing"
+
+// EBPFOptions configure the eBPF observer.
+type EBPFOptions struct {
+	Hooks string // HooksAuto, HooksSock or HooksSyscall
+	// BPFStats turns on the kernel's per-program run-time statistics
+	// (kernel.bpf_stats_enabled) while the observer runs, and reports them.
+	BPFStats bool
+	Log      *slog.Logger
+}
+
+// EBPF counts per worker in the kernel. It implements Kernel.
+type EBPF struct {
+	objs  bpf.ObserverObjects
+	links []link.Link
+	hooks string
+	stats io.Closer
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	swept   uint64 // connections of exited owners removed by Sweep
+	evicted uint64 // connections the LRU dropped while open, as of the last Sweep
+}
+
+var (
+	recvSyscalls = []string{"read", "readv", "recvfrom", "recvmsg"}
+	sendSyscalls = []string{"write", "writev", "sendto", "sendmsg", "sendfile64"}
+)
+
+// LoadEBPF checks the kernel, loads the programs and attaches them.
+func LoadEBPF(opts EBPFOptions) (*EBPF, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		return nil, fmt.Errorf("kernel BTF is not available (%w): workerstats needs a kernel built with CONFIG_DEBUG_INFO_BTF=y, or use --mode procfs", err)
+	}
+	if err := ensureTracefs(); err != nil {
+		return nil, err
+	}
+	hooks, err := chooseHooks(opts.Hooks)
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
+	}
+
+	e := &EBPF{hooks: hooks, log: log}
+	if opts.BPFStats {
+		if e.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
+			return nil, fmt.Errorf("enable eBPF run-time statistics: %w", err)
+		}
+	}
+	if err := bpf.LoadObserverObjects(&e.objs, nil); err != nil {
+		e.Close()
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			log.Error("the kernel's verifier refused a program", "log", fmt.Sprintf("%+v", ve))
+		}
+		return nil, fmt.Errorf("load eBPF programs: %w", err)
+	}
+	if err := e.attach(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	log.Info("eBPF programs attached", "hooks", hooks, "links", len(e.links))
+	return e, nil
+}
+
+// ensureTracefs mounts tracefs at TracefsDir when it is not there; attaching
+// tracepoints needs it.
+func ensureTracefs() error {
+	if _, err := os.Stat(filepath.Join(TracefsDir, "events")); err == nil {
+		return nil
+	}
+	if err := unix.Mount("tracefs", TracefsDir, "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("tracefs is not mounted and mounting it at %s failed (%w): run as root, or mount it with 'mount -t tracefs tracefs %s'", TracefsDir, err, TracefsDir)
+	}
+	return nil
+}
+
+func tracepointExists(group, name string) bool {
+	_, err := os.Stat(filepath.Join(TracefsDir, "events", group, name, "id"))
+	return err == nil
+}
+
+// chooseHooks resolves HooksAuto against what this kernel has.
+func chooseHooks(want string) (string, error) {
+	sock := tracepointExists("sock", "sock_send_length") && tracepointExists("sock", "sock_recv_length")
+	switch want {
+	case "", HooksAuto:
+		if sock {
+			return HooksSock, nil
+		}
+		return HooksSyscall, nil
+	case HooksSock:
+		if !sock {
+			return "", fmt.Errorf("--hooks sock needs the sock:sock_send_length and sock:sock_recv_length tracepoints (Linux 6.3 or newer), which this kernel lacks: use --hooks syscall or auto")
+		}
+		return HooksSock, nil
+	case HooksSyscall:
+		return HooksSyscall, nil
+	}
+	return "", fmt.Errorf("--hooks %q is not one of auto, sock, syscall", want)
+}
+
+func (e *EBPF) tracepoint(group, name string, prog *ebpf.Program) error {
+	l, err := link.Tracepoint(group, name, prog, nil)
+	if err != nil {
+		return fmt.Errorf("attach to tracepoint %s:%s: %w", group, name, err)
+	}
+	e.links = append(e.links, l)
+	return nil
+}
+
+func (e *EBPF) attach() error {
+	p := &e.objs.ObserverPrograms
+	for name, prog := range map[string]*ebpf.Program{
+		"sched_process_fork": p.OnFork,
+		"sched_process_exit": p.OnExit,
+	} {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: name, Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach to raw tracepoint %s: %w", name, err)
+		}
+		e.links = append(e.links, l)
+	}
+	for _, sc := range []string{"accept4", "accept"} {
+		if err := e.tracepoint("syscalls", "sys_exit_"+sc, p.OnAcceptExit); err != nil {
+			return err
+		}
+	}
+	if err := e.tracepoint("syscalls", "sys_enter_close", p.OnCloseEnter); err != nil {
+		return err
+	}
+	if e.hooks == HooksSock {
+		if err := e.tracepoint("sock", "sock_recv_length", p.OnSockRecv); err != nil {
+			return err
+		}
+		return e.tracepoint("sock", "sock_send_length", p.OnSockSend)
+	}
+	for _, sc := range recvSyscalls {
+		if err := e.tracepoint("syscalls", "sys_enter_"+sc, p.OnRecvEnter); err != nil {
+			return err
+		}
+	}
+	for _, sc := range sendSyscalls {
+		if err := e.tracepoint("syscalls", "sys_enter_"+sc, p.OnSendEnter); err != nil {
+			return err
+		}
+	}
+	for _, sc := range append(append([]string{}, recvSyscalls...), sendSyscalls...) {
+		if err := e.tracepoint("syscalls", "sys_exit_"+sc, p.OnDataExit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Hooks reports the hook set in use: HooksSock or HooksSyscall.
+func (e *EBPF) Hooks() string { return e.hooks }
+
+const (
+	roleMaster = 1
+	roleWorker = 2
+)
+
+// Watch implements Kernel.
+func (e *EBPF) Watch(master Proc, workers []Proc) error {
+	m := bpf.ObserverWorker{Role: roleMaster, StartNs: ticksToNs(master.StartTicks)}
+	if err := e.objs.Workers.Put(uint32(master.PID), &m); err != nil {
+		return fmt.Errorf("add master %d to the kernel map: %w", master.PID, err)
+	}
+	for _, w := range workers {
+		v := bpf.ObserverWorker{Role: roleWorker, Master: uint32(master.PID), StartNs: ticksToNs(w.StartTicks)}
+		// NoExist: a worker the kernel saw fork meanwhile keeps its counts.
+		err := e.objs.Workers.Update(uint32(w.PID), &v, ebpf.UpdateNoExist)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return fmt.Errorf("add worker %d to the kernel map: %w", w.PID, err)
+		}
+	}
+	return nil
+}
+
+// Workers implements Kernel.
+func (e *EBPF) Workers() ([]Counters, error) {
+	var (
+		pid uint32
+		v   bpf.ObserverWorker
+		out []Counters
+	)
+	it := e.objs.Workers.Iterate()
+	for it.Next(&pid, &v) {
+		if v.Role != roleWorker {
+			continue
+		}
+		out = append(out, Counters{
+			PID:        int(pid),
+			Master:     int(v.Master),
+			Start:      v.StartNs,
+			Exited:     v.ExitNs != 0,
+			Accepts:    v.Accepts,
+			Requests:   v.Requests,
+			Closes:     v.Closes,
+			RX:         v.Rx,
+			TX:         v.Tx,
+			RunNs:      v.RtNs,
+			AvgRTNs:    v.AvgRtNs,
+			InProgress: v.InProgress,
+		})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate workers map: %w", err)
+	}
+	return out, nil
+}
+
+// Forget implements Kernel.
+func (e *EBPF) Forget(pid int) error {
+	err := e.objs.Workers.Delete(uint32(pid))
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Unwatch removes a master and its workers from the kernel map.
+func (e *EBPF) Unwatch(master int) error {
+	cs, err := e.Workers()
+	if err != nil {
+		return err
+	}
+	for _, c := range cs {
+		if c.Master == master {
+			if err := e.Forget(c.PID); err != nil {
+				return err
+			}
+		}
+	}
+	return e.Forget(master)
+}
+
+// counter sums one per-CPU counter.
+func (e *EBPF) counter(c bpf.ObserverCounter) uint64 {
+	var per []uint64
+	if err := e.objs.Counters.Lookup(uint32(c), &per); err != nil {
+		return 0
+	}
+	var sum uint64
+	for _, v := range per {
+		sum += v
+	}
+	return sum
+}
+
+// Sweep removes connections whose owner is no longer a live worker (their
+// close was never seen: the process exited with them open) and works out
+// how many open connections the LRU map evicted, which the kernel cannot
+// count itself: evicted = tracked - closed - swept - present.
+func (e *EBPF) Sweep() error {
+	var (
+		pid uint32
+		w   bpf.ObserverWorker
+	)
+	live := map[uint32]bool{}
+	it := e.objs.Workers.Iterate()
+	for it.Next(&pid, &w) {
+		live[pid] = w.Role == roleWorker && w.ExitNs == 0
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate workers map: %w", err)
+	}
+	var (
+		sk    uint64
+		c     bpf.ObserverConn
+		stale []uint64
+	)
+	present := uint64(0)
+	ci := e.objs.Conns.Iterate()
+	for ci.Next(&sk, &c) {
+		if live[c.Owner] {
+			present++
+		} else {
+			stale = append(stale, sk)
+		}
+	}
+	if err := ci.Err(); err != nil {
+		return fmt.Errorf("iterate connections map: %w", err)
+	}
+	removed := uint64(0)
+	for _, k := range stale {
+		if e.objs.Conns.Delete(k) == nil {
+			removed++
+		} else {
+			present++
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.swept += removed
+	tracked := e.counter(bpf.ObserverCounterCNT_CONN_TRACKED)
+	closed := e.counter(bpf.ObserverCounterCNT_CONN_CLOSED) + e.counter(bpf.ObserverCounterCNT_CONN_STALE)
+	if gone := closed + e.swept + present; tracked > gone {
+		e.evicted = tracked - gone
+	}
+	return nil
+}
+
+// Info implements Kernel.
+func (e *EBPF) Info() ObserverInfo {
+	e.mu.Lock()
+	evicted := e.evicted
+	e.mu.Unlock()
+	info := ObserverInfo{
+		Mode:  "ebpf",
+		Hooks: e.hooks,
+		Dropped: map[string]uint64{
+			"connections_untracked": e.counter(bpf.ObserverCounterCNT_CONN_FULL),
+			"connections_evicted":   evicted,
+			"connections_stale":     e.counter(bpf.ObserverCounterCNT_CONN_STALE),
+			"workers_untracked":     e.counter(bpf.ObserverCounterCNT_WORKER_FULL),
+			"workers_pid_reused":    e.counter(bpf.ObserverCounterCNT_WORKER_REUSED),
+			"transfers_untracked":   e.counter(bpf.ObserverCounterCNT_INFLIGHT_FULL),
+		},
+	}
+	if e.stats != nil {
+		info.Programs = e.programStats()
+	}
+	return info
+}
+
+func (e *EBPF) programStats() []ProgramStats {
+	p := e.objs.ObserverPrograms
+	progs := map[string]*ebpf.Program{
+		"on_fork": p.OnFork, "on_exit": p.OnExit,
+		"on_accept_exit": p.OnAcceptExit, "on_close_enter": p.OnCloseEnter,
+	}
+	if e.hooks == HooksSock {
+		progs["on_sock_recv"], progs["on_sock_send"] = p.OnSockRecv, p.OnSockSend
+	} else {
+		progs["on_recv_enter"], progs["on_send_enter"], progs["on_data_exit"] = p.OnRecvEnter, p.OnSendEnter, p.OnDataExit
+	}
+	var out []ProgramStats
+	for name, prog := range progs {
+		s, err := prog.Stats()
+		if err != nil {
+			continue
+		}
+		ps := ProgramStats{Name: name, RunCount: s.RunCount, RunTimeNs: uint64(s.Runtime.Nanoseconds())}
+		if s.RunCount > 0 {
+			ps.AvgNs = ps.RunTimeNs / s.RunCount
+		}
+		out = append(out, ps)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Close detaches the programs and frees the maps, gathering every error.
+func (e *EBPF) Close() error {
+	var errs []error
+	for _, l := range e.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.links = nil
+	if err := e.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if e.stats != nil {
+		if err := e.stats.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

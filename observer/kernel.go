@@ -1,0 +1,58 @@
+package observer
+
+// Counters are one worker process's totals as the kernel counted them since
+// the process was first watched.
+type Counters struct {
+	PID    int
+	Master int
+	// Start is the process's start time in nanoseconds since boot (the
+	// kernel's start_boottime). (PID, Start) identifies a process; a PID
+	// alone does not, since PIDs are reused.
+	Start  uint64
+	Exited bool
+
+	Accepts  uint64 // connections accepted
+	Requests uint64 // requests started
+	Closes   uint64 // accepted connections closed
+	RX       uint64 // bytes received on accepted connections
+	TX       uint64 // bytes sent on accepted connections
+	// RunNs is the summed duration of finished requests, AvgRTNs uWSGI's
+	// running average of it (avg = (avg + rt) / 2), both in nanoseconds.
+	RunNs      uint64
+	AvgRTNs    uint64
+	InProgress int64 // requests started and not finished
+}
+
+// Proc is a process as procfs shows it.
+type Proc struct {
+	PID int
+	// StartTicks is the start time in clock ticks since boot (field 22 of
+	// /proc/PID/stat).
+	StartTicks uint64
+}
+
+// Kernel is what the aggregator needs from the in-kernel counters. The eBPF
+// observer implements it; tests use a fake.
+type Kernel interface {
+	// Watch starts counting for master and its current workers. Workers the
+	// master forks later are added by the kernel itself.
+	Watch(master Proc, workers []Proc) error
+	// Workers returns every process the kernel counts for, live or exited.
+	Workers() ([]Counters, error)
+	// Forget drops an exited worker once its counts have been folded into
+	// its slot.
+	Forget(pid int) error
+	// Info describes the observer: mode, hooks, what was dropped, and the
+	// programs' own run-time statistics when enabled.
+	Info() ObserverInfo
+}
+
+// ticksPerSecond is USER_HZ, the unit of /proc/PID/stat start times. It is
+// 100 on every Linux architecture workerstats targets.
+const ticksPerSecond = 100
+
+// nsToTicks converts a kernel start_boottime to /proc's clock ticks.
+func nsToTicks(ns uint64) uint64 { return ns / (1e9 / ticksPerSecond) }
+
+// ticksToNs converts /proc's clock ticks to nanoseconds since boot.
+func ticksToNs(t uint64) uint64 { return t * (1e9 / ticksPerSecond) }

@@ -1,0 +1,139 @@
+package observer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/shirou/gopsutil/v3/common"
+	"github.com/shirou/gopsutil/v3/host"
+	"github.com/shirou/gopsutil/v3/process"
+)
+
+// ErrNoProcess means the process does not exist (or no longer does).
+var ErrNoProcess = errors.New("no such process")
+
+// Procfs reads process facts from a procfs mount. Root is "/proc" on a host;
+// tests point it at fixture trees.
+type Procfs struct {
+	Root string
+}
+
+// ctx returns a context that makes gopsutil read from p.Root.
+func (p Procfs) ctx(ctx context.Context) context.Context {
+	return context.WithValue(ctx, common.EnvKey, common.EnvMap{common.HostProcEnvKey: p.Root})
+}
+
+// Stat returns a process's parent and start time from /proc/PID/stat.
+func (p Procfs) Stat(pid int) (ppid int, start Proc, err error) {
+	b, err := os.ReadFile(filepath.Join(p.Root, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, Proc{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+		}
+		return 0, Proc{}, fmt.Errorf("read stat of pid %d: %w", pid, err)
+	}
+	// The command name (field 2) may hold spaces and parentheses: fields
+	// after it start past the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, Proc{}, fmt.Errorf("parse stat of pid %d: no command name", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state); ppid is field 4, starttime field 22.
+	if len(f) < 20 {
+		return 0, Proc{}, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(f)+2)
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil {
+		return 0, Proc{}, fmt.Errorf("parse ppid of pid %d: %w", pid, err)
+	}
+	ticks, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, Proc{}, fmt.Errorf("parse start time of pid %d: %w", pid, err)
+	}
+	return ppid, Proc{PID: pid, StartTicks: ticks}, nil
+}
+
+// Children returns the direct children of pid (of any of its threads), in
+// start order. It reads /proc/PID/task/*/children.
+func (p Procfs) Children(pid int) ([]Proc, error) {
+	tasks, err := filepath.Glob(filepath.Join(p.Root, strconv.Itoa(pid), "task", "*", "children"))
+	if err != nil {
+		return nil, fmt.Errorf("list tasks of pid %d: %w", pid, err)
+	}
+	if len(tasks) == 0 {
+		if _, _, err := p.Stat(pid); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("pid %d: %s/PID/task/*/children is missing (kernel without CONFIG_PROC_CHILDREN)", pid, p.Root)
+	}
+	var kids []Proc
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, f := range strings.Fields(string(b)) {
+			c, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			ppid, proc, err := p.Stat(c)
+			if err != nil || ppid != pid {
+				continue // gone, or reparented since
+			}
+			kids = append(kids, proc)
+		}
+	}
+	sort.Slice(kids, func(i, j int) bool {
+		if kids[i].StartTicks != kids[j].StartTicks {
+			return kids[i].StartTicks < kids[j].StartTicks
+		}
+		return kids[i].PID < kids[j].PID
+	})
+	return kids, nil
+}
+
+// Memory returns a process's resident and virtual size in bytes.
+func (p Procfs) Memory(ctx context.Context, pid int) (rss, vsz uint64, err error) {
+	proc := &process.Process{Pid: int32(pid)}
+	m, err := proc.MemoryInfoWithContext(p.ctx(ctx))
+	if err != nil {
+		return 0, 0, fmt.Errorf("memory of pid %d: %w", pid, err)
+	}
+	return m.RSS, m.VMS, nil
+}
+
+// Owner returns a process's real uid, gid and working directory.
+func (p Procfs) Owner(ctx context.Context, pid int) (uid, gid int, cwd string, err error) {
+	proc := &process.Process{Pid: int32(pid)}
+	c := p.ctx(ctx)
+	uids, err := proc.UidsWithContext(c)
+	if err != nil || len(uids) == 0 {
+		return 0, 0, "", fmt.Errorf("uid of pid %d: %w", pid, err)
+	}
+	gids, err := proc.GidsWithContext(c)
+	if err != nil || len(gids) == 0 {
+		return 0, 0, "", fmt.Errorf("gid of pid %d: %w", pid, err)
+	}
+	// The working directory needs ptrace access; without it, leave it out.
+	cwd, _ = proc.CwdWithContext(c)
+	return int(uids[0]), int(gids[0]), cwd, nil
+}
+
+// BootTime returns the system's boot time in unix seconds.
+func (p Procfs) BootTime(ctx context.Context) (int64, error) {
+	bt, err := host.BootTimeWithContext(p.ctx(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("boot time: %w", err)
+	}
+	return int64(bt), nil
+}

@@ -1,0 +1,110 @@
+package observer
+
+// The types below mirror the JSON of uWSGI's stats server (core/master_utils.c,
+// uwsgi_master_generate_stats), field for field and in uWSGI's key order, so
+// tools written for uWSGI read our dump unchanged. Units are uWSGI's: bytes
+// for rss, vsz and tx; microseconds for running_time and avg_rt; unix seconds
+// for last_spawn. Keys uWSGI does not have are marked "workerstats" below;
+// readers written for uWSGI ignore them.
+
+// Stats is one whole dump.
+type Stats struct {
+	Version           string   `json:"version"`
+	ListenQueue       uint64   `json:"listen_queue"`
+	ListenQueueErrors uint64   `json:"listen_queue_errors"`
+	SignalQueue       uint64   `json:"signal_queue"`
+	Load              uint64   `json:"load"`
+	PID               int      `json:"pid"`
+	UID               int      `json:"uid"`
+	GID               int      `json:"gid"`
+	CWD               string   `json:"cwd"`
+	Locks             []Lock   `json:"locks"`
+	Sockets           []Socket `json:"sockets"`
+	Workers           []Worker `json:"workers"`
+	// workerstats: how this dump was produced.
+	Observer ObserverInfo `json:"observer"`
+}
+
+// Lock is one of uWSGI's named locks, {"name": holder}. workerstats holds no
+// locks; the list is kept for shape.
+type Lock map[string]int
+
+// Socket is one listening socket of the pool.
+type Socket struct {
+	Name       string `json:"name"`
+	Proto      string `json:"proto"`
+	Queue      uint64 `json:"queue"`
+	MaxQueue   uint64 `json:"max_queue"`
+	Shared     int    `json:"shared"`
+	CanOffload int    `json:"can_offload"`
+}
+
+// Worker is one worker slot.
+type Worker struct {
+	ID            int    `json:"id"`
+	PID           int    `json:"pid"`
+	Accepting     int    `json:"accepting"`
+	Requests      uint64 `json:"requests"`
+	DeltaRequests uint64 `json:"delta_requests"`
+	Exceptions    uint64 `json:"exceptions"`
+	HarakiriCount uint64 `json:"harakiri_count"`
+	Signals       uint64 `json:"signals"`
+	SignalQueue   uint64 `json:"signal_queue"`
+	Status        string `json:"status"`
+	RSS           uint64 `json:"rss"`
+	VSZ           uint64 `json:"vsz"`
+	RunningTime   uint64 `json:"running_time"`
+	LastSpawn     int64  `json:"last_spawn"`
+	RespawnCount  uint64 `json:"respawn_count"`
+	TX            uint64 `json:"tx"`
+	AvgRT         uint64 `json:"avg_rt"`
+	Apps          []App  `json:"apps"`
+	Cores         []Core `json:"cores"`
+	// workerstats: bytes received, connections accepted and closed.
+	RX       uint64 `json:"rx"`
+	Accepted uint64 `json:"accepted"`
+	Closed   uint64 `json:"closed"`
+}
+
+// App is one application loaded in a worker. An observer from outside cannot
+// see the apps, so each worker shows the one app that serves its requests.
+type App struct {
+	ID          int    `json:"id"`
+	Modifier1   int    `json:"modifier1"`
+	Mountpoint  string `json:"mountpoint"`
+	StartupTime uint64 `json:"startup_time"`
+	Requests    uint64 `json:"requests"`
+	Exceptions  uint64 `json:"exceptions"`
+	Chdir       string `json:"chdir"`
+}
+
+// Core is one request-handling core (thread or async slot) of a worker.
+type Core struct {
+	ID                int            `json:"id"`
+	Requests          uint64         `json:"requests"`
+	StaticRequests    uint64         `json:"static_requests"`
+	RoutedRequests    uint64         `json:"routed_requests"`
+	OffloadedRequests uint64         `json:"offloaded_requests"`
+	WriteErrors       uint64         `json:"write_errors"`
+	ReadErrors        uint64         `json:"read_errors"`
+	InRequest         int            `json:"in_request"`
+	Vars              []string       `json:"vars"`
+	ReqInfo           map[string]any `json:"req_info"`
+}
+
+// ObserverInfo says which observer produced the dump and what it lost.
+type ObserverInfo struct {
+	Mode     string         `json:"mode"`            // "ebpf"
+	Hooks    string         `json:"hooks,omitempty"` // "sock" or "syscall"
+	Dropped  map[string]uint64 `json:"dropped"`
+	Programs []ProgramStats `json:"programs,omitempty"`
+}
+
+// ProgramStats is the kernel's own accounting of one eBPF program, filled when
+// kernel.bpf_stats_enabled is on (serve --bpf-stats).
+type ProgramStats struct {
+	Name      string `json:"name"`
+	RunCount  uint64 `json:"run_count"`
+	RunTimeNs uint64 `json:"run_time_ns"`
+	AvgNs     uint64 `json:"avg_ns"`
+}
