@@ -94,10 +94,10 @@ type Core struct {
 
 // ObserverInfo says which observer produced the dump and what it lost.
 type ObserverInfo struct {
-	Mode     string         `json:"mode"`            // "ebpf"
-	Hooks    string         `json:"hooks,omitempty"` // "sock" or "syscall"
+	Mode     string            `json:"mode"`            // "ebpf"
+	Hooks    string            `json:"hooks,omitempty"` // "sock" or "syscall"
 	Dropped  map[string]uint64 `json:"dropped"`
-	Programs []ProgramStats `json:"programs,omitempty"`
+	Programs []ProgramStats    `json:"programs,omitempty"`
 }
 
 // ProgramStats is the kernel's own accounting of one eBPF program, filled when
