@@ -103,8 +103,10 @@ struct inflight {
 
 enum { DIR_RECV = 0, DIR_SEND = 1 };
 
+/* A plain hash: every entry is removed at the syscall's exit, or at the
+ * thread's exit when it dies inside the syscall. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct inflight);
@@ -157,22 +159,23 @@ static __always_inline struct worker *current_worker(__u32 *tgid)
 	return w;
 }
 
-/* fd of the current task -> its struct sock *, or 0 when not a socket. */
-static __always_inline __u64 fd_to_sock(unsigned long fd)
+/*
+ * fd of the current task -> its struct sock *, or 0. Unless the caller knows
+ * the fd is a socket, the file is checked to be one through the socket's
+ * back-pointer (socket->file == file): one read, and it also rejects
+ * anything read past the end of the fd array, so max_fds needs no read.
+ */
+static __always_inline __u64 fd_to_sock(unsigned long fd, int known_socket)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
 	struct file *file = 0;
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
-		return 0;
-	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
+	if (!fds || bpf_probe_read_kernel(&file, sizeof(file), &fds[fd & 0xffffff]) || !file)
 		return 0;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
 	if (!sock)
+		return 0;
+	if (!known_socket && BPF_CORE_READ(sock, file) != file)
 		return 0;
 	return (__u64)BPF_CORE_READ(sock, sk);
 }
@@ -258,10 +261,14 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 	struct task_struct *task = (struct task_struct *)ctx->args[0];
 	__u32 pid = BPF_CORE_READ(task, pid);
 	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct worker *w = bpf_map_lookup_elem(&workers, &tgid);
+	if (!w)
+		return 0;
+	__u64 id = (__u64)tgid << 32 | pid;
+	bpf_map_delete_elem(&inflight, &id); /* died inside a send or recv */
 	if (pid != tgid)
 		return 0; /* a thread; the process lives on */
-	struct worker *w = bpf_map_lookup_elem(&workers, &tgid);
-	if (w && !w->exit_ns) {
+	if (!w->exit_ns) {
 		w->exit_ns = bpf_ktime_get_ns();
 		w->in_progress = 0;
 	}
@@ -277,15 +284,17 @@ int on_accept_exit(struct sys_exit_ctx *ctx)
 	struct worker *w = current_worker(&tgid);
 	if (!w || ctx->ret < 0)
 		return 0;
-	__u64 sk = fd_to_sock(ctx->ret);
+	__u64 sk = fd_to_sock(ctx->ret, 1);
 	if (!sk)
 		return 0;
-	if (bpf_map_lookup_elem(&conns, &sk))
-		count(CNT_CONN_STALE);
 	struct conn c = { .owner = tgid };
-	if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
-		count(CNT_CONN_FULL);
-		return 0;
+	if (bpf_map_update_elem(&conns, &sk, &c, BPF_NOEXIST)) {
+		/* A socket address still in conns: its close was missed. */
+		count(CNT_CONN_STALE);
+		if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
+			count(CNT_CONN_FULL);
+			return 0;
+		}
 	}
 	count(CNT_CONN_TRACKED);
 	__sync_fetch_and_add(&w->accepts, 1);
@@ -299,7 +308,7 @@ int on_close_enter(struct sys_enter_ctx *ctx)
 	struct worker *cur = current_worker(&tgid);
 	if (!cur)
 		return 0;
-	__u64 sk = fd_to_sock(ctx->args[0]);
+	__u64 sk = fd_to_sock(ctx->args[0], 0);
 	if (!sk)
 		return 0;
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
@@ -347,7 +356,7 @@ static __always_inline int data_enter(struct sys_enter_ctx *ctx, __u32 dir)
 	__u32 tgid;
 	if (!current_worker(&tgid))
 		return 0;
-	__u64 sk = fd_to_sock(ctx->args[0]);
+	__u64 sk = fd_to_sock(ctx->args[0], 0);
 	if (!sk || !bpf_map_lookup_elem(&conns, &sk))
 		return 0; /* not an accepted connection: nothing to do at exit */
 	__u64 id = bpf_get_current_pid_tgid();

@@ -65,10 +65,11 @@ func LoadEBPF(opts EBPFOptions) (*EBPF, error) {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return nil, fmt.Errorf("kernel BTF is not available (%w): workerstats needs a kernel built with CONFIG_DEBUG_INFO_BTF=y, or use --mode procfs", err)
 	}
-	if err := ensureTracefs(); err != nil {
+	sock, err := SockTracepoints()
+	if err != nil {
 		return nil, err
 	}
-	hooks, err := chooseHooks(opts.Hooks)
+	hooks, err := chooseHooks(opts.Hooks, sock)
 	if err != nil {
 		return nil, err
 	}
@@ -110,14 +111,23 @@ func ensureTracefs() error {
 	return nil
 }
 
+// SockTracepoints reports whether this kernel has the sock:sock_send_length
+// and sock:sock_recv_length tracepoints (Linux >= 6.3), mounting tracefs
+// first when needed.
+func SockTracepoints() (bool, error) {
+	if err := ensureTracefs(); err != nil {
+		return false, err
+	}
+	return tracepointExists("sock", "sock_send_length") && tracepointExists("sock", "sock_recv_length"), nil
+}
+
 func tracepointExists(group, name string) bool {
 	_, err := os.Stat(filepath.Join(TracefsDir, "events", group, name, "id"))
 	return err == nil
 }
 
 // chooseHooks resolves HooksAuto against what this kernel has.
-func chooseHooks(want string) (string, error) {
-	sock := tracepointExists("sock", "sock_send_length") && tracepointExists("sock", "sock_recv_length")
+func chooseHooks(want string, sock bool) (string, error) {
 	switch want {
 	case "", HooksAuto:
 		if sock {

@@ -35,14 +35,11 @@ enum {
 	BPF_EXIST = 2,
 };
 
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
 #define MSG_PEEK 2
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 struct fdtable {
-	unsigned int max_fds;
 	struct file **fd;
 };
 
@@ -57,12 +54,7 @@ struct task_struct {
 	struct files_struct *files;
 };
 
-struct inode {
-	umode_t i_mode;
-};
-
 struct file {
-	struct inode *f_inode;
 	void *private_data;
 };
 
@@ -70,6 +62,7 @@ struct sock;
 
 struct socket {
 	struct sock *sk;
+	struct file *file;
 };
 
 #pragma clang attribute pop

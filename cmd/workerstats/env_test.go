@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/statsock"
+)
+
+// binPath is the workerstats binary built once for the tests that run it.
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "workerstats-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "workerstats")
+	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build workerstats: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// skipOrFail skips a test that cannot run here, with the reason. Where
+// WORKERSTATS_REQUIRE_PRIVILEGED is set (CI sets it) it fails instead, so a
+// missing prerequisite cannot pass as a skip.
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("WORKERSTATS_REQUIRE_PRIVILEGED") != "" {
+		t.Fatalf("WORKERSTATS_REQUIRE_PRIVILEGED is set but: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// requireEBPF skips unless this process can load and attach eBPF programs.
+func requireEBPF(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "needs root to load and attach eBPF programs (run: sudo make test)")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		skipOrFail(t, "kernel has no BTF (/sys/kernel/btf/vmlinux): %v", err)
+	}
+}
+
+// requireCommand skips unless name is on PATH.
+func requireCommand(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		skipOrFail(t, "%s is not installed (apt-get install %s, or run .ci/run)", name, pkg)
+	}
+	return p
+}
+
+// hookModes lists the byte-counting paths this kernel can run: both where
+// the sock tracepoints exist, so CI exercises both.
+func hookModes(t *testing.T) []string {
+	t.Helper()
+	sock, err := observer.SockTracepoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sock {
+		t.Logf("this kernel has no sock:sock_send_length tracepoint: only the syscall path runs")
+		return []string{observer.HooksSyscall}
+	}
+	return []string{observer.HooksSock, observer.HooksSyscall}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// waitFor polls f until it returns nil or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// readStats reads and decodes a stats dump from addr.
+func readStats(addr string) (*observer.Stats, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b, err := statsock.Read(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	var st observer.Stats
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("decode %q: %w", truncate(b), err)
+	}
+	return &st, nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 200 {
+		return string(b[:200]) + "..."
+	}
+	return string(b)
+}
+
+// daemon is a running `workerstats serve`.
+type daemon struct {
+	cmd    *exec.Cmd
+	addr   string
+	log    *bytes.Buffer
+	exited chan error
+}
+
+// startDaemon runs `workerstats serve` with args and waits until its stats
+// socket answers.
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{log: &bytes.Buffer{}, exited: make(chan error, 1)}
+	for i, a := range args {
+		if a == "--stats" && i+1 < len(args) {
+			d.addr = args[i+1]
+		}
+	}
+	d.cmd = exec.Command(binPath, append([]string{"serve"}, args...)...)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(10 * time.Second):
+			d.cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("workerstats log:\n%s", d.log.String())
+		}
+	})
+	waitFor(t, 30*time.Second, "workerstats to serve stats", func() error {
+		select {
+		case err := <-d.exited:
+			d.exited <- err
+			t.Fatalf("workerstats exited early (%v):\n%s", err, d.log.String())
+		default:
+		}
+		_, err := readStats(d.addr)
+		return err
+	})
+	return d
+}
+
+// runCommand runs the workerstats binary to completion.
+func runCommand(args ...string) (string, error) {
+	cmd := exec.Command(binPath, args...)
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
