@@ -21,7 +21,7 @@
  *  - sock:sock_recv_length / sock:sock_send_length (kernel >= 6.3), which
  *    hand us the socket directly;
  *  - syscall enter/exit tracepoints of read/write/send/recv and friends,
- *    resolving the fd to its socket at enter (any kernel with BTF).
+ *    finding the socket from the fd recorded at accept (any kernel with BTF).
  *
  * Every program filters on "is the current process a watched worker" first:
  * one hash lookup keyed by tgid, before any other work.
@@ -94,6 +94,20 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/*
+ * The accepting process's fd of each tracked connection: (tgid << 32 | fd)
+ * -> struct sock *. Filled at accept, so close and the syscall path find a
+ * connection from an fd with one lookup instead of walking the task's file
+ * table. An fd closed behind our back (dup2 over it, close_range, exit) is
+ * left for the LRU and for userspace's sweep of exited processes.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} fds SEC(".maps");
+
 /* Syscall path: socket of a send/recv between its enter and exit, by thread. */
 struct inflight {
 	__u64 sk;
@@ -159,25 +173,23 @@ static __always_inline struct worker *current_worker(__u32 *tgid)
 	return w;
 }
 
-/*
- * fd of the current task -> its struct sock *, or 0. Unless the caller knows
- * the fd is a socket, the file is checked to be one through the socket's
- * back-pointer (socket->file == file): one read, and it also rejects
- * anything read past the end of the fd array, so max_fds needs no read.
- */
-static __always_inline __u64 fd_to_sock(unsigned long fd, int known_socket)
+/* The struct sock * of a socket fd of the current task, or 0. */
+static __always_inline __u64 socket_fd_to_sock(unsigned long fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	struct file **fdt = BPF_CORE_READ(task, files, fdt, fd);
 	struct file *file = 0;
-	if (!fds || bpf_probe_read_kernel(&file, sizeof(file), &fds[fd & 0xffffff]) || !file)
+	if (!fdt || bpf_probe_read_kernel(&file, sizeof(file), &fdt[fd & 0xffffff]) || !file)
 		return 0;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
 	if (!sock)
 		return 0;
-	if (!known_socket && BPF_CORE_READ(sock, file) != file)
-		return 0;
 	return (__u64)BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline __u64 fd_key(__u32 tgid, unsigned long fd)
+{
+	return (__u64)tgid << 32 | (__u32)fd;
 }
 
 static __always_inline struct worker *owner_of(struct conn *c, __u32 tgid, struct worker *cur)
@@ -284,7 +296,7 @@ int on_accept_exit(struct sys_exit_ctx *ctx)
 	struct worker *w = current_worker(&tgid);
 	if (!w || ctx->ret < 0)
 		return 0;
-	__u64 sk = fd_to_sock(ctx->ret, 1);
+	__u64 sk = socket_fd_to_sock(ctx->ret);
 	if (!sk)
 		return 0;
 	struct conn c = { .owner = tgid };
@@ -296,6 +308,8 @@ int on_accept_exit(struct sys_exit_ctx *ctx)
 			return 0;
 		}
 	}
+	__u64 key = fd_key(tgid, ctx->ret);
+	bpf_map_update_elem(&fds, &key, &sk, BPF_ANY);
 	count(CNT_CONN_TRACKED);
 	__sync_fetch_and_add(&w->accepts, 1);
 	return 0;
@@ -308,9 +322,12 @@ int on_close_enter(struct sys_enter_ctx *ctx)
 	struct worker *cur = current_worker(&tgid);
 	if (!cur)
 		return 0;
-	__u64 sk = fd_to_sock(ctx->args[0], 0);
-	if (!sk)
-		return 0;
+	__u64 key = fd_key(tgid, ctx->args[0]);
+	__u64 *skp = bpf_map_lookup_elem(&fds, &key);
+	if (!skp)
+		return 0; /* not a connection this worker accepted */
+	__u64 sk = *skp;
+	bpf_map_delete_elem(&fds, &key);
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
 	if (!c)
 		return 0;
@@ -356,11 +373,12 @@ static __always_inline int data_enter(struct sys_enter_ctx *ctx, __u32 dir)
 	__u32 tgid;
 	if (!current_worker(&tgid))
 		return 0;
-	__u64 sk = fd_to_sock(ctx->args[0], 0);
-	if (!sk || !bpf_map_lookup_elem(&conns, &sk))
+	__u64 key = fd_key(tgid, ctx->args[0]);
+	__u64 *sk = bpf_map_lookup_elem(&fds, &key);
+	if (!sk)
 		return 0; /* not an accepted connection: nothing to do at exit */
 	__u64 id = bpf_get_current_pid_tgid();
-	struct inflight f = { .sk = sk, .dir = dir };
+	struct inflight f = { .sk = *sk, .dir = dir };
 	if (bpf_map_update_elem(&inflight, &id, &f, BPF_ANY))
 		count(CNT_INFLIGHT_FULL);
 	return 0;

@@ -64,6 +64,7 @@ type ObserverWorker struct {
 const (
 	ObserverMapConns         = "conns"
 	ObserverMapCounters      = "counters"
+	ObserverMapFds           = "fds"
 	ObserverMapInflight      = "inflight"
 	ObserverMapWorkers       = "workers"
 	ObserverProgOnAcceptExit = "on_accept_exit"
@@ -136,6 +137,7 @@ type ObserverProgramSpecs struct {
 type ObserverMapSpecs struct {
 	Conns    *ebpf.MapSpec `ebpf:"conns"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
+	Fds      *ebpf.MapSpec `ebpf:"fds"`
 	Inflight *ebpf.MapSpec `ebpf:"inflight"`
 	Workers  *ebpf.MapSpec `ebpf:"workers"`
 }
@@ -168,6 +170,7 @@ func (o *ObserverObjects) Close() error {
 type ObserverMaps struct {
 	Conns    *ebpf.Map `ebpf:"conns"`
 	Counters *ebpf.Map `ebpf:"counters"`
+	Fds      *ebpf.Map `ebpf:"fds"`
 	Inflight *ebpf.Map `ebpf:"inflight"`
 	Workers  *ebpf.Map `ebpf:"workers"`
 }
@@ -176,6 +179,7 @@ func (m *ObserverMaps) Close() error {
 	return _ObserverClose(
 		m.Conns,
 		m.Counters,
+		m.Fds,
 		m.Inflight,
 		m.Workers,
 	)

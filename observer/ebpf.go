@@ -294,8 +294,9 @@ func (e *EBPF) counter(c bpf.ObserverCounter) uint64 {
 	return sum
 }
 
-// Sweep removes connections whose owner is no longer a live worker (their
-// close was never seen: the process exited with them open) and works out
+// Sweep removes connections, and fd entries, whose owner is no longer a live
+// worker (their close was never seen: the process exited with them open),
+// and works out
 // how many open connections the LRU map evicted, which the kernel cannot
 // count itself: evicted = tracked - closed - swept - present.
 func (e *EBPF) Sweep() error {
@@ -335,6 +336,24 @@ func (e *EBPF) Sweep() error {
 		} else {
 			present++
 		}
+	}
+	// fds entries are keyed tgid<<32|fd: drop those of exited processes.
+	var (
+		fk     uint64
+		fsk    uint64
+		staleF []uint64
+	)
+	fi := e.objs.Fds.Iterate()
+	for fi.Next(&fk, &fsk) {
+		if !live[uint32(fk>>32)] {
+			staleF = append(staleF, fk)
+		}
+	}
+	if err := fi.Err(); err != nil {
+		return fmt.Errorf("iterate fds map: %w", err)
+	}
+	for _, k := range staleF {
+		e.objs.Fds.Delete(k)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

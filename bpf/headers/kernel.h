@@ -62,7 +62,6 @@ struct sock;
 
 struct socket {
 	struct sock *sk;
-	struct file *file;
 };
 
 #pragma clang attribute pop

@@ -1,0 +1,283 @@
+package observer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests load and attach the real programs (root and BTF needed) and
+// check the kernel's counts against what the test's own clients did, per
+// worker pid.
+
+func requireEBPF(t testing.TB) {
+	t.Helper()
+	var reason string
+	switch {
+	case os.Geteuid() != 0:
+		reason = "needs root to load and attach eBPF programs (run: sudo make test)"
+	default:
+		if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+			reason = fmt.Sprintf("kernel has no BTF: %v", err)
+		}
+	}
+	if reason == "" {
+		return
+	}
+	if os.Getenv("WORKERSTATS_REQUIRE_PRIVILEGED") != "" {
+		t.Fatalf("WORKERSTATS_REQUIRE_PRIVILEGED is set but: %s", reason)
+	}
+	t.Skip(reason)
+}
+
+// hookSets returns every hook set this kernel can run.
+func hookSets(t testing.TB) []string {
+	t.Helper()
+	sock, err := SockTracepoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sock {
+		return []string{HooksSock, HooksSyscall}
+	}
+	t.Logf("no sock:sock_send_length here: only the syscall hooks run")
+	return []string{HooksSyscall}
+}
+
+// echoServer answers 100 bytes with 1,000: the workers' outbound peer.
+func echoServer(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := io.ReadFull(c, make([]byte, 100)); err == nil {
+					c.Write(make([]byte, 1000))
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func loadFor(t testing.TB, hooks string, pool *forkPool) (*EBPF, *Pool) {
+	t.Helper()
+	k, err := LoadEBPF(EBPFOptions{Hooks: hooks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := k.Unwatch(pool.master); err != nil {
+			t.Errorf("unwatch: %v", err)
+		}
+		if err := k.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	p := &Pool{Master: pool.master, Proc: Procfs{Root: "/proc"}, Kernel: k}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return k, p
+}
+
+// agree returns nil when the dump shows, for every pid the clients reached,
+// exactly the requests and bytes they counted.
+func agree(st *Stats, ts *tallies) error {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	byPID := map[int]Worker{}
+	for _, w := range st.Workers {
+		byPID[w.PID] = w
+	}
+	var diffs []string
+	for pid, want := range ts.byPID {
+		w, ok := byPID[pid]
+		if !ok {
+			diffs = append(diffs, fmt.Sprintf("pid %d missing", pid))
+			continue
+		}
+		if w.Requests != want.requests || w.TX != want.tx || w.RX != want.rx {
+			diffs = append(diffs, fmt.Sprintf("pid %d: requests %d/%d tx %d/%d rx %d/%d (kernel/clients)",
+				pid, w.Requests, want.requests, w.TX, want.tx, w.RX, want.rx))
+		}
+		if w.Accepted != w.Closed {
+			diffs = append(diffs, fmt.Sprintf("pid %d: %d accepted, %d closed", pid, w.Accepted, w.Closed))
+		}
+	}
+	if len(diffs) > 0 {
+		return errors.New(strings.Join(diffs, "; "))
+	}
+	return nil
+}
+
+func settleOn(t testing.TB, p *Pool, ts *tallies) *Stats {
+	t.Helper()
+	var st *Stats
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		st, err = p.Snapshot(context.Background())
+		if err == nil {
+			err = agree(st, ts)
+		}
+		if err == nil {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel counts never matched the clients': %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestKernelCountsMatchClients drives kept-alive sessions, idle connections,
+// requests with outbound connections and slow requests into a pool, forks a
+// worker mid-run, and requires the kernel's per-pid counts to equal the
+// clients' own.
+func TestKernelCountsMatchClients(t *testing.T) {
+	requireEBPF(t)
+	for _, hooks := range hookSets(t) {
+		t.Run(hooks, func(t *testing.T) {
+			pool := startForkPool(t, 2, echoServer(t))
+			_, p := loadFor(t, hooks, pool)
+			var ts tallies
+			size := func(i int) int { return (i * 4099) % 70000 }
+
+			// Kept-alive sessions: every request on a connection counts.
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			for s := range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs <- pool.session(&ts, 25, func(i int) int { return size(s*25 + i) }, 0, s%4/3)
+				}()
+			}
+			// Connections that close without a byte are not requests.
+			for range 10 {
+				c, err := net.Dial("tcp", pool.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			st := settleOn(t, p, &ts)
+			var accepted, requests uint64
+			for _, w := range st.Workers {
+				accepted += w.Accepted
+				requests += w.Requests
+			}
+			if requests != 400 || accepted != 26 {
+				t.Errorf("400 requests on 16 sessions and 10 idle connections: kernel saw %d requests on %d connections", requests, accepted)
+			}
+
+			// A slow request shows its worker busy while it runs and adds
+			// its time to running_time once answered.
+			done := make(chan error, 1)
+			go func() { done <- pool.session(&ts, 1, func(int) int { return 10 }, 300, 0) }()
+			busy := false
+			for range 100 {
+				st, err := p.Snapshot(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Load == 1 {
+					busy = true
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !busy {
+				t.Error("no worker showed busy during a 300 ms request")
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			st = settleOn(t, p, &ts)
+			var rt uint64
+			for _, w := range st.Workers {
+				rt += w.RunningTime
+				if w.Status != "idle" {
+					t.Errorf("worker %d is %s after every request ended", w.ID, w.Status)
+				}
+			}
+			if rt < 300000 || rt > 2000000 {
+				t.Errorf("running_time sums to %d us, want about 300000 from the slow request", rt)
+			}
+
+			// A worker forked after the observer started is followed from
+			// its first request.
+			syscall.Kill(pool.master, syscall.SIGUSR1)
+			kids := pool.waitWorkers(t, 3)
+			newPID := kids[2].PID
+			for i := 0; ; i++ {
+				if err := pool.session(&ts, 3, size, 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				ts.mu.Lock()
+				served := ts.byPID[newPID] != nil
+				ts.mu.Unlock()
+				if served {
+					break
+				}
+				if i > 2000 {
+					t.Fatalf("the new worker %d never accepted a connection", newPID)
+				}
+			}
+			st = settleOn(t, p, &ts)
+			if w := st.Workers[len(st.Workers)-1]; w.PID != newPID || w.ID != 3 || w.RespawnCount != 1 {
+				t.Errorf("new worker: got slot %d pid %d respawn_count %d, want slot 3 pid %d respawn_count 1", w.ID, w.PID, w.RespawnCount, newPID)
+			}
+			for name, n := range st.Observer.Dropped {
+				if n != 0 {
+					t.Errorf("dropped %s = %d", name, n)
+				}
+			}
+		})
+	}
+}
+
+// TestHooksUnavailableIsOneClearError: asking for hooks the kernel lacks, or
+// for an unknown set, fails with a message that says what to do.
+func TestHooksUnavailableIsOneClearError(t *testing.T) {
+	if _, err := chooseHooks(HooksSock, false); err == nil || !strings.Contains(err.Error(), "--hooks syscall") {
+		t.Errorf("sock hooks on a kernel without them: %v", err)
+	}
+	if _, err := chooseHooks("kprobe", true); err == nil || !strings.Contains(err.Error(), "auto, sock, syscall") {
+		t.Errorf("unknown hooks: %v", err)
+	}
+	for _, c := range []struct {
+		want string
+		sock bool
+		got  string
+	}{{HooksAuto, true, HooksSock}, {HooksAuto, false, HooksSyscall}, {"", false, HooksSyscall}, {HooksSyscall, true, HooksSyscall}} {
+		if got, err := chooseHooks(c.want, c.sock); err != nil || got != c.got {
+			t.Errorf("chooseHooks(%q, sock=%v) = %q, %v; want %q", c.want, c.sock, got, err, c.got)
+		}
+	}
+}
