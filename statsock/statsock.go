@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -62,6 +63,9 @@ func Listen(addr string) (net.Listener, error) {
 	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("stats address %s is already in use: stop what listens there or choose another --stats: %w", addr, err)
+		}
 		return nil, fmt.Errorf("listen on stats address %s: %w", addr, err)
 	}
 	if network == "unix" {

@@ -54,6 +54,11 @@ func serve(ctx context.Context, o serveOptions) error {
 	if o.pid <= 0 {
 		return errors.New("--pid is required: give the PID of the pool's master process")
 	}
+	switch o.hooks {
+	case observer.HooksAuto, observer.HooksSock, observer.HooksSyscall:
+	default:
+		return fmt.Errorf("--hooks %q is not one of auto, sock, syscall", o.hooks)
+	}
 	proc := observer.Procfs{Root: o.procRoot}
 	if _, _, err := proc.Stat(o.pid); err != nil {
 		if errors.Is(err, observer.ErrNoProcess) {
