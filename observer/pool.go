@@ -28,6 +28,15 @@ type Pool struct {
 	mu     sync.Mutex
 	master Proc
 	slots  []*slot
+	// folded holds exited processes already added to their slot whose
+	// kernel entry could not be removed yet: they must not count twice.
+	folded map[procKey]bool
+}
+
+// procKey identifies a process: pids are reused, (pid, start) is not.
+type procKey struct {
+	pid   int
+	start uint64
 }
 
 type slot struct {
@@ -131,6 +140,13 @@ func (p *Pool) refresh() error {
 	for _, c := range mine {
 		s := p.slotOf(c.PID, c.Start)
 		if c.Exited {
+			key := procKey{c.PID, c.Start}
+			if p.folded[key] {
+				if p.Kernel.Forget(c.PID) == nil {
+					delete(p.folded, key)
+				}
+				continue
+			}
 			if s == nil {
 				// Spawned and gone between two reads: it still held a slot.
 				s = p.place(Proc{PID: c.PID, StartTicks: nsToTicks(c.Start)})
@@ -138,6 +154,10 @@ func (p *Pool) refresh() error {
 			s.retire(c)
 			if err := p.Kernel.Forget(c.PID); err != nil {
 				p.Log.Warn("cannot drop exited worker from kernel map", "pid", c.PID, "error", err)
+				if p.folded == nil {
+					p.folded = map[procKey]bool{}
+				}
+				p.folded[key] = true
 			}
 			continue
 		}
@@ -185,7 +205,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	if err != nil {
 		p.Log.Debug("master owner unknown", "error", err)
 	}
-	boot, err := p.Proc.BootTime(ctx)
+	boot, err := p.Proc.BootTime()
 	if err != nil {
 		return nil, err
 	}

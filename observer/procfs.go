@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/shirou/gopsutil/v3/common"
-	"github.com/shirou/gopsutil/v3/host"
 	"github.com/shirou/gopsutil/v3/process"
 )
 
@@ -129,11 +128,22 @@ func (p Procfs) Owner(ctx context.Context, pid int) (uid, gid int, cwd string, e
 	return int(uids[0]), int(gids[0]), cwd, nil
 }
 
-// BootTime returns the system's boot time in unix seconds.
-func (p Procfs) BootTime(ctx context.Context) (int64, error) {
-	bt, err := host.BootTimeWithContext(p.ctx(ctx))
+// BootTime returns the system's boot time in unix seconds: the "btime" line
+// of /proc/stat. (gopsutil v3's BootTime derives it from uptime and the wall
+// clock instead, which drifts by a second between reads.)
+func (p Procfs) BootTime() (int64, error) {
+	b, err := os.ReadFile(filepath.Join(p.Root, "stat"))
 	if err != nil {
 		return 0, fmt.Errorf("boot time: %w", err)
 	}
-	return int64(bt), nil
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			bt, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("boot time: parse %q: %w", line, err)
+			}
+			return bt, nil
+		}
+	}
+	return 0, fmt.Errorf("boot time: no btime line in %s/stat", p.Root)
 }

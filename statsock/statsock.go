@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,24 +58,60 @@ func Listen(addr string) (net.Listener, error) {
 		return nil, err
 	}
 	if network == "unix" {
-		if err := removeStale(address); err != nil {
-			return nil, err
-		}
+		return listenUnix(address)
 	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("stats address %s is already in use: stop what listens there or choose another --stats: %w", addr, err)
-		}
-		return nil, fmt.Errorf("listen on stats address %s: %w", addr, err)
-	}
-	if network == "unix" {
-		if err := os.Chmod(address, 0o600); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("set mode of %s: %w", address, err)
-		}
+		return nil, listenError(addr, err)
 	}
 	return ln, nil
+}
+
+func listenError(addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("stats address %s is already in use: stop what listens there or choose another --stats: %w", addr, err)
+	}
+	return fmt.Errorf("listen on stats address %s: %w", addr, err)
+}
+
+// listenUnix creates the socket under a temporary name, sets its mode, and
+// only then renames it into place, so no client can connect before the
+// permissions hold.
+func listenUnix(path string) (net.Listener, error) {
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.%d.tmp", filepath.Base(path), os.Getpid()))
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, listenError(path, err)
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("set mode of stats socket %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("move stats socket into place at %s: %w", path, err)
+	}
+	// The listener removes the file on Close by its original (temporary)
+	// name; remove the real path ourselves instead.
+	ln.SetUnlinkOnClose(false)
+	return &unixListener{UnixListener: ln, path: path}, nil
+}
+
+type unixListener struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+// Close removes the socket file, then closes the socket, so that once
+// Accept has returned the path is free.
+func (l *unixListener) Close() error {
+	l.once.Do(func() { os.Remove(l.path) })
+	return l.UnixListener.Close()
 }
 
 // removeStale deletes a socket file nobody listens on. A live socket, or a
@@ -90,11 +127,17 @@ func removeStale(path string) error {
 	if fi.Mode()&os.ModeSocket == 0 {
 		return fmt.Errorf("stats socket %s: the path exists and is not a socket; remove it or choose another path", path)
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
 		c.Close()
 		return fmt.Errorf("stats socket %s: another process is listening on it", path)
 	}
-	if err := os.Remove(path); err != nil {
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		// A full backlog (EAGAIN) or a permission error: someone may
+		// well be listening. Never take over a socket we are unsure of.
+		return fmt.Errorf("stats socket %s: cannot tell whether it is in use (%w); remove it if it is stale", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale stats socket %s: %w", path, err)
 	}
 	return nil
@@ -107,18 +150,28 @@ func Serve(ctx context.Context, ln net.Listener, src Source, log *slog.Logger) e
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("accept on stats socket: %w", err)
 			}
-			return fmt.Errorf("accept on stats socket: %w", err)
+			// Out of file descriptors or memory, a connection reset
+			// before accept: wait and go on, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.Warn("accept on stats socket failed; retrying", "error", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			continue
 		}
+		backoff = 0
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
