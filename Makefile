@@ -4,6 +4,7 @@ GO       ?= go
 BIN      ?= workerstats
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
+FUZZTIME ?= 10s
 
 # bpf2go's compiler: Debian 12's clang 14, so generated objects are the same
 # on every machine that regenerates them.
@@ -42,6 +43,12 @@ lint: ## gofmt and go vet
 test: deps lint ## install what is missing, then run every test (as root, privileged tests load eBPF)
 	$(GO) test -count=1 ./bpf/... ./observer/... ./statsock/...
 	$(GO) test -count=1 -v ./cmd/...
+	$(MAKE) fuzz
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAddr$$' -fuzztime $(FUZZTIME) ./statsock/
+	$(GO) test -run '^$$' -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./statsock/
 
 .PHONY: test-privileged
 test-privileged: ## only the tests that load eBPF and run real servers (as root)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 )
 
 // Version is reported in the dump's "version" key.
@@ -24,6 +25,9 @@ type Pool struct {
 	Proc   Procfs
 	Kernel Kernel
 	Log    *slog.Logger
+	// MaxAge lets readers arriving within it of a snapshot share it, so a
+	// storm of readers costs the kernel maps one read. 0 reads every time.
+	MaxAge time.Duration
 
 	mu     sync.Mutex
 	master Proc
@@ -31,6 +35,8 @@ type Pool struct {
 	// folded holds exited processes already added to their slot whose
 	// kernel entry could not be removed yet: they must not count twice.
 	folded map[procKey]bool
+	last   *Stats
+	lastAt time.Time
 }
 
 // procKey identifies a process: pids are reused, (pid, start) is not.
@@ -185,17 +191,22 @@ func (p *Pool) Refresh() error {
 	return p.refresh()
 }
 
-// Snapshot reads the kernel now and returns the pool in uWSGI's schema.
+// Snapshot returns the pool in uWSGI's schema, read from the kernel now or
+// shared with readers of the last MaxAge. The result is shared: callers must
+// not modify it.
 func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.last != nil && time.Since(p.lastAt) < p.MaxAge {
+		return p.last, nil
+	}
 	if err := p.refresh(); err != nil {
 		return nil, err
 	}
 	st := &Stats{
 		Version:  Version,
 		PID:      p.master.PID,
-		Locks:    []Lock{},
+		Locks:    []Lock{{"snapshot": 0}},
 		Sockets:  []Socket{},
 		Workers:  make([]Worker, 0, len(p.slots)),
 		Observer: p.Kernel.Info(),
@@ -204,6 +215,21 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	st.UID, st.GID, st.CWD, err = p.Proc.Owner(ctx, p.master.PID)
 	if err != nil {
 		p.Log.Debug("master owner unknown", "error", err)
+	}
+	var workerPID []int
+	for _, s := range p.slots {
+		if s.alive {
+			workerPID = append(workerPID, s.proc.PID)
+			break
+		}
+	}
+	if socks, err := p.Proc.ListeningSockets(p.master.PID, workerPID...); err != nil {
+		p.Log.Debug("master's listening sockets unknown", "error", err)
+	} else {
+		st.Sockets = socks
+		for _, s := range socks {
+			st.ListenQueue = max(st.ListenQueue, s.Queue)
+		}
 	}
 	boot, err := p.Proc.BootTime()
 	if err != nil {
@@ -219,6 +245,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		st.Load += uint64(w.Cores[0].InRequest)
 		st.Workers = append(st.Workers, w)
 	}
+	p.last, p.lastAt = st, time.Now()
 	return st, nil
 }
 

@@ -287,7 +287,7 @@ func TestPoolSnapshotSchema(t *testing.T) {
 	}{
 		{`"vars":[]`, 3},     // one per core
 		{`"req_info":{}`, 3}, // one per core
-		{`"locks":[]`, 1},
+		{`"locks":[{"snapshot":0}]`, 1},
 		{`"sockets":[]`, 1},
 		{"null", 0},
 	} {

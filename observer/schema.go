@@ -25,8 +25,9 @@ type Stats struct {
 	Observer ObserverInfo `json:"observer"`
 }
 
-// Lock is one of uWSGI's named locks, {"name": holder}. workerstats holds no
-// locks; the list is kept for shape.
+// Lock is one of uWSGI's named locks, {"name": pid of the holder, or 0}.
+// workerstats cannot see the server's locks from outside; it lists its own
+// snapshot lock, which a reader never sees held.
 type Lock map[string]int
 
 // Socket is one listening socket of the pool.

@@ -2,13 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -22,6 +24,14 @@ type serveOptions struct {
 	hooks    string
 	bpfStats bool
 	procRoot string
+
+	statsHTTP     bool
+	statsMinified bool
+	statsChmod    string
+	statsChown    string
+	statsMaxConns int
+	statsTimeout  time.Duration
+	statsMaxAge   time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -31,7 +41,8 @@ func newServeCmd() *cobra.Command {
 		Short: "Watch a pool's workers and serve their stats",
 		Long: `serve watches the direct children of the master process --pid as its workers,
 counts their requests in the kernel, and serves uWSGI stats JSON on --stats
-(host:port, or a Unix socket path). It needs root.`,
+in uWSGI's address forms: host:port, :port, [ipv6]:port, /path.sock, @abstract.
+It needs root.`,
 		Example: `  workerstats serve --pid $(cat /run/uwsgi/app.pid) --stats 127.0.0.1:1717
   workerstats serve --pid 1234 --stats /run/workerstats/app.sock`,
 		Args: cobra.NoArgs,
@@ -41,7 +52,14 @@ counts their requests in the kernel, and serves uWSGI stats JSON on --stats
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.pid, "pid", 0, "PID of the pool's master process (required)")
-	f.StringVar(&o.stats, "stats", "127.0.0.1:1717", "stats socket: host:port or a Unix socket path")
+	f.StringVar(&o.stats, "stats", "127.0.0.1:1717", "stats socket: host:port, :port (all interfaces), [ipv6]:port, /path.sock or @abstract")
+	f.BoolVar(&o.statsHTTP, "stats-http", false, "speak HTTP on the stats socket: GET / for the JSON, GET /metrics for Prometheus")
+	f.BoolVar(&o.statsMinified, "stats-minified", false, "compact JSON instead of uWSGI's tab-indented layout")
+	f.StringVar(&o.statsChmod, "stats-chmod", "600", "mode of a Unix stats socket, in octal")
+	f.StringVar(&o.statsChown, "stats-chown", "", "owner of a Unix stats socket: user, user:group or :group")
+	f.IntVar(&o.statsMaxConns, "stats-max-conns", statsock.DefaultMaxConns, "stats connections served at once; more are closed at once")
+	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
+	f.DurationVar(&o.statsMaxAge, "stats-max-age", 100*time.Millisecond, "readers within this interval share one snapshot of the kernel counters")
 	f.StringVar(&o.hooks, "hooks", observer.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.3) or syscall")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.StringVar(&o.procRoot, "proc", "/proc", "procfs mount to read processes from")
@@ -66,11 +84,25 @@ func serve(ctx context.Context, o serveOptions) error {
 		}
 		return err
 	}
-	ln, err := statsock.Listen(o.stats)
+	addr, err := statsock.ParseAddr(o.stats)
+	if err != nil {
+		return err
+	}
+	mode, err := strconv.ParseUint(o.statsChmod, 8, 32)
+	if err != nil || mode > 0o777 {
+		return fmt.Errorf("--stats-chmod %q is not an octal file mode such as 600 or 660", o.statsChmod)
+	}
+	if o.statsMaxConns <= 0 || o.statsTimeout <= 0 || o.statsMaxAge < 0 {
+		return errors.New("--stats-max-conns and --stats-timeout must be positive, --stats-max-age not negative")
+	}
+	ln, err := statsock.Listen(addr, statsock.ListenOptions{Mode: os.FileMode(mode), Owner: o.statsChown})
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
+	if addr.Wildcard {
+		log.Warn("the stats socket listens on all interfaces: anyone who can reach this host can read the pool's stats", "addr", o.stats)
+	}
 
 	k, err := observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, Log: log.With("component", "ebpf")})
 	if err != nil {
@@ -81,21 +113,26 @@ func serve(ctx context.Context, o serveOptions) error {
 	}
 	defer k.Close()
 
-	pool := &observer.Pool{Master: o.pid, Proc: proc, Kernel: k, Log: log.With("component", "pool")}
+	pool := &observer.Pool{Master: o.pid, Proc: proc, Kernel: k, Log: log.With("component", "pool"), MaxAge: o.statsMaxAge}
 	if err := pool.Start(ctx); err != nil {
 		return err
 	}
 	go maintain(ctx, pool, k, log)
 
-	log.Info("serving stats", "addr", o.stats, "master", o.pid, "hooks", k.Hooks())
-	src := statsock.SourceFunc(func(ctx context.Context) ([]byte, error) {
-		st, err := pool.Snapshot(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return json.MarshalIndent(st, "", "\t")
-	})
-	err = statsock.Serve(ctx, ln, src, log.With("component", "statsock"))
+	srv := &statsock.Server{
+		Source:   &observer.JSONSource{Pool: pool, Minified: o.statsMinified},
+		HTTP:     o.statsHTTP,
+		MaxConns: o.statsMaxConns,
+		Timeout:  o.statsTimeout,
+		Log:      log.With("component", "statsock"),
+	}
+	if o.statsHTTP {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(&observer.Collector{Snapshot: pool.Snapshot, Log: log.With("component", "metrics")})
+		srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
+	}
+	log.Info("serving stats", "addr", o.stats, "http", o.statsHTTP, "master", o.pid, "hooks", k.Hooks())
+	err = srv.Serve(ctx, ln)
 	log.Info("stopped")
 	return err
 }

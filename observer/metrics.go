@@ -1,0 +1,100 @@
+package observer
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exposes a pool's dump as Prometheus metrics. Counters are
+// cumulative per worker slot (they survive respawns, as uWSGI's do), so a
+// slot is labelled by its id; its current pid is a label of
+// workerstats_worker_info only, keeping series stable across respawns.
+type Collector struct {
+	Snapshot func(ctx context.Context) (*Stats, error)
+	Log      *slog.Logger
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("workerstats_"+name, help, labels, nil)
+}
+
+var (
+	descUp           = desc("up", "1 when the pool's stats could be read.")
+	descListenQueue  = desc("listen_queue", "Largest accept queue among the pool's listening sockets.")
+	descLoad         = desc("load", "Requests in progress across the pool.")
+	descSocketQueue  = desc("socket_queue", "Connections waiting in a listening socket's accept queue.", "socket")
+	descSocketMax    = desc("socket_max_queue", "Backlog of a listening socket.", "socket")
+	descDropped      = desc("dropped_total", "Events the kernel side could not record, by kind.", "kind")
+	descWorkerInfo   = desc("worker_info", "The process currently in a worker slot.", "worker", "pid")
+	descRequests     = desc("worker_requests_total", "Requests served by the worker slot.", "worker")
+	descTx           = desc("worker_transmitted_bytes_total", "Bytes the worker sent on connections it accepted.", "worker")
+	descRx           = desc("worker_received_bytes_total", "Bytes the worker received on connections it accepted.", "worker")
+	descAccepted     = desc("worker_accepted_connections_total", "Connections the worker accepted.", "worker")
+	descRunning      = desc("worker_request_seconds_total", "Time the worker spent in requests.", "worker")
+	descAvgRT        = desc("worker_average_response_seconds", "uWSGI's running average of the worker's response time.", "worker")
+	descBusy         = desc("worker_busy", "1 while the worker has a request in progress.", "worker")
+	descRSS          = desc("worker_resident_memory_bytes", "Resident memory of the worker process.", "worker")
+	descVSZ          = desc("worker_virtual_memory_bytes", "Virtual memory of the worker process.", "worker")
+	descRespawns     = desc("worker_respawns_total", "Processes that have held the worker slot.", "worker")
+	descLastSpawn    = desc("worker_last_spawn_timestamp_seconds", "Start time of the slot's current process.", "worker")
+	descAllDescribed = []*prometheus.Desc{descUp, descListenQueue, descLoad, descSocketQueue, descSocketMax, descDropped,
+		descWorkerInfo, descRequests, descTx, descRx, descAccepted, descRunning, descAvgRT, descBusy, descRSS, descVSZ,
+		descRespawns, descLastSpawn}
+)
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range descAllDescribed {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.Snapshot(context.Background())
+	if err != nil {
+		if c.Log != nil {
+			c.Log.Error("cannot build stats for metrics", "error", err)
+		}
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 0)
+		return
+	}
+	gauge := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	counter := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
+	}
+	gauge(descUp, 1)
+	gauge(descListenQueue, float64(st.ListenQueue))
+	gauge(descLoad, float64(st.Load))
+	for _, s := range st.Sockets {
+		gauge(descSocketQueue, float64(s.Queue), s.Name)
+		gauge(descSocketMax, float64(s.MaxQueue), s.Name)
+	}
+	for kind, n := range st.Observer.Dropped {
+		counter(descDropped, float64(n), kind)
+	}
+	for _, w := range st.Workers {
+		id := strconv.Itoa(w.ID)
+		gauge(descWorkerInfo, 1, id, strconv.Itoa(w.PID))
+		counter(descRequests, float64(w.Requests), id)
+		counter(descTx, float64(w.TX), id)
+		counter(descRx, float64(w.RX), id)
+		counter(descAccepted, float64(w.Accepted), id)
+		counter(descRunning, float64(w.RunningTime)/1e6, id)
+		gauge(descAvgRT, float64(w.AvgRT)/1e6, id)
+		busy := 0.0
+		if w.Status == "busy" {
+			busy = 1
+		}
+		gauge(descBusy, busy, id)
+		gauge(descRSS, float64(w.RSS), id)
+		gauge(descVSZ, float64(w.VSZ), id)
+		counter(descRespawns, float64(w.RespawnCount), id)
+		gauge(descLastSpawn, float64(w.LastSpawn), id)
+	}
+}
