@@ -72,7 +72,7 @@ func ParseAddr(s string) (Addr, error) {
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil || (len(port) > 1 && port[0] == '0') {
 		return bad("has no valid port (0-65535)")
 	}
-	if strings.ContainsAny(host, " %[]") || (strings.Contains(host, ":") && net.ParseIP(host) == nil) {
+	if !validHost(host, strings.HasPrefix(s, "[")) {
 		return bad("has an invalid host")
 	}
 	wildcard := host == ""
@@ -80,4 +80,21 @@ func ParseAddr(s string) (Addr, error) {
 		wildcard = true
 	}
 	return Addr{Network: "tcp", Address: net.JoinHostPort(host, port), Wildcard: wildcard}, nil
+}
+
+// validHost accepts an IP address, or a host name of letters, digits, '-'
+// and '.'; a bracketed host must be an IPv6 address.
+func validHost(host string, bracketed bool) bool {
+	if ip := net.ParseIP(host); ip != nil {
+		return !bracketed || strings.Contains(host, ":")
+	}
+	if bracketed {
+		return false
+	}
+	for _, r := range host {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
 }

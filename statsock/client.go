@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // Read fetches one dump from target: any stats address form (see
@@ -28,6 +29,8 @@ func Read(ctx context.Context, target string) ([]byte, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
 	b, err := io.ReadAll(c)
 	if err != nil {
 		return nil, fmt.Errorf("read stats from %s: %w", target, err)

@@ -210,9 +210,6 @@ func TestHTTPRefusals(t *testing.T) {
 
 // A HEAD request never gets a body, not even with an error status.
 func TestHTTPHeadErrorHasNoBody(t *testing.T) {
-	knownBug(t, "error answers to HEAD carry a body (\"Not Found\\n\" after the blank line), which RFC 9110 §9.3.2 forbids: "+
-		"serveHTTP's writeError calls (statsock/server.go:166 405, :175 500, :181 and :188 404) cannot say the request was HEAD, and writeError (server.go:192-200) always calls writeResponse with head=false. "+
-		"Fix: give writeError the head flag (writeError(c, code, extra, head)) and pass it to writeResponse, keeping Content-Length.")
 	var fail atomic.Bool
 	src := SourceFunc(func(ctx context.Context) ([]byte, error) {
 		if fail.Load() {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,40 +44,53 @@ func listenError(addr string, err error) error {
 	return fmt.Errorf("listen on stats address %s: %w", addr, err)
 }
 
-// lookupOwner resolves "user[:group]" to ids; -1 leaves one unchanged.
+// lookupOwner resolves "user", "user:", "user:group" or ":group" to ids,
+// as chown(1) reads them: a user alone leaves the group, "user:" takes the
+// user's login group. -1 leaves an id unchanged.
 func lookupOwner(owner string) (uid, gid int, err error) {
 	uid, gid = -1, -1
 	if owner == "" {
 		return uid, gid, nil
 	}
-	name, group, hasGroup := strings.Cut(owner, ":")
+	name, group, hasColon := strings.Cut(owner, ":")
 	if name != "" {
-		if uid, err = strconv.Atoi(name); err != nil {
-			u, lerr := user.Lookup(name)
-			if lerr != nil {
+		u, lerr := user.Lookup(name)
+		if lerr != nil {
+			if _, nerr := strconv.Atoi(name); nerr != nil {
 				return 0, 0, fmt.Errorf("--stats-chown %q: no such user: %w", owner, lerr)
 			}
-			uid, _ = strconv.Atoi(u.Uid)
-			if !hasGroup {
-				gid, _ = strconv.Atoi(u.Gid)
+			u, lerr = user.LookupId(name)
+			if lerr != nil {
+				// A numeric uid with no passwd entry is still a uid.
+				u = &user.User{Uid: name, Gid: "-1"}
 			}
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		if hasColon && group == "" {
+			gid, _ = strconv.Atoi(u.Gid)
 		}
 	}
-	if hasGroup && group != "" {
-		if gid, err = strconv.Atoi(group); err != nil {
-			g, lerr := user.LookupGroup(group)
-			if lerr != nil {
+	if group != "" {
+		g, lerr := user.LookupGroup(group)
+		if lerr != nil {
+			if _, nerr := strconv.Atoi(group); nerr != nil {
 				return 0, 0, fmt.Errorf("--stats-chown %q: no such group: %w", owner, lerr)
 			}
-			gid, _ = strconv.Atoi(g.Gid)
+			g = &user.Group{Gid: group}
 		}
+		gid, _ = strconv.Atoi(g.Gid)
 	}
 	return uid, gid, nil
 }
 
-// listenUnixPath creates the socket under a temporary name, sets its mode
-// and owner, and only then renames it into place, so no client can connect
-// before the permissions hold.
+// unixBacklog is the backlog asked of a Unix stats socket; the kernel caps
+// it at net.core.somaxconn.
+const unixBacklog = 4096
+
+// listenUnixPath binds the socket at path (created 0600), sets its mode and
+// owner, and only then listens, so no client gets in before the permissions
+// hold. bind(2) never replaces an existing
+// file, so two daemons cannot both take the path.
 func listenUnixPath(path string, o ListenOptions) (net.Listener, error) {
 	mode := o.Mode
 	if mode == 0 {
@@ -91,44 +103,64 @@ func listenUnixPath(path string, o ListenOptions) (net.Listener, error) {
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.%d.tmp", filepath.Base(path), os.Getpid()))
-	os.Remove(tmp)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, listenError(path, err)
+		return nil, fmt.Errorf("stats socket %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close() // FileListener dups it
+	// connect(2) checks the file's mode when it looks the path up, and
+	// whether anyone listens later, so the file must never exist with a
+	// looser mode than 0600: create it under umask 0177. The umask is the
+	// process's; this runs at start-up, before anything else creates files.
+	old := syscall.Umask(0o177)
+	err = syscall.Bind(fd, &syscall.SockaddrUnix{Name: path})
+	syscall.Umask(old)
+	if err != nil {
+		return nil, listenError(path, &net.OpError{Op: "bind", Net: "unix", Err: os.NewSyscallError("bind", err)})
 	}
 	fail := func(err error) (net.Listener, error) {
-		ln.Close()
+		os.Remove(path)
 		return nil, err
 	}
-	if err := os.Chmod(tmp, mode); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		return fail(fmt.Errorf("set mode of stats socket %s: %w", path, err))
 	}
 	if uid != -1 || gid != -1 {
-		if err := os.Lchown(tmp, uid, gid); err != nil {
+		if err := os.Lchown(path, uid, gid); err != nil {
 			return fail(fmt.Errorf("set owner of stats socket %s: %w", path, err))
 		}
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fail(fmt.Errorf("move stats socket into place at %s: %w", path, err))
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fail(fmt.Errorf("stats socket %s: %w", path, err))
 	}
-	// The listener would unlink its original (temporary) name on Close;
-	// remove the real path instead.
-	ln.SetUnlinkOnClose(false)
-	return &unixListener{UnixListener: ln, path: path}, nil
+	if err := syscall.Listen(fd, unixBacklog); err != nil {
+		return fail(fmt.Errorf("listen on stats socket %s: %w", path, err))
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return fail(fmt.Errorf("stats socket %s: %w", path, err))
+	}
+	return &unixListener{Listener: ln, path: path, file: fi}, nil
 }
 
 type unixListener struct {
-	*net.UnixListener
+	net.Listener
 	path string
+	file os.FileInfo // the socket file we made, to remove only that one
 	once sync.Once
 }
 
-// Close removes the socket file, then closes the socket, so that once
-// Accept has returned the path is free.
+// Close removes the socket file if it is still ours, then closes the
+// socket, so that once Accept has returned the path is free.
 func (l *unixListener) Close() error {
-	l.once.Do(func() { os.Remove(l.path) })
-	return l.UnixListener.Close()
+	l.once.Do(func() {
+		if fi, err := os.Lstat(l.path); err == nil && os.SameFile(fi, l.file) {
+			os.Remove(l.path)
+		}
+	})
+	return l.Listener.Close()
 }
 
 // removeStale deletes a socket file nobody listens on. A live socket, or a

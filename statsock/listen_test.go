@@ -132,10 +132,12 @@ func TestListenUnixOwner(t *testing.T) {
 		owner    string
 		uid, gid int
 	}{
-		{"nobody", nobody, nobodyGid}, // a user alone takes the user's group
+		{"nobody", nobody, myGroup},    // a user alone leaves the group, as chown(1)
+		{"nobody:", nobody, nobodyGid}, // "user:" takes the user's login group
+		{strconv.Itoa(nobody) + ":", nobody, nobodyGid},
 		{"nobody:nogroup", nobody, nogroup},
 		{":nogroup", me, nogroup},
-		{strconv.Itoa(nobody), nobody, myGroup}, // see TestListenUnixOwnerNumericLikeName
+		{strconv.Itoa(nobody), nobody, myGroup},
 		{fmt.Sprintf("%d:%d", nobody, nogroup), nobody, nogroup},
 		{fmt.Sprintf(":%d", nogroup), me, nogroup},
 		{"nobody:" + strconv.Itoa(nogroup), nobody, nogroup},
@@ -164,9 +166,6 @@ func TestListenUnixOwner(t *testing.T) {
 
 // "nobody" and its numeric id are two spellings of one owner.
 func TestListenUnixOwnerNumericLikeName(t *testing.T) {
-	knownBug(t, "--stats-chown nobody sets the group to nobody's login group but --stats-chown 65534 leaves the group alone: "+
-		"statsock/listen.go:55-66 takes the user's group only when the user is a name. "+
-		"Fix: decide one rule; either never change the group without ':group' (as chown(1) does), or for a numeric uid look it up with user.LookupId and take its Gid when found.")
 	requireRoot(t)
 	nobody, _, _ := lookupIDs(t, "nobody", "nogroup")
 	var owners [2][2]int
@@ -289,12 +288,6 @@ func TestListenUnixAccess(t *testing.T) {
 // connect to the socket's temporary name, while Listen runs under a
 // permissive umask, must never get in.
 func TestListenUnixNoConnectionBeforeChmod(t *testing.T) {
-	knownBug(t, "a connection can arrive before the socket's mode is set: statsock/listen.go:96 creates the temporary socket with net.ListenUnix, "+
-		"which binds AND listens, with the umask's mode (0777 under umask 0, 0775 under 002), and the chmod only comes at listen.go:104; "+
-		"the temporary name .<base>.<pid>.tmp is predictable, and a connection queued on it is accepted after the rename. "+
-		"This test, as another user (fsuid 54321), connected 1166 times during 3922 Listen calls in 2s. "+
-		"Fix: bind without listening (syscall.Socket+Bind, chmod/chown, rename, then syscall.Listen and net.FileListener), "+
-		"or create the temporary socket inside a fresh 0700 directory (os.MkdirTemp in the same directory) and rename it out.")
 	requireRoot(t)
 	withUmask(t, 0)
 	path := sockPath(t)
@@ -345,10 +338,6 @@ func TestListenUnixNoConnectionBeforeChmod(t *testing.T) {
 
 // A path ParseAddr accepts can be listened on, up to the length limit.
 func TestListenUnixLongPath(t *testing.T) {
-	knownBug(t, "Listen fails with \"bind: invalid argument\" on Unix paths that ParseAddr accepts (up to 107 bytes) but that are "+
-		"longer than 101-len(pid) bytes (94 to 97 with usual pids): the temporary name at statsock/listen.go:94 (.<base>.<pid>.tmp) is len(path)+len(pid)+6 bytes and overflows sun_path. "+
-		"Fix: use a temporary name no longer than the path (e.g. a short random base in the same directory, checked against maxUnixPath), "+
-		"or bind by a shorter route (a relative name via a directory fd, /proc/self/fd/N/...), and have ParseAddr and Listen agree on the limit.")
 	dir := t.TempDir()
 	if len(dir) > 60 {
 		t.Skipf("temporary directory %s too long for this test", dir)
@@ -378,9 +367,6 @@ func TestListenAbstractLongName(t *testing.T) {
 }
 
 func TestListenUnixAddrIsThePath(t *testing.T) {
-	knownBug(t, "the listener Listen returns for a Unix path reports the temporary name (Addr() = .../.stats.sock.<pid>.tmp, a file that no longer exists): "+
-		"statsock/listen.go:121-125 embeds *net.UnixListener and does not override Addr. "+
-		"Fix: func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: \"unix\"} }.")
 	path := sockPath(t)
 	ln := listen(t, path, ListenOptions{})
 	if got := ln.Addr().String(); got != path {
@@ -412,8 +398,6 @@ func TestListenUnixCloseRemovesFile(t *testing.T) {
 // Closing an old listener whose file was replaced (deleted by hand, then
 // another daemon started on the same path) must not remove the new file.
 func TestListenUnixCloseKeepsAnotherSocket(t *testing.T) {
-	knownBug(t, "(minor) Close removes whatever file is at the path, even another daemon's live socket: statsock/listen.go:130 removes l.path unconditionally. "+
-		"Fix: remember the socket's device and inode (os.Lstat after the rename) and remove the path on Close only if os.SameFile still holds.")
 	path := sockPath(t)
 	first := listen(t, path, ListenOptions{})
 	os.Remove(path)

@@ -154,49 +154,49 @@ func (s *Server) serveHTTP(ctx context.Context, c net.Conn, log *slog.Logger) {
 		case cr.n == 0:
 			// Connected and said nothing, or timed out silent: close.
 		case cr.n >= MaxRequestBytes:
-			writeError(c, http.StatusRequestHeaderFieldsTooLarge, nil)
+			writeError(c, http.StatusRequestHeaderFieldsTooLarge, nil, false)
 		case errors.As(err, &ne) && ne.Timeout():
-			writeError(c, http.StatusRequestTimeout, nil)
+			writeError(c, http.StatusRequestTimeout, nil, false)
 		default:
-			writeError(c, http.StatusBadRequest, nil)
+			writeError(c, http.StatusBadRequest, nil, false)
 		}
 		return
 	}
-	if req.Method != http.MethodGet && req.Method != http.MethodHead {
-		writeError(c, http.StatusMethodNotAllowed, [][2]string{{"Allow", "GET, HEAD"}})
+	head := req.Method == http.MethodHead
+	if req.Method != http.MethodGet && !head {
+		writeError(c, http.StatusMethodNotAllowed, [][2]string{{"Allow", "GET, HEAD"}}, false)
 		return
 	}
-	head := req.Method == http.MethodHead
 	switch req.URL.Path {
 	case "/":
 		b, err := s.Source.Dump(ctx)
 		if err != nil {
 			log.Error("cannot build stats dump", "error", err)
-			writeError(c, http.StatusInternalServerError, nil)
+			writeError(c, http.StatusInternalServerError, nil, head)
 			return
 		}
 		writeResponse(c, http.StatusOK, uwsgiHeaders, b, head)
 	case "/metrics":
 		if s.Metrics == nil {
-			writeError(c, http.StatusNotFound, nil)
+			writeError(c, http.StatusNotFound, nil, head)
 			return
 		}
 		rec := &recorder{header: http.Header{}}
 		s.Metrics.ServeHTTP(rec, req.WithContext(ctx))
 		writeResponse(c, rec.status(), rec.headers(), rec.body.Bytes(), head)
 	default:
-		writeError(c, http.StatusNotFound, nil)
+		writeError(c, http.StatusNotFound, nil, head)
 	}
 }
 
-func writeError(w io.Writer, code int, extra [][2]string) {
+func writeError(w io.Writer, code int, extra [][2]string, head bool) {
 	body := []byte(http.StatusText(code) + "\n")
 	h := append([][2]string{
 		{"Connection", "close"},
 		{"Content-Type", "text/plain; charset=utf-8"},
 		{"Content-Length", strconv.Itoa(len(body))},
 	}, extra...)
-	writeResponse(w, code, h, body, false)
+	writeResponse(w, code, h, body, head)
 }
 
 // writeResponse writes an HTTP/1.0 response, as uWSGI's stats server does.
