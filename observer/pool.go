@@ -35,8 +35,25 @@ type Pool struct {
 	// folded holds exited processes already added to their slot whose
 	// kernel entry could not be removed yet: they must not count twice.
 	folded map[procKey]bool
+	live   map[Proc]*slot // live slots by process
 	last   *Stats
 	lastAt time.Time
+	gauges gauges
+}
+
+// GaugeMaxAge is how long procfs and sock_diag figures (memory, owner,
+// sockets and their queues) are reused across snapshots: reading them for
+// every worker on every dump would cost more than the dump itself.
+const GaugeMaxAge = time.Second
+
+// gauges are the pool-wide figures read from procfs and sock_diag.
+type gauges struct {
+	at          time.Time
+	uid, gid    int
+	cwd         string
+	boot        int64
+	sockets     []Socket
+	listenQueue uint64
 }
 
 // procKey identifies a process: pids are reused, (pid, start) is not.
@@ -53,6 +70,8 @@ type slot struct {
 	past     Counters // sums over the slot's exited processes
 	cur      Counters // the current process's counters
 	lastSeen bool
+	rss, vsz uint64 // the current process's memory, read at memAt
+	memAt    time.Time
 }
 
 // Start finds the master and its current workers and starts counting.
@@ -83,29 +102,32 @@ func (p *Pool) Start(ctx context.Context) error {
 
 // place puts a newly seen worker process in a slot.
 func (p *Pool) place(proc Proc) *slot {
+	if p.live == nil {
+		p.live = map[Proc]*slot{}
+	}
 	for _, s := range p.slots {
 		if !s.alive {
 			s.proc, s.alive, s.cur = proc, true, Counters{}
+			s.rss, s.vsz, s.memAt = 0, 0, time.Time{}
 			s.spawns++
+			p.live[proc] = s
 			return s
 		}
 	}
 	s := &slot{id: len(p.slots) + 1, proc: proc, alive: true, spawns: 1}
 	p.slots = append(p.slots, s)
+	p.live[proc] = s
 	return s
 }
 
+// slotOf returns the live slot of a process the kernel reports.
 func (p *Pool) slotOf(pid int, startNs uint64) *slot {
-	for _, s := range p.slots {
-		if s.alive && s.proc.PID == pid && s.proc.StartTicks == nsToTicks(startNs) {
-			return s
-		}
-	}
-	return nil
+	return p.live[Proc{PID: pid, StartTicks: nsToTicks(startNs)}]
 }
 
-// retire folds a slot's current process into its past.
-func (s *slot) retire(final Counters) {
+// retire folds a slot's current process into its past and frees the slot.
+func (p *Pool) retire(s *slot, final Counters) {
+	delete(p.live, s.proc)
 	s.past.Requests += final.Requests
 	s.past.TX += final.TX
 	s.past.RX += final.RX
@@ -157,7 +179,7 @@ func (p *Pool) refresh() error {
 				// Spawned and gone between two reads: it still held a slot.
 				s = p.place(Proc{PID: c.PID, StartTicks: nsToTicks(c.Start)})
 			}
-			s.retire(c)
+			p.retire(s, c)
 			if err := p.Kernel.Forget(c.PID); err != nil {
 				p.Log.Warn("cannot drop exited worker from kernel map", "pid", c.PID, "error", err)
 				if p.folded == nil {
@@ -177,7 +199,7 @@ func (p *Pool) refresh() error {
 	// full when it forked, or it was removed): keep what it had.
 	for _, s := range p.slots {
 		if s.alive && !s.lastSeen {
-			s.retire(s.cur)
+			p.retire(s, s.cur)
 		}
 	}
 	return nil
@@ -211,11 +233,44 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		Workers:  make([]Worker, 0, len(p.slots)),
 		Observer: p.Kernel.Info(),
 	}
-	var err error
-	st.UID, st.GID, st.CWD, err = p.Proc.Owner(ctx, p.master.PID)
+	g, err := p.readGauges(ctx)
 	if err != nil {
+		return nil, err
+	}
+	st.UID, st.GID, st.CWD = g.uid, g.gid, g.cwd
+	st.Sockets, st.ListenQueue = g.sockets, g.listenQueue
+	now := time.Now()
+	for _, s := range p.slots {
+		if s.alive && now.Sub(s.memAt) >= GaugeMaxAge {
+			if s.rss, s.vsz, err = p.Proc.Memory(ctx, s.proc.PID); err != nil {
+				p.Log.Debug("worker memory unknown", "pid", s.proc.PID, "error", err)
+			}
+			s.memAt = now
+		}
+		w := s.worker(g.boot)
+		if s.alive {
+			w.RSS, w.VSZ = s.rss, s.vsz
+		}
+		st.Load += uint64(w.Cores[0].InRequest)
+		st.Workers = append(st.Workers, w)
+	}
+	p.last, p.lastAt = st, time.Now()
+	return st, nil
+}
+
+// readGauges returns the pool-wide procfs and sock_diag figures, read again
+// when older than GaugeMaxAge.
+func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
+	if time.Since(p.gauges.at) < GaugeMaxAge {
+		return p.gauges, nil
+	}
+	g := gauges{sockets: []Socket{}}
+	var err error
+	if g.uid, g.gid, g.cwd, err = p.Proc.Owner(ctx, p.master.PID); err != nil {
 		p.Log.Debug("master owner unknown", "error", err)
 	}
+	// The sockets the master shares with a worker are the pool's; the
+	// master's own (a stats or admin socket) are left out.
 	var workerPID []int
 	for _, s := range p.slots {
 		if s.alive {
@@ -226,27 +281,17 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	if socks, err := p.Proc.ListeningSockets(p.master.PID, workerPID...); err != nil {
 		p.Log.Debug("master's listening sockets unknown", "error", err)
 	} else {
-		st.Sockets = socks
+		g.sockets = socks
 		for _, s := range socks {
-			st.ListenQueue = max(st.ListenQueue, s.Queue)
+			g.listenQueue = max(g.listenQueue, s.Queue)
 		}
 	}
-	boot, err := p.Proc.BootTime()
-	if err != nil {
-		return nil, err
+	if g.boot, err = p.Proc.BootTime(); err != nil {
+		return gauges{}, err
 	}
-	for _, s := range p.slots {
-		w := s.worker(boot)
-		if s.alive {
-			if w.RSS, w.VSZ, err = p.Proc.Memory(ctx, s.proc.PID); err != nil {
-				p.Log.Debug("worker memory unknown", "pid", s.proc.PID, "error", err)
-			}
-		}
-		st.Load += uint64(w.Cores[0].InRequest)
-		st.Workers = append(st.Workers, w)
-	}
-	p.last, p.lastAt = st, time.Now()
-	return st, nil
+	g.at = time.Now()
+	p.gauges = g
+	return g, nil
 }
 
 // worker renders a slot as uWSGI's worker object.
