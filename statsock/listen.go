@@ -1,6 +1,7 @@
 package statsock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -30,7 +31,10 @@ func Listen(a Addr, o ListenOptions) (net.Listener, error) {
 	if a.Path() {
 		return listenUnixPath(a.Address, o)
 	}
-	ln, err := net.Listen(a.Network, a.Address)
+	// A stats connection lives for one write: TCP keep-alive, which Go
+	// sets on every accepted connection (two setsockopt calls), is waste.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), a.Network, a.Address)
 	if err != nil {
 		return nil, listenError(a.Address, err)
 	}
