@@ -620,8 +620,10 @@ func FuzzServeHTTP(f *testing.F) {
 		}
 		code, _ := strconv.Atoi(string(m[1]))
 		method, p, parsed := requestOf(req)
+		// A HEAD answer has no body; a request the server could not parse
+		// (so it cannot know it was HEAD) may get one.
 		parseAs := "GET"
-		if code == 200 && method == "HEAD" {
+		if method == "HEAD" && (code == 200 || bytes.HasSuffix(raw, []byte("\r\n\r\n"))) {
 			parseAs = "HEAD"
 		}
 		resp, body := parseResponse(t, raw, parseAs)
@@ -652,7 +654,8 @@ func FuzzServeHTTP(f *testing.F) {
 			if code == 405 && resp.Header.Get("Allow") != "GET, HEAD" {
 				t.Fatalf("405 without Allow: %q", clip(raw))
 			}
-			if resp.Header.Get("Content-Length") != strconv.Itoa(len(body)) || resp.Header.Get("Connection") != "close" {
+			cl, err := strconv.Atoi(resp.Header.Get("Content-Length"))
+			if err != nil || (parseAs == "GET" && cl != len(body)) || (parseAs == "HEAD" && len(body) != 0) || resp.Header.Get("Connection") != "close" {
 				t.Fatalf("error answer with bad headers: %q", clip(raw))
 			}
 		default:
