@@ -5,16 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -134,161 +129,27 @@ type benchPool struct {
 }
 
 // startBenchPool starts uWSGI (workers, http-socket, its own --stats) and
-// `workerstats serve` on its master, serves them a few requests, and stops
-// both when b ends. It is startUWSGI and startDaemon for a benchmark (those
-// take a *testing.T).
+// `workerstats serve` on its master, serves them a few requests until both
+// agree, and stops both when b ends.
 func startBenchPool(b *testing.B, workers int) *benchPool {
 	b.Helper()
-	skip := func(format string, args ...any) {
-		b.Helper()
-		if os.Getenv("WORKERSTATS_REQUIRE_PRIVILEGED") != "" {
-			b.Fatalf("WORKERSTATS_REQUIRE_PRIVILEGED is set but: "+format, args...)
-		}
-		b.Skipf(format, args...)
-	}
-	if os.Geteuid() != 0 {
-		skip("needs root to load and attach eBPF programs (run: sudo make bench)")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		skip("kernel has no BTF (/sys/kernel/btf/vmlinux): %v", err)
-	}
-	bin, err := exec.LookPath("uwsgi")
-	if err != nil {
-		skip("uwsgi is not installed (apt-get install uwsgi uwsgi-plugin-python3)")
-	}
-	if _, err := os.Stat("/usr/lib/uwsgi/plugins/python3_plugin.so"); err != nil {
-		skip("uWSGI's python3 plugin is not installed (apt-get install uwsgi-plugin-python3)")
-	}
-	port := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}
-	dir := b.TempDir()
-	app := filepath.Join(dir, "app.py")
-	if err := os.WriteFile(app, []byte(testApp), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	p := &benchPool{uwsgiStats: port(), ourStats: port(), maxAge: "default"}
-	httpAddr := port()
-
-	var uwsgiLog bytes.Buffer
-	u := exec.Command(bin, "--plugin", "python3", "--master", "--processes", strconv.Itoa(workers),
-		"--wsgi-file", app, "--stats", p.uwsgiStats, "--need-app", "--disable-logging",
-		"--listen", "128", "--http-socket", httpAddr)
-	u.Stdout, u.Stderr = &uwsgiLog, &uwsgiLog
-	u.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := u.Start(); err != nil {
-		b.Fatal(err)
-	}
-	p.uwsgiPID = u.Process.Pid
-	uExited := make(chan struct{})
-	go func() { u.Wait(); close(uExited) }()
-	b.Cleanup(func() {
-		syscall.Kill(-u.Process.Pid, syscall.SIGINT)
-		select {
-		case <-uExited:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-u.Process.Pid, syscall.SIGKILL)
-		}
-		if b.Failed() {
-			b.Logf("uWSGI log:\n%s", uwsgiLog.String())
-		}
-	})
-	benchWait(b, "uWSGI's workers to accept", func() error {
-		st, err := readStats(p.uwsgiStats)
-		if err != nil {
-			return err
-		}
-		if len(st.Workers) != workers {
-			return fmt.Errorf("%d workers", len(st.Workers))
-		}
-		for _, w := range st.Workers {
-			if w.PID == 0 || w.Accepting == 0 {
-				return fmt.Errorf("worker %d not accepting yet", w.ID)
-			}
-		}
-		return nil
-	})
-
-	args := []string{"serve", "--pid", strconv.Itoa(u.Process.Pid), "--stats", p.ourStats}
+	requireEBPF(b)
+	u := startUWSGI(b, uwsgiOptions{processes: workers})
+	p := &benchPool{uwsgiStats: u.stats, uwsgiPID: u.pid, maxAge: "default"}
+	args := []string{"--pid", strconv.Itoa(u.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(b))}
 	if v, ok := os.LookupEnv("WORKERSTATS_BENCH_MAX_AGE"); ok {
 		args = append(args, "--stats-max-age", v)
 		p.maxAge = v
 	}
-	var dLog bytes.Buffer
-	d := exec.Command(binPath, args...)
-	d.Stdout, d.Stderr = &dLog, &dLog
-	if err := d.Start(); err != nil {
-		b.Fatal(err)
-	}
-	p.ourPID = d.Process.Pid
-	dExited := make(chan error, 1)
-	go func() { dExited <- d.Wait() }()
-	b.Cleanup(func() {
-		d.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-dExited:
-		case <-time.After(10 * time.Second):
-			d.Process.Kill()
-		}
-		if b.Failed() {
-			b.Logf("workerstats log:\n%s", dLog.String())
-		}
-	})
-	benchWait(b, "workerstats to serve stats", func() error {
-		select {
-		case err := <-dExited:
-			dExited <- err
-			return fmt.Errorf("workerstats exited (%v):\n%s", err, dLog.String())
-		default:
-		}
-		_, err := readStats(p.ourStats)
-		return err
-	})
-
+	d := startDaemon(b, args...)
+	p.ourStats, p.ourPID = d.addr, d.cmd.Process.Pid
 	// A few requests, so both dumps hold non-zero numbers.
-	const requests = 200
-	var wg sync.WaitGroup
-	errs := make(chan error, requests)
-	for i := range requests {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := net.DialTimeout("tcp", httpAddr, 5*time.Second)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			fmt.Fprintf(c, "GET /%d HTTP/1.0\r\nHost: bench\r\n\r\n", responseSize(i))
-			if _, err := io.Copy(io.Discard, c); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
-	benchWait(b, "both servers to count the requests", func() error {
-		for _, addr := range []string{p.uwsgiStats, p.ourStats} {
-			st, err := readStats(addr)
-			if err != nil {
-				return err
-			}
-			if n, _, _ := sumRequests(st); n != requests {
-				return fmt.Errorf("%s counts %d requests, want %d", addr, n, requests)
-			}
-		}
-		return nil
-	})
-	var buf bytes.Buffer
+	res := drive(b, u, 200, 8, 0)
+	settle(b, u, d, uint64(res.ok))
+	var (
+		buf bytes.Buffer
+		err error
+	)
 	if p.uwsgiBytes, err = readDump(p.uwsgiStats, &buf); err != nil {
 		b.Fatal(err)
 	}
@@ -296,20 +157,4 @@ func startBenchPool(b *testing.B, workers int) *benchPool {
 		b.Fatal(err)
 	}
 	return p
-}
-
-// benchWait polls f until it returns nil, for at most 30 seconds.
-func benchWait(b *testing.B, what string, f func() error) {
-	b.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatal(errors.New("timed out waiting for " + what + ": " + err.Error()))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

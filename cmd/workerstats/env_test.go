@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 // skipOrFail skips a test that cannot run here, with the reason. Where
 // WORKERSTATS_REQUIRE_PRIVILEGED is set (CI sets it) it fails instead, so a
 // missing prerequisite cannot pass as a skip.
-func skipOrFail(t *testing.T, format string, args ...any) {
+func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if os.Getenv("WORKERSTATS_REQUIRE_PRIVILEGED") != "" {
 		t.Fatalf("WORKERSTATS_REQUIRE_PRIVILEGED is set but: "+format, args...)
@@ -50,7 +50,7 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 }
 
 // requireEBPF skips unless this process can load and attach eBPF programs.
-func requireEBPF(t *testing.T) {
+func requireEBPF(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "needs root to load and attach eBPF programs (run: sudo make test)")
@@ -61,7 +61,7 @@ func requireEBPF(t *testing.T) {
 }
 
 // requireCommand skips unless name is on PATH.
-func requireCommand(t *testing.T, name, pkg string) string {
+func requireCommand(t testing.TB, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -72,7 +72,7 @@ func requireCommand(t *testing.T, name, pkg string) string {
 
 // hookModes lists the byte-counting paths this kernel can run: both where
 // the sock tracepoints exist, so CI exercises both.
-func hookModes(t *testing.T) []string {
+func hookModes(t testing.TB) []string {
 	t.Helper()
 	sock, err := observer.SockTracepoints()
 	if err != nil {
@@ -85,7 +85,7 @@ func hookModes(t *testing.T) []string {
 	return []string{observer.HooksSock, observer.HooksSyscall}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,7 +96,7 @@ func freePort(t *testing.T) int {
 }
 
 // waitFor polls f until it returns nil or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, f func() error) {
+func waitFor(t testing.TB, d time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -143,7 +143,7 @@ type daemon struct {
 
 // startDaemon runs `workerstats serve` with args and waits until its stats
 // socket answers.
-func startDaemon(t *testing.T, args ...string) *daemon {
+func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{log: &bytes.Buffer{}, exited: make(chan error, 1)}
 	for i, a := range args {

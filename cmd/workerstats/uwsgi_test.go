@@ -68,7 +68,7 @@ type uwsgiOptions struct {
 	env       []string // extra environment for the app
 }
 
-func startUWSGI(t *testing.T, o uwsgiOptions) *uwsgiPool {
+func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	t.Helper()
 	bin := requireCommand(t, "uwsgi", "uwsgi uwsgi-plugin-python3")
 	if _, err := os.Stat("/usr/lib/uwsgi/plugins/python3_plugin.so"); err != nil {
@@ -178,7 +178,7 @@ type loadResult struct {
 
 // drive sends n requests from conc concurrent clients, one request per
 // connection, and idle connections that close without sending a byte.
-func drive(t *testing.T, p *uwsgiPool, n, conc, idle int) loadResult {
+func drive(t testing.TB, p *uwsgiPool, n, conc, idle int) loadResult {
 	t.Helper()
 	var (
 		res  loadResult
@@ -290,7 +290,7 @@ func sumRequests(st *observer.Stats) (req, tx, rx uint64) {
 
 // settle waits until uWSGI has accounted every completed request and
 // workerstats agrees with it worker by worker, and returns both dumps.
-func settle(t *testing.T, p *uwsgiPool, d *daemon, wantTotal uint64) (ours, theirs *observer.Stats) {
+func settle(t testing.TB, p *uwsgiPool, d *daemon, wantTotal uint64) (ours, theirs *observer.Stats) {
 	t.Helper()
 	waitFor(t, 20*time.Second, "workerstats to agree with uWSGI", func() error {
 		var err error
@@ -308,7 +308,7 @@ func settle(t *testing.T, p *uwsgiPool, d *daemon, wantTotal uint64) (ours, thei
 	return ours, theirs
 }
 
-func logComparison(t *testing.T, ours, theirs *observer.Stats) {
+func logComparison(t testing.TB, ours, theirs *observer.Stats) {
 	t.Helper()
 	byPID := map[int]observer.Worker{}
 	for _, w := range ours.Workers {
