@@ -34,7 +34,7 @@ type Pool struct {
 	slots  []*slot
 	// folded holds exited processes already added to their slot whose
 	// kernel entry could not be removed yet: they must not count twice.
-	folded map[procKey]bool
+	folded map[Proc]bool
 	live   map[Proc]*slot // live slots by process
 	last   *Stats
 	lastAt time.Time
@@ -54,12 +54,6 @@ type gauges struct {
 	boot        int64
 	sockets     []Socket
 	listenQueue uint64
-}
-
-// procKey identifies a process: pids are reused, (pid, start) is not.
-type procKey struct {
-	pid   int
-	start uint64
 }
 
 type slot struct {
@@ -120,11 +114,6 @@ func (p *Pool) place(proc Proc) *slot {
 	return s
 }
 
-// slotOf returns the live slot of a process the kernel reports.
-func (p *Pool) slotOf(pid int, startNs uint64) *slot {
-	return p.live[Proc{PID: pid, StartTicks: nsToTicks(startNs)}]
-}
-
 // retire folds a slot's current process into its past and frees the slot.
 func (p *Pool) retire(s *slot, final Counters) {
 	delete(p.live, s.proc)
@@ -166,31 +155,31 @@ func (p *Pool) refresh() error {
 		s.lastSeen = false
 	}
 	for _, c := range mine {
-		s := p.slotOf(c.PID, c.Start)
+		proc := Proc{PID: c.PID, StartTicks: nsToTicks(c.Start)}
+		s := p.live[proc]
 		if c.Exited {
-			key := procKey{c.PID, c.Start}
-			if p.folded[key] {
+			if p.folded[proc] {
 				if p.Kernel.Forget(c.PID) == nil {
-					delete(p.folded, key)
+					delete(p.folded, proc)
 				}
 				continue
 			}
 			if s == nil {
 				// Spawned and gone between two reads: it still held a slot.
-				s = p.place(Proc{PID: c.PID, StartTicks: nsToTicks(c.Start)})
+				s = p.place(proc)
 			}
 			p.retire(s, c)
 			if err := p.Kernel.Forget(c.PID); err != nil {
 				p.Log.Warn("cannot drop exited worker from kernel map", "pid", c.PID, "error", err)
 				if p.folded == nil {
-					p.folded = map[procKey]bool{}
+					p.folded = map[Proc]bool{}
 				}
-				p.folded[key] = true
+				p.folded[proc] = true
 			}
 			continue
 		}
 		if s == nil {
-			s = p.place(Proc{PID: c.PID, StartTicks: nsToTicks(c.Start)})
+			s = p.place(proc)
 		}
 		s.cur = c
 		s.lastSeen = true
