@@ -156,6 +156,8 @@ func (s *Server) serveHTTP(ctx context.Context, c net.Conn, log *slog.Logger) {
 		case cr.n >= MaxRequestBytes:
 			writeError(c, http.StatusRequestHeaderFieldsTooLarge, nil, false)
 		case errors.As(err, &ne) && ne.Timeout():
+			// The deadline has passed: give the answer a moment of its own.
+			c.SetWriteDeadline(time.Now().Add(time.Second))
 			writeError(c, http.StatusRequestTimeout, nil, false)
 		default:
 			writeError(c, http.StatusBadRequest, nil, false)
@@ -182,11 +184,27 @@ func (s *Server) serveHTTP(ctx context.Context, c net.Conn, log *slog.Logger) {
 			return
 		}
 		rec := &recorder{header: http.Header{}}
-		s.Metrics.ServeHTTP(rec, req.WithContext(ctx))
+		if !serveMetrics(s.Metrics, rec, req.WithContext(ctx), log) {
+			writeError(c, http.StatusInternalServerError, nil, head)
+			return
+		}
 		writeResponse(c, rec.status(), rec.headers(), rec.body.Bytes(), head)
 	default:
 		writeError(c, http.StatusNotFound, nil, head)
 	}
+}
+
+// serveMetrics runs the metrics handler; a panic in it fails this request,
+// not the daemon.
+func serveMetrics(h http.Handler, w http.ResponseWriter, r *http.Request, log *slog.Logger) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("metrics handler panicked", "panic", p)
+			ok = false
+		}
+	}()
+	h.ServeHTTP(w, r)
+	return true
 }
 
 func writeError(w io.Writer, code int, extra [][2]string, head bool) {
