@@ -95,8 +95,9 @@ type Core struct {
 
 // ObserverInfo says which observer produced the dump and what it lost.
 type ObserverInfo struct {
-	Mode     string            `json:"mode"`            // "ebpf"
-	Hooks    string            `json:"hooks,omitempty"` // "sock" or "syscall"
+	Mode     string            `json:"mode"`             // "ebpf" or "procfs"
+	Reason   string            `json:"reason,omitempty"` // why procfs mode
+	Hooks    string            `json:"hooks,omitempty"`  // "sock" or "syscall"
 	Dropped  map[string]uint64 `json:"dropped"`
 	Programs []ProgramStats    `json:"programs,omitempty"`
 }

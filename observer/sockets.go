@@ -239,3 +239,61 @@ func trimDiagOverread(raw string) string {
 	}
 	return raw[:n]
 }
+
+// AcceptedConnections counts, for each pid, the connections it holds that
+// were accepted on one of the listening sockets: established (or closed by
+// the peer and not yet by the process) sockets whose local address is a
+// listening socket's. A process's outbound connections are not counted.
+func (p Procfs) AcceptedConnections(pids []int, listening []Socket) (map[int]int, error) {
+	owner := map[uint64]int{}
+	for _, pid := range pids {
+		inodes, err := p.socketInodes(pid)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		for ino := range inodes {
+			owner[ino] = pid
+		}
+	}
+	names := map[string]bool{}
+	for _, s := range listening {
+		names[s.Name] = true
+	}
+	// A listener on all interfaces (":PORT", "[::]:PORT") accepts on any
+	// local address with its port.
+	wildcard := func(name string) bool {
+		i := strings.LastIndexByte(name, ':')
+		return i >= 0 && (names[name[i:]] || names["[::]"+name[i:]])
+	}
+	out := map[int]int{}
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		socks, err := retryDump(func() ([]*netlink.Socket, error) { return netlink.SocketDiagTCP(family) })
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag dump of TCP (family %d): %w", family, err)
+		}
+		for _, s := range socks {
+			pid, ok := owner[uint64(s.INode)]
+			if !ok || (s.State != netlink.TCP_ESTABLISHED && s.State != netlink.TCP_CLOSE_WAIT) {
+				continue
+			}
+			if name := tcpSocketName(s.Family, s.ID.Source, s.ID.SourcePort); names[name] || wildcard(name) {
+				out[pid]++
+			}
+		}
+	}
+	usocks, err := retryDump(netlink.UnixSocketDiagInfo)
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag dump of Unix sockets: %w", err)
+	}
+	for _, u := range usocks {
+		m := u.DiagMsg
+		if m == nil || m.Type != unix.SOCK_STREAM || m.State != netlink.TCP_ESTABLISHED || u.Name == nil {
+			continue
+		}
+		// An accepted Unix socket carries its listener's name.
+		if pid, ok := owner[uint64(m.INode)]; ok && names[unixSocketName(*u.Name)] {
+			out[pid]++
+		}
+	}
+	return out, nil
+}

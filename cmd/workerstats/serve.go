@@ -18,7 +18,14 @@ import (
 	"github.com/workerstats/workerstats/statsock"
 )
 
+const (
+	modeAuto   = "auto"
+	modeEBPF   = "ebpf"
+	modeProcfs = "procfs"
+)
+
 type serveOptions struct {
+	mode     string
 	pid      int
 	stats    string
 	hooks    string
@@ -60,6 +67,7 @@ It needs root.`,
 	f.IntVar(&o.statsMaxConns, "stats-max-conns", statsock.DefaultMaxConns, "stats connections served at once; more are closed at once")
 	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
 	f.DurationVar(&o.statsMaxAge, "stats-max-age", 100*time.Millisecond, "readers within this interval share one snapshot of the kernel counters")
+	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
 	f.StringVar(&o.hooks, "hooks", observer.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.3) or syscall")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.StringVar(&o.procRoot, "proc", "/proc", "procfs mount to read processes from")
@@ -71,6 +79,11 @@ func serve(ctx context.Context, o serveOptions) error {
 	observer.Version = "workerstats-" + version
 	if o.pid <= 0 {
 		return errors.New("--pid is required: give the PID of the pool's master process")
+	}
+	switch o.mode {
+	case modeAuto, modeEBPF, modeProcfs:
+	default:
+		return fmt.Errorf("--mode %q is not one of auto, ebpf, procfs", o.mode)
 	}
 	switch o.hooks {
 	case observer.HooksAuto, observer.HooksSock, observer.HooksSyscall:
@@ -104,20 +117,34 @@ func serve(ctx context.Context, o serveOptions) error {
 		log.Warn("the stats socket listens on all interfaces: anyone who can reach this host can read the pool's stats", "addr", o.stats)
 	}
 
-	k, err := observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, Log: log.With("component", "ebpf")})
-	if err != nil {
-		if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
-			return fmt.Errorf("%w: run workerstats as root", err)
+	var (
+		kernel observer.Kernel
+		ebpfK  *observer.EBPF
+	)
+	if o.mode != modeProcfs {
+		ebpfK, err = observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, Log: log.With("component", "ebpf")})
+		if err != nil {
+			if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
+				err = fmt.Errorf("%w: run workerstats as root", err)
+			}
+			if o.mode == modeEBPF {
+				return err
+			}
+			log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)
+			kernel = &observer.ProcfsKernel{Proc: proc, Reason: err.Error()}
+		} else {
+			defer ebpfK.Close()
+			kernel = ebpfK
 		}
-		return err
+	} else {
+		kernel = &observer.ProcfsKernel{Proc: proc, Reason: "--mode procfs"}
 	}
-	defer k.Close()
 
-	pool := &observer.Pool{Master: o.pid, Proc: proc, Kernel: k, Log: log.With("component", "pool"), MaxAge: o.statsMaxAge}
+	pool := &observer.Pool{Master: o.pid, Proc: proc, Kernel: kernel, Log: log.With("component", "pool"), MaxAge: o.statsMaxAge}
 	if err := pool.Start(ctx); err != nil {
 		return err
 	}
-	go maintain(ctx, pool, k, log)
+	go maintain(ctx, pool, ebpfK, log)
 
 	srv := &statsock.Server{
 		Source:   &observer.JSONSource{Pool: pool, Minified: o.statsMinified},
@@ -131,14 +158,16 @@ func serve(ctx context.Context, o serveOptions) error {
 		reg.MustRegister(&observer.Collector{Snapshot: pool.Snapshot, Log: log.With("component", "metrics")})
 		srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 	}
-	log.Info("serving stats", "addr", o.stats, "http", o.statsHTTP, "master", o.pid, "hooks", k.Hooks())
+	info := kernel.Info()
+	log.Info("serving stats", "addr", o.stats, "http", o.statsHTTP, "master", o.pid, "mode", info.Mode, "hooks", info.Hooks)
 	err = srv.Serve(ctx, ln)
 	log.Info("stopped")
 	return err
 }
 
-// maintain folds exited workers into their slots and sweeps the kernel's
-// connection table, so both stay true without readers.
+// maintain folds exited workers into their slots and, with eBPF (k not
+// nil), sweeps the kernel's connection table, so both stay true without
+// readers.
 func maintain(ctx context.Context, pool *observer.Pool, k *observer.EBPF, log *slog.Logger) {
 	refresh := time.NewTicker(time.Second)
 	defer refresh.Stop()
@@ -153,6 +182,9 @@ func maintain(ctx context.Context, pool *observer.Pool, k *observer.EBPF, log *s
 				log.Warn("refresh failed", "error", err)
 			}
 		case <-sweep.C:
+			if k == nil {
+				continue
+			}
 			if err := k.Sweep(); err != nil {
 				log.Warn("sweep failed", "error", err)
 			}
