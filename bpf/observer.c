@@ -44,7 +44,7 @@ struct worker {
 	__u64 start_ns;     /* task start_boottime, ns: (pid, start) identifies a process */
 	__u64 exit_ns;      /* 0 while alive; bpf_ktime_get_ns() at exit */
 	__u64 accepts;      /* connections accepted */
-	__u64 requests;     /* requests started */
+	__u64 requests;     /* requests answered (whose response started) */
 	__u64 closes;       /* accepted connections closed */
 	__u64 rx;           /* bytes received on accepted connections */
 	__u64 tx;           /* bytes sent on accepted connections */
@@ -199,15 +199,17 @@ static __always_inline struct worker *owner_of(struct conn *c, __u32 tgid, struc
 	return bpf_map_lookup_elem(&workers, &c->owner);
 }
 
-/* Close the request running on c, ending at its last response byte. */
-static __always_inline void finish_request(struct worker *w, struct conn *c, __u64 now)
+/* End the request on c. An answered one adds its time, first inbound byte
+ * to last response byte; one never answered only leaves progress. */
+static __always_inline void finish_request(struct worker *w, struct conn *c)
 {
-	__u64 end = c->state == CONN_RESPONDING ? c->last_tx_ns : now;
-	__u64 rt = end > c->req_start_ns ? end - c->req_start_ns : 0;
-	__sync_fetch_and_add(&w->rt_ns, rt);
-	__sync_fetch_and_add(&w->finished, 1);
 	__sync_fetch_and_add(&w->in_progress, -1);
-	w->avg_rt_ns = (w->avg_rt_ns + rt) / 2;
+	if (c->state == CONN_RESPONDING) {
+		__u64 rt = c->last_tx_ns > c->req_start_ns ? c->last_tx_ns - c->req_start_ns : 0;
+		__sync_fetch_and_add(&w->rt_ns, rt);
+		__sync_fetch_and_add(&w->finished, 1);
+		w->avg_rt_ns = (w->avg_rt_ns + rt) / 2;
+	}
 	c->state = CONN_IDLE;
 }
 
@@ -223,16 +225,17 @@ static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, st
 	if (dir == DIR_SEND) {
 		__sync_fetch_and_add(&w->tx, n);
 		c->last_tx_ns = now;
-		if (c->state == CONN_RECEIVING)
+		if (c->state == CONN_RECEIVING) {
 			c->state = CONN_RESPONDING;
+			__sync_fetch_and_add(&w->requests, 1);
+		}
 		return;
 	}
 	__sync_fetch_and_add(&w->rx, n);
 	if (c->state == CONN_RECEIVING)
 		return; /* more of the same request */
 	if (c->state == CONN_RESPONDING)
-		finish_request(w, c, now); /* keep-alive: the previous one is answered */
-	__sync_fetch_and_add(&w->requests, 1);
+		finish_request(w, c); /* keep-alive: the previous one is answered */
 	__sync_fetch_and_add(&w->in_progress, 1);
 	c->req_start_ns = now;
 	c->state = CONN_RECEIVING;
@@ -334,7 +337,7 @@ int on_close_enter(struct sys_enter_ctx *ctx)
 	struct worker *w = owner_of(c, tgid, cur);
 	if (w) {
 		if (c->state != CONN_IDLE)
-			finish_request(w, c, bpf_ktime_get_ns());
+			finish_request(w, c);
 		__sync_fetch_and_add(&w->closes, 1);
 	}
 	bpf_map_delete_elem(&conns, &sk);

@@ -12,7 +12,7 @@ type Counters struct {
 	Exited bool
 
 	Accepts  uint64 // connections accepted
-	Requests uint64 // requests started
+	Requests uint64 // requests answered (whose response started)
 	Closes   uint64 // accepted connections closed
 	RX       uint64 // bytes received on accepted connections
 	TX       uint64 // bytes sent on accepted connections
