@@ -69,9 +69,13 @@ func LoadEBPF(opts EBPFOptions) (*EBPF, error) {
 	if err != nil {
 		return nil, err
 	}
-	hooks, err := chooseHooks(opts.Hooks, sock)
+	sendfileSeen := sendfileReachesSendmsg()
+	hooks, err := chooseHooks(opts.Hooks, sock, sendfileSeen)
 	if err != nil {
 		return nil, err
+	}
+	if hooks == HooksSock && !sendfileSeen {
+		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss bytes a server sends with it (nginx's static files): use --hooks syscall or auto")
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
@@ -126,11 +130,25 @@ func tracepointExists(group, name string) bool {
 	return err == nil
 }
 
-// chooseHooks resolves HooksAuto against what this kernel has.
-func chooseHooks(want string, sock bool) (string, error) {
+// sendfileReachesSendmsg reports whether sendfile(2) to a socket goes
+// through sock_sendmsg, and so past the sock:sock_send_length tracepoint:
+// from Linux 6.5, where splice_to_socket replaced the sendpage path. On 6.3
+// and 6.4 the tracepoints exist but sendfile's bytes never reach them.
+func sendfileReachesSendmsg() bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var fn *btf.Func
+	return spec.TypeByName("splice_to_socket", &fn) == nil
+}
+
+// chooseHooks resolves HooksAuto against what this kernel has: the sock
+// tracepoints, and whether sendfile's bytes pass them.
+func chooseHooks(want string, sock, sendfileSeen bool) (string, error) {
 	switch want {
 	case "", HooksAuto:
-		if sock {
+		if sock && sendfileSeen {
 			return HooksSock, nil
 		}
 		return HooksSyscall, nil

@@ -265,19 +265,29 @@ func TestKernelCountsMatchClients(t *testing.T) {
 // TestHooksUnavailableIsOneClearError: asking for hooks the kernel lacks, or
 // for an unknown set, fails with a message that says what to do.
 func TestHooksUnavailableIsOneClearError(t *testing.T) {
-	if _, err := chooseHooks(HooksSock, false); err == nil || !strings.Contains(err.Error(), "--hooks syscall") {
+	if _, err := chooseHooks(HooksSock, false, false); err == nil || !strings.Contains(err.Error(), "--hooks syscall") {
 		t.Errorf("sock hooks on a kernel without them: %v", err)
 	}
-	if _, err := chooseHooks("kprobe", true); err == nil || !strings.Contains(err.Error(), "auto, sock, syscall") {
+	if _, err := chooseHooks("kprobe", true, true); err == nil || !strings.Contains(err.Error(), "auto, sock, syscall") {
 		t.Errorf("unknown hooks: %v", err)
 	}
 	for _, c := range []struct {
-		want string
-		sock bool
-		got  string
-	}{{HooksAuto, true, HooksSock}, {HooksAuto, false, HooksSyscall}, {"", false, HooksSyscall}, {HooksSyscall, true, HooksSyscall}} {
-		if got, err := chooseHooks(c.want, c.sock); err != nil || got != c.got {
-			t.Errorf("chooseHooks(%q, sock=%v) = %q, %v; want %q", c.want, c.sock, got, err, c.got)
+		want           string
+		sock, sendfile bool
+		got            string
+	}{
+		{HooksAuto, true, true, HooksSock},
+		{HooksAuto, true, false, HooksSyscall}, // 6.3-6.4: sendfile would be missed
+		{HooksAuto, false, false, HooksSyscall},
+		{"", false, false, HooksSyscall},
+		{HooksSock, true, false, HooksSock}, // asked for: warned, not refused
+		{HooksSyscall, true, true, HooksSyscall},
+	} {
+		if got, err := chooseHooks(c.want, c.sock, c.sendfile); err != nil || got != c.got {
+			t.Errorf("chooseHooks(%q, sock=%v, sendfile=%v) = %q, %v; want %q", c.want, c.sock, c.sendfile, got, err, c.got)
 		}
+	}
+	if !sendfileReachesSendmsg() {
+		t.Logf("this kernel's sendfile bypasses sock_sendmsg: auto picks the syscall hooks")
 	}
 }
