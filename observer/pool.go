@@ -168,6 +168,8 @@ func (p *Pool) refresh() error {
 				// Spawned and gone between two reads: it still held a slot.
 				s = p.place(proc)
 			}
+			// Exit closed whatever the process still held, without close(2).
+			c.Closes = c.Accepts
 			p.retire(s, c)
 			if err := p.Kernel.Forget(c.PID); err != nil {
 				p.Log.Warn("cannot drop exited worker from kernel map", "pid", c.PID, "error", err)
