@@ -221,10 +221,9 @@ static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, st
 	struct worker *w = owner_of(c, tgid, cur);
 	if (!w)
 		return;
-	__u64 now = bpf_ktime_get_ns();
 	if (dir == DIR_SEND) {
 		__sync_fetch_and_add(&w->tx, n);
-		c->last_tx_ns = now;
+		c->last_tx_ns = bpf_ktime_get_ns();
 		if (c->state == CONN_RECEIVING) {
 			c->state = CONN_RESPONDING;
 			__sync_fetch_and_add(&w->requests, 1);
@@ -237,7 +236,7 @@ static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, st
 	if (c->state == CONN_RESPONDING)
 		finish_request(w, c); /* keep-alive: the previous one is answered */
 	__sync_fetch_and_add(&w->in_progress, 1);
-	c->req_start_ns = now;
+	c->req_start_ns = bpf_ktime_get_ns();
 	c->state = CONN_RECEIVING;
 }
 
