@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -186,4 +188,38 @@ func runCommand(args ...string) (string, error) {
 	cmd := exec.Command(binPath, args...)
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
+}
+
+// parallel runs job(0) .. job(n-1) from conc goroutines, each taking the
+// next index, and fails t with the first error (no new jobs start after it).
+func parallel(t testing.TB, n, conc int, job func(i int) error) {
+	t.Helper()
+	var (
+		next   atomic.Int64
+		failed atomic.Bool
+		wg     sync.WaitGroup
+		errs   = make(chan error, conc)
+	)
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !failed.Load() {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				if err := job(int(i)); err != nil {
+					failed.Store(true)
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
 }

@@ -341,59 +341,34 @@ func idleConn(addr string, i int, load *httpLoad) error {
 func driveHTTP(t testing.TB, addr string, conns, perConn, conc, idle int) *httpLoad {
 	t.Helper()
 	load := &httpLoad{}
-	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-		errs = make(chan error, conc)
-	)
-	idleEvery := int64(0)
+	idleEvery := 0
 	if idle > 0 {
-		idleEvery = int64(conns / idle)
+		idleEvery = conns / idle
 	}
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				n := next.Add(1) - 1
-				if n >= int64(conns) {
-					return
-				}
-				if idleEvery > 0 && n%idleEvery == 0 {
-					if err := idleConn(addr, int(n/idleEvery), load); err != nil {
-						errs <- err
-						return
-					}
-				}
-				h, err := dialHTTP(addr, load)
-				if err != nil {
-					errs <- err
-					return
-				}
-				var closing bool
-				for r := range perConn {
-					if closing, err = h.do(int(n)*perConn + r); err != nil || closing {
-						break
-					}
-				}
-				if err == nil && closing != (perConn == 1) {
-					err = fmt.Errorf("connection %d: server's Connection: close is %v after %d requests", n, closing, perConn)
-				}
-				if cerr := h.Close(closing); err == nil {
-					err = cerr
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
+	parallel(t, conns, conc, func(n int) error {
+		if idleEvery > 0 && n%idleEvery == 0 {
+			if err := idleConn(addr, n/idleEvery, load); err != nil {
+				return err
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+		}
+		h, err := dialHTTP(addr, load)
+		if err != nil {
+			return err
+		}
+		var closing bool
+		for r := range perConn {
+			if closing, err = h.do(n*perConn + r); err != nil || closing {
+				break
+			}
+		}
+		if err == nil && closing != (perConn == 1) {
+			err = fmt.Errorf("connection %d: server's Connection: close is %v after %d requests", n, closing, perConn)
+		}
+		if cerr := h.Close(closing); err == nil {
+			err = cerr
+		}
+		return err
+	})
 	return load
 }
 

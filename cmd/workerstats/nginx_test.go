@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -390,45 +389,26 @@ func httpResponse(r *bufio.Reader) (status, bodyLen, total int, closing bool, er
 func driveNginx(t testing.TB, s *nginxServer, conns, conc int) nginxLoad {
 	t.Helper()
 	var (
-		res  nginxLoad
-		next atomic.Int64
-		seq  atomic.Int64
-		wg   sync.WaitGroup
-		errs = make(chan error, conc)
+		res nginxLoad
+		seq atomic.Int64
 	)
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := next.Add(1) - 1
-				if k >= int64(conns) {
-					return
-				}
-				if k%10 == 0 {
-					c, err := net.Dial("tcp", s.addr)
-					if err != nil {
-						errs <- fmt.Errorf("idle connect: %w", err)
-						return
-					}
-					if k%20 == 0 {
-						time.Sleep(5 * time.Millisecond) // a slow health checker
-					}
-					c.Close()
-					atomic.AddInt64(&res.idle, 1)
-				}
-				if err := nginxConn(s, k, &seq, &res); err != nil {
-					errs <- fmt.Errorf("connection %d: %w", k, err)
-					return
-				}
+	parallel(t, conns, conc, func(k int) error {
+		if k%10 == 0 {
+			c, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				return fmt.Errorf("idle connect: %w", err)
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+			if k%20 == 0 {
+				time.Sleep(5 * time.Millisecond) // a slow health checker
+			}
+			c.Close()
+			atomic.AddInt64(&res.idle, 1)
+		}
+		if err := nginxConn(s, int64(k), &seq, &res); err != nil {
+			return fmt.Errorf("connection %d: %w", k, err)
+		}
+		return nil
+	})
 	return res
 }
 

@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -333,58 +332,37 @@ func fpmIdleConn(p *fpmPool, tr *fpmTraffic, slow bool) error {
 // the idle connections.
 func fpmDrive(t testing.TB, p *fpmPool, tr *fpmTraffic, n, conc, idle int) {
 	t.Helper()
-	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-		errs = make(chan error, conc)
-	)
-	total, idleEvery := int64(n), int64(0)
+	total, idleEvery := n, 0
 	if n == 0 {
-		total, idleEvery = int64(idle), 1
+		total, idleEvery = idle, 1
 	} else if idle > 0 {
-		idleEvery = int64(n / idle)
+		idleEvery = n / idle
 	}
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= total {
-					return
-				}
-				if idleEvery > 0 && i%idleEvery == 0 {
-					if err := fpmIdleConn(p, tr, i%(2*idleEvery) == 0 || (n == 0 && i%10 == 0)); err != nil {
-						errs <- err
-						return
-					}
-				}
-				if n == 0 {
-					continue
-				}
-				size := responseSize(int(i))
-				ex, err := fpmDo(p, fpmGet(p, p.script, "/app.php", fmt.Sprintf("n=%d", size)))
-				if err == nil {
-					var body []byte
-					if _, body, err = fpmBody(ex.stdout); err == nil &&
-						(len(body) != size || bytes.Count(body, []byte("y")) != size || len(ex.stderr) != 0) {
-						err = fmt.Errorf("body of %d bytes for n=%d, stderr %q", len(body), size, ex.stderr)
-					}
-				}
-				if err != nil {
-					errs <- fmt.Errorf("request %d: %w", i, err)
-					return
-				}
-				atomic.AddInt64(&tr.ok, 1)
-				tr.add(ex)
+	parallel(t, total, conc, func(i int) error {
+		if idleEvery > 0 && i%idleEvery == 0 {
+			if err := fpmIdleConn(p, tr, i%(2*idleEvery) == 0 || (n == 0 && i%10 == 0)); err != nil {
+				return err
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+		}
+		if n == 0 {
+			return nil
+		}
+		size := responseSize(i)
+		ex, err := fpmDo(p, fpmGet(p, p.script, "/app.php", fmt.Sprintf("n=%d", size)))
+		if err == nil {
+			var body []byte
+			if _, body, err = fpmBody(ex.stdout); err == nil &&
+				(len(body) != size || bytes.Count(body, []byte("y")) != size || len(ex.stderr) != 0) {
+				err = fmt.Errorf("body of %d bytes for n=%d, stderr %q", len(body), size, ex.stderr)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("request %d: %w", i, err)
+		}
+		atomic.AddInt64(&tr.ok, 1)
+		tr.add(ex)
+		return nil
+	})
 }
 
 // fpmStatus is FPM's /status?full&json.

@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -180,72 +179,47 @@ type loadResult struct {
 // connection, and idle connections that close without sending a byte.
 func drive(t testing.TB, p *uwsgiPool, n, conc, idle int) loadResult {
 	t.Helper()
-	var (
-		res  loadResult
-		next atomic.Int64
-		wg   sync.WaitGroup
-		errs = make(chan error, conc)
-	)
-	idleEvery := int64(0)
+	var res loadResult
+	idleEvery := 0
 	if idle > 0 {
-		idleEvery = int64(n / idle)
+		idleEvery = n / idle
 	}
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				if idleEvery > 0 && i%idleEvery == 0 {
-					c, err := p.dial()
-					if err != nil {
-						errs <- fmt.Errorf("idle connect: %w", err)
-						return
-					}
-					if i%(2*idleEvery) == 0 {
-						time.Sleep(5 * time.Millisecond) // a slow health checker
-					}
-					c.Close()
-					atomic.AddInt64(&res.idle, 1)
-				}
-				req := p.request(int(i))
-				c, err := p.dial()
-				if err != nil {
-					errs <- fmt.Errorf("connect: %w", err)
-					return
-				}
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				if _, err := c.Write(req); err != nil {
-					c.Close()
-					errs <- fmt.Errorf("request %d: %w", i, err)
-					return
-				}
-				resp, err := io.ReadAll(c)
-				c.Close()
-				if err != nil {
-					errs <- fmt.Errorf("response %d: %w", i, err)
-					return
-				}
-				want := responseSize(int(i))
-				if !bytes.HasPrefix(resp, []byte("HTTP/1.")) || !bytes.Contains(resp[:20], []byte(" 200 ")) ||
-					!bytes.HasSuffix(resp, bytes.Repeat([]byte("y"), want)) {
-					errs <- fmt.Errorf("request %d: bad response %q", i, truncate(resp))
-					return
-				}
-				atomic.AddInt64(&res.ok, 1)
-				atomic.AddInt64(&res.sent, int64(len(req)))
-				atomic.AddInt64(&res.received, int64(len(resp)))
+	parallel(t, n, conc, func(i int) error {
+		if idleEvery > 0 && i%idleEvery == 0 {
+			c, err := p.dial()
+			if err != nil {
+				return fmt.Errorf("idle connect: %w", err)
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+			if i%(2*idleEvery) == 0 {
+				time.Sleep(5 * time.Millisecond) // a slow health checker
+			}
+			c.Close()
+			atomic.AddInt64(&res.idle, 1)
+		}
+		req := p.request(i)
+		c, err := p.dial()
+		if err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Write(req); err != nil {
+			return fmt.Errorf("request %d: %w", i, err)
+		}
+		resp, err := io.ReadAll(c)
+		if err != nil {
+			return fmt.Errorf("response %d: %w", i, err)
+		}
+		want := responseSize(i)
+		if !bytes.HasPrefix(resp, []byte("HTTP/1.")) || !bytes.Contains(resp[:20], []byte(" 200 ")) ||
+			!bytes.HasSuffix(resp, bytes.Repeat([]byte("y"), want)) {
+			return fmt.Errorf("request %d: bad response %q", i, truncate(resp))
+		}
+		atomic.AddInt64(&res.ok, 1)
+		atomic.AddInt64(&res.sent, int64(len(req)))
+		atomic.AddInt64(&res.received, int64(len(resp)))
+		return nil
+	})
 	return res
 }
 
