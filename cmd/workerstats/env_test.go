@@ -223,3 +223,31 @@ func parallel(t testing.TB, n, conc int, job func(i int) error) {
 		t.Fatal(err)
 	}
 }
+
+// startGroup starts a server as the leader of its own process group and,
+// when t ends, stops the group with stop (its clean fast shutdown), then
+// SIGKILL if it is not gone within 10 s; if t failed it logs describe().
+// The channel closes when the server has exited.
+func startGroup(t testing.TB, cmd *exec.Cmd, stop syscall.Signal, describe func() string) <-chan struct{} {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		syscall.Kill(-pid, stop)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-pid, syscall.SIGKILL)
+			<-exited
+		}
+		if t.Failed() {
+			t.Log(describe())
+		}
+	})
+	return exited
+}

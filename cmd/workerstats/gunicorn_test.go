@@ -86,20 +86,8 @@ func startGunicorn(t testing.TB, workers int, extra ...string) *gunicornPool {
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	exited := startGroup(t, cmd, syscall.SIGKILL, func() string { return "gunicorn log:\n" + log.String() })
 	p.pid = cmd.Process.Pid
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		syscall.Kill(-p.pid, syscall.SIGKILL)
-		<-exited
-		if t.Failed() {
-			t.Logf("gunicorn log:\n%s", log.String())
-		}
-	})
 	waitFor(t, 30*time.Second, "gunicorn's workers to start", func() error {
 		select {
 		case <-exited:

@@ -125,27 +125,12 @@ func startNginx(t testing.TB, sendfile bool) *nginxServer {
 	var log bytes.Buffer
 	cmd := exec.Command(bin, "-p", dir+"/", "-e", filepath.Join(dir, "error.log"), "-c", confPath, "-g", "daemon off;")
 	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s.pid = cmd.Process.Pid
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		// SIGTERM: nginx's fast shutdown of master and workers.
-		syscall.Kill(s.pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-s.pid, syscall.SIGKILL)
-			<-exited
-		}
-		if t.Failed() {
-			errLog, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx output:\n%s\nnginx error.log:\n%s", log.String(), errLog)
-		}
+	// SIGTERM: nginx's fast shutdown of master and workers.
+	exited := startGroup(t, cmd, syscall.SIGTERM, func() string {
+		errLog, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		return fmt.Sprintf("nginx output:\n%s\nnginx error.log:\n%s", log.String(), errLog)
 	})
+	s.pid = cmd.Process.Pid
 	// The master opens the listening socket before it forks the workers, so
 	// once both exist a connection is served. None is made before
 	// workerstats watches.

@@ -113,26 +113,12 @@ pm.status_path = /status
 	var out bytes.Buffer
 	cmd := exec.Command(bin, "-F", "-y", confPath, "-R")
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = cmd.Process.Pid
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		// SIGTERM: FPM's immediate shutdown of master and workers.
-		syscall.Kill(-p.pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-p.pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			flog, _ := os.ReadFile(p.log)
-			t.Logf("%s output:\n%s\nFPM log:\n%s", filepath.Base(bin), out.String(), flog)
-		}
+	// SIGTERM: FPM's immediate shutdown of master and workers.
+	exited := startGroup(t, cmd, syscall.SIGTERM, func() string {
+		flog, _ := os.ReadFile(p.log)
+		return fmt.Sprintf("%s output:\n%s\nFPM log:\n%s", filepath.Base(bin), out.String(), flog)
 	})
+	p.pid = cmd.Process.Pid
 	waitFor(t, 30*time.Second, "PHP-FPM's workers to start", func() error {
 		select {
 		case <-exited:

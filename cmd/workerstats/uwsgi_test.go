@@ -101,25 +101,9 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), o.env...)
 	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	// SIGINT: uWSGI's immediate shutdown of master and workers.
+	startGroup(t, cmd, syscall.SIGINT, func() string { return "uWSGI log:\n" + log.String() })
 	p.pid = cmd.Process.Pid
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		// SIGINT: uWSGI's immediate shutdown of master and workers.
-		syscall.Kill(-p.pid, syscall.SIGINT)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-p.pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			t.Logf("uWSGI log:\n%s", log.String())
-		}
-	})
 	waitFor(t, 30*time.Second, "uWSGI's workers to start", func() error {
 		st, err := readStats(p.stats)
 		if err != nil {
