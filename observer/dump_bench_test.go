@@ -143,7 +143,7 @@ func dumpPool(b *testing.B, n int, listenerInode uint64) *Pool {
 			rssPages: 3000 + uint64(i), vszPages: 40000 + uint64(i), uid: 33, gid: 33}, ino)
 	}
 	k := newFakeKernel()
-	p := &Pool{Master: master, Proc: Procfs{Root: root}, Kernel: k, Log: discardLog(), MaxAge: 0}
+	p := &Pool{Target: Target{PID: master}, Proc: Procfs{Root: root}, Kernel: k, Log: discardLog(), MaxAge: 0}
 	if err := p.Start(context.Background()); err != nil {
 		b.Fatal(err)
 	}

@@ -25,7 +25,7 @@ func BenchmarkPrograms(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer k.Close()
-			p := &Pool{Master: pool.master, Proc: Procfs{Root: "/proc"}, Kernel: k}
+			p := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: k}
 			if err := p.Start(b.Context()); err != nil {
 				b.Fatal(err)
 			}

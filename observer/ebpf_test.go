@@ -91,7 +91,7 @@ func loadFor(t testing.TB, hooks string, pool *forkPool) (*EBPF, *Pool) {
 			t.Errorf("close: %v", err)
 		}
 	})
-	p := &Pool{Master: pool.master, Proc: Procfs{Root: "/proc"}, Kernel: k}
+	p := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: k}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package observer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -20,8 +21,17 @@ var Version = "dev"
 // uWSGI's respawn does. A slot's requests, tx and running_time are
 // cumulative across the processes that held it; delta_requests is the
 // current process's own.
+//
+// A reload that starts the new workers before the old ones exit (gunicorn's
+// HUP, nginx's reload) briefly needs more slots than the pool has: the new
+// workers take extra slots, and each moves down into the first slot an old
+// worker frees, so the table settles back to 1..N with every slot's counts
+// kept.
+//
+// The master is found through Target. When it exits the pool is empty (its
+// slots and counts are kept) until a Target that follows finds it again.
 type Pool struct {
-	Master int
+	Target Target
 	Proc   Procfs
 	Kernel Kernel
 	Log    *slog.Logger
@@ -30,8 +40,13 @@ type Pool struct {
 	MaxAge time.Duration
 
 	mu     sync.Mutex
-	master Proc
-	slots  []*slot
+	master Proc // zero while the master is not found
+	// masters holds every master watched, the current one included, whose
+	// workers may still run: their exits must still be folded.
+	masters map[int]bool
+	waiting string // why there is no master, for the dump
+	settled bool   // the first master's workers have their slots
+	slots   []*slot
 	// folded holds exited processes already added to their slot whose
 	// kernel entry could not be removed yet: they must not count twice.
 	folded map[Proc]bool
@@ -60,41 +75,117 @@ type slot struct {
 	id       int
 	proc     Proc // current (or last) process in the slot
 	alive    bool
+	extra    bool     // opened while every slot was taken: a reload's overlap
+	paused   bool     // the process is stopped (SIGSTOP)
 	spawns   uint64   // processes that have held the slot
 	past     Counters // sums over the slot's exited processes
 	cur      Counters // the current process's counters
 	lastSeen bool
-	rss, vsz uint64 // the current process's memory, read at memAt
+	rss, vsz uint64 // the current process's memory and state, read at memAt
 	memAt    time.Time
 }
 
-// Start finds the master and its current workers and starts counting.
+// Start finds the master and its current workers and starts counting. An
+// error wrapping ErrNoTarget leaves the pool empty and waiting: Refresh
+// looks for the master again when its Target follows.
 func (p *Pool) Start(ctx context.Context) error {
 	if p.Log == nil {
 		p.Log = slog.Default()
 	}
-	_, master, err := p.Proc.Stat(p.Master)
-	if err != nil {
-		return err
-	}
-	kids, err := p.Proc.Children(p.Master)
-	if err != nil {
-		return err
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.master = master
-	if err := p.Kernel.Watch(master, kids); err != nil {
-		return fmt.Errorf("watch pid %d: %w", p.Master, err)
+	return p.locate()
+}
+
+// Waiting says why the pool has no master, or "" when it has one.
+func (p *Pool) Waiting() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waiting
+}
+
+// locate checks the master is still the process it was, and finds it (again)
+// when it is not or, for a pidfile, when the file names another process.
+func (p *Pool) locate() error {
+	cur := p.master
+	alive := false
+	if cur.PID != 0 {
+		_, now, err := p.Proc.Stat(cur.PID)
+		alive = err == nil && now == cur
 	}
+	// A pidfile is read every time, since a restarted or upgraded master
+	// rewrites it; a name is looked for (a scan of every process) only
+	// when the master is gone; a pid names one process, never another.
+	switch {
+	case alive && p.Target.PIDFile == "":
+		return nil
+	case !alive && cur.PID != 0 && !p.Target.Follows():
+		p.lose(fmt.Errorf("it cannot be followed with --pid: use --pidfile or --name to follow a restarted master: %w", ErrNoTarget))
+		return nil
+	case !alive && cur.PID == 0 && p.waiting != "" && !p.Target.Follows():
+		return nil
+	}
+	found, err := p.Target.Find(p.Proc)
+	if err != nil {
+		if alive {
+			return nil // an unreadable or stale pidfile: keep the live master
+		}
+		p.lose(err)
+		return err
+	}
+	if found == cur {
+		return nil
+	}
+	return p.adopt(found)
+}
+
+// lose empties the pool: the master is gone or not found.
+func (p *Pool) lose(why error) {
+	msg := why.Error()
+	if p.master.PID != 0 {
+		msg = fmt.Sprintf("master pid %d exited; %s", p.master.PID, msg)
+		p.master = Proc{}
+	}
+	if p.Target.Follows() {
+		msg += "; observation resumes when the master is back"
+	}
+	if msg != p.waiting {
+		p.Log.Warn("no master: the pool is empty", "target", p.Target.String(), "reason", msg)
+		p.waiting = msg
+		p.last = nil
+	}
+}
+
+// adopt starts watching m as the master. Workers of a previous master keep
+// their slots until they exit.
+func (p *Pool) adopt(m Proc) error {
+	kids, err := p.Proc.Children(m.PID)
+	if err != nil {
+		return fmt.Errorf("workers of pid %d: %w", m.PID, err)
+	}
+	if err := p.Kernel.Watch(m, kids); err != nil {
+		return fmt.Errorf("watch pid %d: %w", m.PID, err)
+	}
+	if p.masters == nil {
+		p.masters = map[int]bool{}
+	}
+	if p.master.PID != 0 {
+		p.Log.Info("the master changed", "target", p.Target.String(), "old", p.master.PID, "new", m.PID)
+	}
+	p.master, p.waiting, p.last = m, "", nil
+	p.masters[m.PID] = true
 	for _, k := range kids {
-		p.place(k)
+		if p.live[k] == nil {
+			p.place(k)
+		}
 	}
-	p.Log.Info("watching pool", "master", p.Master, "workers", len(kids))
+	p.settled = true
+	p.Log.Info("watching pool", "target", p.Target.String(), "master", m.PID, "workers", len(kids))
 	return nil
 }
 
-// place puts a newly seen worker process in a slot.
+// place puts a newly seen worker process in a slot: the lowest free one,
+// else a new one.
 func (p *Pool) place(proc Proc) *slot {
 	if p.live == nil {
 		p.live = map[Proc]*slot{}
@@ -102,32 +193,53 @@ func (p *Pool) place(proc Proc) *slot {
 	for _, s := range p.slots {
 		if !s.alive {
 			s.proc, s.alive, s.cur = proc, true, Counters{}
-			s.rss, s.vsz, s.memAt = 0, 0, time.Time{}
+			s.rss, s.vsz, s.paused, s.memAt = 0, 0, false, time.Time{}
 			s.spawns++
 			p.live[proc] = s
 			return s
 		}
 	}
-	s := &slot{id: len(p.slots) + 1, proc: proc, alive: true, spawns: 1}
+	id := 1
+	if n := len(p.slots); n > 0 {
+		id = p.slots[n-1].id + 1
+	}
+	s := &slot{id: id, proc: proc, alive: true, spawns: 1, extra: p.settled}
 	p.slots = append(p.slots, s)
 	p.live[proc] = s
 	return s
 }
 
 // retire folds a slot's current process into its past and frees the slot.
+// A worker in a later extra slot then moves down into it (see Pool).
 func (p *Pool) retire(s *slot, final Counters) {
 	delete(p.live, s.proc)
-	s.past.Requests += final.Requests
-	s.past.TX += final.TX
-	s.past.RX += final.RX
-	s.past.Accepts += final.Accepts
-	s.past.Closes += final.Closes
-	s.past.RunNs += final.RunNs
-	if final.AvgRTNs != 0 {
-		s.past.AvgRTNs = final.AvgRTNs
-	}
+	s.past.add(final)
 	s.cur = Counters{}
 	s.alive = false
+	for i, x := range p.slots {
+		if x.id > s.id && x.extra && x.alive {
+			s.proc, s.alive, s.cur, s.paused = x.proc, true, x.cur, x.paused
+			s.rss, s.vsz, s.memAt, s.lastSeen = x.rss, x.vsz, x.memAt, x.lastSeen
+			s.past.add(x.past)
+			s.spawns += x.spawns
+			p.live[s.proc] = s
+			p.slots = append(p.slots[:i], p.slots[i+1:]...)
+			return
+		}
+	}
+}
+
+// add sums a process's final counters into a slot's past.
+func (c *Counters) add(final Counters) {
+	c.Requests += final.Requests
+	c.TX += final.TX
+	c.RX += final.RX
+	c.Accepts += final.Accepts
+	c.Closes += final.Closes
+	c.RunNs += final.RunNs
+	if final.AvgRTNs != 0 {
+		c.AvgRTNs = final.AvgRTNs
+	}
 }
 
 // refresh reads the kernel and brings the slots up to date. Exited workers
@@ -138,9 +250,20 @@ func (p *Pool) refresh() error {
 		return fmt.Errorf("read kernel counters: %w", err)
 	}
 	var mine []Counters
+	seen := map[int]bool{}
 	for _, c := range all {
-		if c.Master == p.master.PID {
+		if p.masters[c.Master] {
 			mine = append(mine, c)
+			seen[c.Master] = true
+		}
+	}
+	// A previous master with no worker left is done with: stop watching it.
+	for m := range p.masters {
+		if !seen[m] && m != p.master.PID {
+			delete(p.masters, m)
+			if m != 0 {
+				_ = p.Kernel.Forget(m)
+			}
 		}
 	}
 	// Exits first, so their slots are free for the workers that replace
@@ -187,20 +310,33 @@ func (p *Pool) refresh() error {
 		s.lastSeen = true
 	}
 	// A live slot the kernel no longer reports lost its entry (the map was
-	// full when it forked, or it was removed): keep what it had.
-	for _, s := range p.slots {
-		if s.alive && !s.lastSeen {
-			p.retire(s, s.cur)
+	// full when it forked, or it was removed): keep what it had, and keep
+	// the process in its slot for as long as procfs shows it running.
+	// (retire may move a slot down: range over a copy.)
+	for _, s := range append([]*slot(nil), p.slots...) {
+		if !s.alive || s.lastSeen {
+			continue
 		}
+		if _, now, err := p.Proc.Stat(s.proc.PID); err == nil && now == s.proc {
+			s.past.add(s.cur)
+			s.cur = Counters{}
+			continue
+		}
+		p.retire(s, s.cur)
 	}
 	return nil
 }
 
-// Refresh brings the slots up to date without building a dump. The daemon
-// calls it periodically so exited workers are folded even with no readers.
+// Refresh checks the master (following its Target) and brings the slots up
+// to date without building a dump. The daemon calls it every second, so
+// exited workers are folded even with no readers and a restarted master is
+// found again.
 func (p *Pool) Refresh() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.locate(); err != nil && !errors.Is(err, ErrNoTarget) {
+		return err
+	}
 	return p.refresh()
 }
 
@@ -224,6 +360,14 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		Workers:  make([]Worker, 0, len(p.slots)),
 		Observer: p.Kernel.Info(),
 	}
+	st.Observer.Target = p.Target.String()
+	if p.master.PID == 0 {
+		// No master: an empty pool that says why. The slots and their
+		// counts are kept for when it is back.
+		st.Observer.Waiting = p.waiting
+		p.last, p.lastAt = st, time.Now()
+		return st, nil
+	}
 	g, err := p.readGauges(ctx)
 	if err != nil {
 		return nil, err
@@ -236,6 +380,8 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 			if s.rss, s.vsz, err = p.Proc.Memory(ctx, s.proc.PID); err != nil {
 				p.Log.Debug("worker memory unknown", "pid", s.proc.PID, "error", err)
 			}
+			state, _ := p.Proc.State(s.proc.PID)
+			s.paused = state == 'T'
 			s.memAt = now
 		}
 		w := s.worker(g.boot)
@@ -306,13 +452,20 @@ func (s *slot) worker(bootUnix int64) Worker {
 	if c.AvgRTNs == 0 {
 		w.AvgRT = s.past.AvgRTNs / 1000
 	}
+	// uWSGI's statuses: "cheap" for a slot with no process (uWSGI's
+	// cheaper mode stopped it; here it exited and was not replaced yet),
+	// "busy" in a request, "pause" for a stopped process, else "idle".
+	// "sig" (running a signal handler) cannot be seen from outside.
 	inRequest := 0
-	if s.alive {
+	switch {
+	case !s.alive:
+		w.PID, w.Status = 0, "cheap"
+	case c.InProgress > 0:
+		w.Accepting, w.Status, inRequest = 1, "busy", 1
+	case s.paused:
+		w.Accepting, w.Status = 1, "pause"
+	default:
 		w.Accepting = 1
-		if c.InProgress > 0 {
-			w.Status = "busy"
-			inRequest = 1
-		}
 	}
 	w.Apps = []App{{Requests: w.Requests}}
 	w.Cores = []Core{{

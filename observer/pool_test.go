@@ -132,7 +132,7 @@ func testPool(t *testing.T) (*Pool, *fakeKernel) {
 		worker(4003, 1234, 1400, 42000),
 	)
 	k := newFakeKernel()
-	p := &Pool{Master: testMaster, Proc: fs, Kernel: k, Log: discardLog()}
+	p := &Pool{Target: Target{PID: testMaster}, Proc: fs, Kernel: k, Log: discardLog()}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -190,9 +190,9 @@ func TestPoolStartWatchesChildrenInStartOrder(t *testing.T) {
 }
 
 func TestPoolStartMissingMaster(t *testing.T) {
-	p := &Pool{Master: 4242, Proc: newProcfs(t), Kernel: newFakeKernel(), Log: discardLog()}
-	if err := p.Start(context.Background()); !errors.Is(err, ErrNoProcess) {
-		t.Fatalf("Start with a missing master: err = %v, want ErrNoProcess", err)
+	p := &Pool{Target: Target{PID: 4242}, Proc: newProcfs(t), Kernel: newFakeKernel(), Log: discardLog()}
+	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
+		t.Fatalf("Start with a missing master: err = %v, want ErrNoTarget", err)
 	}
 }
 
@@ -215,8 +215,10 @@ func TestPoolSnapshotSchema(t *testing.T) {
 	if st.Load != 1 {
 		t.Errorf("load = %d, want 1 (one busy worker)", st.Load)
 	}
-	if !reflect.DeepEqual(st.Observer, k.info) {
-		t.Errorf("observer = %+v, want the kernel's Info %+v", st.Observer, k.info)
+	wantInfo := k.info
+	wantInfo.Target = "pid 4000"
+	if !reflect.DeepEqual(st.Observer, wantInfo) {
+		t.Errorf("observer = %+v, want the kernel's Info with the target %+v", st.Observer, wantInfo)
 	}
 	if len(st.Workers) != 3 {
 		t.Fatalf("%d workers, want 3", len(st.Workers))
@@ -376,7 +378,9 @@ func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
 		}
 		w := workerBySlot(t, st, 4)
 		got := []any{w.PID, w.Requests, w.DeltaRequests, w.TX, w.RX, w.RunningTime, w.AvgRT, w.RespawnCount, w.Status, w.Accepting, w.Cores[0].InRequest, w.RSS, w.VSZ}
-		want := []any{4009, uint64(3), uint64(0), uint64(900), uint64(80), uint64(3000), uint64(1000), uint64(1), "idle", 0, 0, uint64(0), uint64(0)}
+		// Its slot has no process now: uWSGI shows such a slot as pid 0,
+		// "cheap".
+		want := []any{0, uint64(3), uint64(0), uint64(900), uint64(80), uint64(3000), uint64(1000), uint64(1), "cheap", 0, 0, uint64(0), uint64(0)}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("%s: slot 4 [pid requests delta_requests tx rx running_time avg_rt respawn_count status accepting in_request rss vsz]\n got %v\nwant %v",
 				round, got, want)

@@ -31,34 +31,54 @@ func (p Procfs) ctx(ctx context.Context) context.Context {
 
 // Stat returns a process's parent and start time from /proc/PID/stat.
 func (p Procfs) Stat(pid int) (ppid int, start Proc, err error) {
+	st, err := p.stat(pid)
+	return st.PPID, st.Proc, err
+}
+
+// State returns a process's state letter (R, S, D, T, Z...) from
+// /proc/PID/stat.
+func (p Procfs) State(pid int) (byte, error) {
+	st, err := p.stat(pid)
+	return st.state, err
+}
+
+// procStat is what workerstats reads from /proc/PID/stat.
+type procStat struct {
+	Proc
+	PPID  int
+	Comm  string
+	state byte
+}
+
+func (p Procfs) stat(pid int) (procStat, error) {
 	b, err := os.ReadFile(filepath.Join(p.Root, strconv.Itoa(pid), "stat"))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return 0, Proc{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+			return procStat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
 		}
-		return 0, Proc{}, fmt.Errorf("read stat of pid %d: %w", pid, err)
+		return procStat{}, fmt.Errorf("read stat of pid %d: %w", pid, err)
 	}
 	// The command name (field 2) may hold spaces and parentheses: fields
 	// after it start past the last ')'.
 	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, Proc{}, fmt.Errorf("parse stat of pid %d: no command name", pid)
+	open, i := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || i < open {
+		return procStat{}, fmt.Errorf("parse stat of pid %d: no command name", pid)
 	}
 	f := strings.Fields(s[i+1:])
 	// f[0] is field 3 (state); ppid is field 4, starttime field 22.
-	if len(f) < 20 {
-		return 0, Proc{}, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(f)+2)
+	if len(f) < 20 || len(f[0]) != 1 {
+		return procStat{}, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(f)+2)
 	}
-	ppid, err = strconv.Atoi(f[1])
+	ppid, err := strconv.Atoi(f[1])
 	if err != nil {
-		return 0, Proc{}, fmt.Errorf("parse ppid of pid %d: %w", pid, err)
+		return procStat{}, fmt.Errorf("parse ppid of pid %d: %w", pid, err)
 	}
 	ticks, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
-		return 0, Proc{}, fmt.Errorf("parse start time of pid %d: %w", pid, err)
+		return procStat{}, fmt.Errorf("parse start time of pid %d: %w", pid, err)
 	}
-	return ppid, Proc{PID: pid, StartTicks: ticks}, nil
+	return procStat{Proc: Proc{PID: pid, StartTicks: ticks}, PPID: ppid, Comm: s[open+1 : i], state: f[0][0]}, nil
 }
 
 // Children returns the direct children of pid (of any of its threads), in

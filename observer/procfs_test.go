@@ -24,6 +24,8 @@ type fakeProc struct {
 	vszPages   uint64
 	uid, gid   int
 	cwd        string // target of /proc/PID/cwd; none if empty
+	state      byte     // field 3 of stat; 'S' if 0
+	cmdline    []string // /proc/PID/cmdline; empty (a kernel thread's) if nil
 	// tasks maps a thread id to the children that thread forked, written to
 	// /proc/PID/task/TID/children. A process without tasks gets a single
 	// task (its own pid) with no children.
@@ -53,11 +55,15 @@ func writeStatFile(t *testing.T, root string) {
 // statLine renders /proc/PID/stat in the kernel's format (52 fields).
 func statLine(p fakeProc) string {
 	page := uint64(os.Getpagesize())
-	return fmt.Sprintf("%d (%s) S %d %d %d 0 -1 4194624 1520 0 0 0 12 3 0 0 20 0 1 0 %d %d %d "+
+	state := p.state
+	if state == 0 {
+		state = 'S'
+	}
+	return fmt.Sprintf("%d (%s) %c %d %d %d 0 -1 4194624 1520 0 0 0 12 3 0 0 20 0 1 0 %d %d %d "+
 		"18446744073709551615 94484414099456 94484414119337 140720695276080 0 0 0 0 16781312 134234626 "+
 		"1 0 0 17 1 0 0 0 0 0 94484414135344 94484414136960 94484414840832 140720695282120 "+
 		"140720695282140 140720695282140 140720695283691 0\n",
-		p.pid, p.comm, p.ppid, p.ppid, p.ppid, p.startTicks, p.vszPages*page, p.rssPages)
+		p.pid, p.comm, state, p.ppid, p.ppid, p.ppid, p.startTicks, p.vszPages*page, p.rssPages)
 }
 
 // statusText renders /proc/PID/status as the kernel does: "Key:\tvalue",
@@ -122,6 +128,11 @@ func addProc(t *testing.T, root string, p fakeProc) {
 	writeFile(t, filepath.Join(dir, "stat"), statLine(p))
 	writeFile(t, filepath.Join(dir, "statm"), statmText(p))
 	writeFile(t, filepath.Join(dir, "status"), statusText(p))
+	var cmdline strings.Builder
+	for _, a := range p.cmdline {
+		cmdline.WriteString(a + "\x00")
+	}
+	writeFile(t, filepath.Join(dir, "cmdline"), cmdline.String())
 	tasks := p.tasks
 	if len(tasks) == 0 {
 		tasks = map[int][]int{p.pid: nil}

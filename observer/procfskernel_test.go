@@ -14,7 +14,7 @@ import (
 // connection, and a replaced worker taking its predecessor's slot.
 func TestProcfsKernelFollowsPool(t *testing.T) {
 	pool := startForkPool(t, 2, "")
-	p := &Pool{Master: pool.master, Proc: Procfs{Root: "/proc"}, Kernel: &ProcfsKernel{Proc: Procfs{Root: "/proc"}, Reason: "test"}}
+	p := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: &ProcfsKernel{Proc: Procfs{Root: "/proc"}, Reason: "test"}}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -95,9 +95,13 @@ type Core struct {
 
 // ObserverInfo says which observer produced the dump and what it lost.
 type ObserverInfo struct {
-	Mode     string            `json:"mode"`             // "ebpf" or "procfs"
-	Reason   string            `json:"reason,omitempty"` // why procfs mode
-	Hooks    string            `json:"hooks,omitempty"`  // "sock" or "syscall"
+	Mode   string `json:"mode"`             // "ebpf" or "procfs"
+	Reason string `json:"reason,omitempty"` // why procfs mode
+	// Target is how the master is found ("pidfile /run/app.pid"); Waiting
+	// says why the pool is empty: the master is not found (yet).
+	Target   string            `json:"target,omitempty"`
+	Waiting  string            `json:"waiting,omitempty"`
+	Hooks    string            `json:"hooks,omitempty"` // "sock" or "syscall"
 	Dropped  map[string]uint64 `json:"dropped"`
 	Programs []ProgramStats    `json:"programs,omitempty"`
 }

@@ -1,0 +1,317 @@
+package observer
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// ErrNoTarget means a pool's master cannot be found now. A Target that
+// Follows may find it later.
+var ErrNoTarget = errors.New("master not found")
+
+// Target names a pool's master process in one of three ways.
+type Target struct {
+	PID     int    // this process, and no other
+	PIDFile string // the process the file names, read again when it changes
+	Name    string // the one topmost process of this name: uwsgi, gunicorn, php-fpm, nginx...
+}
+
+// String describes the target as the user gave it.
+func (t Target) String() string {
+	switch {
+	case t.PIDFile != "":
+		return "pidfile " + t.PIDFile
+	case t.Name != "":
+		return "name " + t.Name
+	case t.PID > 0:
+		return "pid " + strconv.Itoa(t.PID)
+	}
+	return "no target"
+}
+
+// Follows reports whether the target can name another process later: a
+// pidfile rewritten by a restarted master, or a name.
+func (t Target) Follows() bool { return t.PIDFile != "" || t.Name != "" }
+
+// Valid reports whether exactly one way of naming the master is set.
+func (t Target) Valid() error {
+	n := 0
+	if t.PID != 0 {
+		n++
+		if t.PID < 0 {
+			return fmt.Errorf("pid %d is not a process id", t.PID)
+		}
+	}
+	if t.PIDFile != "" {
+		n++
+	}
+	if t.Name != "" {
+		n++
+	}
+	if n != 1 {
+		return errors.New("give exactly one of pid, pidfile or name")
+	}
+	return nil
+}
+
+// Find returns the target's master as it is now. Its errors wrap
+// ErrNoTarget when the master is not there (yet) and say what was looked at.
+func (t Target) Find(p Procfs) (Proc, error) {
+	switch {
+	case t.PIDFile != "":
+		pid, err := readPIDFile(t.PIDFile)
+		if err != nil {
+			return Proc{}, err
+		}
+		_, proc, err := p.Stat(pid)
+		if errors.Is(err, ErrNoProcess) {
+			return Proc{}, fmt.Errorf("pidfile %s names pid %d, which is not running: %w", t.PIDFile, pid, ErrNoTarget)
+		}
+		if err != nil {
+			return Proc{}, err
+		}
+		// A file left by a master that died names a pid the system may
+		// have given to another process since: one started after the file
+		// was written is not the master that wrote it.
+		if fi, err := os.Stat(t.PIDFile); err == nil {
+			if boot, err := p.BootTime(); err == nil {
+				started := boot + int64(proc.StartTicks/ticksPerSecond)
+				if fi.ModTime().Unix() < started-1 {
+					return Proc{}, fmt.Errorf("pidfile %s is stale: pid %d started after it was written: %w", t.PIDFile, pid, ErrNoTarget)
+				}
+			}
+		}
+		return proc, nil
+	case t.Name != "":
+		return findByName(p, t.Name)
+	default:
+		_, proc, err := p.Stat(t.PID)
+		if errors.Is(err, ErrNoProcess) {
+			return Proc{}, fmt.Errorf("no process with pid %d: %w", t.PID, ErrNoTarget)
+		}
+		return proc, err
+	}
+}
+
+// readPIDFile reads the pid a server wrote, tolerating the trailing newline
+// and spaces every server adds.
+func readPIDFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, fmt.Errorf("pidfile %s does not exist: %w", path, ErrNoTarget)
+		}
+		return 0, fmt.Errorf("read pidfile: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		// A server truncates the file before writing its pid.
+		return 0, fmt.Errorf("pidfile %s is empty: %w", path, ErrNoTarget)
+	}
+	pid, err := strconv.Atoi(s)
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pidfile %s holds %q, not a pid", path, truncateString(s, 32))
+	}
+	return pid, nil
+}
+
+func truncateString(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// ProcInfo is a process as a discovery scan sees it.
+type ProcInfo struct {
+	Proc
+	PPID int
+	Comm string   // the kernel's command name, at most 15 bytes
+	Args []string // the first arguments of its command line
+}
+
+// Processes lists every process under Root. Processes that end during the
+// scan are left out.
+func (p Procfs) Processes() ([]ProcInfo, error) {
+	ents, err := os.ReadDir(p.Root)
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	var out []ProcInfo
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		st, err := p.stat(pid)
+		if err != nil {
+			continue
+		}
+		info := ProcInfo{Proc: st.Proc, PPID: st.PPID, Comm: st.Comm}
+		if cl, err := os.ReadFile(filepath.Join(p.Root, e.Name(), "cmdline")); err == nil {
+			for _, a := range bytes.SplitN(bytes.TrimRight(cl, "\x00"), []byte{0}, 3) {
+				if len(a) > 0 && len(info.Args) < 2 {
+					info.Args = append(info.Args, string(a))
+				}
+			}
+		}
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
+	return out, nil
+}
+
+// matchesName reports whether a process is called name: by its command
+// name (php-fpm8.2 is php-fpm: a trailing version is ignored), by the first
+// word of the title it set ("nginx: master process ..."), or by the script
+// an interpreter runs (python3 /usr/bin/gunicorn).
+func (pi ProcInfo) matchesName(name string) bool {
+	if name == "" {
+		return false
+	}
+	short := name
+	if len(short) > 15 {
+		short = short[:15]
+	}
+	if pi.Comm == short || strings.TrimRight(pi.Comm, "0123456789.") == name {
+		return true
+	}
+	for i, a := range pi.Args {
+		if i == 0 {
+			a, _, _ = strings.Cut(a, ":")
+			a = strings.Fields(a + " x")[0]
+		}
+		base := filepath.Base(a)
+		if base == name || strings.TrimRight(base, "0123456789.") == name {
+			return true
+		}
+	}
+	return false
+}
+
+// findByName finds the master called name: the topmost of the processes of
+// that name (workers share their master's name), preferring one that has
+// workers when a lone same-named command also runs.
+func findByName(p Procfs, name string) (Proc, error) {
+	procs, err := p.Processes()
+	if err != nil {
+		return Proc{}, err
+	}
+	byPID := make(map[int]ProcInfo, len(procs))
+	kids := map[int]int{}
+	for _, pi := range procs {
+		byPID[pi.PID] = pi
+	}
+	var tops []ProcInfo
+	for _, pi := range procs {
+		if !pi.matchesName(name) {
+			continue
+		}
+		if parent, ok := byPID[pi.PPID]; ok && parent.matchesName(name) {
+			kids[pi.PPID]++
+			continue
+		}
+		tops = append(tops, pi)
+	}
+	var withKids []ProcInfo
+	for _, pi := range tops {
+		if kids[pi.PID] > 0 {
+			withKids = append(withKids, pi)
+		}
+	}
+	if len(withKids) > 0 {
+		tops = withKids
+	}
+	switch len(tops) {
+	case 0:
+		return Proc{}, fmt.Errorf("no process named %s is running: %w", name, ErrNoTarget)
+	case 1:
+		return tops[0].Proc, nil
+	}
+	pids := make([]string, len(tops))
+	for i, pi := range tops {
+		pids[i] = strconv.Itoa(pi.PID)
+	}
+	return Proc{}, fmt.Errorf("%d masters are named %s (pids %s): choose one with --pid or --pidfile", len(tops), name, strings.Join(pids, ", "))
+}
+
+// Candidate is a process that looks like a pre-fork master: it has children
+// of its own name (forked, not executed) and its parent is not of that name.
+type Candidate struct {
+	PID     int
+	Name    string
+	Workers int
+}
+
+// Candidates lists the pre-fork masters running now, the ones with most
+// workers first, leaving out the processes in skip (the daemon itself).
+func Candidates(p Procfs, skip ...int) ([]Candidate, error) {
+	procs, err := p.Processes()
+	if err != nil {
+		return nil, err
+	}
+	byPID := make(map[int]ProcInfo, len(procs))
+	for _, pi := range procs {
+		byPID[pi.PID] = pi
+	}
+	workers := map[int]int{}
+	for _, pi := range procs {
+		if parent, ok := byPID[pi.PPID]; ok && parent.Comm == pi.Comm && pi.PPID > 2 {
+			workers[pi.PPID]++
+		}
+	}
+	var out []Candidate
+	for pid, n := range workers {
+		pi := byPID[pid]
+		if parent, ok := byPID[pi.PPID]; ok && parent.Comm == pi.Comm {
+			continue // a worker that forked children of its own
+		}
+		skipped := false
+		for _, s := range skip {
+			skipped = skipped || s == pid
+		}
+		if !skipped {
+			out = append(out, Candidate{PID: pid, Name: pi.Comm, Workers: n})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Workers != out[j].Workers {
+			return out[i].Workers > out[j].Workers
+		}
+		return out[i].PID < out[j].PID
+	})
+	return out, nil
+}
+
+// NoTargetMessage is what the daemon says when it was given no target: what
+// it could watch, and how to choose.
+func NoTargetMessage(cands []Candidate) string {
+	const how = "give the pool's master with --pid PID, --pidfile FILE or --name NAME (or several pools with --config FILE)"
+	if len(cands) == 0 {
+		return "no target: " + how + "; no pre-fork master (a process with forked children of its own name) is running now"
+	}
+	var b strings.Builder
+	b.WriteString("no target: " + how + "; running now: ")
+	for i, c := range cands {
+		if i == 8 {
+			fmt.Fprintf(&b, ", and %d more", len(cands)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		workers := "workers"
+		if c.Workers == 1 {
+			workers = "worker"
+		}
+		fmt.Fprintf(&b, "%s (--pid %d, %d %s)", c.Name, c.PID, c.Workers, workers)
+	}
+	return b.String()
+}
