@@ -23,7 +23,7 @@ type fakeProc struct {
 	rssPages   uint64
 	vszPages   uint64
 	uid, gid   int
-	cwd        string // target of /proc/PID/cwd; none if empty
+	cwd        string   // target of /proc/PID/cwd; none if empty
 	state      byte     // field 3 of stat; 'S' if 0
 	cmdline    []string // /proc/PID/cmdline; empty (a kernel thread's) if nil
 	// tasks maps a thread id to the children that thread forked, written to
