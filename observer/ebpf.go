@@ -35,7 +35,12 @@ type EBPFOptions struct {
 	// BPFStats turns on the kernel's per-program run-time statistics
 	// (kernel.bpf_stats_enabled) while the observer runs, and reports them.
 	BPFStats bool
-	Log      *slog.Logger
+	// PinPath, when set, is the bpffs directory where the maps and links
+	// are pinned, so the programs go on counting while the daemon is
+	// stopped and a restart carries on from the same maps (see pin.go).
+	// Empty: nothing is pinned and Close detaches everything.
+	PinPath string
+	Log     *slog.Logger
 }
 
 // EBPF counts per worker in the kernel. It implements Kernel.
@@ -45,6 +50,9 @@ type EBPF struct {
 	hooks string
 	stats io.Closer
 	log   *slog.Logger
+	pins  *pinDir // nil when not pinning
+	// sweptMap keeps swept across restarts when pinning.
+	sweptMap *ebpf.Map
 
 	mu      sync.Mutex
 	swept   uint64 // connections of exited owners removed by Sweep
@@ -82,12 +90,18 @@ func LoadEBPF(opts EBPFOptions) (*EBPF, error) {
 	}
 
 	e := &EBPF{hooks: hooks, log: log}
+	if opts.PinPath != "" {
+		if e.pins, err = openPinDir(opts.PinPath); err != nil {
+			return nil, err
+		}
+	}
 	if opts.BPFStats {
 		if e.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
+			e.Close()
 			return nil, fmt.Errorf("enable eBPF run-time statistics: %w", err)
 		}
 	}
-	if err := bpf.LoadObserverObjects(&e.objs, nil); err != nil {
+	if err := e.load(); err != nil {
 		e.Close()
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -101,6 +115,37 @@ func LoadEBPF(opts EBPFOptions) (*EBPF, error) {
 	}
 	log.Info("eBPF programs attached", "hooks", hooks, "links", len(e.links))
 	return e, nil
+}
+
+// load loads the programs and creates the maps, or with pinning reuses the
+// pinned maps (replacing those whose layout changed) and pins new ones.
+func (e *EBPF) load() error {
+	if e.pins == nil {
+		return bpf.LoadObserverObjects(&e.objs, nil)
+	}
+	spec, err := bpf.LoadObserver()
+	if err != nil {
+		return err
+	}
+	for _, ms := range spec.Maps {
+		ms.Pinning = ebpf.PinByName
+	}
+	if err := e.pins.dropIncompatibleMaps(spec, e.log); err != nil {
+		return err
+	}
+	if err := spec.LoadAndAssign(&e.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: e.pins.path}}); err != nil {
+		return err
+	}
+	e.sweptMap, err = ebpf.NewMapWithOptions(&ebpf.MapSpec{
+		Name: sweptMapName, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1, Pinning: ebpf.PinByName,
+	}, ebpf.MapOptions{PinPath: e.pins.path})
+	if err != nil {
+		return fmt.Errorf("pinned map %s: %w", sweptMapName, err)
+	}
+	if err := e.sweptMap.Lookup(uint32(0), &e.swept); err != nil {
+		return fmt.Errorf("read pinned map %s: %w", sweptMapName, err)
+	}
+	return nil
 }
 
 // ensureTracefs mounts tracefs at TracefsDir when it is not there; attaching
@@ -163,55 +208,69 @@ func chooseHooks(want string, sock, sendfileSeen bool) (string, error) {
 	return "", fmt.Errorf("--hooks %q is not one of auto, sock, syscall", want)
 }
 
-func (e *EBPF) tracepoint(group, name string, prog *ebpf.Program) error {
-	l, err := link.Tracepoint(group, name, prog, nil)
-	if err != nil {
-		return fmt.Errorf("attach to tracepoint %s:%s: %w", group, name, err)
-	}
-	e.links = append(e.links, l)
-	return nil
+// rawTracepointHook attaches prog, named progName, to a raw tracepoint.
+func rawTracepointHook(name, progName string, prog **ebpf.Program) hook {
+	return hook{pin: linkPinPrefix + progName + "_" + name, prog: prog, attach: func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: name, Program: p})
+		if err != nil {
+			return nil, fmt.Errorf("attach to raw tracepoint %s: %w", name, err)
+		}
+		return l, nil
+	}}
 }
 
-func (e *EBPF) attach() error {
-	p := &e.objs.ObserverPrograms
-	for name, prog := range map[string]*ebpf.Program{
-		"sched_process_fork": p.OnFork,
-		"sched_process_exit": p.OnExit,
-	} {
-		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: name, Program: prog})
+// tracepointHook attaches prog, named progName, to a tracepoint.
+func tracepointHook(group, name, progName string, prog **ebpf.Program) hook {
+	return hook{pin: linkPinPrefix + progName + "_" + name, prog: prog, attach: func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.Tracepoint(group, name, p, nil)
 		if err != nil {
-			return fmt.Errorf("attach to raw tracepoint %s: %w", name, err)
+			return nil, fmt.Errorf("attach to tracepoint %s:%s: %w", group, name, err)
 		}
-		e.links = append(e.links, l)
+		return l, nil
+	}}
+}
+
+// hookList is every attachment of the hook set in use.
+func (e *EBPF) hookList() []hook {
+	p := &e.objs.ObserverPrograms
+	hooks := []hook{
+		rawTracepointHook("sched_process_fork", "on_fork", &p.OnFork),
+		rawTracepointHook("sched_process_exit", "on_exit", &p.OnExit),
 	}
 	for _, sc := range []string{"accept4", "accept"} {
-		if err := e.tracepoint("syscalls", "sys_exit_"+sc, p.OnAcceptExit); err != nil {
-			return err
-		}
+		hooks = append(hooks, tracepointHook("syscalls", "sys_exit_"+sc, "on_accept_exit", &p.OnAcceptExit))
 	}
-	if err := e.tracepoint("syscalls", "sys_enter_close", p.OnCloseEnter); err != nil {
-		return err
-	}
+	hooks = append(hooks, tracepointHook("syscalls", "sys_enter_close", "on_close_enter", &p.OnCloseEnter))
 	if e.hooks == HooksSock {
-		if err := e.tracepoint("sock", "sock_recv_length", p.OnSockRecv); err != nil {
-			return err
-		}
-		return e.tracepoint("sock", "sock_send_length", p.OnSockSend)
+		return append(hooks,
+			tracepointHook("sock", "sock_recv_length", "on_sock_recv", &p.OnSockRecv),
+			tracepointHook("sock", "sock_send_length", "on_sock_send", &p.OnSockSend))
 	}
 	for _, sc := range recvSyscalls {
-		if err := e.tracepoint("syscalls", "sys_enter_"+sc, p.OnRecvEnter); err != nil {
-			return err
-		}
+		hooks = append(hooks, tracepointHook("syscalls", "sys_enter_"+sc, "on_recv_enter", &p.OnRecvEnter))
 	}
 	for _, sc := range sendSyscalls {
-		if err := e.tracepoint("syscalls", "sys_enter_"+sc, p.OnSendEnter); err != nil {
-			return err
-		}
+		hooks = append(hooks, tracepointHook("syscalls", "sys_enter_"+sc, "on_send_enter", &p.OnSendEnter))
 	}
 	for _, sc := range append(append([]string{}, recvSyscalls...), sendSyscalls...) {
-		if err := e.tracepoint("syscalls", "sys_exit_"+sc, p.OnDataExit); err != nil {
+		hooks = append(hooks, tracepointHook("syscalls", "sys_exit_"+sc, "on_data_exit", &p.OnDataExit))
+	}
+	return hooks
+}
+
+// attach attaches every hook; with pinning, keeps or replaces the pinned
+// links (keepOrReplace).
+func (e *EBPF) attach() error {
+	hooks := e.hookList()
+	if e.pins != nil {
+		return e.keepOrReplace(hooks)
+	}
+	for _, h := range hooks {
+		l, err := h.attach(*h.prog)
+		if err != nil {
 			return err
 		}
+		e.links = append(e.links, l)
 	}
 	return nil
 }
@@ -226,6 +285,10 @@ const (
 
 // Watch implements Kernel.
 func (e *EBPF) Watch(master Proc, workers []Proc) error {
+	// The master's entry holds no counts, so it is always written: over a
+	// pinned map's entry for the same master (a restart) it changes
+	// nothing, and over a dead process's entry under a reused pid it
+	// makes the pid this master's.
 	m := bpf.ObserverWorker{Role: roleMaster, StartNs: ticksToNs(master.StartTicks)}
 	if err := e.objs.Workers.Put(uint32(master.PID), &m); err != nil {
 		return fmt.Errorf("add master %d to the kernel map: %w", master.PID, err)
@@ -234,7 +297,17 @@ func (e *EBPF) Watch(master Proc, workers []Proc) error {
 		v := bpf.ObserverWorker{Role: roleWorker, Master: uint32(master.PID), StartNs: ticksToNs(w.StartTicks)}
 		// NoExist: a worker the kernel saw fork meanwhile keeps its counts.
 		err := e.objs.Workers.Update(uint32(w.PID), &v, ebpf.UpdateNoExist)
-		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			// Kept from before a restart (pinned maps) when it is this
+			// process; another process's under a reused pid is replaced.
+			var old bpf.ObserverWorker
+			if e.objs.Workers.Lookup(uint32(w.PID), &old) == nil && nsToTicks(old.StartNs) != w.StartTicks {
+				err = e.objs.Workers.Put(uint32(w.PID), &v)
+			} else {
+				err = nil
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("add worker %d to the kernel map: %w", w.PID, err)
 		}
 	}
@@ -376,6 +449,11 @@ func (e *EBPF) Sweep() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.swept += removed
+	if e.sweptMap != nil && removed > 0 {
+		if err := e.sweptMap.Put(uint32(0), e.swept); err != nil {
+			e.log.Warn("cannot record swept connections in the pinned map", "error", err)
+		}
+	}
 	tracked := e.counter(bpf.ObserverCounterCNT_CONN_TRACKED)
 	closed := e.counter(bpf.ObserverCounterCNT_CONN_CLOSED) + e.counter(bpf.ObserverCounterCNT_CONN_STALE)
 	if gone := closed + e.swept + present; tracked > gone {
@@ -435,6 +513,8 @@ func (e *EBPF) programStats() []ProgramStats {
 }
 
 // Close detaches the programs and frees the maps, gathering every error.
+// Pinned links and maps stay, and the programs go on counting: only
+// RemovePins removes them.
 func (e *EBPF) Close() error {
 	var errs []error
 	for _, l := range e.links {
@@ -450,6 +530,14 @@ func (e *EBPF) Close() error {
 		if err := e.stats.Close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if e.sweptMap != nil {
+		if err := e.sweptMap.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := e.pins.close(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,449 @@
+package observer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// testPinPath returns a pin directory of the test's own under /sys/fs/bpf,
+// removed with whatever is pinned in it when the test ends.
+func testPinPath(t testing.TB) string {
+	t.Helper()
+	dir := fmt.Sprintf("%s/workerstats-test-%d-%d", BPFFSDir, os.Getpid(), rand.Uint32())
+	t.Cleanup(func() {
+		if _, err := RemovePins(dir); err != nil && !errors.Is(err, ErrNothingPinned) {
+			t.Errorf("remove test pins: %v", err)
+		}
+	})
+	return dir
+}
+
+// syncBuffer is a log destination safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func loadPinned(t testing.TB, hooks, dir string, log *syncBuffer) *EBPF {
+	t.Helper()
+	opts := EBPFOptions{Hooks: hooks, PinPath: dir}
+	if log != nil {
+		opts.Log = slog.New(slog.NewTextHandler(log, nil))
+	}
+	k, err := LoadEBPF(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// linkIDs returns the ids of the kernel links an observer holds.
+func linkIDs(t testing.TB, k *EBPF) []link.ID {
+	t.Helper()
+	var ids []link.ID
+	for _, l := range k.links {
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, info.ID)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// pinnedProgramIDs returns the ids of the programs the links pinned in dir
+// run.
+func pinnedProgramIDs(t testing.TB, dir string) []ebpf.ProgramID {
+	t.Helper()
+	names, err := (&pinDir{path: dir}).pinnedLinks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ebpf.ProgramID
+	for _, n := range names {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, n), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, info.Program)
+	}
+	return ids
+}
+
+// programsGone waits until none of ids is a loaded program.
+func programsGone(t testing.TB, ids []ebpf.ProgramID) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, id := range ids {
+		for {
+			p, err := ebpf.NewProgramFromID(id)
+			if errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if err == nil {
+				p.Close()
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("program %d is still loaded (%v)", id, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// TestPinnedCountingGoesOnWhileClosed: with pinning, closing the observer
+// leaves the programs counting; a new observer on the same pins keeps the
+// very links (no second copy attached) and shows, per worker pid, every
+// request, including those served while no observer was open.
+func TestPinnedCountingGoesOnWhileClosed(t *testing.T) {
+	requireEBPF(t)
+	for _, hooks := range hookSets(t) {
+		t.Run(hooks, func(t *testing.T) {
+			dir := testPinPath(t)
+			pool := startForkPool(t, 2, "")
+			size := func(i int) int { return (i * 4099) % 30000 }
+			var ts tallies
+			drive := func(sessions int) {
+				t.Helper()
+				for s := range sessions {
+					if err := pool.session(&ts, 10, func(i int) int { return size(s*10 + i) }, 0, 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+
+			k1 := loadPinned(t, hooks, dir, nil)
+			p1 := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: k1}
+			if err := p1.Start(context.Background()); err != nil {
+				k1.Close()
+				t.Fatal(err)
+			}
+			drive(10)
+			settleOn(t, p1, &ts)
+			before := linkIDs(t, k1)
+			if err := k1.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			drive(10) // no observer open: only the pinned programs see these
+
+			var log syncBuffer
+			k2 := loadPinned(t, hooks, dir, &log)
+			t.Cleanup(func() {
+				k2.Unwatch(pool.master)
+				k2.Close()
+			})
+			if after := linkIDs(t, k2); !slices.Equal(before, after) {
+				t.Errorf("links before the restart %v, after %v: want the pinned ones kept, none attached again", before, after)
+			}
+			if !strings.Contains(log.String(), "kept the pinned programs") {
+				t.Errorf("log does not say the pinned programs were kept:\n%s", log.String())
+			}
+			p2 := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: k2}
+			if err := p2.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			drive(10)
+			st := settleOn(t, p2, &ts)
+			var requests uint64
+			for _, w := range st.Workers {
+				requests += w.Requests
+			}
+			if requests != 300 {
+				t.Errorf("kernel shows %d requests after 300 across a restart", requests)
+			}
+			for name, n := range st.Observer.Dropped {
+				if n != 0 {
+					t.Errorf("dropped %s = %d", name, n)
+				}
+			}
+		})
+	}
+}
+
+// TestPinnedUpgradeReplacesChangedObjects: a pinned map whose layout no
+// longer matches is replaced with one warning, and a pinned link running
+// another program (an older version) is replaced by one running ours;
+// the old program is unloaded.
+func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
+	requireEBPF(t)
+	dir := testPinPath(t)
+	k1 := loadPinned(t, HooksSyscall, dir, nil)
+	if err := k1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// An "old version": inflight with another size, and on_fork's link
+	// running another program.
+	if err := os.Remove(filepath.Join(dir, "inflight")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "inflight", Type: ebpf.Hash, KeySize: 8, ValueSize: 16, MaxEntries: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "inflight")); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	forkPin := filepath.Join(dir, linkPinPrefix+"on_fork_sched_process_fork")
+	if err := os.Remove(forkPin); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "on_fork", Type: ebpf.RawTracepoint, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_fork", Program: prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Pin(forkPin); err != nil {
+		t.Fatal(err)
+	}
+	oldInfo, err := prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID, _ := oldInfo.ID()
+	l.Close()
+	prog.Close()
+
+	var log syncBuffer
+	k2 := loadPinned(t, HooksSyscall, dir, &log)
+	t.Cleanup(func() { k2.Close() })
+	logs := log.String()
+	if !strings.Contains(logs, "does not fit this version's layout") || !strings.Contains(logs, "map=inflight") {
+		t.Errorf("no warning that the pinned map inflight was replaced:\n%s", logs)
+	}
+	if !strings.Contains(logs, "replaced them") || strings.Count(logs, "level=WARN") != 2 {
+		t.Errorf("want exactly two warnings, the map and the replaced programs:\n%s", logs)
+	}
+	info, err := k2.objs.Inflight.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.MaxEntries == 128 {
+		t.Error("the incompatible inflight map is still in use")
+	}
+	programsGone(t, []ebpf.ProgramID{oldID})
+
+	// Every pinned link now runs one of our programs, on our maps.
+	ours := map[string]bool{}
+	for _, p := range []*ebpf.Program{k2.objs.OnFork, k2.objs.OnExit, k2.objs.OnAcceptExit, k2.objs.OnCloseEnter,
+		k2.objs.OnRecvEnter, k2.objs.OnSendEnter, k2.objs.OnDataExit} {
+		pi, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ours[pi.Tag] = true
+	}
+	mapIDs, err := k2.mapIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range pinnedProgramIDs(t, dir) {
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pi, err := p.Info()
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ours[pi.Tag] {
+			t.Errorf("pinned program %d (%s, tag %s) is not one of ours", id, pi.Name, pi.Tag)
+		}
+		ids, _ := pi.MapIDs()
+		for _, m := range ids {
+			if !mapIDs[m] {
+				t.Errorf("pinned program %d (%s) uses map %d, not one of ours", id, pi.Name, m)
+			}
+		}
+	}
+}
+
+// TestPinnedHookSetChange: restarting with the other hook set removes the
+// links of the old set and pins the new one's.
+func TestPinnedHookSetChange(t *testing.T) {
+	requireEBPF(t)
+	if !slices.Contains(hookSets(t), HooksSock) {
+		t.Skip("this kernel has only the syscall hooks")
+	}
+	dir := testPinPath(t)
+	k1 := loadPinned(t, HooksSock, dir, nil)
+	k1.Close()
+	k2 := loadPinned(t, HooksSyscall, dir, nil)
+	defer k2.Close()
+	names, err := k2.pins.pinnedLinks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, h := range k2.hookList() {
+		want = append(want, h.pin)
+	}
+	slices.Sort(want)
+	slices.Sort(names)
+	if !slices.Equal(names, want) {
+		t.Errorf("pinned links after switching to the syscall hooks:\n%v\nwant:\n%v", names, want)
+	}
+}
+
+// TestPinDirOneDaemonAndCleanup: a second observer on pins in use is
+// refused in one line, and so is removing them; once closed, RemovePins
+// detaches and unloads everything, and a second call finds nothing.
+func TestPinDirOneDaemonAndCleanup(t *testing.T) {
+	requireEBPF(t)
+	dir := testPinPath(t)
+	k := loadPinned(t, HooksSyscall, dir, nil)
+	_, err := LoadEBPF(EBPFOptions{Hooks: HooksSyscall, PinPath: dir})
+	if err == nil || !strings.Contains(err.Error(), "another workerstats daemon is running with the pins in "+dir) {
+		t.Errorf("second observer on the same pins: %v", err)
+	}
+	if _, err := RemovePins(dir); err == nil || !strings.Contains(err.Error(), "stop it first") {
+		t.Errorf("RemovePins while in use: %v", err)
+	}
+	progs := pinnedProgramIDs(t, dir)
+	if len(progs) != len(k.hookList()) {
+		t.Errorf("%d pinned links, want %d", len(progs), len(k.hookList()))
+	}
+	if err := k.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := RemovePins(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5 maps, the swept map and one link per hook.
+	if want := 6 + len(k.hookList()); n != want {
+		t.Errorf("RemovePins removed %d objects, want %d", n, want)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory still there: %v", err)
+	}
+	programsGone(t, progs)
+	if _, err := RemovePins(dir); !errors.Is(err, ErrNothingPinned) {
+		t.Errorf("second RemovePins: %v, want ErrNothingPinned", err)
+	}
+}
+
+// TestRemovePinsLeavesForeignObjects: what workerstats did not pin is left
+// in place, and said.
+func TestRemovePinsLeavesForeignObjects(t *testing.T) {
+	requireEBPF(t)
+	dir := testPinPath(t)
+	k := loadPinned(t, HooksSyscall, dir, nil)
+	k.Close()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	foreign := filepath.Join(dir, "someone_elses")
+	if err := m.Pin(foreign); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(foreign)
+	_, err = RemovePins(dir)
+	if err == nil || !strings.Contains(err.Error(), "someone_elses, which workerstats did not pin") {
+		t.Errorf("RemovePins with a foreign pin: %v", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 || ents[0].Name() != "someone_elses" {
+		t.Errorf("left in %s: %v, want only someone_elses", dir, ents)
+	}
+}
+
+// TestPinPathMustBeOnBPFFS: a pin path elsewhere, or relative, is refused
+// in one line saying what to do.
+func TestPinPathMustBeOnBPFFS(t *testing.T) {
+	if _, err := openPinDir(t.TempDir()); err == nil || !strings.Contains(err.Error(), "is not on a bpf filesystem: use a path under /sys/fs/bpf") {
+		t.Errorf("pin path on tmpfs: %v", err)
+	}
+	if _, err := openPinDir("pins"); err == nil || !strings.Contains(err.Error(), "must be an absolute path") {
+		t.Errorf("relative pin path: %v", err)
+	}
+}
+
+// TestBPFFSMountedWhenMissing: where nothing is mounted at /sys/fs/bpf, it
+// is mounted there. Run in a mount namespace of the test's own, so the
+// host's mounts are untouched.
+func TestBPFFSMountedWhenMissing(t *testing.T) {
+	requireEBPF(t)
+	errc := make(chan error, 1)
+	go func() {
+		// The thread stays locked: it is discarded with its namespace
+		// when this goroutine ends.
+		runtime.LockOSThread()
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("unshare: %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+				return fmt.Errorf("make mounts private: %w", err)
+			}
+			for {
+				ok, err := onBPFFS(BPFFSDir)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					break
+				}
+				if err := unix.Unmount(BPFFSDir, unix.MNT_DETACH); err != nil {
+					return fmt.Errorf("unmount: %w", err)
+				}
+			}
+			if err := ensureBPFFS(BPFFSDir + "/workerstats/x"); err != nil {
+				return err
+			}
+			if ok, err := onBPFFS(BPFFSDir); err != nil || !ok {
+				return fmt.Errorf("after ensureBPFFS, %s on bpffs: %v %v", BPFFSDir, ok, err)
+			}
+			return nil
+		}()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
