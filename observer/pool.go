@@ -2,7 +2,6 @@ package observer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -120,7 +119,7 @@ func (p *Pool) locate() error {
 	case alive && p.Target.PIDFile == "":
 		return nil
 	case !alive && cur.PID != 0 && !p.Target.Follows():
-		p.lose(fmt.Errorf("it cannot be followed with --pid: use --pidfile or --name to follow a restarted master: %w", ErrNoTarget))
+		p.lose(notFound("it cannot be followed with --pid: use --pidfile or --name to follow a restarted master"))
 		return nil
 	case !alive && cur.PID == 0 && p.waiting != "" && !p.Target.Follows():
 		return nil
@@ -334,7 +333,8 @@ func (p *Pool) refresh() error {
 func (p *Pool) Refresh() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.locate(); err != nil && !errors.Is(err, ErrNoTarget) {
+	// A master not found was said once, by lose; the dump says it too.
+	if err := p.locate(); err != nil && p.waiting == "" {
 		return err
 	}
 	return p.refresh()

@@ -16,6 +16,16 @@ import (
 // Follows may find it later.
 var ErrNoTarget = errors.New("master not found")
 
+// notFoundError says why the master is not found; it is an ErrNoTarget.
+type notFoundError struct{ msg string }
+
+func (e notFoundError) Error() string { return e.msg }
+func (e notFoundError) Unwrap() error { return ErrNoTarget }
+
+func notFound(format string, args ...any) error {
+	return notFoundError{fmt.Sprintf(format, args...)}
+}
+
 // Target names a pool's master process in one of three ways.
 type Target struct {
 	PID     int    // this process, and no other
@@ -72,7 +82,7 @@ func (t Target) Find(p Procfs) (Proc, error) {
 		}
 		_, proc, err := p.Stat(pid)
 		if errors.Is(err, ErrNoProcess) {
-			return Proc{}, fmt.Errorf("pidfile %s names pid %d, which is not running: %w", t.PIDFile, pid, ErrNoTarget)
+			return Proc{}, notFound("pidfile %s names pid %d, which is not running", t.PIDFile, pid)
 		}
 		if err != nil {
 			return Proc{}, err
@@ -84,7 +94,7 @@ func (t Target) Find(p Procfs) (Proc, error) {
 			if boot, err := p.BootTime(); err == nil {
 				started := boot + int64(proc.StartTicks/ticksPerSecond)
 				if fi.ModTime().Unix() < started-1 {
-					return Proc{}, fmt.Errorf("pidfile %s is stale: pid %d started after it was written: %w", t.PIDFile, pid, ErrNoTarget)
+					return Proc{}, notFound("pidfile %s is stale: pid %d started after it was written", t.PIDFile, pid)
 				}
 			}
 		}
@@ -94,7 +104,7 @@ func (t Target) Find(p Procfs) (Proc, error) {
 	default:
 		_, proc, err := p.Stat(t.PID)
 		if errors.Is(err, ErrNoProcess) {
-			return Proc{}, fmt.Errorf("no process with pid %d: %w", t.PID, ErrNoTarget)
+			return Proc{}, notFound("no process with pid %d", t.PID)
 		}
 		return proc, err
 	}
@@ -106,14 +116,14 @@ func readPIDFile(path string) (int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return 0, fmt.Errorf("pidfile %s does not exist: %w", path, ErrNoTarget)
+			return 0, notFound("pidfile %s does not exist", path)
 		}
 		return 0, fmt.Errorf("read pidfile: %w", err)
 	}
 	s := strings.TrimSpace(string(b))
 	if s == "" {
 		// A server truncates the file before writing its pid.
-		return 0, fmt.Errorf("pidfile %s is empty: %w", path, ErrNoTarget)
+		return 0, notFound("pidfile %s is empty", path)
 	}
 	pid, err := strconv.Atoi(s)
 	if err != nil || pid <= 0 {
@@ -231,7 +241,7 @@ func findByName(p Procfs, name string) (Proc, error) {
 	}
 	switch len(tops) {
 	case 0:
-		return Proc{}, fmt.Errorf("no process named %s is running: %w", name, ErrNoTarget)
+		return Proc{}, notFound("no process named %s is running", name)
 	case 1:
 		return tops[0].Proc, nil
 	}

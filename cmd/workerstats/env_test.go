@@ -147,12 +147,20 @@ type daemon struct {
 // socket answers.
 func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{log: &bytes.Buffer{}, exited: make(chan error, 1)}
+	addr := ""
 	for i, a := range args {
 		if a == "--stats" && i+1 < len(args) {
-			d.addr = args[i+1]
+			addr = args[i+1]
 		}
 	}
+	return startDaemonAt(t, addr, args...)
+}
+
+// startDaemonAt is startDaemon for a daemon whose stats socket addr is not
+// in args (it is in a --config file).
+func startDaemonAt(t testing.TB, addr string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{log: &bytes.Buffer{}, exited: make(chan error, 1), addr: addr}
 	d.cmd = exec.Command(binPath, append([]string{"serve"}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

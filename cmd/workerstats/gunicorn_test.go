@@ -68,7 +68,13 @@ type gunicornPool struct {
 // workers.
 func startGunicorn(t testing.TB, workers int, extra ...string) *gunicornPool {
 	t.Helper()
-	bin := requireCommand(t, "gunicorn", "gunicorn")
+	return startGunicornBin(t, requireCommand(t, "gunicorn", "gunicorn"), workers, extra...)
+}
+
+// startGunicornBin is startGunicorn running bin, a copy of the gunicorn
+// script under another name, say.
+func startGunicornBin(t testing.TB, bin string, workers int, extra ...string) *gunicornPool {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "app.py"), []byte(gunicornApp), 0o644); err != nil {
 		t.Fatal(err)

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/observer"
@@ -22,63 +23,136 @@ const (
 	modeAuto   = "auto"
 	modeEBPF   = "ebpf"
 	modeProcfs = "procfs"
+
+	defaultStatsChmod = "600"
 )
 
 type serveOptions struct {
 	mode     string
-	pid      int
-	stats    string
 	hooks    string
 	bpfStats bool
 	procRoot string
+	config   string
 
-	statsHTTP     bool
-	statsMinified bool
-	statsChmod    string
-	statsChown    string
+	pool poolOptions // the pool given by flags, when there is no --config
+
 	statsMaxConns int
 	statsTimeout  time.Duration
 	statsMaxAge   time.Duration
 }
 
+// poolFlags are serve's flags that name one pool: they and --config exclude
+// each other.
+var poolFlags = []string{"pid", "pidfile", "name", "stats", "stats-http", "stats-minified", "stats-chmod", "stats-chown"}
+
 func newServeCmd() *cobra.Command {
 	var o serveOptions
 	cmd := &cobra.Command{
-		Use:   "serve --pid MASTER_PID --stats ADDR",
+		Use:   "serve (--pid PID | --pidfile FILE | --name NAME) [--stats ADDR] | --config FILE",
 		Short: "Watch a pool's workers and serve their stats",
-		Long: `serve watches the direct children of the master process --pid as its workers,
+		Long: `serve watches the direct children of a pool's master process as its workers,
 counts their requests in the kernel, and serves uWSGI stats JSON on --stats
 in uWSGI's address forms: host:port, :port, [ipv6]:port, /path.sock, @abstract.
-It needs root.`,
-		Example: `  workerstats serve --pid $(cat /run/uwsgi/app.pid) --stats 127.0.0.1:1717
-  workerstats serve --pid 1234 --stats /run/workerstats/app.sock`,
+
+The master is --pid PID, the process named in --pidfile FILE (read again when
+the master restarts and rewrites it), or the one master called --name NAME
+(uwsgi, gunicorn, php-fpm, nginx...). With --config FILE, one daemon watches
+several pools, each with its own stats socket. It needs root.`,
+		Example: `  workerstats serve --pidfile /run/uwsgi/app.pid --stats 127.0.0.1:1717
+  workerstats serve --name php-fpm --stats /run/workerstats/fpm.sock
+  workerstats serve --config /etc/workerstats/workerstats.toml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return serve(cmd.Context(), o)
+			return serve(cmd.Context(), cmd, o)
 		},
 	}
 	f := cmd.Flags()
-	f.IntVar(&o.pid, "pid", 0, "PID of the pool's master process (required)")
-	f.StringVar(&o.stats, "stats", "127.0.0.1:1717", "stats socket: host:port, :port (all interfaces), [ipv6]:port, /path.sock or @abstract")
-	f.BoolVar(&o.statsHTTP, "stats-http", false, "speak HTTP on the stats socket: GET / for the JSON, GET /metrics for Prometheus")
-	f.BoolVar(&o.statsMinified, "stats-minified", false, "compact JSON instead of uWSGI's tab-indented layout")
-	f.StringVar(&o.statsChmod, "stats-chmod", "600", "mode of a Unix stats socket, in octal")
-	f.StringVar(&o.statsChown, "stats-chown", "", "owner of a Unix stats socket: user, user:group or :group")
+	f.IntVar(&o.pool.PID, "pid", 0, "PID of the pool's master process")
+	f.StringVar(&o.pool.PIDFile, "pidfile", "", "the master's pidfile, followed when the master restarts")
+	f.StringVar(&o.pool.Name, "name", "", "the master's process name: uwsgi, gunicorn, php-fpm, nginx...")
+	f.StringVar(&o.pool.Stats, "stats", "127.0.0.1:1717", "stats socket: host:port, :port (all interfaces), [ipv6]:port, /path.sock or @abstract")
+	f.BoolVar(&o.pool.StatsHTTP, "stats-http", false, "speak HTTP on the stats socket: GET / for the JSON, GET /metrics for Prometheus")
+	f.BoolVar(&o.pool.StatsMinified, "stats-minified", false, "compact JSON instead of uWSGI's tab-indented layout")
+	f.StringVar(&o.pool.StatsChmod, "stats-chmod", defaultStatsChmod, "mode of a Unix stats socket, in octal")
+	f.StringVar(&o.pool.StatsChown, "stats-chown", "", "owner of a Unix stats socket: user, user:group or :group")
+	f.StringVar(&o.config, "config", "", "TOML file with one [[pool]] per pool to watch (keys as these flags' names)")
 	f.IntVar(&o.statsMaxConns, "stats-max-conns", statsock.DefaultMaxConns, "stats connections served at once; more are closed at once")
 	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
 	f.DurationVar(&o.statsMaxAge, "stats-max-age", 100*time.Millisecond, "readers within this interval share one snapshot of the kernel counters")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
-	f.StringVar(&o.hooks, "hooks", observer.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.3) or syscall")
+	f.StringVar(&o.hooks, "hooks", observer.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.5) or syscall")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.StringVar(&o.procRoot, "proc", "/proc", "procfs mount to read processes from")
 	return cmd
 }
 
-func serve(ctx context.Context, o serveOptions) error {
+// poolSpecs returns the pools to watch: --config's, or the one the flags
+// name. With neither, it says what could be watched.
+func poolSpecs(cmd *cobra.Command, o *serveOptions, proc observer.Procfs) ([]poolSpec, error) {
+	if o.config == "" {
+		if o.pool.target() == (observer.Target{}) {
+			cands, err := observer.Candidates(proc, os.Getpid())
+			if err != nil {
+				return nil, err
+			}
+			return nil, errors.New(observer.NoTargetMessage(cands))
+		}
+		if err := o.pool.target().Valid(); err != nil {
+			return nil, fmt.Errorf("--pid, --pidfile, --name: %w", err)
+		}
+		return checkPools([]poolOptions{o.pool}, "")
+	}
+	for _, name := range poolFlags {
+		if cmd.Flags().Changed(name) {
+			return nil, fmt.Errorf("--%s and --config exclude each other: put the pool in the config file", name)
+		}
+	}
+	c, err := loadConfig(o.config)
+	if err != nil {
+		return nil, err
+	}
+	// The config's daemon-wide settings, unless the command line set them.
+	set := func(flag string, apply func()) {
+		if !cmd.Flags().Changed(flag) {
+			apply()
+		}
+	}
+	if c.Mode != "" {
+		set("mode", func() { o.mode = c.Mode })
+	}
+	if c.Hooks != "" {
+		set("hooks", func() { o.hooks = c.Hooks })
+	}
+	if c.BPFStats {
+		set("bpf-stats", func() { o.bpfStats = true })
+	}
+	if c.StatsMaxConns != 0 {
+		set("stats-max-conns", func() { o.statsMaxConns = c.StatsMaxConns })
+	}
+	if c.StatsTimeout.set {
+		set("stats-timeout", func() { o.statsTimeout = c.StatsTimeout.Duration })
+	}
+	if c.StatsMaxAge.set {
+		set("stats-max-age", func() { o.statsMaxAge = c.StatsMaxAge.Duration })
+	}
+	return checkPools(c.Pools, "config "+o.config+": ")
+}
+
+// servedPool is a pool with its stats socket.
+type servedPool struct {
+	spec poolSpec
+	pool *observer.Pool
+	ln   net.Listener
+	srv  *statsock.Server
+}
+
+func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
 	log := slog.Default()
 	observer.Version = "workerstats-" + version
-	if o.pid <= 0 {
-		return errors.New("--pid is required: give the PID of the pool's master process")
+	proc := observer.Procfs{Root: o.procRoot}
+	specs, err := poolSpecs(cmd, &o, proc)
+	if err != nil {
+		return err
 	}
 	switch o.mode {
 	case modeAuto, modeEBPF, modeProcfs:
@@ -90,85 +164,113 @@ func serve(ctx context.Context, o serveOptions) error {
 	default:
 		return fmt.Errorf("--hooks %q is not one of auto, sock, syscall", o.hooks)
 	}
-	proc := observer.Procfs{Root: o.procRoot}
-	if _, _, err := proc.Stat(o.pid); err != nil {
-		if errors.Is(err, observer.ErrNoProcess) {
-			return fmt.Errorf("no process with pid %d: start the pool first, or check --pid", o.pid)
-		}
-		return err
-	}
-	addr, err := statsock.ParseAddr(o.stats)
-	if err != nil {
-		return err
-	}
-	mode, err := strconv.ParseUint(o.statsChmod, 8, 32)
-	if err != nil || mode > 0o777 {
-		return fmt.Errorf("--stats-chmod %q is not an octal file mode such as 600 or 660", o.statsChmod)
-	}
 	if o.statsMaxConns <= 0 || o.statsTimeout <= 0 || o.statsMaxAge < 0 {
 		return errors.New("--stats-max-conns and --stats-timeout must be positive, --stats-max-age not negative")
 	}
-	ln, err := statsock.Listen(addr, statsock.ListenOptions{Mode: os.FileMode(mode), Owner: o.statsChown})
+	// A --pid given on the command line that names no process is a
+	// mistake to say at once; pidfiles and names may be waited for.
+	if o.config == "" && specs[0].target.PID != 0 {
+		if _, err := specs[0].target.Find(proc); err != nil {
+			if errors.Is(err, observer.ErrNoTarget) {
+				return fmt.Errorf("%w: start the pool first, or check --pid (--pidfile or --name wait for the master)", err)
+			}
+			return err
+		}
+	}
+
+	// Bind every stats socket before loading anything: an address in use
+	// is found out first.
+	pools := make([]*servedPool, len(specs))
+	for i, s := range specs {
+		ln, err := statsock.Listen(s.addr, statsock.ListenOptions{Mode: s.mode, Owner: s.opts.StatsChown})
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		if s.addr.Wildcard {
+			log.Warn("a stats socket listens on all interfaces: anyone who can reach this host can read the pool's stats", "addr", s.opts.Stats)
+		}
+		pools[i] = &servedPool{spec: s, ln: ln}
+	}
+
+	ebpfK, procfsReason, err := loadKernel(o, log)
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	if addr.Wildcard {
-		log.Warn("the stats socket listens on all interfaces: anyone who can reach this host can read the pool's stats", "addr", o.stats)
+	if ebpfK != nil {
+		defer ebpfK.Close()
 	}
-
-	var (
-		kernel observer.Kernel
-		ebpfK  *observer.EBPF
-	)
-	if o.mode != modeProcfs {
-		ebpfK, err = observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, Log: log.With("component", "ebpf")})
-		if err != nil {
-			if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
-				err = fmt.Errorf("%w: run workerstats as root", err)
-			}
-			if o.mode == modeEBPF {
+	for _, sp := range pools {
+		var kernel observer.Kernel = ebpfK
+		if ebpfK == nil {
+			// Procfs mode follows one master per observer.
+			kernel = &observer.ProcfsKernel{Proc: proc, Reason: procfsReason}
+		}
+		plog := log.With("pool", sp.spec.opts.Stats)
+		sp.pool = &observer.Pool{Target: sp.spec.target, Proc: proc, Kernel: kernel, Log: plog.With("component", "pool"), MaxAge: o.statsMaxAge}
+		if err := sp.pool.Start(ctx); err != nil && !errors.Is(err, observer.ErrNoTarget) {
+			// Two masters of one --name, say: a mistake in a command
+			// line ends it; a config's other pools go on.
+			if o.config == "" {
 				return err
 			}
-			log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)
-			kernel = &observer.ProcfsKernel{Proc: proc, Reason: err.Error()}
-		} else {
-			defer ebpfK.Close()
-			kernel = ebpfK
+			plog.Warn("pool not watched yet", "error", err)
 		}
-	} else {
-		kernel = &observer.ProcfsKernel{Proc: proc, Reason: "--mode procfs"}
+		sp.srv = &statsock.Server{
+			Source:   &observer.JSONSource{Pool: sp.pool, Minified: sp.spec.opts.StatsMinified},
+			HTTP:     sp.spec.opts.StatsHTTP,
+			MaxConns: o.statsMaxConns,
+			Timeout:  o.statsTimeout,
+			Log:      plog.With("component", "statsock"),
+		}
+		if sp.spec.opts.StatsHTTP {
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(&observer.Collector{Snapshot: sp.pool.Snapshot, Log: plog.With("component", "metrics")})
+			sp.srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
+		}
 	}
+	go maintain(ctx, pools, ebpfK, log)
 
-	pool := &observer.Pool{Master: o.pid, Proc: proc, Kernel: kernel, Log: log.With("component", "pool"), MaxAge: o.statsMaxAge}
-	if err := pool.Start(ctx); err != nil {
-		return err
+	g, gctx := errgroup.WithContext(ctx)
+	for _, sp := range pools {
+		var info observer.ObserverInfo
+		if ebpfK != nil {
+			info = ebpfK.Info()
+		} else {
+			info = observer.ObserverInfo{Mode: modeProcfs}
+		}
+		log.Info("serving stats", "addr", sp.spec.opts.Stats, "http", sp.spec.opts.StatsHTTP, "target", sp.spec.target.String(), "mode", info.Mode, "hooks", info.Hooks)
+		g.Go(func() error { return sp.srv.Serve(gctx, sp.ln) })
 	}
-	go maintain(ctx, pool, ebpfK, log)
-
-	srv := &statsock.Server{
-		Source:   &observer.JSONSource{Pool: pool, Minified: o.statsMinified},
-		HTTP:     o.statsHTTP,
-		MaxConns: o.statsMaxConns,
-		Timeout:  o.statsTimeout,
-		Log:      log.With("component", "statsock"),
-	}
-	if o.statsHTTP {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(&observer.Collector{Snapshot: pool.Snapshot, Log: log.With("component", "metrics")})
-		srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
-	}
-	info := kernel.Info()
-	log.Info("serving stats", "addr", o.stats, "http", o.statsHTTP, "master", o.pid, "mode", info.Mode, "hooks", info.Hooks)
-	err = srv.Serve(ctx, ln)
+	err = g.Wait()
 	log.Info("stopped")
 	return err
 }
 
-// maintain folds exited workers into their slots and, with eBPF (k not
-// nil), sweeps the kernel's connection table, so both stay true without
-// readers.
-func maintain(ctx context.Context, pool *observer.Pool, k *observer.EBPF, log *slog.Logger) {
+// loadKernel loads the eBPF observer, or says why procfs mode serves
+// instead (nil observer, the reason).
+func loadKernel(o serveOptions, log *slog.Logger) (*observer.EBPF, string, error) {
+	if o.mode == modeProcfs {
+		return nil, "--mode procfs", nil
+	}
+	k, err := observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, Log: log.With("component", "ebpf")})
+	if err == nil {
+		return k, "", nil
+	}
+	if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
+		err = fmt.Errorf("%w: run workerstats as root", err)
+	}
+	if o.mode == modeEBPF {
+		return nil, "", err
+	}
+	log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)
+	return nil, err.Error(), nil
+}
+
+// maintain follows each pool's master and folds exited workers into their
+// slots every second and, with eBPF (k not nil), sweeps the kernel's
+// connection table, so both stay true without readers.
+func maintain(ctx context.Context, pools []*servedPool, k *observer.EBPF, log *slog.Logger) {
 	refresh := time.NewTicker(time.Second)
 	defer refresh.Stop()
 	sweep := time.NewTicker(10 * time.Second)
@@ -178,8 +280,10 @@ func maintain(ctx context.Context, pool *observer.Pool, k *observer.EBPF, log *s
 		case <-ctx.Done():
 			return
 		case <-refresh.C:
-			if err := pool.Refresh(); err != nil {
-				log.Warn("refresh failed", "error", err)
+			for _, sp := range pools {
+				if err := sp.pool.Refresh(); err != nil {
+					log.Warn("refresh failed", "pool", sp.spec.opts.Stats, "error", err)
+				}
 			}
 		case <-sweep.C:
 			if k == nil {

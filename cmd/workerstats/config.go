@@ -1,0 +1,143 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/statsock"
+)
+
+// poolOptions are one pool's target and stats socket: from serve's flags,
+// or one [[pool]] of a --config file (whose keys are the flags' names).
+type poolOptions struct {
+	PID           int    `toml:"pid"`
+	PIDFile       string `toml:"pidfile"`
+	Name          string `toml:"name"`
+	Stats         string `toml:"stats"`
+	StatsHTTP     bool   `toml:"stats-http"`
+	StatsMinified bool   `toml:"stats-minified"`
+	StatsChmod    string `toml:"stats-chmod"`
+	StatsChown    string `toml:"stats-chown"`
+}
+
+func (p poolOptions) target() observer.Target {
+	return observer.Target{PID: p.PID, PIDFile: p.PIDFile, Name: p.Name}
+}
+
+// poolSpec is a checked poolOptions.
+type poolSpec struct {
+	target observer.Target
+	addr   statsock.Addr
+	opts   poolOptions
+	mode   os.FileMode
+}
+
+// check validates a pool's options; where says which pool, for messages.
+func (p poolOptions) check(where string) (poolSpec, error) {
+	t := p.target()
+	if err := t.Valid(); err != nil {
+		return poolSpec{}, fmt.Errorf("%s: %w", where, err)
+	}
+	if p.Stats == "" {
+		return poolSpec{}, fmt.Errorf("%s: stats is required: the address to serve this pool's stats on", where)
+	}
+	addr, err := statsock.ParseAddr(p.Stats)
+	if err != nil {
+		return poolSpec{}, fmt.Errorf("%s: %w", where, err)
+	}
+	chmod := p.StatsChmod
+	if chmod == "" {
+		chmod = defaultStatsChmod
+	}
+	mode, err := strconv.ParseUint(chmod, 8, 32)
+	if err != nil || mode > 0o777 {
+		return poolSpec{}, fmt.Errorf("%s: stats-chmod %q is not an octal file mode such as 600 or 660", where, chmod)
+	}
+	return poolSpec{target: t, addr: addr, opts: p, mode: os.FileMode(mode)}, nil
+}
+
+// configFile is serve's --config: daemon-wide settings, which the command
+// line's flags override, and one [[pool]] table per pool.
+type configFile struct {
+	Mode          string        `toml:"mode"`
+	Hooks         string        `toml:"hooks"`
+	BPFStats      bool          `toml:"bpf-stats"`
+	StatsMaxConns int           `toml:"stats-max-conns"`
+	StatsTimeout  tomlDuration  `toml:"stats-timeout"`
+	StatsMaxAge   tomlDuration  `toml:"stats-max-age"`
+	Pools         []poolOptions `toml:"pool"`
+}
+
+// tomlDuration reads "5s"-style durations, as the flags take them.
+type tomlDuration struct {
+	time.Duration
+	set bool
+}
+
+func (d *tomlDuration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as 100ms or 5s", b)
+	}
+	d.Duration, d.set = v, true
+	return nil
+}
+
+// loadConfig reads a --config file. Unknown keys are errors: a misspelt key
+// silently ignored would watch the wrong thing.
+func loadConfig(path string) (configFile, error) {
+	var c configFile
+	md, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return c, fmt.Errorf("config %s: line %d: %s", path, pe.Position.Line, pe.Message)
+		}
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return c, fmt.Errorf("config %s: unknown key %s (known: mode, hooks, bpf-stats, stats-max-conns, stats-timeout, stats-max-age, and in [[pool]]: pid, pidfile, name, stats, stats-http, stats-minified, stats-chmod, stats-chown)",
+			path, strings.Join(keys, ", "))
+	}
+	if len(c.Pools) == 0 {
+		return c, fmt.Errorf("config %s has no [[pool]]: add one with a pid, pidfile or name and a stats address", path)
+	}
+	return c, nil
+}
+
+// checkPools validates every pool and that no two share a stats address.
+func checkPools(pools []poolOptions, from string) ([]poolSpec, error) {
+	specs := make([]poolSpec, 0, len(pools))
+	seen := map[string]int{}
+	for i, p := range pools {
+		where := from
+		if len(pools) > 1 || from != "" {
+			where = fmt.Sprintf("%s[[pool]] %d", from, i+1)
+		}
+		if where == "" {
+			where = "serve"
+		}
+		s, err := p.check(where)
+		if err != nil {
+			return nil, err
+		}
+		key := s.addr.Network + " " + s.addr.Address
+		if j, dup := seen[key]; dup {
+			return nil, fmt.Errorf("%s: stats %s is already pool %d's: each pool needs its own stats socket", where, p.Stats, j+1)
+		}
+		seen[key] = i
+		specs = append(specs, s)
+	}
+	return specs, nil
+}
