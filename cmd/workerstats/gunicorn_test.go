@@ -703,6 +703,16 @@ func gunicornHUP(t *testing.T, hooks string, args ...string) {
 	if live != 4 {
 		t.Errorf("%d live workers in the dump, gunicorn has 4", live)
 	}
+	// The reload keeps the slots: once the old workers are gone, each new
+	// one sits in an old one's slot, its second process.
+	if len(st.Workers) != 4 || respawns[2] != 4 {
+		t.Errorf("after the reload: %d slots, by respawn_count %v; want slots 1..4, each respawned once", len(st.Workers), respawns)
+	}
+	for i, w := range st.Workers {
+		if w.ID != i+1 {
+			t.Errorf("slot ids %d at position %d: want 1..4", w.ID, i)
+		}
+	}
 	t.Logf("a reader polling every 20 ms through the reload saw up to %d slots; the dump now has %d slots (%d live), slots by respawn_count: %v",
 		mostSlots, len(st.Workers), live, respawns)
 	if accepted, closed := sumConns(st); closed != accepted {
