@@ -52,6 +52,8 @@ struct worker {
 	__u64 avg_rt_ns;    /* uWSGI's running average: avg = (avg + rt) / 2 */
 	__u64 finished;     /* requests whose duration is in rt_ns */
 	__s64 in_progress;  /* requests started and not yet finished */
+	__s64 awaiting;     /* of those, requests received and not answered yet */
+	__u64 last_tx_ns;   /* when a response byte was last sent */
 };
 
 enum conn_state {
@@ -204,6 +206,8 @@ static __always_inline struct worker *owner_of(struct conn *c, __u32 tgid, struc
 static __always_inline void finish_request(struct worker *w, struct conn *c)
 {
 	__sync_fetch_and_add(&w->in_progress, -1);
+	if (c->state == CONN_RECEIVING)
+		__sync_fetch_and_add(&w->awaiting, -1);
 	if (c->state == CONN_RESPONDING) {
 		__u64 rt = c->last_tx_ns > c->req_start_ns ? c->last_tx_ns - c->req_start_ns : 0;
 		__sync_fetch_and_add(&w->rt_ns, rt);
@@ -222,11 +226,14 @@ static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, st
 	if (!w)
 		return;
 	if (dir == DIR_SEND) {
+		__u64 now = bpf_ktime_get_ns();
 		__sync_fetch_and_add(&w->tx, n);
-		c->last_tx_ns = bpf_ktime_get_ns();
+		c->last_tx_ns = now;
+		w->last_tx_ns = now;
 		if (c->state == CONN_RECEIVING) {
 			c->state = CONN_RESPONDING;
 			__sync_fetch_and_add(&w->requests, 1);
+			__sync_fetch_and_add(&w->awaiting, -1);
 		}
 		return;
 	}
@@ -236,6 +243,7 @@ static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, st
 	if (c->state == CONN_RESPONDING)
 		finish_request(w, c); /* keep-alive: the previous one is answered */
 	__sync_fetch_and_add(&w->in_progress, 1);
+	__sync_fetch_and_add(&w->awaiting, 1);
 	c->req_start_ns = bpf_ktime_get_ns();
 	c->state = CONN_RECEIVING;
 }
@@ -285,6 +293,7 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (!w->exit_ns) {
 		w->exit_ns = bpf_ktime_get_ns();
 		w->in_progress = 0;
+		w->awaiting = 0;
 	}
 	return 0;
 }

@@ -56,6 +56,8 @@ type ObserverWorker struct {
 	AvgRtNs    uint64
 	Finished   uint64
 	InProgress int64
+	Awaiting   int64
+	LastTxNs   uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -321,6 +322,11 @@ func (e *EBPF) Workers() ([]Counters, error) {
 		v   bpf.ObserverWorker
 		out []Counters
 	)
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return nil, fmt.Errorf("read the monotonic clock: %w", err)
+	}
+	now := uint64(ts.Nano()) // bpf_ktime_get_ns()'s clock
 	it := e.objs.Workers.Iterate()
 	for it.Next(&pid, &v) {
 		if v.Role != roleWorker {
@@ -338,13 +344,29 @@ func (e *EBPF) Workers() ([]Counters, error) {
 			TX:         v.Tx,
 			RunNs:      v.RtNs,
 			AvgRTNs:    v.AvgRtNs,
-			InProgress: v.InProgress,
+			InProgress: inRequest(v, now),
 		})
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate workers map: %w", err)
 	}
 	return out, nil
+}
+
+// ResponseIdle is how long after its last response byte a connection whose
+// next request has not come is taken as idle: the kernel cannot see where a
+// response ends, and a keep-alive connection waits in that state.
+const ResponseIdle = 100 * time.Millisecond
+
+// inRequest is how many requests a worker is in: those received and not
+// answered yet, plus one being answered when a response byte went out
+// within ResponseIdle.
+func inRequest(v bpf.ObserverWorker, now uint64) int64 {
+	n := max(v.Awaiting, 0)
+	if v.InProgress > n && now-v.LastTxNs < uint64(ResponseIdle) {
+		n++
+	}
+	return n
 }
 
 // Forget implements Kernel.

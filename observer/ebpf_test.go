@@ -1,6 +1,7 @@
 package observer
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -229,6 +230,49 @@ func TestKernelCountsMatchClients(t *testing.T) {
 			if rt < 300000 || rt > 2000000 {
 				t.Errorf("running_time sums to %d us, want about 300000 from the slow request", rt)
 			}
+
+			// A kept-alive connection waiting for its next request is not
+			// a request in progress: its worker is idle once the answer
+			// has gone out, busy while it computes the next.
+			c, err := net.Dial("tcp", pool.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := bufio.NewReader(c)
+			answer := func(req string) {
+				head, err := r.ReadString('\n')
+				var pid, n int
+				if _, serr := fmt.Sscan(head, &pid, &n); err != nil || serr != nil {
+					t.Fatalf("kept-alive request %q: %q %v", req, head, err)
+				}
+				if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
+					t.Fatal(err)
+				}
+				ts.add(pid, len(req), len(head)+n)
+			}
+			load := func() uint64 {
+				p.mu.Lock()
+				p.last = nil // a fresh read, not a shared snapshot
+				p.mu.Unlock()
+				st, err := p.Snapshot(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st.Load
+			}
+			io.WriteString(c, "100 0 0\n")
+			answer("100 0 0\n")
+			time.Sleep(ResponseIdle + 50*time.Millisecond)
+			if l := load(); l != 0 {
+				t.Errorf("with a kept-alive connection waiting for its next request: load %d, want 0", l)
+			}
+			io.WriteString(c, "10 300 0\n")
+			time.Sleep(100 * time.Millisecond)
+			if l := load(); l != 1 {
+				t.Errorf("while the kept-alive connection's second request runs: load %d, want 1", l)
+			}
+			answer("10 300 0\n")
+			c.Close()
 
 			// A worker forked after the observer started is followed from
 			// its first request.

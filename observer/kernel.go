@@ -20,7 +20,7 @@ type Counters struct {
 	// running average of it (avg = (avg + rt) / 2), both in nanoseconds.
 	RunNs      uint64
 	AvgRTNs    uint64
-	InProgress int64 // requests started and not finished
+	InProgress int64 // requests in progress: received and not answered, or being answered (see ResponseIdle)
 }
 
 // Proc is a process as procfs shows it.
