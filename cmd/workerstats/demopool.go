@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// The demo's pool is a pre-fork HTTP server of workerstats' own: a master
+// binds the listening socket and starts N worker processes that inherit it
+// and accept on it, replacing any that dies, as uWSGI and gunicorn do. It
+// is `workerstats demo-pool` (hidden), started by `workerstats demo`.
+
+const (
+	demoRoleEnv  = "WORKERSTATS_DEMO_ROLE" // "worker" in a worker process
+	demoListenFD = 3                       // the inherited socket (ExtraFiles[0])
+)
+
+func newDemoPoolCmd() *cobra.Command {
+	var (
+		listen  string
+		workers int
+	)
+	cmd := &cobra.Command{
+		Use:    "demo-pool",
+		Short:  "The demo's pre-fork HTTP pool (master, or worker when " + demoRoleEnv + "=worker)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Getenv(demoRoleEnv) == "worker" {
+				return demoWorker(cmd.Context())
+			}
+			return demoMaster(cmd.Context(), listen, workers)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "address the pool serves HTTP on")
+	cmd.Flags().IntVar(&workers, "workers", 4, "worker processes")
+	return cmd
+}
+
+// demoMaster binds the socket, prints its address on stdout, keeps workers
+// running until ctx ends, then stops them.
+func demoMaster(ctx context.Context, listen string, workers int) error {
+	if workers < 1 || workers > 64 {
+		return fmt.Errorf("--workers %d: want 1 to 64", workers)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("demo pool: %w", err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		return fmt.Errorf("demo pool: %w", err)
+	}
+	defer f.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("demo pool: %w", err)
+	}
+	fmt.Println(ln.Addr().String())
+
+	exited := make(chan int, workers)
+	running := map[int]*exec.Cmd{}
+	start := func() error {
+		c := exec.Command(self, "demo-pool")
+		c.Env = append(os.Environ(), demoRoleEnv+"=worker")
+		c.ExtraFiles = []*os.File{f}
+		c.Stdout, c.Stderr = os.Stderr, os.Stderr
+		// A worker outlives no master.
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+		if err := c.Start(); err != nil {
+			return fmt.Errorf("start worker: %w", err)
+		}
+		running[c.Process.Pid] = c
+		go func() {
+			c.Wait()
+			exited <- c.Process.Pid
+		}()
+		return nil
+	}
+	for range workers {
+		if err := start(); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case pid := <-exited:
+			delete(running, pid)
+			slog.Info("demo worker exited; starting another in its place", "pid", pid)
+			time.Sleep(100 * time.Millisecond)
+			if err := start(); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			for _, c := range running {
+				c.Process.Signal(syscall.SIGTERM)
+			}
+			for range running {
+				<-exited
+			}
+			return nil
+		}
+	}
+}
+
+// demoWorker serves HTTP on the inherited socket: /N answers N bytes after
+// a short think time (N% of a millisecond... up to 20 ms), so a reader sees
+// busy workers.
+func demoWorker(ctx context.Context) error {
+	f := os.NewFile(demoListenFD, "listener")
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("demo worker: inherited socket: %w", err)
+	}
+	pid := strconv.Itoa(os.Getpid())
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n, _ := strconv.Atoi(r.URL.Path[1:])
+			n = min(max(n, 0), 1<<20)
+			time.Sleep(time.Duration(n%20) * time.Millisecond)
+			w.Header().Set("X-Worker", pid)
+			w.Header().Set("Content-Length", strconv.Itoa(n))
+			buf := make([]byte, min(n, 32<<10))
+			for i := range buf {
+				buf[i] = 'w'
+			}
+			for left := n; left > 0; left -= len(buf) {
+				w.Write(buf[:min(left, len(buf))])
+			}
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       30 * time.Second,
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("demo worker: %w", err)
+	}
+	return nil
+}
