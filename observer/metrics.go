@@ -22,7 +22,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descUp           = desc("up", "1 when the pool's stats could be read.")
+	descUp           = desc("up", "1 when the pool's master is watched and its stats could be read; 0 while it is missing (see the JSON's observer.waiting).")
 	descListenQueue  = desc("listen_queue", "Largest accept queue among the pool's listening sockets.")
 	descLoad         = desc("load", "Requests in progress across the pool.")
 	descSocketQueue  = desc("socket_queue", "Connections waiting in a listening socket's accept queue.", "socket")
@@ -68,7 +68,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, l ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
 	}
-	gauge(descUp, 1)
+	up := 1.0
+	if st.Observer.Waiting != "" {
+		up = 0
+	}
+	gauge(descUp, up)
 	gauge(descListenQueue, float64(st.ListenQueue))
 	gauge(descLoad, float64(st.Load))
 	for _, s := range st.Sockets {
