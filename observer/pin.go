@@ -41,6 +41,14 @@ var DefaultPinPath = filepath.Join(DefaultPinRoot, "default")
 // pinned objects.
 var ErrNothingPinned = errors.New("nothing is pinned")
 
+// PinPathError is a --pin-path to change (not on bpffs, relative, in use by
+// another daemon): a setting to fix, unlike a kernel that cannot load the
+// programs, so no reason to fall back to procfs.
+type PinPathError struct{ Err error }
+
+func (e *PinPathError) Error() string { return e.Err.Error() }
+func (e *PinPathError) Unwrap() error { return e.Err }
+
 // linkPinPrefix starts the file name of every pinned link. bpffs refuses
 // names with a dot, so names use underscores only.
 const linkPinPrefix = "link_"
@@ -83,7 +91,7 @@ func ensureBPFFS(pinPath string) error {
 		return nil
 	}
 	if !within(pinPath, BPFFSDir) {
-		return fmt.Errorf("--pin-path %s is not on a bpf filesystem: use a path under %s, or mount one with 'mount -t bpf bpf DIR'", pinPath, BPFFSDir)
+		return &PinPathError{fmt.Errorf("--pin-path %s is not on a bpf filesystem: use a path under %s, or mount one with 'mount -t bpf bpf DIR'", pinPath, BPFFSDir)}
 	}
 	if err := unix.Mount("bpf", BPFFSDir, "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("the bpf filesystem is not mounted and mounting it at %s failed (%w): run as root, mount it with 'mount -t bpf bpf %s', or pass --no-pin", BPFFSDir, err, BPFFSDir)
@@ -129,7 +137,7 @@ func lockPinDir(dir string) (*pinDir, error) {
 // creates the directory (0700) and locks it.
 func openPinDir(dir string) (*pinDir, error) {
 	if !filepath.IsAbs(dir) {
-		return nil, fmt.Errorf("--pin-path %q must be an absolute path", dir)
+		return nil, &PinPathError{fmt.Errorf("--pin-path %q must be an absolute path", dir)}
 	}
 	dir = filepath.Clean(dir)
 	if err := ensureBPFFS(dir); err != nil {
@@ -140,7 +148,7 @@ func openPinDir(dir string) (*pinDir, error) {
 	}
 	p, err := lockPinDir(dir)
 	if errors.Is(err, errPinsBusy) {
-		return nil, fmt.Errorf("another workerstats daemon is running with the pins in %s: give each daemon its own --pin-path", dir)
+		return nil, &PinPathError{fmt.Errorf("another workerstats daemon is running with the pins in %s: give each daemon its own --pin-path", dir)}
 	}
 	if err != nil {
 		return nil, err

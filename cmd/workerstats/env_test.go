@@ -161,6 +161,15 @@ func startDaemon(t testing.TB, args ...string) *daemon {
 func startDaemonAt(t testing.TB, addr string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{log: &bytes.Buffer{}, exited: make(chan error, 1), addr: addr}
+	// Daemons run at once must not share the default pins: a test that
+	// pins gives its own --pin-path.
+	pins := false
+	for _, a := range args {
+		pins = pins || a == "--no-pin" || a == "--pin-path" || strings.HasPrefix(a, "--pin-path=")
+	}
+	if !pins {
+		args = append(args[:len(args):len(args)], "--no-pin")
+	}
 	d.cmd = exec.Command(binPath, append([]string{"serve"}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

@@ -33,6 +33,7 @@ type serveOptions struct {
 	bpfStats bool
 	procRoot string
 	config   string
+	host     hostOptions // --pin-path, --no-pin, --user: privileges.go
 
 	pool poolOptions // the pool given by flags, when there is no --config
 
@@ -83,6 +84,7 @@ several pools, each with its own stats socket. It needs root.`,
 	f.StringVar(&o.hooks, "hooks", observer.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.5) or syscall")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.StringVar(&o.procRoot, "proc", "/proc", "procfs mount to read processes from")
+	o.host.addFlags(f)
 	return cmd
 }
 
@@ -178,6 +180,9 @@ func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
 		}
 	}
 
+	if err := o.host.prepare(specs); err != nil {
+		return err
+	}
 	// Bind every stats socket before loading anything: an address in use
 	// is found out first.
 	pools := make([]*servedPool, len(specs))
@@ -229,6 +234,10 @@ func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
 			sp.srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 		}
 	}
+	// Attached and bound: keep only what the running daemon needs.
+	if err := o.host.dropPrivileges(ebpfK, log); err != nil {
+		return err
+	}
 	go maintain(ctx, pools, ebpfK, log)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -253,14 +262,15 @@ func loadKernel(o serveOptions, log *slog.Logger) (*observer.EBPF, string, error
 	if o.mode == modeProcfs {
 		return nil, "--mode procfs", nil
 	}
-	k, err := observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, Log: log.With("component", "ebpf")})
+	k, err := observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.host.pin(), Log: log.With("component", "ebpf")})
 	if err == nil {
 		return k, "", nil
 	}
 	if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
 		err = fmt.Errorf("%w: run workerstats as root", err)
 	}
-	if o.mode == modeEBPF {
+	var pinErr *observer.PinPathError
+	if o.mode == modeEBPF || errors.As(err, &pinErr) {
 		return nil, "", err
 	}
 	log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+
+	"github.com/spf13/cobra"
+
+	"github.com/workerstats/workerstats/observer"
+)
+
+func newCleanupCmd() *cobra.Command {
+	var (
+		pinPath string
+		all     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "cleanup [--pin-path DIR | --all]",
+		Short: "Remove the kernel maps and links a stopped daemon left pinned",
+		Long: `A stopped 'workerstats serve' leaves its eBPF maps and links pinned in bpffs,
+so the kernel goes on counting and a restart loses nothing. cleanup removes
+them: the programs are detached and the counts are gone. It refuses while a
+daemon runs with those pins. It needs root.`,
+		Example: `  workerstats cleanup
+  workerstats cleanup --pin-path /sys/fs/bpf/workerstats/app
+  workerstats cleanup --all`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dirs := []string{pinPath}
+			if all {
+				if cmd.Flags().Changed("pin-path") {
+					return errors.New("--all and --pin-path exclude each other")
+				}
+				var err error
+				if dirs, err = observer.PinDirs(); err != nil {
+					return cleanupError(observer.DefaultPinRoot, err)
+				}
+				if len(dirs) == 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "nothing is pinned under %s\n", observer.DefaultPinRoot)
+					return nil
+				}
+			}
+			return cleanup(cmd.OutOrStdout(), dirs)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&pinPath, "pin-path", observer.DefaultPinPath, "the daemon's --pin-path")
+	f.BoolVar(&all, "all", false, "every daemon's pins under "+observer.DefaultPinRoot)
+	return cmd
+}
+
+func cleanup(out io.Writer, dirs []string) error {
+	for _, dir := range dirs {
+		n, err := observer.RemovePins(dir)
+		switch {
+		case errors.Is(err, observer.ErrNothingPinned):
+			fmt.Fprintf(out, "nothing is pinned in %s\n", dir)
+		case err != nil:
+			return cleanupError(dir, err)
+		default:
+			fmt.Fprintf(out, "removed %d pinned objects from %s: the programs are detached and the maps freed\n", n, dir)
+		}
+	}
+	return nil
+}
+
+func cleanupError(dir string, err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("remove the pins in %s: %w: run workerstats cleanup as root", dir, err)
+	}
+	return err
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+	"kernel.org/pub/linux/libs/security/libcap/cap"
+
+	"github.com/workerstats/workerstats/observer"
+)
+
+// hostOptions are serve's flags for what the daemon does to the host:
+// pinning its kernel objects, and the user and capabilities it keeps.
+type hostOptions struct {
+	pinPath string
+	noPin   bool
+	user    string
+
+	flags *pflag.FlagSet
+	as    *account // --user, resolved by prepare
+}
+
+func (h *hostOptions) addFlags(f *pflag.FlagSet) {
+	h.flags = f
+	f.StringVar(&h.pinPath, "pin-path", observer.DefaultPinPath, "bpffs directory where the kernel maps and links are pinned, so counting goes on while the daemon is stopped or restarted ('workerstats cleanup' removes them)")
+	f.BoolVar(&h.noPin, "no-pin", false, "pin nothing: the programs detach and the counts are gone when the daemon stops")
+	f.StringVar(&h.user, "user", "", "once the programs are attached and the sockets bound, run as this user (name or uid) with only the capabilities the daemon still needs")
+}
+
+// pin returns the pin directory, or "" for --no-pin.
+func (h *hostOptions) pin() string {
+	if h.noPin {
+		return ""
+	}
+	return h.pinPath
+}
+
+// account is the user --user names.
+type account struct {
+	name     string
+	uid, gid int
+	groups   []int // supplementary groups, from the group database
+}
+
+func lookupAccount(name string) (*account, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if _, nerr := strconv.Atoi(name); nerr == nil {
+			u, err = user.LookupId(name)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--user %q: no such user: name an existing one (nobody, or a system user made with 'useradd --system workerstats')", name)
+	}
+	a := &account{name: u.Username}
+	if a.uid, err = strconv.Atoi(u.Uid); err != nil {
+		return nil, fmt.Errorf("--user %q: uid %q: %w", name, u.Uid, err)
+	}
+	if a.gid, err = strconv.Atoi(u.Gid); err != nil {
+		return nil, fmt.Errorf("--user %q: gid %q: %w", name, u.Gid, err)
+	}
+	gids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("--user %q: groups: %w", name, err)
+	}
+	for _, g := range gids {
+		if n, err := strconv.Atoi(g); err == nil && n != a.gid {
+			a.groups = append(a.groups, n)
+		}
+	}
+	return a, nil
+}
+
+// prepare checks the flags and, before anything is bound, that every Unix
+// stats socket can still be removed at shutdown by the user the daemon will
+// run as, without the capabilities it drops.
+func (h *hostOptions) prepare(specs []poolSpec) error {
+	if h.noPin && h.flags != nil && h.flags.Changed("pin-path") {
+		return errors.New("--no-pin and --pin-path exclude each other")
+	}
+	if h.user != "" {
+		a, err := lookupAccount(h.user)
+		if err != nil {
+			return err
+		}
+		h.as = a
+	}
+	for _, s := range specs {
+		if !s.addr.Path() {
+			continue
+		}
+		if err := removableAfterDrop(s.addr.Address, h.as, s.opts.StatsChown); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removableAfterDrop returns an error when a socket created at path, owned
+// by its --stats-chown user or else by the daemon, could not be unlinked by
+// the daemon once it runs as a (nil: keeps its uid) without
+// CAP_DAC_OVERRIDE and CAP_FOWNER: the directory must be writable by it (it
+// keeps CAP_DAC_READ_SEARCH, so searching the path needs no permission),
+// and a sticky directory must be its own or the socket its own. A
+// directory with an ACL is left to the kernel to judge.
+func removableAfterDrop(path string, a *account, chown string) error {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil // binding will say what is wrong
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if _, err := unix.Getxattr(dir, "system.posix_acl_access", nil); err == nil {
+		return nil
+	}
+	uid, gids := os.Geteuid(), []int{os.Getegid()}
+	who := "uid " + strconv.Itoa(uid)
+	if a != nil {
+		uid, gids, who = a.uid, append([]int{a.gid}, a.groups...), a.name
+	} else if g, err := os.Getgroups(); err == nil {
+		gids = append(gids, g...)
+	}
+	sockUID := os.Geteuid() // bound before any switch
+	if name, _, _ := strings.Cut(chown, ":"); name != "" {
+		if u, err := user.Lookup(name); err == nil {
+			sockUID, _ = strconv.Atoi(u.Uid)
+		} else if n, err := strconv.Atoi(name); err == nil {
+			sockUID = n
+		}
+	}
+	mode := fi.Mode()
+	var can bool
+	switch {
+	case uint32(uid) == st.Uid:
+		can = mode.Perm()&0o200 != 0
+	case slices.Contains(gids, int(st.Gid)):
+		can = mode.Perm()&0o020 != 0
+	default:
+		can = mode.Perm()&0o002 != 0
+	}
+	if can && mode&os.ModeSticky != 0 && uint32(uid) != st.Uid && sockUID != uid {
+		return fmt.Errorf("the stats socket %s could not be removed at shutdown: %s is sticky and the socket would not be %s's: add --stats-chown %s, or use a directory %s owns", path, dir, who, who, who)
+	}
+	if !can {
+		return fmt.Errorf("the stats socket %s could not be removed at shutdown: its directory %s is not writable by %s once the daemon drops its privileges: use a directory %s owns (install -d -o %s /run/workerstats)", path, dir, who, who, who)
+	}
+	return nil
+}
+
+// The capabilities the running daemon still needs, once its programs are
+// attached and its sockets bound:
+//
+//   - CAP_SYS_PTRACE: reading another user's /proc/PID/fd links (the pool's
+//     sockets) and /proc/PID/cwd needs ptrace read access;
+//   - CAP_DAC_READ_SEARCH: listing another user's /proc/PID/fd, which is
+//     mode 0500, and reading a master's pidfile in a private directory;
+//   - CAP_BPF, only where the kernel wants it for bpf(2) calls on the maps
+//     it holds (before Linux 6.5, with kernel.unprivileged_bpf_disabled
+//     set): reading the counters, and writing the workers map when a
+//     restarted master is followed. A probe decides.
+//
+// sock_diag dumps (queues of the listening sockets) need none; nor do
+// closing descriptors and removing the daemon's own socket at shutdown.
+var runtimeCaps = []cap.Value{cap.SYS_PTRACE, cap.DAC_READ_SEARCH}
+
+// dropPrivileges switches to --user, if given, and keeps only the
+// capabilities the running daemon needs: in the effective and permitted
+// sets, and in the bounding set, so nothing it could run gets the others
+// back. Inheritable and ambient are cleared and no_new_privs set. libcap's
+// psx applies every change to all of the Go runtime's threads, since the
+// kernel keeps credentials per thread. k is the eBPF observer (nil in
+// procfs mode), probed for whether it still needs CAP_BPF.
+func (h *hostOptions) dropPrivileges(k *observer.EBPF, log *slog.Logger) error {
+	have := cap.GetProc()
+	held := func(v cap.Value) bool {
+		on, _ := have.GetFlag(cap.Permitted, v)
+		return on
+	}
+	var keep []cap.Value
+	for _, v := range runtimeCaps {
+		if held(v) {
+			keep = append(keep, v)
+		}
+	}
+	if h.as != nil {
+		if !held(cap.SETUID) || !held(cap.SETGID) {
+			return fmt.Errorf("--user %s needs CAP_SETUID and CAP_SETGID: run workerstats as root", h.as.name)
+		}
+		if err := cap.SetGroups(h.as.gid, h.as.groups...); err != nil {
+			return fmt.Errorf("--user %s: set groups: %w", h.as.name, err)
+		}
+		if err := cap.SetUID(h.as.uid); err != nil {
+			return fmt.Errorf("--user %s: set uid: %w", h.as.name, err)
+		}
+	}
+	// Does bpf(2) on the descriptors held still work without CAP_BPF?
+	if k != nil && held(cap.BPF) {
+		if err := setCaps(have, keep, nil); err != nil {
+			return err
+		}
+		err := k.CheckAccess()
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.EPERM):
+			keep = append(keep, cap.BPF)
+		default:
+			return err
+		}
+	}
+	if held(cap.SETPCAP) {
+		if err := setCaps(have, append(slices.Clone(keep), cap.SETPCAP), nil); err != nil {
+			return err
+		}
+		for v := cap.Value(0); v < cap.MaxBits(); v++ {
+			if slices.Contains(keep, v) {
+				continue
+			}
+			if err := cap.DropBound(v); err != nil {
+				return fmt.Errorf("drop %s from the bounding set: %w", v, err)
+			}
+		}
+	} else {
+		log.Debug("no CAP_SETPCAP: the bounding set stays as it is")
+	}
+	if err := cap.ResetAmbient(); err != nil {
+		return fmt.Errorf("clear the ambient capabilities: %w", err)
+	}
+	if err := setCaps(nil, keep, keep); err != nil {
+		return err
+	}
+	if _, err := cap.Prctlw(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	names := make([]string, len(keep))
+	for i, v := range keep {
+		names[i] = v.String()
+	}
+	attrs := []any{"keep", strings.Join(names, ","), "uid", os.Geteuid(), "gid", os.Getegid()}
+	if h.as != nil {
+		attrs = append(attrs, "user", h.as.name)
+	}
+	log.Info("dropped privileges", attrs...)
+	return nil
+}
+
+// setCaps sets the process's capabilities on every thread: effective
+// raised, permitted as in from (nil: exactly perm); inheritable empty.
+func setCaps(from *cap.Set, raised, perm []cap.Value) error {
+	c := cap.NewSet()
+	if from != nil {
+		if err := c.FillFlag(cap.Permitted, from, cap.Permitted); err != nil {
+			return err
+		}
+	} else if err := c.SetFlag(cap.Permitted, true, perm...); err != nil {
+		return err
+	}
+	if err := c.SetFlag(cap.Effective, true, raised...); err != nil {
+		return err
+	}
+	if err := c.SetProc(); err != nil {
+		return fmt.Errorf("set capabilities to %s: %w", c, err)
+	}
+	return nil
+}

@@ -1,0 +1,348 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/workerstats/workerstats/observer"
+)
+
+// testPinPath returns a pin directory of the test's own under /sys/fs/bpf,
+// so daemons run at once never share pins; whatever is pinned there is
+// removed when the test ends.
+func testPinPath(t testing.TB) string {
+	t.Helper()
+	dir := fmt.Sprintf("%s/workerstats-test-%d-%d", observer.BPFFSDir, os.Getpid(), rand.Uint32())
+	t.Cleanup(func() {
+		if _, err := observer.RemovePins(dir); err != nil && !errors.Is(err, observer.ErrNothingPinned) {
+			t.Errorf("remove test pins: %v", err)
+		}
+	})
+	return dir
+}
+
+// stop sends SIGTERM to the daemon and returns its exit status, failing t
+// if it is not gone within 10 s.
+func (d *daemon) stop(t testing.TB) error {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		d.exited <- err // for startDaemon's own cleanup
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("workerstats did not stop within 10 s of SIGTERM:\n%s", d.log.String())
+		return nil
+	}
+}
+
+// heldPrograms returns the ids of the eBPF programs process pid holds a
+// descriptor of (programs and links show a prog_id in fdinfo).
+func heldPrograms(t testing.TB, pid int) []ebpf.ProgramID {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ebpf.ProgramID
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "prog_id:"); ok {
+				if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil && !slices.Contains(ids, ebpf.ProgramID(n)) {
+					ids = append(ids, ebpf.ProgramID(n))
+				}
+			}
+		}
+	}
+	return ids
+}
+
+// programsLoaded returns those of ids the kernel still has.
+func programsLoaded(ids []ebpf.ProgramID) []ebpf.ProgramID {
+	var left []ebpf.ProgramID
+	for _, id := range ids {
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			p.Close()
+			left = append(left, id)
+		}
+	}
+	return left
+}
+
+// pinned returns the names in a pin directory and the ids of the programs
+// its links run and of its maps.
+func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, maps []ebpf.MapID) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		names = append(names, e.Name())
+		path := filepath.Join(dir, e.Name())
+		if strings.HasPrefix(e.Name(), "link_") {
+			l, err := link.LoadPinnedLink(path, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			info, err := l.Info()
+			l.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			progs = append(progs, info.Program)
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		info, err := m.Info()
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		maps = append(maps, id)
+	}
+	return names, progs, maps
+}
+
+// wantPins is what a daemon pins: five maps of the programs, the swept
+// count, and one link per attachment of its hook set.
+func wantPins(hooks string) (maps, links int) {
+	if hooks == observer.HooksSock {
+		return 6, 7
+	}
+	return 6, 23
+}
+
+// TestRestartLosesNoRequest is the restart without loss: the daemon is
+// stopped with SIGTERM while clients load the pool, more requests are
+// served while it is down, it is started again and more load follows. For
+// every worker pid, requests, delta_requests and tx must equal uWSGI's own,
+// under every hook set.
+func TestRestartLosesNoRequest(t *testing.T) {
+	requireEBPF(t)
+	for _, hooks := range hookModes(t) {
+		t.Run(hooks, func(t *testing.T) {
+			p := startUWSGI(t, uwsgiOptions{processes: 4})
+			pins := testPinPath(t)
+			args := []string{"--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+				"--hooks", hooks, "--pin-path", pins}
+			d1 := startDaemon(t, args...)
+
+			// SIGTERM once the load is well under way.
+			stopped := make(chan error, 1)
+			var atStop uint64 // requests uWSGI had served when the daemon was gone
+			go func() {
+				deadline := time.Now().Add(60 * time.Second)
+				for time.Now().Before(deadline) {
+					if st, err := readStats(p.stats); err == nil {
+						if n, _, _ := sumRequests(st); n >= 1500 {
+							break
+						}
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				d1.cmd.Process.Signal(syscall.SIGTERM)
+				err := <-d1.exited
+				if st, rerr := readStats(p.stats); rerr == nil {
+					atStop, _, _ = sumRequests(st)
+				}
+				stopped <- err
+			}()
+			under := drive(t, p, 8000, 16, 0)
+			var exit error
+			select {
+			case exit = <-stopped:
+				d1.exited <- exit
+			case <-time.After(70 * time.Second):
+				t.Fatal("workerstats did not stop")
+			}
+			if exit != nil {
+				t.Fatalf("workerstats exited with %v on SIGTERM, want 0:\n%s", exit, d1.log.String())
+			}
+			if atStop == 0 || atStop >= uint64(under.ok) {
+				t.Errorf("uWSGI had served %d of %d requests when the daemon exited: the stop was not under load", atStop, under.ok)
+			}
+			t.Logf("daemon stopped under load: it was gone after %d of the %d requests", atStop, under.ok)
+
+			down := drive(t, p, 3000, 16, 0) // nobody watching but the pinned programs
+
+			d2 := startDaemon(t, args...)
+			if !strings.Contains(d2.log.String(), "kept the pinned programs") {
+				t.Errorf("the restarted daemon did not keep the pinned programs:\n%s", d2.log.String())
+			}
+			after := drive(t, p, 3000, 16, 0)
+			total := uint64(under.ok + down.ok + after.ok)
+			ours, theirs := settle(t, p, d2, total)
+			logComparison(t, ours, theirs)
+			_, tx, rx := sumRequests(ours)
+			if tx != uint64(under.received+down.received+after.received) || rx != uint64(under.sent+down.sent+after.sent) {
+				t.Errorf("workers' tx %d rx %d, clients received %d sent %d", tx, rx,
+					under.received+down.received+after.received, under.sent+down.sent+after.sent)
+			}
+			for name, n := range ours.Observer.Dropped {
+				if n != 0 {
+					t.Errorf("dropped %s = %d", name, n)
+				}
+			}
+			t.Logf("%d requests (%d under load at the stop, %d while down, %d after), counts equal uWSGI's for all %d workers",
+				total, under.ok, down.ok, after.ok, len(theirs.Workers))
+		})
+	}
+}
+
+// TestSIGTERMRemovesSocketKeepsPins: on SIGTERM the daemon exits 0 and
+// removes its Unix stats socket; only its pins stay, and the programs stay
+// loaded and attached through them.
+func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
+	requireEBPF(t)
+	master := exec.Command("sleep", "300")
+	if err := master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Process.Kill(); master.Wait() })
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "stats.sock")
+	pins := testPinPath(t)
+	d := startDaemon(t, "--pid", strconv.Itoa(master.Process.Pid), "--stats", sock, "--hooks", observer.HooksSyscall, "--pin-path", pins)
+	held := heldPrograms(t, d.cmd.Process.Pid)
+	if err := d.stop(t); err != nil {
+		t.Fatalf("exit %v on SIGTERM, want 0:\n%s", err, d.log.String())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("left in the socket's directory after SIGTERM: %v", ents)
+	}
+	names, progs, maps := pinned(t, pins)
+	wantMaps, wantLinks := wantPins(observer.HooksSyscall)
+	if len(progs) != wantLinks || len(maps) != wantMaps {
+		t.Errorf("pinned after SIGTERM: %v; want %d maps and %d links", names, wantMaps, wantLinks)
+	}
+	// The pinned links are the daemon's own, and hold its seven attached
+	// programs (the sock hooks' two, loaded but not attached, are gone).
+	var running []ebpf.ProgramID
+	for _, id := range progs {
+		if !slices.Contains(held, id) {
+			t.Errorf("pinned link runs program %d, which the daemon did not hold (%v)", id, held)
+		}
+		if !slices.Contains(running, id) {
+			running = append(running, id)
+		}
+	}
+	if left := programsLoaded(running); len(left) != 7 {
+		t.Errorf("after SIGTERM the pinned links run programs %v, of which %v are loaded; want 7", running, left)
+	}
+}
+
+// TestCleanupRemovesPins: `workerstats cleanup` refuses while the daemon
+// runs; once it stopped, it removes the pins, which detaches and unloads
+// the programs and frees the maps; run again it says nothing is pinned.
+func TestCleanupRemovesPins(t *testing.T) {
+	requireEBPF(t)
+	master := exec.Command("sleep", "300")
+	if err := master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Process.Kill(); master.Wait() })
+	pins := testPinPath(t)
+	d := startDaemon(t, "--pid", strconv.Itoa(master.Process.Pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--pin-path", pins)
+	out, err := runCommand("cleanup", "--pin-path", pins)
+	if err == nil || strings.Count(out, "\n") != 0 || !strings.Contains(out, "a workerstats daemon is running with the pins in "+pins+": stop it first") {
+		t.Errorf("cleanup while the daemon runs: %v, %q; want one line saying to stop it first", err, out)
+	}
+	if err := d.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	names, progs, maps := pinned(t, pins)
+
+	out, err = runCommand("cleanup", "--pin-path", pins)
+	if want := fmt.Sprintf("removed %d pinned objects from %s: the programs are detached and the maps freed", len(names), pins); err != nil || out != want {
+		t.Errorf("cleanup: %v, %q; want %q", err, out, want)
+	}
+	if _, err := os.Stat(pins); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still there after cleanup (%v)", pins, err)
+	}
+	waitFor(t, 10*time.Second, "the programs and maps to be freed", func() error {
+		if left := programsLoaded(progs); len(left) > 0 {
+			return fmt.Errorf("programs %v still loaded", left)
+		}
+		for _, id := range maps {
+			if m, err := ebpf.NewMapFromID(id); err == nil {
+				m.Close()
+				return fmt.Errorf("map %d still there", id)
+			}
+		}
+		return nil
+	})
+	out, err = runCommand("cleanup", "--pin-path", pins)
+	if want := "nothing is pinned in " + pins; err != nil || out != want {
+		t.Errorf("second cleanup: %v, %q; want %q", err, out, want)
+	}
+}
+
+// TestNoPinLeavesNothing: with --no-pin nothing is pinned, and the programs
+// are gone once the daemon stops.
+func TestNoPinLeavesNothing(t *testing.T) {
+	requireEBPF(t)
+	master := exec.Command("sleep", "300")
+	if err := master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Process.Kill(); master.Wait() })
+	before := bpffsEntries(t)
+	d := startDaemon(t, "--pid", strconv.Itoa(master.Process.Pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--no-pin")
+	held := heldPrograms(t, d.cmd.Process.Pid)
+	if len(held) == 0 {
+		t.Fatal("the daemon holds no eBPF program")
+	}
+	if err := d.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the daemon's programs to be unloaded", func() error {
+		if left := programsLoaded(held); len(left) > 0 {
+			return fmt.Errorf("programs %v still loaded", left)
+		}
+		return nil
+	})
+	for _, e := range bpffsEntries(t) {
+		if !slices.Contains(before, e) && !strings.Contains(e, "workerstats-test-") {
+			t.Errorf("%s appeared in bpffs with --no-pin", e)
+		}
+	}
+	if out, err := runCommand("serve", "--pid", "1", "--no-pin", "--pin-path", "/sys/fs/bpf/x"); err == nil || out != "workerstats: --no-pin and --pin-path exclude each other" {
+		t.Errorf("--no-pin with --pin-path: %v, %q", err, out)
+	}
+}
+
+// bpffsEntries lists every path under /sys/fs/bpf.
+func bpffsEntries(t testing.TB) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(observer.BPFFSDir, func(path string, _ os.DirEntry, err error) error {
+		if err == nil {
+			out = append(out, path)
+		}
+		return nil
+	})
+	return out
+}
