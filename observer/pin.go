@@ -140,11 +140,20 @@ func openPinDir(dir string) (*pinDir, error) {
 		return nil, &PinPathError{fmt.Errorf("--pin-path %q must be an absolute path", dir)}
 	}
 	dir = filepath.Clean(dir)
+	// Without the privilege to mount or create, eBPF would not load either:
+	// that is said as such. Anything else is the pin path's problem.
+	setting := func(err error) error {
+		var pe *PinPathError
+		if errors.Is(err, fs.ErrPermission) || errors.As(err, &pe) {
+			return err
+		}
+		return &PinPathError{err}
+	}
 	if err := ensureBPFFS(dir); err != nil {
-		return nil, err
+		return nil, setting(err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
+		return nil, setting(fmt.Errorf("create pin directory %s: %w: choose another --pin-path, or pass --no-pin", dir, err))
 	}
 	p, err := lockPinDir(dir)
 	if errors.Is(err, errPinsBusy) {
