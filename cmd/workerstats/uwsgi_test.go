@@ -13,7 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,38 +25,75 @@ import (
 // worker, what workerstats counted from outside with uWSGI's own stats.
 
 // testApp answers /N with an N-byte body, so responses differ in size and a
-// byte miscounted anywhere shows in tx. With OUTBOUND=host:port set it first
-// talks to that server over its own connection, which must never count.
+// byte miscounted anywhere shows in tx. Every response names the worker pid
+// that served it (X-Worker) and how many requests that worker had in
+// progress at once while serving it (X-Inflight, above 1 only with
+// --threads). The query string can ask for tell=PATH: write the worker's
+// pid to PATH first; sleep=MS: take MS milliseconds before answering;
+// stream=MS: send the first half of the body, then the rest MS milliseconds
+// later. With OUTBOUND=host:port set it first talks to that server over its
+// own connection, which must never count.
 const testApp = `
-import os, socket
+import os, socket, threading, time
+from urllib.parse import parse_qs
 
 OUTBOUND = os.environ.get("OUTBOUND")
+lock = threading.Lock()
+inflight = 0
 
 def application(env, start_response):
-    if OUTBOUND:
-        host, port = OUTBOUND.rsplit(":", 1)
-        s = socket.create_connection((host, int(port)))
-        s.sendall(b"q" * 100)
-        got = 0
-        while got < 1000:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += len(d)
-        s.close()
+    global inflight
+    with lock:
+        inflight += 1
+        most = inflight
     try:
-        n = int(env.get("PATH_INFO", "/").strip("/") or "0")
-    except ValueError:
-        n = 0
+        q = parse_qs(env.get("QUERY_STRING", ""))
+        if "tell" in q:
+            path = q["tell"][0]
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.rename(path + ".tmp", path)
+        if OUTBOUND:
+            host, port = OUTBOUND.rsplit(":", 1)
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"q" * 100)
+            got = 0
+            while got < 1000:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += len(d)
+            s.close()
+        if "sleep" in q:
+            time.sleep(int(q["sleep"][0]) / 1000.0)
+        try:
+            n = int(env.get("PATH_INFO", "/").strip("/") or "0")
+        except ValueError:
+            n = 0
+        with lock:
+            most = max(most, inflight)
+    finally:
+        with lock:
+            inflight -= 1
     body = b"y" * n
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                              ("X-Worker", str(os.getpid())), ("X-Inflight", str(most))])
+    if "stream" in q:
+        pause = int(q["stream"][0]) / 1000.0
+        def halves():
+            yield body[:n // 2]
+            time.sleep(pause)
+            yield body[n // 2:]
+        return halves()
     return [body]
 `
 
 type uwsgiPool struct {
-	pid   int
-	stats string // uWSGI's own stats socket
-	dial  func() (net.Conn, error)
+	bin     string // the uwsgi binary
+	pid     int
+	stats   string // uWSGI's own stats socket
+	pidfile string // the master's --pidfile, with uwsgiOptions.pidfile
+	dial    func() (net.Conn, error)
 	// request builds the bytes of request i.
 	request func(i int) []byte
 }
@@ -64,8 +101,14 @@ type uwsgiPool struct {
 type uwsgiOptions struct {
 	unix      bool     // --socket PATH (uwsgi protocol) instead of --http-socket
 	processes int      // workers
+	threads   int      // --threads per worker, when above 1
+	slowEvery int      // every slowEvery-th request takes slowTime in the app
 	env       []string // extra environment for the app
+	pidfile   bool     // --pidfile, for uwsgi --reload
 }
+
+// slowTime is how long a slow request (uwsgiOptions.slowEvery) takes.
+const slowTime = 20 * time.Millisecond
 
 func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	t.Helper()
@@ -78,23 +121,40 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	if err := os.WriteFile(app, []byte(testApp), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &uwsgiPool{stats: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	p := &uwsgiPool{bin: bin, stats: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	args := []string{
 		"--plugin", "python3", "--master", "--processes", strconv.Itoa(o.processes),
 		"--wsgi-file", app, "--stats", p.stats, "--need-app", "--disable-logging",
 		"--listen", "128",
 	}
+	if o.threads > 1 {
+		args = append(args, "--threads", strconv.Itoa(o.threads))
+	}
+	if o.pidfile {
+		p.pidfile = filepath.Join(dir, "uwsgi.pid")
+		args = append(args, "--pidfile", p.pidfile)
+	}
+	query := func(i int) string {
+		if o.slowEvery > 0 && i%o.slowEvery == 0 {
+			return fmt.Sprintf("sleep=%d", slowTime.Milliseconds())
+		}
+		return ""
+	}
 	if o.unix {
 		sock := filepath.Join(dir, "app.sock")
 		args = append(args, "--socket", sock)
 		p.dial = func() (net.Conn, error) { return net.Dial("unix", sock) }
-		p.request = uwsgiRequest
+		p.request = func(i int) []byte { return uwsgiRequest(i, query(i)) }
 	} else {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		args = append(args, "--http-socket", addr)
 		p.dial = func() (net.Conn, error) { return net.Dial("tcp", addr) }
 		p.request = func(i int) []byte {
-			return []byte(fmt.Sprintf("GET /%d HTTP/1.0\r\nHost: test\r\nUser-Agent: workerstats-test\r\n\r\n", responseSize(i)))
+			path := fmt.Sprintf("/%d", responseSize(i))
+			if q := query(i); q != "" {
+				path += "?" + q
+			}
+			return []byte(fmt.Sprintf("GET %s HTTP/1.0\r\nHost: test\r\nUser-Agent: workerstats-test\r\n\r\n", path))
 		}
 	}
 	var log bytes.Buffer
@@ -129,14 +189,19 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 // responseSize varies response sizes between 0 and a few pages.
 func responseSize(i int) int { return (i * 7919) % 20000 }
 
-// uwsgiRequest builds a uwsgi-protocol packet for GET /N: a 4-byte header
-// (modifier1, little-endian size, modifier2) and length-prefixed key/values.
-func uwsgiRequest(i int) []byte {
+// uwsgiRequest builds a uwsgi-protocol packet for GET /N?query: a 4-byte
+// header (modifier1, little-endian size, modifier2) and length-prefixed
+// key/values.
+func uwsgiRequest(i int, query string) []byte {
+	uri := fmt.Sprintf("/%d", responseSize(i))
+	if query != "" {
+		uri += "?" + query
+	}
 	vars := [][2]string{
 		{"REQUEST_METHOD", "GET"},
 		{"PATH_INFO", fmt.Sprintf("/%d", responseSize(i))},
-		{"REQUEST_URI", fmt.Sprintf("/%d", responseSize(i))},
-		{"QUERY_STRING", ""},
+		{"REQUEST_URI", uri},
+		{"QUERY_STRING", query},
 		{"SERVER_PROTOCOL", "HTTP/1.0"},
 		{"SERVER_NAME", "test"},
 		{"SERVER_PORT", "80"},
@@ -154,21 +219,147 @@ func uwsgiRequest(i int) []byte {
 	return append(pkt, body.Bytes()...)
 }
 
+// loadResult is what the clients saw. It is updated under mu while the
+// load runs (completed reads its progress) and read freely once it is done.
 type loadResult struct {
+	mu             sync.Mutex
 	ok, idle       int64
 	sent, received int64 // bytes of the completed requests
+	// With loadSpec.cut, requests a dying worker cut off: partial ones got
+	// the beginning of their response (partialReceived bytes in all), lost
+	// ones not a byte of it.
+	partial, lost   int64
+	partialReceived int64
+	byPID           map[int]*pidTally // by the X-Worker pid that answered
+}
+
+// pidTally is what the clients got from one worker process.
+type pidTally struct {
+	ok, partial int64
+	received    int64 // bytes of its complete and partial responses
+	inflight    int   // most requests it had in progress at once
+}
+
+func (res *loadResult) completed() int64 {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	return res.ok
+}
+
+// add records one request's outcome. A partial response cut inside its
+// headers has no X-Worker: it is tallied under pid 0.
+func (res *loadResult) add(r response, req, resp []byte) {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if len(resp) == 0 {
+		res.lost++
+		return
+	}
+	if res.byPID == nil {
+		res.byPID = map[int]*pidTally{}
+	}
+	w := res.byPID[r.pid]
+	if w == nil {
+		w = &pidTally{}
+		res.byPID[r.pid] = w
+	}
+	w.received += int64(len(resp))
+	w.inflight = max(w.inflight, r.inflight)
+	if r.complete {
+		w.ok++
+		res.ok++
+		res.sent += int64(len(req))
+		res.received += int64(len(resp))
+		return
+	}
+	w.partial++
+	res.partial++
+	res.partialReceived += int64(len(resp))
+}
+
+// tally returns what the clients got from pid (zero if nothing).
+func (res *loadResult) tally(pid int) pidTally {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if w := res.byPID[pid]; w != nil {
+		return *w
+	}
+	return pidTally{}
+}
+
+// response is one response as a client read it.
+type response struct {
+	complete bool // status 200, and a body of the size asked for
+	cut      bool // a well-formed beginning of such a response, cut short
+	pid      int  // X-Worker
+	inflight int  // X-Inflight
+}
+
+// parseResponse checks resp is testApp's answer of a size-byte body.
+func parseResponse(resp []byte, size int) response {
+	var r response
+	head, body, found := bytes.Cut(resp, []byte("\r\n\r\n"))
+	if !found {
+		r.cut = len(resp) > 0 && (bytes.HasPrefix(resp, []byte("HTTP/1.")) || bytes.HasPrefix([]byte("HTTP/1."), resp))
+		return r
+	}
+	lines := strings.Split(string(head), "\r\n")
+	if !strings.HasPrefix(lines[0], "HTTP/1.") || !strings.Contains(lines[0], " 200 ") {
+		return r
+	}
+	length := -1
+	for _, l := range lines[1:] {
+		k, v, _ := strings.Cut(l, ":")
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			continue
+		}
+		switch strings.ToLower(k) {
+		case "content-length":
+			length = n
+		case "x-worker":
+			r.pid = n
+		case "x-inflight":
+			r.inflight = n
+		}
+	}
+	if length != size || r.pid == 0 || bytes.Count(body, []byte("y")) != len(body) {
+		return r
+	}
+	r.complete = len(body) == size
+	r.cut = len(body) < size
+	return r
+}
+
+// loadSpec is the load driveLoad sends: requests from conc concurrent
+// clients, one request per connection, and idle connections that close
+// without sending a byte.
+type loadSpec struct {
+	requests, conc, idle int
+	// cut: a worker is killed while the load runs, so a request may end
+	// with part of its response or none (the kernel closes the dead
+	// worker's connection); it is tallied as partial or lost instead of
+	// failing the test.
+	cut bool
 }
 
 // drive sends n requests from conc concurrent clients, one request per
 // connection, and idle connections that close without sending a byte.
-func drive(t testing.TB, p *uwsgiPool, n, conc, idle int) loadResult {
+func drive(t testing.TB, p *uwsgiPool, n, conc, idle int) *loadResult {
 	t.Helper()
-	var res loadResult
+	res := &loadResult{}
+	driveLoad(t, p, loadSpec{requests: n, conc: conc, idle: idle}, res)
+	return res
+}
+
+// driveLoad sends spec's load and records what the clients saw in res.
+func driveLoad(t testing.TB, p *uwsgiPool, spec loadSpec, res *loadResult) {
+	t.Helper()
 	idleEvery := 0
-	if idle > 0 {
-		idleEvery = n / idle
+	if spec.idle > 0 {
+		idleEvery = spec.requests / spec.idle
 	}
-	parallel(t, n, conc, func(i int) error {
+	parallel(t, spec.requests, spec.conc, func(i int) error {
 		if idleEvery > 0 && i%idleEvery == 0 {
 			c, err := p.dial()
 			if err != nil {
@@ -178,7 +369,9 @@ func drive(t testing.TB, p *uwsgiPool, n, conc, idle int) loadResult {
 				time.Sleep(5 * time.Millisecond) // a slow health checker
 			}
 			c.Close()
-			atomic.AddInt64(&res.idle, 1)
+			res.mu.Lock()
+			res.idle++
+			res.mu.Unlock()
 		}
 		req := p.request(i)
 		c, err := p.dial()
@@ -187,29 +380,34 @@ func drive(t testing.TB, p *uwsgiPool, n, conc, idle int) loadResult {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(30 * time.Second))
-		if _, err := c.Write(req); err != nil {
-			return fmt.Errorf("request %d: %w", i, err)
+		var resp []byte
+		_, err = c.Write(req)
+		if err == nil {
+			resp, err = io.ReadAll(c)
 		}
-		resp, err := io.ReadAll(c)
-		if err != nil {
-			return fmt.Errorf("response %d: %w", i, err)
-		}
-		want := responseSize(i)
-		if !bytes.HasPrefix(resp, []byte("HTTP/1.")) || !bytes.Contains(resp[:20], []byte(" 200 ")) ||
-			!bytes.HasSuffix(resp, bytes.Repeat([]byte("y"), want)) {
+		r := parseResponse(resp, responseSize(i))
+		// A worker killed mid-request: the kernel closed its side, with
+		// a reset if it had not read the whole request yet.
+		cutOff := err == nil || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		switch {
+		case err == nil && r.complete:
+		case spec.cut && cutOff && (r.complete || r.cut || len(resp) == 0):
+		case err != nil:
+			return fmt.Errorf("request %d: %w (after %d bytes of response)", i, err, len(resp))
+		default:
 			return fmt.Errorf("request %d: bad response %q", i, truncate(resp))
 		}
-		atomic.AddInt64(&res.ok, 1)
-		atomic.AddInt64(&res.sent, int64(len(req)))
-		atomic.AddInt64(&res.received, int64(len(resp)))
+		res.add(r, req, resp)
 		return nil
 	})
-	return res
 }
 
 // compareWorkers returns nil when, for every uWSGI worker pid, workerstats
-// shows the same requests, tx, slot id and respawn count.
-func compareWorkers(ours, theirs *observer.Stats) error {
+// shows the same requests, delta_requests, tx, slot id and respawn count.
+// base holds, by slot id, what our slot counts and uWSGI's dump no longer
+// does (its counters restart at a reload): requests, tx and respawn_count
+// must then equal uWSGI's plus base's. nil is none.
+func compareWorkers(ours, theirs *observer.Stats, base map[int]observer.Worker) error {
 	byPID := map[int]observer.Worker{}
 	for _, w := range ours.Workers {
 		byPID[w.PID] = w
@@ -217,15 +415,16 @@ func compareWorkers(ours, theirs *observer.Stats) error {
 	var diffs []string
 	for _, u := range theirs.Workers {
 		o, ok := byPID[u.PID]
+		b := base[u.ID]
 		switch {
 		case !ok:
 			diffs = append(diffs, fmt.Sprintf("pid %d (uWSGI worker %d) missing", u.PID, u.ID))
-		case o.Requests != u.Requests || o.TX != u.TX || o.DeltaRequests != u.DeltaRequests:
-			diffs = append(diffs, fmt.Sprintf("pid %d: requests %d/%d delta %d/%d tx %d/%d (ours/uWSGI's)",
-				u.PID, o.Requests, u.Requests, o.DeltaRequests, u.DeltaRequests, o.TX, u.TX))
-		case o.ID != u.ID || o.RespawnCount != u.RespawnCount:
-			diffs = append(diffs, fmt.Sprintf("pid %d: id %d/%d respawn_count %d/%d (ours/uWSGI's)",
-				u.PID, o.ID, u.ID, o.RespawnCount, u.RespawnCount))
+		case o.Requests != b.Requests+u.Requests || o.TX != b.TX+u.TX || o.DeltaRequests != u.DeltaRequests:
+			diffs = append(diffs, fmt.Sprintf("pid %d: requests %d/%d delta %d/%d tx %d/%d (ours/uWSGI's%s)",
+				u.PID, o.Requests, b.Requests+u.Requests, o.DeltaRequests, u.DeltaRequests, o.TX, b.TX+u.TX, plusBase(b)))
+		case o.ID != u.ID || o.RespawnCount != b.RespawnCount+u.RespawnCount:
+			diffs = append(diffs, fmt.Sprintf("pid %d: id %d/%d respawn_count %d/%d (ours/uWSGI's%s)",
+				u.PID, o.ID, u.ID, o.RespawnCount, b.RespawnCount+u.RespawnCount, plusBase(b)))
 		}
 	}
 	if len(ours.Workers) != len(theirs.Workers) {
@@ -235,6 +434,13 @@ func compareWorkers(ours, theirs *observer.Stats) error {
 		return errors.New(strings.Join(diffs, "; "))
 	}
 	return nil
+}
+
+func plusBase(b observer.Worker) string {
+	if b.Requests == 0 && b.TX == 0 && b.RespawnCount == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" + %d requests, %d tx, %d respawns uWSGI no longer counts", b.Requests, b.TX, b.RespawnCount)
 }
 
 func sumRequests(st *observer.Stats) (req, tx, rx uint64) {
@@ -250,6 +456,13 @@ func sumRequests(st *observer.Stats) (req, tx, rx uint64) {
 // workerstats agrees with it worker by worker, and returns both dumps.
 func settle(t testing.TB, p *uwsgiPool, d *daemon, wantTotal uint64) (ours, theirs *observer.Stats) {
 	t.Helper()
+	return settleFrom(t, p, d, wantTotal, nil)
+}
+
+// settleFrom is settle where our slots also hold base's counts (see
+// compareWorkers) and uWSGI's wantTotal does not.
+func settleFrom(t testing.TB, p *uwsgiPool, d *daemon, wantTotal uint64, base map[int]observer.Worker) (ours, theirs *observer.Stats) {
+	t.Helper()
 	waitFor(t, 20*time.Second, "workerstats to agree with uWSGI", func() error {
 		var err error
 		if theirs, err = readStats(p.stats); err != nil {
@@ -261,7 +474,7 @@ func settle(t testing.TB, p *uwsgiPool, d *daemon, wantTotal uint64) (ours, thei
 		if ours, err = readStats(d.addr); err != nil {
 			return err
 		}
-		return compareWorkers(ours, theirs)
+		return compareWorkers(ours, theirs, base)
 	})
 	return ours, theirs
 }
@@ -311,9 +524,46 @@ func comparePool(t *testing.T, o uwsgiOptions, requests, idle int) {
 					t.Errorf("dropped %s = %d", name, n)
 				}
 			}
+			// And worker by worker, what the clients got from each pid.
+			for _, w := range ours.Workers {
+				if c := res.tally(w.PID); w.Requests != uint64(c.ok) || w.TX != uint64(c.received) {
+					t.Errorf("pid %d: requests %d tx %d, clients got %d responses, %d bytes from it", w.PID, w.Requests, w.TX, c.ok, c.received)
+				}
+			}
+			if o.threads > 1 {
+				checkThreads(t, o.threads, res, theirs)
+			}
 			t.Logf("%d requests and %d idle connections, counts equal uWSGI's for all %d workers", res.ok, res.idle, len(theirs.Workers))
 		})
 	}
+}
+
+// checkThreads fails t unless the pool really ran threads that overlapped:
+// uWSGI shows threads cores per worker, and every worker had requests in
+// progress in two threads at once.
+func checkThreads(t *testing.T, threads int, res *loadResult, theirs *observer.Stats) {
+	t.Helper()
+	for _, u := range theirs.Workers {
+		var served []uint64
+		for _, c := range u.Cores {
+			served = append(served, c.Requests)
+		}
+		most := res.tally(u.PID).inflight
+		t.Logf("worker %d pid %d: requests by thread (uWSGI's cores) %v; at most %d in progress at once", u.ID, u.PID, served, most)
+		if len(u.Cores) != threads {
+			t.Errorf("uWSGI worker %d has %d cores, want %d threads", u.ID, len(u.Cores), threads)
+		}
+		if most < 2 {
+			t.Errorf("worker pid %d never had two requests in progress at once: its threads did not overlap", u.PID)
+		}
+	}
+}
+
+// TestUWSGIThreadsMatchOwnStats: 4 workers of 4 threads each, one request
+// in 8 slow enough (20 ms) that the threads of a worker serve requests at
+// the same time, on connections each thread accepts itself.
+func TestUWSGIThreadsMatchOwnStats(t *testing.T) {
+	comparePool(t, uwsgiOptions{processes: 4, threads: 4, slowEvery: 8}, 8000, 200)
 }
 
 func TestUWSGIHTTPSocketMatchesOwnStats(t *testing.T) {

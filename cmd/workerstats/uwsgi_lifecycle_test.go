@@ -1,0 +1,639 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/workerstats/workerstats/observer"
+)
+
+// The tests in this file run Debian's real uWSGI through the events of a
+// pool's life, a worker killed under load and a graceful reload, and hold
+// workerstats' slots to uWSGI's own stats and to what the clients got.
+
+// slotWatch reads workerstats' dump every 20 ms while a test runs, as
+// uwsgitop would, and holds every dump to what such a reader relies on: no
+// more slots than the pool has, numbered 1..N; a slot's requests and
+// respawn_count never go down; a new process in a slot comes with a higher
+// respawn_count; a slot whose process exited shows pid 0 and "cheap" until
+// it is replaced, never the dead pid.
+type slotWatch struct {
+	addr  string
+	slots int
+	stop  chan struct{}
+	done  chan struct{}
+
+	// Read once finish has returned.
+	reads, failed int
+	most          int // most slots in one dump
+	cheap         int // dumps that showed a slot emptied by an exit
+	problems      []string
+}
+
+// goneGrace is how long after a worker is seen gone from /proc a dump read
+// may still show it: readers within --stats-max-age (100 ms) share a
+// snapshot, which takes a moment to build.
+const goneGrace = 250 * time.Millisecond
+
+func watchSlots(t testing.TB, addr string, slots int) *slotWatch {
+	w := &slotWatch{addr: addr, slots: slots, stop: make(chan struct{}), done: make(chan struct{})}
+	go w.run()
+	t.Cleanup(func() { w.finish() })
+	return w
+}
+
+func (w *slotWatch) run() {
+	defer close(w.done)
+	last := map[int]observer.Worker{}   // by slot id, the last dump's
+	holder := map[int]observer.Worker{} // by slot id, the last with a process
+	seen := map[int]bool{}              // every pid a dump showed
+	gone := map[int]time.Time{}         // when a pid was first seen exited
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		for pid := range seen {
+			if _, ok := gone[pid]; !ok && processGone(pid) {
+				gone[pid] = time.Now()
+			}
+		}
+		readAt := time.Now()
+		st, err := readStats(w.addr)
+		if err != nil {
+			w.failed++
+			continue
+		}
+		w.reads++
+		w.most = max(w.most, len(st.Workers))
+		if len(st.Workers) > w.slots {
+			w.problem("%d slots, the pool has %d: %s", len(st.Workers), w.slots, slotList(st))
+		}
+		emptied := false
+		for i, s := range st.Workers {
+			if s.ID != i+1 {
+				w.problem("slot %d listed at position %d: %s", s.ID, i+1, slotList(st))
+			}
+			if s.DeltaRequests > s.Requests {
+				w.problem("slot %d: delta_requests %d above requests %d", s.ID, s.DeltaRequests, s.Requests)
+			}
+			if p, ok := last[s.ID]; ok && (s.Requests < p.Requests || s.RespawnCount < p.RespawnCount) {
+				w.problem("slot %d went down: requests %d -> %d, respawn_count %d -> %d (pid %d -> %d)",
+					s.ID, p.Requests, s.Requests, p.RespawnCount, s.RespawnCount, p.PID, s.PID)
+			}
+			last[s.ID] = s
+			if s.PID == 0 {
+				emptied = true
+				if s.Status != "cheap" || s.Accepting != 0 {
+					w.problem("slot %d has no process but status %q accepting %d", s.ID, s.Status, s.Accepting)
+				}
+				continue
+			}
+			if at, ok := gone[s.PID]; ok && readAt.Sub(at) > goneGrace {
+				w.problem("slot %d still shows pid %d, which exited %v before the read (status %q)", s.ID, s.PID, readAt.Sub(at).Round(time.Millisecond), s.Status)
+			}
+			if h, ok := holder[s.ID]; ok && h.PID != s.PID && s.RespawnCount <= h.RespawnCount {
+				w.problem("slot %d: pid %d replaced pid %d but respawn_count stayed %d", s.ID, s.PID, h.PID, s.RespawnCount)
+			}
+			holder[s.ID] = s
+			seen[s.PID] = true
+		}
+		if emptied {
+			w.cheap++
+		}
+	}
+}
+
+func (w *slotWatch) problem(format string, args ...any) {
+	if len(w.problems) < 10 {
+		w.problems = append(w.problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// finish stops the watch and waits for its last read.
+func (w *slotWatch) finish() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+// check stops the watch and fails t with what it saw wrong.
+func (w *slotWatch) check(t testing.TB) {
+	t.Helper()
+	w.finish()
+	t.Logf("a reader polling every 20 ms: %d dumps (%d reads failed), at most %d slots, %d dumps with a slot emptied by an exit",
+		w.reads, w.failed, w.most, w.cheap)
+	if w.reads == 0 {
+		t.Errorf("the watch read no dump")
+	}
+	for _, p := range w.problems {
+		t.Errorf("a dump read during the test: %s", p)
+	}
+}
+
+func slotList(st *observer.Stats) string {
+	var b strings.Builder
+	for _, w := range st.Workers {
+		fmt.Fprintf(&b, "[id %d pid %d %s requests %d delta %d respawn_count %d] ", w.ID, w.PID, w.Status, w.Requests, w.DeltaRequests, w.RespawnCount)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// processGone says whether pid has exited: no longer in /proc, or a zombie
+// (its exit already ran, the master has not reaped it yet).
+func processGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X'
+}
+
+// procStartUnix is when pid started, in whole unix seconds, as ps(1) shows
+// it: the boot time from /proc/stat plus the start time, in clock ticks
+// (USER_HZ, 100 on Linux) since boot, from /proc/PID/stat.
+func procStartUnix(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	// After "pid (comm)": state is field 3, starttime field 22.
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	ticks, err := strconv.ParseInt(f[19], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat starttime: %w", pid, err)
+	}
+	s, err := os.Open("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	sc := bufio.NewScanner(s)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "btime "); ok {
+			boot, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/stat btime: %w", err)
+			}
+			return boot + ticks/100, nil
+		}
+	}
+	return 0, errors.New("/proc/stat has no btime")
+}
+
+// checkLastSpawn fails t unless every live slot's last_spawn is when its
+// process started.
+func checkLastSpawn(t testing.TB, st *observer.Stats) {
+	t.Helper()
+	for _, w := range st.Workers {
+		if w.PID == 0 {
+			continue
+		}
+		want, err := procStartUnix(w.PID)
+		if err != nil {
+			t.Errorf("slot %d pid %d: %v", w.ID, w.PID, err)
+		} else if w.LastSpawn != want {
+			t.Errorf("slot %d pid %d: last_spawn %d, the process started at %d", w.ID, w.PID, w.LastSpawn, want)
+		}
+	}
+}
+
+// checkDropped fails t if the kernel side lost anything, allowing up to
+// stale connections_stale: a connection a killed worker held is never
+// closed with close(2), so its entry stays until the daemon sweeps it, and
+// an accept that reuses its socket address first finds it there (and
+// replaces it; nothing is lost).
+func checkDropped(t testing.TB, st *observer.Stats, stale uint64) {
+	t.Helper()
+	for name, n := range st.Observer.Dropped {
+		if n != 0 && (name != "connections_stale" || n > stale) {
+			t.Errorf("dropped %s = %d", name, n)
+		}
+	}
+}
+
+// slotOf returns the worker in slot id, or fails t.
+func slotOf(t testing.TB, st *observer.Stats, id int) observer.Worker {
+	t.Helper()
+	for _, w := range st.Workers {
+		if w.ID == id {
+			return w
+		}
+	}
+	t.Fatalf("no slot %d: %s", id, slotList(st))
+	return observer.Worker{}
+}
+
+// TestUWSGIWorkerKilledUnderLoad: while 32 clients send requests, the
+// worker serving one more request is killed with SIGKILL and uWSGI's master
+// respawns it. Until the respawn the slot shows no process and keeps the
+// dead one's counts; then it passes to the new process, and everything the
+// clients got a response to is counted once.
+//
+// What counts for the request the worker dies in: a request counts once its
+// response starts (its first byte is sent), and on loopback every byte sent
+// before the kill reaches the client. So a request cut before its response
+// ("before-response": the client reads EOF and nothing else) is not a
+// request, as for any connection closed without an answer, while one cut
+// halfway through its response ("mid-response": the client got the headers
+// and half the body) is one, with the bytes that were sent. uWSGI counts a
+// request only after writing its whole response, and its tx after closing
+// the connection, so it misses exactly that cut response; every other count,
+// the killed process's earlier requests included, equals uWSGI's.
+func TestUWSGIWorkerKilledUnderLoad(t *testing.T) {
+	requireEBPF(t)
+	for _, hooks := range hookModes(t) {
+		t.Run(hooks, func(t *testing.T) {
+			t.Run("before-response", func(t *testing.T) { killUnderLoad(t, hooks, false) })
+			t.Run("mid-response", func(t *testing.T) { killUnderLoad(t, hooks, true) })
+		})
+	}
+}
+
+// cutSize is the body size of the request cut by the kill.
+const cutSize = 10000
+
+// cutRequest sends one request over HTTP once the load has completed after
+// requests and kills the worker serving it while the response is held back
+// (midResponse: after half of it is sent). The worker tells its pid in a
+// file in dir. The master is stopped (SIGSTOP) from just before the kill
+// until workerstats shows the slot emptied, so that state, which a reader
+// can see between a death and the respawn, is seen every time; then the
+// master goes on and respawns the worker as usual. It records what the
+// client got in res.
+func cutRequest(p *uwsgiPool, d *daemon, res *loadResult, dir string, after int64, midResponse bool) (cutResult, error) {
+	var cr cutResult
+	deadline := time.Now().Add(60 * time.Second)
+	for res.completed() < after {
+		if time.Now().After(deadline) {
+			return cr, fmt.Errorf("the load never completed %d requests", after)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	tell := filepath.Join(dir, "cut-request-pid")
+	// Both hold the response 30 s: the kill comes long before.
+	query := "tell=" + tell + "&sleep=30000"
+	if midResponse {
+		query = "tell=" + tell + "&stream=30000"
+	}
+	req := []byte(fmt.Sprintf("GET /%d?%s HTTP/1.0\r\nHost: test\r\nUser-Agent: workerstats-test\r\n\r\n", cutSize, query))
+	c, err := p.dial()
+	if err != nil {
+		return cr, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write(req); err != nil {
+		return cr, err
+	}
+	// The app writes its pid to tell when the request reaches it.
+	for cr.pid == 0 {
+		if b, err := os.ReadFile(tell); err == nil {
+			cr.pid, _ = strconv.Atoi(string(b))
+		} else if time.Now().After(deadline) {
+			return cr, fmt.Errorf("no worker took the request: %w", err)
+		} else {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	var resp []byte
+	if midResponse {
+		// Read the headers and the first half of the body.
+		buf := make([]byte, 65536)
+		for {
+			n, err := c.Read(buf)
+			resp = append(resp, buf[:n]...)
+			if err != nil {
+				return cr, fmt.Errorf("response of worker pid %d before the kill: %w after %q", cr.pid, err, truncate(resp))
+			}
+			if _, body, ok := bytes.Cut(resp, []byte("\r\n\r\n")); ok && len(body) >= cutSize/2 {
+				break
+			}
+		}
+	}
+	st, err := readStats(d.addr)
+	if err != nil {
+		return cr, err
+	}
+	for _, w := range st.Workers {
+		if w.PID == cr.pid {
+			cr.before = w
+		}
+	}
+	if cr.before.PID == 0 {
+		return cr, fmt.Errorf("worker pid %d is in no slot: %s", cr.pid, slotList(st))
+	}
+	if err := syscall.Kill(p.pid, syscall.SIGSTOP); err != nil {
+		return cr, fmt.Errorf("stop the master: %w", err)
+	}
+	defer syscall.Kill(p.pid, syscall.SIGCONT)
+	if err := syscall.Kill(cr.pid, syscall.SIGKILL); err != nil {
+		return cr, fmt.Errorf("kill worker pid %d: %w", cr.pid, err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		if st, err = readStats(d.addr); err != nil {
+			return cr, err
+		}
+		var shown []observer.Worker
+		for _, w := range st.Workers {
+			if w.ID == cr.before.ID {
+				shown = append(shown, w)
+			}
+		}
+		if len(shown) == 1 && shown[0].PID != cr.pid {
+			cr.emptied = shown[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			return cr, fmt.Errorf("10 s after worker pid %d was killed, with the master stopped, workerstats still shows it in its slot: %s", cr.pid, slotList(st))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := syscall.Kill(p.pid, syscall.SIGCONT); err != nil {
+		return cr, fmt.Errorf("resume the master: %w", err)
+	}
+	rest, err := io.ReadAll(c)
+	if err != nil {
+		return cr, fmt.Errorf("response of worker pid %d after the kill: %w", cr.pid, err)
+	}
+	resp = append(resp, rest...)
+	r := parseResponse(resp, cutSize)
+	if len(rest) != 0 || (midResponse && (!r.cut || r.pid != cr.pid)) {
+		return cr, fmt.Errorf("the response of the killed worker pid %d is not cut where it was killed: %q", cr.pid, truncate(resp))
+	}
+	res.add(r, req, resp)
+	return cr, nil
+}
+
+// cutResult is the worker cutRequest killed.
+type cutResult struct {
+	pid     int
+	before  observer.Worker // its slot in workerstats' dump just before the kill
+	emptied observer.Worker // the slot once it was gone, before its respawn
+}
+
+func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
+	const workers, requests, after = 4, 3000, 1000
+	p := startUWSGI(t, uwsgiOptions{processes: workers})
+	d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
+	start, err := readStats(p.stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := watchSlots(t, d.addr, workers)
+
+	// A quarter into the load, one more request; its worker is killed.
+	res := &loadResult{}
+	type killed struct {
+		cutResult
+		err error
+	}
+	cut := make(chan killed, 1)
+	dir := t.TempDir()
+	go func() {
+		cr, err := cutRequest(p, d, res, dir, requests/4, midResponse)
+		cut <- killed{cr, err}
+	}()
+	driveLoad(t, p, loadSpec{requests: requests, conc: 32, idle: 75, cut: true}, res)
+	k := <-cut
+	if k.err != nil {
+		t.Fatal(k.err)
+	}
+	var victim observer.Worker
+	for _, w := range start.Workers {
+		if w.PID == k.pid {
+			victim = w
+		}
+	}
+	if victim.PID == 0 || k.before.ID != victim.ID {
+		t.Fatalf("killed pid %d: uWSGI's workers %s; our slot %d", k.pid, slotList(start), k.before.ID)
+	}
+
+	// uWSGI's master sees the death on its next turn (up to a second), so
+	// the load may be over before the respawn: more load once it is done,
+	// for the new process to serve.
+	var theirs *observer.Stats
+	waitFor(t, 30*time.Second, "uWSGI to respawn the killed worker", func() error {
+		if theirs, err = readStats(p.stats); err != nil {
+			return err
+		}
+		if w := slotOf(t, theirs, victim.ID); w.PID == victim.PID || w.PID == 0 {
+			return fmt.Errorf("uWSGI's worker %d is pid %d", victim.ID, w.PID)
+		}
+		return nil
+	})
+	fresh := slotOf(t, theirs, victim.ID).PID
+	driveLoad(t, p, loadSpec{requests: after, conc: 32, idle: 25}, res)
+
+	old, newer := res.tally(victim.PID), res.tally(fresh)
+	if newer.ok == 0 {
+		t.Fatalf("the respawned worker pid %d served none of the requests after the kill", fresh)
+	}
+	// Exactly the test's request was cut: the killed worker was in it. Cut
+	// mid-response it is a request (partial), cut before it is none (lost).
+	var wantPartial, wantMissedTX int64
+	how := "before its response"
+	if midResponse {
+		wantPartial, wantMissedTX, how = 1, res.partialReceived, "mid-response"
+	}
+	if res.partial != wantPartial || res.lost != 1-wantPartial || old.partial != wantPartial {
+		t.Errorf("clients: %d responses cut short (%d from the killed worker), %d requests without a response; want only the request the worker was killed in",
+			res.partial, old.partial, res.lost)
+	}
+	wantReq := uint64(res.ok + res.partial)
+	wantTX := uint64(res.received + res.partialReceived)
+	wantConns := uint64(res.ok + res.partial + res.lost + res.idle)
+
+	var missed, missedTX int64 // the killed process's, by uWSGI's count
+	var ours *observer.Stats
+	waitFor(t, 20*time.Second, "workerstats to count what the clients got", func() error {
+		if theirs, err = readStats(p.stats); err != nil {
+			return err
+		}
+		if ours, err = readStats(d.addr); err != nil {
+			return err
+		}
+		req, tx, _ := sumRequests(ours)
+		accepted, closed := sumConns(ours)
+		if req != wantReq || tx != wantTX || accepted != wantConns || closed != accepted {
+			return fmt.Errorf("requests %d tx %d accepted %d closed %d; clients got %d responses (%d of them cut short), %d bytes, and opened %d connections",
+				req, tx, accepted, closed, wantReq, res.partial, wantTX, wantConns)
+		}
+		for _, w := range ours.Workers {
+			c := res.tally(w.PID)
+			want := pidTally{ok: c.ok, received: c.received}
+			if w.ID == victim.ID {
+				want = pidTally{ok: old.ok + old.partial + newer.ok, received: old.received + newer.received}
+			}
+			if w.Requests != uint64(want.ok) || w.TX != uint64(want.received) || w.DeltaRequests != uint64(c.ok) {
+				return fmt.Errorf("slot %d pid %d: requests %d delta %d tx %d; clients got %d responses (%d from this pid), %d bytes",
+					w.ID, w.PID, w.Requests, w.DeltaRequests, w.TX, want.ok, c.ok, want.received)
+			}
+		}
+		// uWSGI's slot is cumulative too: the killed process's part is
+		// its requests minus the new process's.
+		u := slotOf(t, theirs, victim.ID)
+		missed = old.ok + old.partial - int64(u.Requests-u.DeltaRequests)
+		missedTX = old.received + newer.received - int64(u.TX)
+		return compareWorkers(ours, theirs, map[int]observer.Worker{
+			victim.ID: {Requests: uint64(missed), TX: uint64(missedTX)},
+		})
+	})
+	watch.check(t)
+	logComparison(t, ours, theirs)
+
+	slot, u := slotOf(t, ours, victim.ID), slotOf(t, theirs, victim.ID)
+	t.Logf("killed pid %d (slot %d) in its request %s, after %d of %d requests, then %d more after its respawn; clients: %d complete, %d cut short with %d bytes, %d without a response, %d idle connections",
+		victim.PID, victim.ID, how, requests/4, requests, after,
+		res.ok, res.partial, res.partialReceived, res.lost, res.idle)
+	t.Logf("slot %d now pid %d: requests %d (killed pid %d: clients got %d, uWSGI counted %d; pid %d: %d), delta_requests %d (uWSGI %d), tx %d (uWSGI %d), respawn_count %d (uWSGI %d), last_spawn %d (uWSGI %d)",
+		slot.ID, slot.PID, slot.Requests, victim.PID, old.ok+old.partial, u.Requests-u.DeltaRequests, fresh, newer.ok,
+		slot.DeltaRequests, u.DeltaRequests, slot.TX, u.TX, slot.RespawnCount, u.RespawnCount, slot.LastSpawn, u.LastSpawn)
+	t.Logf("uWSGI did not count %d request(s) and %d bytes the killed worker sent", missed, missedTX)
+
+	if slot.PID != fresh || slot.RespawnCount != victim.RespawnCount+1 {
+		t.Errorf("slot %d: pid %d respawn_count %d, want the respawned pid %d and respawn_count %d",
+			slot.ID, slot.PID, slot.RespawnCount, fresh, victim.RespawnCount+1)
+	}
+	for _, w := range ours.Workers {
+		if w.ID != victim.ID && w.ID <= len(start.Workers) && (w.PID != start.Workers[w.ID-1].PID || w.RespawnCount != 1) {
+			t.Errorf("slot %d: pid %d respawn_count %d, nothing happened to its worker pid %d", w.ID, w.PID, w.RespawnCount, start.Workers[w.ID-1].PID)
+		}
+	}
+	// Between the death and the respawn the slot had no process and held
+	// exactly what the dead one did.
+	e := k.emptied
+	t.Logf("between the kill and the respawn: slot %d pid %d status %q requests %d delta_requests %d tx %d respawn_count %d",
+		e.ID, e.PID, e.Status, e.Requests, e.DeltaRequests, e.TX, e.RespawnCount)
+	if e.PID != 0 || e.Status != "cheap" || e.Requests != uint64(old.ok+old.partial) || e.TX != uint64(old.received) || e.RespawnCount != victim.RespawnCount {
+		t.Errorf("slot %d with its worker dead and not respawned yet: pid %d status %q requests %d tx %d respawn_count %d; want pid 0, \"cheap\", the dead process's %d requests and %d bytes, respawn_count %d",
+			e.ID, e.PID, e.Status, e.Requests, e.TX, e.RespawnCount, old.ok+old.partial, old.received, victim.RespawnCount)
+	}
+	checkLastSpawn(t, ours)
+	checkDropped(t, ours, 1)
+	if len(ours.Workers) != workers {
+		t.Errorf("%d slots, the pool has %d workers", len(ours.Workers), workers)
+	}
+	// uWSGI missed the cut response, and only it.
+	if missed != wantPartial || missedTX != wantMissedTX {
+		t.Errorf("uWSGI counted %d requests and %d bytes fewer than the clients got from the killed worker; want %d and %d",
+			missed, missedTX, wantPartial, wantMissedTX)
+	}
+}
+
+// TestUWSGIGracefulReload: `uwsgi --reload PIDFILE` between two rounds of
+// load. uWSGI's master stops its workers gracefully, re-executes itself
+// (same pid) and spawns a new set, whose counters in uWSGI's own stats start
+// from zero. workerstats keeps the slots 1..N: each passes to a new process,
+// respawn_count goes up by one, requests and tx add up across the reload,
+// and delta_requests is the new process's own.
+func TestUWSGIGracefulReload(t *testing.T) {
+	requireEBPF(t)
+	for _, hooks := range hookModes(t) {
+		t.Run(hooks, func(t *testing.T) { gracefulReload(t, hooks) })
+	}
+}
+
+func gracefulReload(t *testing.T, hooks string) {
+	const workers = 4
+	p := startUWSGI(t, uwsgiOptions{processes: workers, pidfile: true})
+	d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
+	watch := watchSlots(t, d.addr, workers)
+
+	first := drive(t, p, 2000, 16, 50)
+	before, theirsBefore := settle(t, p, d, uint64(first.ok))
+	old := map[int]bool{}
+	for _, w := range theirsBefore.Workers {
+		old[w.PID] = true
+	}
+
+	if out, err := exec.Command(p.bin, "--reload", p.pidfile).CombinedOutput(); err != nil {
+		t.Fatalf("uwsgi --reload %s: %v\n%s", p.pidfile, err, out)
+	}
+	waitFor(t, 60*time.Second, "uWSGI to reload with a new set of workers", func() error {
+		st, err := readStats(p.stats)
+		if err != nil {
+			return err
+		}
+		if st.PID != p.pid || len(st.Workers) != workers {
+			return fmt.Errorf("master pid %d with %d workers", st.PID, len(st.Workers))
+		}
+		for _, w := range st.Workers {
+			if old[w.PID] || w.PID == 0 || w.Accepting == 0 {
+				return fmt.Errorf("worker %d is pid %d accepting %d", w.ID, w.PID, w.Accepting)
+			}
+		}
+		return nil
+	})
+
+	second := drive(t, p, 2000, 16, 50)
+	// uWSGI's counters restart at the reload: our slots hold what they
+	// counted before it on top of uWSGI's.
+	base := map[int]observer.Worker{}
+	for _, u := range theirsBefore.Workers {
+		base[u.ID] = observer.Worker{Requests: u.Requests, TX: u.TX, RespawnCount: u.RespawnCount}
+	}
+	after, theirs := settleFrom(t, p, d, uint64(second.ok), base)
+	watch.check(t)
+
+	for _, u := range theirs.Workers {
+		if u.Requests != u.DeltaRequests || u.RespawnCount != 1 {
+			t.Errorf("uWSGI's worker %d after the reload: requests %d delta_requests %d respawn_count %d; this test expects uWSGI's counters to restart at a reload",
+				u.ID, u.Requests, u.DeltaRequests, u.RespawnCount)
+		}
+	}
+	if after.PID != p.pid || len(after.Workers) != workers {
+		t.Errorf("after the reload: master %d with %d slots, want %d with %d: %s", after.PID, len(after.Workers), p.pid, workers, slotList(after))
+	}
+	for _, b := range before.Workers {
+		a, u := slotOf(t, after, b.ID), slotOf(t, theirs, b.ID)
+		t.Logf("slot %d: pid %d -> %d, requests %d + %d = %d (uWSGI %d before, %d after), delta_requests %d (uWSGI %d), tx %d (uWSGI %d + %d), respawn_count %d -> %d (uWSGI %d)",
+			b.ID, b.PID, a.PID, b.Requests, a.DeltaRequests, a.Requests, base[b.ID].Requests, u.Requests,
+			a.DeltaRequests, u.DeltaRequests, a.TX, base[b.ID].TX, u.TX, b.RespawnCount, a.RespawnCount, u.RespawnCount)
+		if old[a.PID] || a.PID == 0 {
+			t.Errorf("slot %d: pid %d is not one of the new workers", a.ID, a.PID)
+		}
+		if a.RespawnCount != b.RespawnCount+1 || a.Requests != b.Requests+u.Requests || a.DeltaRequests != u.Requests || a.TX != b.TX+u.TX {
+			t.Errorf("slot %d: respawn_count %d requests %d delta_requests %d tx %d; want %d, %d + %d, %d, %d + %d",
+				a.ID, a.RespawnCount, a.Requests, a.DeltaRequests, a.TX, b.RespawnCount+1, b.Requests, u.Requests, u.Requests, b.TX, u.TX)
+		}
+		// And what the clients got from each process.
+		if c := first.tally(b.PID); b.Requests != uint64(c.ok) || b.TX != uint64(c.received) {
+			t.Errorf("slot %d before the reload: pid %d requests %d tx %d, clients got %d responses, %d bytes from it", b.ID, b.PID, b.Requests, b.TX, c.ok, c.received)
+		}
+		if c := second.tally(a.PID); a.DeltaRequests != uint64(c.ok) {
+			t.Errorf("slot %d after the reload: pid %d delta_requests %d, clients got %d responses from it", a.ID, a.PID, a.DeltaRequests, c.ok)
+		}
+	}
+	checkLastSpawn(t, after)
+	checkDropped(t, after, 0)
+	if _, tx, _ := sumRequests(after); tx != uint64(first.received+second.received) {
+		t.Errorf("tx %d, clients received %d", tx, first.received+second.received)
+	}
+	t.Logf("%d requests before the reload, %d after; counts equal uWSGI's plus what it counted before the reload, for all %d slots",
+		first.ok, second.ok, len(after.Workers))
+}
