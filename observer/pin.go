@@ -381,7 +381,7 @@ func (e *EBPF) keepOrReplace(hooks []hook) error {
 		}
 		dropped = append(dropped, name)
 	}
-	var kept, replaced, added int
+	var kept, replaced, added, unpinnable int
 	for _, h := range hooks {
 		path := e.pins.file(h.pin)
 		if slices.Contains(pinned, h.pin) {
@@ -421,11 +421,17 @@ func (e *EBPF) keepOrReplace(hooks []hook) error {
 		attachedLoaded[h.prog] = true
 		e.links = append(e.links, l)
 		if err := l.Pin(path); err != nil {
-			if errors.Is(err, ebpf.ErrNotSupported) {
-				return fmt.Errorf("this kernel cannot pin tracepoint links (Linux 5.15 or newer can): pass --no-pin, and counting stops while the daemon is stopped")
+			if !errors.Is(err, ebpf.ErrNotSupported) {
+				return fmt.Errorf("pin link %s: %w", path, err)
 			}
-			return fmt.Errorf("pin link %s: %w", path, err)
+			// Before Linux 5.15 a tracepoint attachment is a perf event
+			// ioctl, not a link: it lasts as long as the daemon.
+			unpinnable++
 		}
+	}
+	if unpinnable > 0 {
+		e.log.Warn("this kernel cannot pin tracepoint attachments (Linux 5.15 and newer can): the maps are pinned, so a restart keeps the counts, but nothing is counted while the daemon is stopped",
+			"unpinned", unpinnable)
 	}
 	switch {
 	case replaced > 0 || len(dropped) > 0:
@@ -499,7 +505,8 @@ func (e *EBPF) mapIDs() (map[ebpf.MapID]bool, error) {
 // CheckAccess performs, once, each kind of bpf(2) call the daemon makes
 // while it runs (read, iterate and write the maps; read the programs'
 // statistics), so a caller can find out whether they still work with fewer
-// capabilities. From Linux 6.5 they need none on descriptors already held;
+// capabilities. From Linux 5.19 they need none on descriptors already held
+// (seen on Debian 12's 6.1 with kernel.unprivileged_bpf_disabled=2);
 // before, with kernel.unprivileged_bpf_disabled set, every bpf(2) call
 // needs CAP_BPF.
 func (e *EBPF) CheckAccess() error {

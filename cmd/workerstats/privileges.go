@@ -168,7 +168,7 @@ func removableAfterDrop(path string, a *account, chown string) error {
 //   - CAP_DAC_READ_SEARCH: listing another user's /proc/PID/fd, which is
 //     mode 0500, and reading a master's pidfile in a private directory;
 //   - CAP_BPF, only where the kernel wants it for bpf(2) calls on the maps
-//     it holds (before Linux 6.5, with kernel.unprivileged_bpf_disabled
+//     it holds (before Linux 5.19, with kernel.unprivileged_bpf_disabled
 //     set): reading the counters, and writing the workers map when a
 //     restarted master is followed. A probe decides.
 //

@@ -83,8 +83,8 @@ func threadCredentials(t testing.TB, pid int) []taskStatus {
 }
 
 // bpfNeedsCapability reports whether this kernel wants CAP_BPF for bpf(2)
-// calls on descriptors already held: before Linux 6.5 every bpf(2) call
-// checked it when kernel.unprivileged_bpf_disabled is set; from 6.5 only
+// calls on descriptors already held: before Linux 5.19 every bpf(2) call
+// checked it when kernel.unprivileged_bpf_disabled is set; from 5.19 only
 // creating maps and loading programs do.
 func bpfNeedsCapability(t testing.TB) bool {
 	t.Helper()
@@ -98,7 +98,7 @@ func bpfNeedsCapability(t testing.TB) bool {
 	}
 	var major, minor int
 	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
-	old := major < 6 || major == 6 && minor < 5
+	old := major < 5 || major == 5 && minor < 19
 	return old && strings.TrimSpace(string(b)) != "0"
 }
 
