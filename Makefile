@@ -1,10 +1,22 @@
 # workerstats — run `make help` for the targets.
 
-GO       ?= go
+# sudo may drop Go's directory from PATH: fall back to where its tarball installs.
+GO       ?= $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go),go)
 BIN      ?= workerstats
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
+
+# make install: PREFIX=/usr for a package, DESTDIR for a staging root,
+# UNITDIR=/lib/systemd/system for a packaged unit.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /etc/systemd/system
+DESTDIR    ?=
+UNIT       := cmd/workerstats/systemd/workerstats.service
+CONFIG     := cmd/workerstats/systemd/workerstats.toml
+VAGRANT    ?= vagrant
 
 # bpf2go's compiler: Debian 12's clang 14, so generated objects are the same
 # on every machine that regenerates them.
@@ -15,7 +27,7 @@ export BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror
 
 .PHONY: help
 help: ## list the targets
-	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
 deps: ## install missing build and test packages from Debian (as root)
@@ -33,6 +45,10 @@ check-generate: generate ## fail when the committed eBPF objects differ from the
 .PHONY: build
 build: ## build ./workerstats
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/workerstats
+
+.PHONY: demo
+demo: build ## (as root) run ./workerstats demo: a pre-fork pool of its own, watched, its stats shown and served on 127.0.0.1:1717
+	./$(BIN) demo
 
 .PHONY: lint
 lint: ## gofmt and go vet
@@ -53,6 +69,60 @@ fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
 .PHONY: test-privileged
 test-privileged: ## only the tests that load eBPF and run real servers (as root)
 	$(GO) test -count=1 -v -run 'UWSGI|Load|Attach|Daemon' ./...
+
+.PHONY: install
+install: build ## install the binary, the systemd unit, and /etc/workerstats/workerstats.toml unless it exists
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/workerstats
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|/usr/local/bin/workerstats|$(BINDIR)/workerstats|g' -e 's|/etc/workerstats/|$(SYSCONFDIR)/workerstats/|g' \
+		$(UNIT) >$(DESTDIR)$(UNITDIR)/workerstats.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/workerstats.service
+	@cfg=$(DESTDIR)$(SYSCONFDIR)/workerstats/workerstats.toml; \
+	if [ -e "$$cfg" ]; then echo "kept $$cfg"; \
+	else echo "install -D -m 0644 $(CONFIG) $$cfg"; install -D -m 0644 $(CONFIG) "$$cfg"; fi
+	@[ -n "$(DESTDIR)" ] || echo "next: edit $(SYSCONFDIR)/workerstats/workerstats.toml, then systemctl daemon-reload && systemctl enable --now workerstats"
+
+.PHONY: uninstall
+uninstall: ## remove what install put in place; the config only while it is still the example
+	rm -f $(DESTDIR)$(BINDIR)/workerstats $(DESTDIR)$(UNITDIR)/workerstats.service
+	@cfg=$(DESTDIR)$(SYSCONFDIR)/workerstats/workerstats.toml; \
+	if cmp -s $(CONFIG) "$$cfg"; then rm -f "$$cfg"; rmdir "$$(dirname "$$cfg")" 2>/dev/null || true; \
+	elif [ -e "$$cfg" ]; then echo "kept $$cfg: it differs from the example"; fi
+	@[ -n "$(DESTDIR)" ] || echo "if the service was enabled: systemctl disable --now workerstats; systemctl daemon-reload"
+
+# check-unit installs into a staging root that also holds this machine's
+# systemd units (for the targets the unit orders itself against), so that
+# systemd-analyze verifies the unit as installed, ExecStart's binary
+# included. Any message fails it: verify exits 0 on unknown keys and bad
+# values, which it only prints.
+.PHONY: check-unit
+check-unit: ## verify the installed systemd unit with systemd-analyze (verify, and security at most 4.0 exposed)
+	@set -eu; stage=$$(mktemp -d); trap 'rm -rf "$$stage"' EXIT; \
+	mkdir -p "$$stage/usr/lib/systemd"; ln -s usr/lib "$$stage/lib"; \
+	cp -a "$$(realpath /lib/systemd/system)" "$$stage/usr/lib/systemd/system"; \
+	$(MAKE) --no-print-directory install DESTDIR="$$stage" >/dev/null; \
+	unit="$$stage$(UNITDIR)/workerstats.service"; \
+	echo "systemd-analyze verify $(UNITDIR)/workerstats.service (root $$stage)"; \
+	if ! out=$$(systemd-analyze verify --man=no --root="$$stage" "$$unit" 2>&1) || [ -n "$$out" ]; then \
+		echo "$$out" >&2; echo "check-unit: systemd-analyze verify found problems in $(UNIT)" >&2; exit 1; fi; \
+	if ! out=$$(systemd-analyze security --offline=yes --threshold=40 --root="$$stage" "$$unit" 2>&1); then \
+		echo "$$out" >&2; echo "check-unit: $(UNIT) is more exposed than 4.0: restore the hardening it lost" >&2; exit 1; fi; \
+	echo "$$out" | tail -n 1
+
+.PHONY: test-unprivileged
+test-unprivileged: ## as root: build the observer tests, run them as user nobody; procfs, pool and socket tests must pass
+	.ci/test-unprivileged
+
+.PHONY: check-vagrant
+check-vagrant: ## validate vagrant/Vagrantfile (needs vagrant) and check .ci/install-go's plan
+	cd vagrant && $(VAGRANT) validate --ignore-provider
+	.ci/install-go --dry-run
+
+.PHONY: vagrant-test
+vagrant-test: ## run every test as root in a Debian 12 VM (kernel 6.1) with Vagrant: see vagrant/Vagrantfile
+	cd vagrant && $(VAGRANT) up
+	cd vagrant && $(VAGRANT) rsync
+	cd vagrant && $(VAGRANT) ssh -c 'cd /workerstats && sudo env WORKERSTATS_REQUIRE_PRIVILEGED=1 make test'
 
 .PHONY: bench
 bench: ## benchmarks (as root for the eBPF ones)

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -15,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/workerstats/workerstats/observer"
 )
 
 // Every mistake a user can make on the command line ends in one line on
@@ -325,6 +329,195 @@ func TestLogFormat(t *testing.T) {
 		_, logs := serve(t, "--log-format", "json", "--log-level", "warn")
 		if strings.Contains(logs, "serving stats") {
 			t.Errorf("--log-level warn still logs info records:\n%s", logs)
+		}
+	})
+}
+
+// unitDirective returns the values of key= in the shipped systemd unit.
+func unitDirective(t *testing.T, key string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("systemd", "workerstats.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+"="); ok {
+			vals = append(vals, strings.Fields(v)...)
+		}
+	}
+	return vals
+}
+
+// nobodyPool is a pre-fork pool run by user nobody, as a server started by
+// systemd with User= is: a master and two workers that inherited its
+// listener. Their /proc/PID/fd are nobody's, mode 0500.
+const nobodyPool = `
+import os, signal, socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(64)
+print("127.0.0.1:%d" % s.getsockname()[1], flush=True)
+for _ in range(2):
+    if os.fork() == 0:
+        while True:
+            c, _ = s.accept()
+            c.recv(4096)
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            c.close()
+while True:
+    signal.pause()
+`
+
+// The unit's CapabilityBoundingSet is enough: the daemon, started as root
+// with only those capabilities and no_new_privs as systemd starts it,
+// loads and attaches its programs, counts requests, sees the pool's socket
+// in another user's /proc/PID/fd, reports per-program statistics and gives
+// its stats socket away. Without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE the
+// pool's socket is not found, so the check can tell.
+func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
+	requireEBPF(t)
+	// Debian's, not one installed in root's home, which nobody cannot run.
+	const python = "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		skipOrFail(t, "%s is not installed (apt-get install python3)", python)
+	}
+	setpriv := requireCommand(t, "setpriv", "util-linux")
+	caps := unitDirective(t, "CapabilityBoundingSet")
+	if len(caps) == 0 {
+		t.Fatal("the unit has no CapabilityBoundingSet")
+	}
+	bounding := func(caps []string) string {
+		s := "-all"
+		for _, c := range caps {
+			s += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+		}
+		return s
+	}
+	nnp := unitDirective(t, "NoNewPrivileges")
+
+	pool := exec.Command(setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c", nobodyPool)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var poolLog bytes.Buffer
+	pool.Stdout, pool.Stderr = w, &poolLog
+	startGroup(t, pool, syscall.SIGKILL, func() string { return "pool: " + poolLog.String() })
+	w.Close()
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line := make([]byte, 64)
+	n, err := r.Read(line)
+	if err != nil {
+		t.Fatalf("pool did not print its address: %v", err)
+	}
+	poolAddr := strings.TrimSpace(string(line[:n]))
+
+	dir := t.TempDir()
+	serve := func(t *testing.T, caps []string, sock string, extra ...string) *daemon {
+		args := []string{"--bounding-set=" + bounding(caps), "--inh-caps=-all"}
+		if slices.Contains(nnp, "yes") || slices.Contains(nnp, "true") {
+			args = append(args, "--no-new-privs")
+		}
+		args = append(args, binPath, "serve", "--mode", "ebpf", "--pid", strconv.Itoa(pool.Process.Pid), "--stats", sock)
+		args = append(args, extra...)
+		d := &daemon{addr: sock, log: &bytes.Buffer{}, exited: make(chan error, 1)}
+		d.cmd = exec.Command(setpriv, args...)
+		d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+		if err := d.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { d.exited <- d.cmd.Wait() }()
+		t.Cleanup(func() {
+			d.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-d.exited:
+			case <-time.After(10 * time.Second):
+				d.cmd.Process.Kill()
+				<-d.exited
+			}
+			if t.Failed() {
+				t.Logf("workerstats %v log:\n%s", caps, d.log.String())
+			}
+		})
+		waitFor(t, 30*time.Second, "workerstats to serve stats", func() error {
+			select {
+			case err := <-d.exited:
+				d.exited <- err
+				t.Fatalf("workerstats with %v exited early (%v):\n%s", caps, err, d.log.String())
+			default:
+			}
+			_, err := readStats(sock)
+			return err
+		})
+		return d
+	}
+	hasListener := func(st *observer.Stats) bool {
+		for _, s := range st.Sockets {
+			if s.Name == poolAddr {
+				return true
+			}
+		}
+		return false
+	}
+
+	t.Run("unit's set", func(t *testing.T) {
+		pins := filepath.Join(observer.BPFFSDir, fmt.Sprintf("workerstats-test-%d", os.Getpid()))
+		t.Cleanup(func() { os.RemoveAll(pins) })
+		sock := filepath.Join(dir, "unit.sock")
+		serve(t, caps, sock, "--bpf-stats", "--stats-chown", "nobody", "--pin-path", pins)
+
+		var fi os.FileInfo
+		if fi, err = os.Stat(sock); err != nil {
+			t.Fatal(err)
+		}
+		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 65534 {
+			t.Errorf("--stats-chown nobody: socket owned by uid %d, want 65534 (CAP_CHOWN)", uid)
+		}
+		const requests = 20
+		for i := range requests {
+			c, err := net.Dial("tcp", poolAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(c, "GET /%d HTTP/1.0\r\n\r\n", i)
+			if _, err := io.ReadAll(c); err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		var st *observer.Stats
+		waitFor(t, 10*time.Second, "the requests to be counted", func() error {
+			if st, err = readStats(sock); err != nil {
+				return err
+			}
+			if got, _, _ := sumRequests(st); got != requests {
+				return fmt.Errorf("%d requests counted, want %d", got, requests)
+			}
+			return nil
+		})
+		if st.Observer.Mode != "ebpf" || len(st.Workers) != 2 {
+			t.Errorf("mode %q with %d workers, want ebpf with 2", st.Observer.Mode, len(st.Workers))
+		}
+		if !hasListener(st) {
+			t.Errorf("sockets %+v lack the pool's listener %s: reading nobody's /proc/PID/fd failed", st.Sockets, poolAddr)
+		}
+		if len(st.Observer.Programs) == 0 {
+			t.Error("--bpf-stats: no per-program statistics in the dump")
+		}
+	})
+
+	t.Run("without fd access", func(t *testing.T) {
+		less := slices.DeleteFunc(slices.Clone(caps), func(c string) bool { return c == "CAP_DAC_READ_SEARCH" || c == "CAP_SYS_PTRACE" })
+		sock := filepath.Join(dir, "less.sock")
+		serve(t, less, sock, "--no-pin")
+		st, err := readStats(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hasListener(st) {
+			t.Errorf("found the pool's listener in nobody's /proc/PID/fd without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE: this test cannot tell whether the unit grants them")
 		}
 	})
 }
