@@ -54,6 +54,10 @@ struct worker {
 	__s64 in_progress;  /* requests started and not yet finished */
 	__s64 awaiting;     /* of those, requests received and not answered yet */
 	__u64 last_tx_ns;   /* when a response byte was last sent */
+	/* Written by userspace only: an exited worker's entry is kept as its
+	 * slot's history, its counters the slot's sums and spawns the
+	 * processes the slot has had, so a restarted daemon finds them. */
+	__u64 spawns;
 };
 
 enum conn_state {

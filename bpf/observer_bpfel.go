@@ -58,6 +58,7 @@ type ObserverWorker struct {
 	InProgress int64
 	Awaiting   int64
 	LastTxNs   uint64
+	Spawns     uint64
 }
 
 // Names of all BPF objects in the ELF.

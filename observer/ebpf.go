@@ -322,11 +322,17 @@ func (e *EBPF) Workers() ([]Counters, error) {
 		v   bpf.ObserverWorker
 		out []Counters
 	)
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	var mono, boot unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
 		return nil, fmt.Errorf("read the monotonic clock: %w", err)
 	}
-	now := uint64(ts.Nano()) // bpf_ktime_get_ns()'s clock
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot); err != nil {
+		return nil, fmt.Errorf("read the boot-time clock: %w", err)
+	}
+	now := uint64(mono.Nano()) // bpf_ktime_get_ns()'s clock
+	// Exit times are on bpf_ktime_get_ns()'s clock, start times on
+	// start_boottime's: they differ by the time the host was suspended.
+	suspended := uint64(boot.Nano() - mono.Nano())
 	it := e.objs.Workers.Iterate()
 	for it.Next(&pid, &v) {
 		if v.Role != roleWorker {
@@ -337,6 +343,8 @@ func (e *EBPF) Workers() ([]Counters, error) {
 			Master:     int(v.Master),
 			Start:      v.StartNs,
 			Exited:     v.ExitNs != 0,
+			ExitNs:     exitBoot(v.ExitNs, suspended),
+			Spawns:     v.Spawns,
 			Accepts:    v.Accepts,
 			Requests:   v.Requests,
 			Closes:     v.Closes,
@@ -367,6 +375,32 @@ func inRequest(v bpf.ObserverWorker, now uint64) int64 {
 		n++
 	}
 	return n
+}
+
+func exitBoot(exitNs, suspended uint64) uint64 {
+	if exitNs == 0 {
+		return 0
+	}
+	return exitNs + suspended
+}
+
+// Remember implements Kernel.
+func (e *EBPF) Remember(master int, h Counters) error {
+	var v bpf.ObserverWorker
+	if err := e.objs.Workers.Lookup(uint32(h.PID), &v); err != nil {
+		return fmt.Errorf("worker %d's entry: %w", h.PID, err)
+	}
+	if v.Role != roleWorker || v.ExitNs == 0 {
+		return fmt.Errorf("worker %d has not exited", h.PID)
+	}
+	v.Master = uint32(master)
+	v.Accepts, v.Requests, v.Closes = h.Accepts, h.Requests, h.Closes
+	v.Rx, v.Tx, v.RtNs, v.AvgRtNs = h.RX, h.TX, h.RunNs, h.AvgRTNs
+	v.InProgress, v.Awaiting, v.Spawns = 0, 0, h.Spawns
+	if err := e.objs.Workers.Update(uint32(h.PID), &v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("write worker %d's slot history: %w", h.PID, err)
+	}
+	return nil
 }
 
 // Forget implements Kernel.

@@ -10,6 +10,12 @@ type Counters struct {
 	// alone does not, since PIDs are reused.
 	Start  uint64
 	Exited bool
+	// ExitNs is when an exited process ended, on Start's clock (0 when
+	// unknown).
+	ExitNs uint64
+	// Spawns is set on a history entry (see Kernel.Remember): the counters
+	// are then its slot's sums, and Spawns the processes the slot had.
+	Spawns uint64
 
 	Accepts  uint64 // connections accepted
 	Requests uint64 // requests answered (whose response started)
@@ -42,6 +48,11 @@ type Kernel interface {
 	// Forget drops an exited worker once its counts have been folded into
 	// its slot.
 	Forget(pid int) error
+	// Remember rewrites the exited worker h.PID's entry to hold its slot's
+	// history (h.Spawns set, the counters the slot's sums), under master,
+	// so that a daemon restarted on pinned maps finds the slots as they
+	// were. A slot keeps one such entry: its last exited process.
+	Remember(master int, h Counters) error
 	// Info describes the observer: mode, hooks, what was dropped, and the
 	// programs' own run-time statistics when enabled.
 	Info() ObserverInfo

@@ -49,10 +49,13 @@ type Pool struct {
 	// folded holds exited processes already added to their slot whose
 	// kernel entry could not be removed yet: they must not count twice.
 	folded map[Proc]bool
-	live   map[Proc]*slot // live slots by process
-	last   *Stats
-	lastAt time.Time
-	gauges gauges
+	// history holds the exited processes whose kernel entries are their
+	// slots' history (Kernel.Remember): known, not to be folded again.
+	history map[Proc]bool
+	live    map[Proc]*slot // live slots by process
+	last    *Stats
+	lastAt  time.Time
+	gauges  gauges
 }
 
 // GaugeMaxAge is how long procfs and sock_diag figures (memory, owner,
@@ -77,6 +80,7 @@ type slot struct {
 	extra    bool     // opened while every slot was taken: a reload's overlap
 	paused   bool     // the process is stopped (SIGSTOP)
 	spawns   uint64   // processes that have held the slot
+	history  Proc     // the exited process whose kernel entry holds past
 	past     Counters // sums over the slot's exited processes
 	cur      Counters // the current process's counters
 	lastSeen bool
@@ -173,6 +177,17 @@ func (p *Pool) adopt(m Proc) error {
 	}
 	p.master, p.waiting, p.last = m, "", nil
 	p.masters[m.PID] = true
+	if p.settled {
+		// The slots' history moves to the new master, where a restarted
+		// daemon will look for it.
+		for _, s := range p.slots {
+			if s.history.PID != 0 {
+				p.remember(s, s.history, Counters{PID: s.history.PID})
+			}
+		}
+	} else if err := p.replay(m); err != nil {
+		return err
+	}
 	for _, k := range kids {
 		if p.live[k] == nil {
 			p.place(k)
@@ -181,6 +196,123 @@ func (p *Pool) adopt(m Proc) error {
 	p.settled = true
 	p.Log.Info("watching pool", "target", p.Target.String(), "master", m.PID, "workers", len(kids))
 	return nil
+}
+
+// replay rebuilds the slots from what the kernel holds for master m, in
+// the order its processes started and exited: after a daemon restart on
+// pinned maps, the slots' history entries (Kernel.Remember) and the
+// workers that ran or exited meanwhile. On a first start it places the
+// current workers in start order.
+func (p *Pool) replay(m Proc) error {
+	all, err := p.Kernel.Workers()
+	if err != nil {
+		return fmt.Errorf("read kernel counters: %w", err)
+	}
+	type event struct {
+		at   uint64
+		exit bool
+		c    Counters
+	}
+	var evs []event
+	for _, c := range all {
+		if c.Master != m.PID {
+			continue
+		}
+		evs = append(evs, event{at: c.Start, c: c})
+		if c.Exited {
+			evs = append(evs, event{at: max(c.ExitNs, c.Start), exit: true, c: c})
+		}
+	}
+	// Workers added by Watch have their start in procfs's 10 ms ticks:
+	// those started in one tick were forked in pid order.
+	sort.SliceStable(evs, func(i, j int) bool {
+		if evs[i].at != evs[j].at {
+			return evs[i].at < evs[j].at
+		}
+		if evs[i].exit != evs[j].exit {
+			return !evs[i].exit // a process's exit after its start
+		}
+		return evs[i].c.PID < evs[j].c.PID
+	})
+	for _, e := range evs {
+		proc := Proc{PID: e.c.PID, StartTicks: nsToTicks(e.c.Start)}
+		if !e.exit {
+			if p.live[proc] == nil {
+				if s := p.place(proc); e.c.Spawns > 0 {
+					s.spawns = e.c.Spawns
+				}
+			}
+			continue
+		}
+		s := p.live[proc]
+		if s == nil {
+			continue
+		}
+		if e.c.Spawns == 0 {
+			p.exited(s, proc, e.c)
+			continue
+		}
+		// A history entry: its counters are the slot's sums.
+		s.past = Counters{}
+		p.retire(s, e.c)
+		s.history = proc
+		p.remembered(proc)
+	}
+	return nil
+}
+
+// exited folds an exited process into its slot and keeps its kernel entry
+// as the slot's history.
+func (p *Pool) exited(s *slot, proc Proc, c Counters) {
+	// Exit closed whatever the process still held, without close(2).
+	c.Closes = c.Accepts
+	p.retire(s, c)
+	p.remember(s, proc, c)
+}
+
+// remember makes proc's kernel entry hold slot s's history, in place of
+// the slot's previous history entry.
+func (p *Pool) remember(s *slot, proc Proc, c Counters) {
+	h := s.past
+	h.PID, h.Start, h.ExitNs = proc.PID, c.Start, c.ExitNs
+	h.Spawns = s.spawns
+	if s.alive {
+		h.Spawns-- // the process now in the slot came after
+	}
+	master := p.master.PID
+	if master == 0 {
+		master = c.Master
+	}
+	if err := p.Kernel.Remember(master, h); err != nil {
+		p.Log.Debug("cannot keep a slot's history in the kernel map", "pid", proc.PID, "error", err)
+		p.forget(proc)
+		return
+	}
+	if old := s.history; old.PID != 0 && old != proc {
+		delete(p.history, old)
+		p.forget(old)
+	}
+	s.history = proc
+	p.remembered(proc)
+}
+
+func (p *Pool) remembered(proc Proc) {
+	if p.history == nil {
+		p.history = map[Proc]bool{}
+	}
+	p.history[proc] = true
+}
+
+// forget drops an exited process's kernel entry; one that cannot be
+// dropped is marked folded, so it is never added twice.
+func (p *Pool) forget(proc Proc) {
+	if err := p.Kernel.Forget(proc.PID); err != nil {
+		p.Log.Warn("cannot drop exited worker from kernel map", "pid", proc.PID, "error", err)
+		if p.folded == nil {
+			p.folded = map[Proc]bool{}
+		}
+		p.folded[proc] = true
+	}
 }
 
 // place puts a newly seen worker process in a slot: the lowest free one,
@@ -221,6 +353,10 @@ func (p *Pool) retire(s *slot, final Counters) {
 			s.rss, s.vsz, s.memAt, s.lastSeen = x.rss, x.vsz, x.memAt, x.lastSeen
 			s.past.add(x.past)
 			s.spawns += x.spawns
+			if x.history.PID != 0 {
+				delete(p.history, x.history)
+				p.forget(x.history)
+			}
 			p.live[s.proc] = s
 			p.slots = append(p.slots[:i], p.slots[i+1:]...)
 			return
@@ -280,6 +416,9 @@ func (p *Pool) refresh() error {
 		proc := Proc{PID: c.PID, StartTicks: nsToTicks(c.Start)}
 		s := p.live[proc]
 		if c.Exited {
+			if p.history[proc] {
+				continue
+			}
 			if p.folded[proc] {
 				if p.Kernel.Forget(c.PID) == nil {
 					delete(p.folded, proc)
@@ -290,16 +429,7 @@ func (p *Pool) refresh() error {
 				// Spawned and gone between two reads: it still held a slot.
 				s = p.place(proc)
 			}
-			// Exit closed whatever the process still held, without close(2).
-			c.Closes = c.Accepts
-			p.retire(s, c)
-			if err := p.Kernel.Forget(c.PID); err != nil {
-				p.Log.Warn("cannot drop exited worker from kernel map", "pid", c.PID, "error", err)
-				if p.folded == nil {
-					p.folded = map[Proc]bool{}
-				}
-				p.folded[proc] = true
-			}
+			p.exited(s, proc, c)
 			continue
 		}
 		if s == nil {

@@ -271,3 +271,73 @@ func equalInts(a, b []int) bool {
 	}
 	return true
 }
+
+// TestPoolRestartRebuildsSlots: a daemon restarted on pinned maps rebuilds
+// the slots from what the kernel kept: each slot's history entry and the
+// workers that ran or exited while no daemon was there. No slot is added,
+// and every slot's counts and respawns are as before.
+func TestPoolRestartRebuildsSlots(t *testing.T) {
+	p, k := testPool(t)
+	k.update(4001, func(c *Counters) { c.Requests, c.TX = 10, 100 })
+	k.update(4003, func(c *Counters) { c.Requests, c.TX = 30, 300 })
+	k.update(4002, func(c *Counters) { c.Requests, c.TX = 20, 200 })
+	snapshot(t, p)
+	// 4001 (slot 1) exits and 4007 replaces it, seen by the first daemon.
+	k.update(4001, func(c *Counters) { c.Requests, c.Exited, c.ExitNs = 11, true, ticksToNs(8000) })
+	addProc(t, p.Proc.Root, worker(4007, 9000, 1000, 40000))
+	k.set(Counters{PID: 4007, Master: testMaster, Start: ticksToNs(9000), Requests: 4, TX: 40})
+	before := snapshot(t, p)
+
+	// The daemon stops. Meanwhile 4003 (slot 2) exits and 4020 replaces
+	// it, and the others serve more.
+	k.update(4003, func(c *Counters) { c.Requests, c.Exited, c.ExitNs = 33, true, ticksToNs(9500) })
+	removeProc(t, p.Proc.Root, 4001, 4003)
+	addProc(t, p.Proc.Root, fakeProc{pid: testMaster, ppid: 1, comm: "uwsgi (master)", startTicks: 900,
+		tasks: map[int][]int{testMaster: {4007, 4002, 4020}}})
+	addProc(t, p.Proc.Root, worker(4020, 9600, 1000, 40000))
+	k.set(Counters{PID: 4020, Master: testMaster, Start: ticksToNs(9600), Requests: 2, TX: 20})
+	k.update(4007, func(c *Counters) { c.Requests = 6 })
+
+	// A new daemon on the same kernel maps.
+	q := &Pool{Target: Target{PID: testMaster}, Proc: p.Proc, Kernel: k, Log: discardLog()}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := snapshot(t, q)
+	ids, pids := slotPIDs(st)
+	if !equalInts(ids, []int{1, 2, 3}) || !equalInts(pids, []int{4007, 4020, 4002}) {
+		t.Fatalf("after the restart: slots %v pids %v, want 1..3 held by 4007, 4020, 4002 as before", ids, pids)
+	}
+	for _, c := range []struct {
+		slot                    int
+		requests, delta, spawns uint64
+	}{{1, 11 + 6, 6, 2}, {2, 33 + 2, 2, 2}, {3, 20, 20, 1}} {
+		w := workerBySlot(t, st, c.slot)
+		if w.Requests != c.requests || w.DeltaRequests != c.delta || w.RespawnCount != c.spawns {
+			t.Errorf("slot %d: requests %d delta %d respawn_count %d, want %d %d %d", c.slot, w.Requests, w.DeltaRequests, w.RespawnCount, c.requests, c.delta, c.spawns)
+		}
+	}
+	if w0, w1 := workerBySlot(t, before, 1), workerBySlot(t, st, 1); w1.Requests < w0.Requests || w1.TX < w0.TX {
+		t.Errorf("slot 1 went down across the restart: requests %d -> %d, tx %d -> %d", w0.Requests, w1.Requests, w0.TX, w1.TX)
+	}
+	// A third read changes nothing: history is not added twice.
+	if again := snapshot(t, q); workerBySlot(t, again, 2).Requests != 35 {
+		t.Errorf("slot 2 on a later read: %d requests, want 35", workerBySlot(t, again, 2).Requests)
+	}
+}
+
+// TestProcfsPoolWaitsForMaster: in procfs mode too, a master not there yet
+// is an empty pool that says why, not a failed read.
+func TestProcfsPoolWaitsForMaster(t *testing.T) {
+	fs := newProcfs(t)
+	pidfile := filepath.Join(t.TempDir(), "app.pid")
+	p := &Pool{Target: Target{PIDFile: pidfile}, Proc: fs, Kernel: &ProcfsKernel{Proc: fs, Reason: "test"}, Log: discardLog()}
+	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
+		t.Fatalf("Start: %v, want ErrNoTarget", err)
+	}
+	refresh(t, p)
+	st := snapshot(t, p)
+	if len(st.Workers) != 0 || st.Observer.Mode != "procfs" || !strings.Contains(st.Observer.Waiting, "does not exist") {
+		t.Errorf("procfs pool with no master: %d workers, mode %q, waiting %q", len(st.Workers), st.Observer.Mode, st.Observer.Waiting)
+	}
+}

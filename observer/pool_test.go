@@ -19,15 +19,17 @@ import (
 // fakeKernel is an in-memory Kernel: tests set what the kernel counted and
 // read back what the pool asked of it.
 type fakeKernel struct {
-	mu        sync.Mutex
-	watched   bool
-	master    Proc
-	initial   []Proc
-	counters  map[int]Counters
-	forgotten []int
-	forgetErr error
-	readErr   error
-	info      ObserverInfo
+	mu          sync.Mutex
+	watched     bool
+	master      Proc
+	initial     []Proc
+	counters    map[int]Counters
+	forgotten   []int
+	remembered  []int
+	forgetErr   error
+	rememberErr error
+	readErr     error
+	info        ObserverInfo
 }
 
 func newFakeKernel() *fakeKernel {
@@ -82,6 +84,24 @@ func (k *fakeKernel) Forget(pid int) error {
 		return k.forgetErr
 	}
 	delete(k.counters, pid)
+	return nil
+}
+
+// Remember keeps an exited worker's entry as its slot's history, as the
+// eBPF observer does: its start and exit stay, its counts become h's.
+func (k *fakeKernel) Remember(master int, h Counters) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, ok := k.counters[h.PID]
+	if k.rememberErr != nil {
+		return k.rememberErr
+	}
+	if !ok || !c.Exited {
+		return errors.New("no exited entry")
+	}
+	h.Start, h.Exited, h.ExitNs, h.Master, h.InProgress = c.Start, true, c.ExitNs, master, 0
+	k.counters[h.PID] = h
+	k.remembered = append(k.remembered, h.PID)
 	return nil
 }
 
@@ -354,11 +374,16 @@ func TestPoolRespawnKeepsSlot(t *testing.T) {
 			t.Errorf("%s: load = %d, want 1", round, st.Load)
 		}
 	}
-	if got := k.forgot(); !reflect.DeepEqual(got, []int{4001}) {
-		t.Errorf("kernel asked to forget %v, want [4001]", got)
+	// 4001's entry stays in the kernel as slot 1's history (for a daemon
+	// restarted on pinned maps): the slot's sums before 4007, one process.
+	if got := k.forgot(); len(got) != 0 {
+		t.Errorf("kernel asked to forget %v, want nothing", got)
 	}
-	if k.has(4001) {
-		t.Error("exited worker 4001 is still in the kernel's map")
+	k.mu.Lock()
+	h := k.counters[4001]
+	k.mu.Unlock()
+	if !h.Exited || h.Spawns != 1 || h.Requests != 12 || h.TX != 1200 || h.Closes != 12 {
+		t.Errorf("4001's entry = %+v, want slot 1's history: spawns 1, requests 12, tx 1200", h)
 	}
 }
 
@@ -386,8 +411,8 @@ func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
 				round, got, want)
 		}
 	}
-	if got := k.forgot(); !reflect.DeepEqual(got, []int{4009}) {
-		t.Errorf("kernel asked to forget %v, want [4009]", got)
+	if got := k.forgot(); len(got) != 0 || !reflect.DeepEqual(k.remembered, []int{4009}) {
+		t.Errorf("kernel asked to forget %v and keep as history %v, want nothing and [4009]", got, k.remembered)
 	}
 
 	// The next worker the master spawns takes the free slot.
@@ -412,6 +437,10 @@ func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
 	if len(st.Workers) != 4 || w.PID != 4013 || w.RespawnCount != 3 || w.Requests != 8 || w.DeltaRequests != 1 || w.TX != 1110 {
 		t.Errorf("%d workers, slot 4 after second respawn: pid %d respawn_count %d requests %d delta %d tx %d, want 4 workers, 4013 3 8 1 1110",
 			len(st.Workers), w.PID, w.RespawnCount, w.Requests, w.DeltaRequests, w.TX)
+	}
+	// The slot keeps one history entry: 4011's now, 4009's dropped.
+	if got := k.forgot(); !reflect.DeepEqual(got, []int{4009}) || k.has(4009) || !k.has(4011) {
+		t.Errorf("kernel asked to forget %v, want [4009] (4011 holds slot 4's history)", got)
 	}
 }
 
@@ -470,6 +499,7 @@ func TestPoolSnapshotKernelError(t *testing.T) {
 func TestPoolForgetFailureDoesNotDoubleCount(t *testing.T) {
 	p, k := testPool(t)
 	k.forgetErr = errors.New("map busy")
+	k.rememberErr = errors.New("map busy")
 	k.update(4001, func(c *Counters) { c.Requests, c.TX, c.Exited = 10, 1000, true })
 	var want Worker
 	for i := range 3 {

@@ -37,6 +37,9 @@ func (k *ProcfsKernel) Watch(master Proc, workers []Proc) error {
 func (k *ProcfsKernel) Workers() ([]Counters, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.master.PID == 0 {
+		return nil, nil // no master watched yet
+	}
 	kids, err := k.Proc.Children(k.master.PID)
 	if err != nil {
 		return nil, fmt.Errorf("workers of pid %d: %w", k.master.PID, err)
@@ -69,6 +72,10 @@ func (k *ProcfsKernel) Workers() ([]Counters, error) {
 	}
 	return out, nil
 }
+
+// Remember implements Kernel: procfs mode keeps nothing across restarts, so
+// it only forgets the process.
+func (k *ProcfsKernel) Remember(_ int, h Counters) error { return k.Forget(h.PID) }
 
 // Forget implements Kernel.
 func (k *ProcfsKernel) Forget(pid int) error {
