@@ -466,7 +466,15 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 		pins := filepath.Join(observer.BPFFSDir, fmt.Sprintf("workerstats-test-%d", os.Getpid()))
 		t.Cleanup(func() { os.RemoveAll(pins) })
 		sock := filepath.Join(dir, "unit.sock")
-		serve(t, caps, sock, "--bpf-stats", "--stats-chown", "nobody", "--pin-path", pins)
+		d := serve(t, caps, sock, "--bpf-stats", "--stats-chown", "nobody", "--pin-path", pins)
+		// Within the unit's bounding set the daemon can still drop what
+		// it no longer needs, from its own bounding set too.
+		want := keptCapabilities(t)
+		for _, s := range threadCredentials(t, d.cmd.Process.Pid) {
+			if s.capEff != want || s.capBnd != want {
+				t.Errorf("under the unit's capabilities, thread %s keeps CapEff %016x CapBnd %016x, want %016x", s.tid, s.capEff, s.capBnd, want)
+			}
+		}
 
 		var fi os.FileInfo
 		if fi, err = os.Stat(sock); err != nil {

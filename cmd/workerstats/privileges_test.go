@@ -102,6 +102,15 @@ func bpfNeedsCapability(t testing.TB) bool {
 	return old && strings.TrimSpace(string(b)) != "0"
 }
 
+// keptCapabilities is the set the daemon keeps once it is serving.
+func keptCapabilities(t testing.TB) uint64 {
+	want := uint64(1)<<capDACReadSearch | 1<<capSysPtrace
+	if bpfNeedsCapability(t) {
+		want |= 1 << capBPF
+	}
+	return want
+}
+
 // TestDaemonKeepsOnlyNeededCapabilities runs the daemon on a real uWSGI
 // pool, as root and with --user nobody, and reads every one of its threads'
 // credentials: only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (and CAP_BPF
@@ -116,10 +125,7 @@ func TestDaemonKeepsOnlyNeededCapabilities(t *testing.T) {
 	if err != nil {
 		skipOrFail(t, "no user nobody: %v", err)
 	}
-	want := uint64(1)<<capDACReadSearch | 1<<capSysPtrace
-	if bpfNeedsCapability(t) {
-		want |= 1 << capBPF
-	}
+	want := keptCapabilities(t)
 	for _, c := range []struct {
 		name     string
 		args     []string
