@@ -187,6 +187,13 @@ func TestRestartLosesNoRequest(t *testing.T) {
 			t.Logf("daemon stopped under load: it was gone after %d of the %d requests", atStop, under.ok)
 
 			down := drive(t, p, 3000, 16, 0) // nobody watching but the pinned programs
+			// A worker dies while the daemon is down and uWSGI replaces it:
+			// the restarted daemon must still know the slot's history.
+			respawned := killAndRespawn(t, p, 2)
+			downAfterKill := drive(t, p, 1000, 16, 0)
+			down.ok += downAfterKill.ok
+			down.received += downAfterKill.received
+			down.sent += downAfterKill.sent
 
 			d2 := startDaemon(t, args...)
 			if !strings.Contains(d2.log.String(), "kept the pinned programs") {
@@ -206,8 +213,11 @@ func TestRestartLosesNoRequest(t *testing.T) {
 					t.Errorf("dropped %s = %d", name, n)
 				}
 			}
-			t.Logf("%d requests (%d under load at the stop, %d while down, %d after), counts equal uWSGI's for all %d workers",
-				total, under.ok, down.ok, after.ok, len(theirs.Workers))
+			if len(ours.Workers) != 4 {
+				t.Errorf("%d slots after the restart, uWSGI has 4", len(ours.Workers))
+			}
+			t.Logf("%d requests (%d under load at the stop, %d while down, %d after), counts equal uWSGI's for all %d workers, slot 2 respawned while down (now pid %d)",
+				total, under.ok, down.ok, after.ok, len(theirs.Workers), respawned)
 		})
 	}
 }
@@ -345,4 +355,38 @@ func bpffsEntries(t testing.TB) []string {
 		return nil
 	})
 	return out
+}
+
+// killAndRespawn kills the worker in uWSGI's slot id with SIGKILL while the
+// pool is quiet and waits until uWSGI has replaced it; it returns the new
+// worker's pid.
+func killAndRespawn(t testing.TB, p *uwsgiPool, id int) int {
+	t.Helper()
+	st, err := readStats(p.stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(st.Workers, func(w observer.Worker) bool { return w.ID == id })
+	if i < 0 {
+		t.Fatalf("uWSGI has no worker %d", id)
+	}
+	old := st.Workers[i].PID
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var fresh int
+	waitFor(t, 20*time.Second, "uWSGI to respawn the killed worker", func() error {
+		st, err := readStats(p.stats)
+		if err != nil {
+			return err
+		}
+		for _, w := range st.Workers {
+			if w.ID == id && w.PID != old && w.PID != 0 {
+				fresh = w.PID
+				return nil
+			}
+		}
+		return fmt.Errorf("worker %d still pid %d", id, old)
+	})
+	return fresh
 }
