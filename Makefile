@@ -68,7 +68,7 @@ fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
 
 .PHONY: test-privileged
 test-privileged: ## only the tests that load eBPF and run real servers (as root)
-	$(GO) test -count=1 -v -run 'UWSGI|Load|Attach|Daemon' ./...
+	$(GO) test -count=1 -v -run 'UWSGI|Gunicorn|Nginx|PHPFPM|Golden|Kernel|Hooks|Pin|BPFFS|Restart|SIGTERM|Cleanup|Daemon|Systemd|Demo|Pidfile|NameFinds|ConfigServes' ./...
 
 .PHONY: install
 install: build ## install the binary, the systemd unit, and /etc/workerstats/workerstats.toml unless it exists
