@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -142,13 +143,25 @@ func demo(ctx context.Context, cmd *cobra.Command, o demoOptions) error {
 	if err := readStatsTo(ctx, os.Stdout, o.stats, readOptions{timeout: 10 * time.Second}); err != nil {
 		return err
 	}
+	var pids []string
+	if kids, err := proc.Children(master.Process.Pid); err == nil {
+		for _, k := range kids {
+			pids = append(pids, strconv.Itoa(k.PID))
+		}
+	}
+	nc := "nc -U " + o.stats
+	if host, port, err := net.SplitHostPort(o.stats); err == nil {
+		nc = "nc " + cmp.Or(strings.Trim(host, "[]"), "127.0.0.1") + " " + port
+	}
 	fmt.Fprintf(os.Stderr, `
-workerstats demo: %d requests sent to a pool of %d workers at http://%s/ (master pid %d).
-Its stats are served on %s:
-  workerstats read %s           (or: uwsgitop %s, nc %s)
-  curl http://%s/5000            (a 5,000-byte answer)
-  kill -9 <a worker pid>         (the master replaces it: see respawn_count)
-`, o.requests, o.workers, poolAddr, master.Process.Pid, o.stats, o.stats, o.stats, strings.Replace(o.stats, ":", " ", 1), poolAddr)
+workerstats demo: %d requests sent to a pool of %d workers (pids %s, master %d) at http://%s/.
+Its stats, above, are served on %s. Try, from another terminal:
+  workerstats read %s
+  %s
+  curl http://%s/5000
+  kill -9 %s        (the master replaces the worker: see its slot's respawn_count)
+`, o.requests, o.workers, strings.Join(pids, ", "), master.Process.Pid, poolAddr, o.stats, o.stats,
+		nc, poolAddr, cmp.Or(strings.Join(pids[:min(1, len(pids))], ""), "WORKER_PID"))
 	if o.exit {
 		stopServe()
 		return <-served
