@@ -422,36 +422,7 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 		}
 		args = append(args, binPath, "serve", "--mode", "ebpf", "--pid", strconv.Itoa(pool.Process.Pid), "--stats", sock)
 		args = append(args, extra...)
-		d := &daemon{addr: sock, log: &bytes.Buffer{}, exited: make(chan error, 1)}
-		d.cmd = exec.Command(setpriv, args...)
-		d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-		if err := d.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() { d.exited <- d.cmd.Wait() }()
-		t.Cleanup(func() {
-			d.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-d.exited:
-			case <-time.After(10 * time.Second):
-				d.cmd.Process.Kill()
-				<-d.exited
-			}
-			if t.Failed() {
-				t.Logf("workerstats %v log:\n%s", caps, d.log.String())
-			}
-		})
-		waitFor(t, 30*time.Second, "workerstats to serve stats", func() error {
-			select {
-			case err := <-d.exited:
-				d.exited <- err
-				t.Fatalf("workerstats with %v exited early (%v):\n%s", caps, err, d.log.String())
-			default:
-			}
-			_, err := readStats(sock)
-			return err
-		})
-		return d
+		return runDaemon(t, sock, exec.Command(setpriv, args...))
 	}
 	hasListener := func(st *observer.Stats) bool {
 		for _, s := range st.Sockets {

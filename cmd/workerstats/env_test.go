@@ -160,7 +160,6 @@ func startDaemon(t testing.TB, args ...string) *daemon {
 // in args (it is in a --config file).
 func startDaemonAt(t testing.TB, addr string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{log: &bytes.Buffer{}, exited: make(chan error, 1), addr: addr}
 	// Daemons run at once must not share the default pins: a test that
 	// pins gives its own --pin-path.
 	pins := false
@@ -170,7 +169,15 @@ func startDaemonAt(t testing.TB, addr string, args ...string) *daemon {
 	if !pins {
 		args = append(args[:len(args):len(args)], "--no-pin")
 	}
-	d.cmd = exec.Command(binPath, append([]string{"serve"}, args...)...)
+	return runDaemon(t, addr, exec.Command(binPath, append([]string{"serve"}, args...)...))
+}
+
+// runDaemon starts cmd, a `workerstats serve` (possibly under a wrapper
+// such as setpriv), stops it with SIGTERM at cleanup, and waits until its
+// stats socket addr answers.
+func runDaemon(t testing.TB, addr string, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	d := &daemon{log: &bytes.Buffer{}, exited: make(chan error, 1), addr: addr, cmd: cmd}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -182,9 +189,10 @@ func startDaemonAt(t testing.TB, addr string, args ...string) *daemon {
 		case <-d.exited:
 		case <-time.After(10 * time.Second):
 			d.cmd.Process.Kill()
+			<-d.exited
 		}
 		if t.Failed() {
-			t.Logf("workerstats log:\n%s", d.log.String())
+			t.Logf("workerstats (%s) log:\n%s", strings.Join(d.cmd.Args, " "), d.log.String())
 		}
 	})
 	waitFor(t, 30*time.Second, "workerstats to serve stats", func() error {
