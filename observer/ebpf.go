@@ -428,6 +428,38 @@ func (e *EBPF) Unwatch(master int) error {
 	return e.Forget(master)
 }
 
+// Prune removes from the kernel map every master not in watched, and its
+// workers: pinned maps outlive the daemon, so a master watched by an
+// earlier run (a pool since dropped from the config, or restarted while no
+// daemon ran) would otherwise stay counted and fill the map. It returns how
+// many entries went.
+func (e *EBPF) Prune(watched map[int]bool) (int, error) {
+	var (
+		pid  uint32
+		v    bpf.ObserverWorker
+		drop []uint32
+	)
+	it := e.objs.Workers.Iterate()
+	for it.Next(&pid, &v) {
+		owner := int(v.Master)
+		if v.Role == roleMaster {
+			owner = int(pid)
+		}
+		if !watched[owner] {
+			drop = append(drop, pid)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("iterate workers map: %w", err)
+	}
+	for _, pid := range drop {
+		if err := e.Forget(int(pid)); err != nil {
+			return 0, fmt.Errorf("drop pid %d from the workers map: %w", pid, err)
+		}
+	}
+	return len(drop), nil
+}
+
 // counter sums one per-CPU counter.
 func (e *EBPF) counter(c bpf.ObserverCounter) uint64 {
 	var per []uint64

@@ -335,3 +335,34 @@ func TestHooksUnavailableIsOneClearError(t *testing.T) {
 		t.Logf("this kernel's sendfile bypasses sock_sendmsg: auto picks the syscall hooks")
 	}
 }
+
+// TestPruneDropsUnwatchedMasters: entries an earlier run left in pinned
+// maps for masters no pool watches now go; the watched master's stay.
+func TestPruneDropsUnwatchedMasters(t *testing.T) {
+	requireEBPF(t)
+	k, err := LoadEBPF(EBPFOptions{Hooks: HooksSyscall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	// Pids above the kernel's pid_max: no process can have them.
+	old, cur := Proc{PID: 1 << 23, StartTicks: 1}, Proc{PID: 1<<23 + 10, StartTicks: 2}
+	if err := k.Watch(old, []Proc{{PID: old.PID + 1, StartTicks: 3}, {PID: old.PID + 2, StartTicks: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Watch(cur, []Proc{{PID: cur.PID + 1, StartTicks: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	defer k.Unwatch(cur.PID)
+	n, err := k.Prune(map[int]bool{cur.PID: true})
+	if err != nil || n != 3 {
+		t.Fatalf("Prune = %d, %v; want the old master and its 2 workers", n, err)
+	}
+	ws, err := k.Workers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ws) != 1 || ws[0].PID != cur.PID+1 || ws[0].Master != cur.PID {
+		t.Errorf("workers left: %+v, want only %d of master %d", ws, cur.PID+1, cur.PID)
+	}
+}

@@ -100,6 +100,18 @@ func (p *Pool) Start(ctx context.Context) error {
 	return p.locate()
 }
 
+// Masters returns the masters whose workers the pool counts: the current
+// one and any earlier one with workers left.
+func (p *Pool) Masters() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]int, 0, len(p.masters))
+	for m := range p.masters {
+		out = append(out, m)
+	}
+	return out
+}
+
 // Waiting says why the pool has no master, or "" when it has one.
 func (p *Pool) Waiting() string {
 	p.mu.Lock()

@@ -234,6 +234,19 @@ func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
 			sp.srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 		}
 	}
+	if ebpfK != nil {
+		watched := map[int]bool{}
+		for _, sp := range pools {
+			for _, m := range sp.pool.Masters() {
+				watched[m] = true
+			}
+		}
+		if n, err := ebpfK.Prune(watched); err != nil {
+			log.Warn("cannot drop unwatched masters from the pinned maps", "error", err)
+		} else if n > 0 {
+			log.Info("dropped kernel entries of masters no pool watches (left by an earlier run)", "entries", n)
+		}
+	}
 	// Attached and bound: keep only what the running daemon needs.
 	if err := o.host.dropPrivileges(ebpfK, log); err != nil {
 		return err
