@@ -162,22 +162,7 @@ func TestBuildVersion(t *testing.T) {
 // uWSGI's raw stats socket, and returns its address.
 func fakeStatsServer(t *testing.T, dump string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(dump))
-			c.Close()
-		}
-	}()
-	return ln.Addr().String()
+	return tcpServer(t, func(c net.Conn) { c.Write([]byte(dump)) })
 }
 
 // run runs the binary and returns its stdout and stderr apart.

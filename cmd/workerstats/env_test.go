@@ -208,6 +208,31 @@ func runDaemon(t testing.TB, addr string, cmd *exec.Cmd) *daemon {
 	return d
 }
 
+// tcpServer listens on a loopback port until the test ends, runs handle on
+// each connection in its own goroutine, closes the connection after it, and
+// returns the address.
+func tcpServer(t testing.TB, handle func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // runCommand runs the workerstats binary to completion.
 func runCommand(args ...string) (string, error) {
 	cmd := exec.Command(binPath, args...)

@@ -577,27 +577,13 @@ func TestUWSGIUnixSocketMatchesOwnStats(t *testing.T) {
 // TestUWSGIOutboundNotCounted: every request makes the worker open its own
 // TCP connection and move 1,100 bytes on it; tx still equals uWSGI's.
 func TestUWSGIOutboundNotCounted(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 100)
-				if _, err := io.ReadFull(c, buf); err == nil {
-					c.Write(bytes.Repeat([]byte("r"), 1000))
-				}
-			}()
+	peer := tcpServer(t, func(c net.Conn) {
+		buf := make([]byte, 100)
+		if _, err := io.ReadFull(c, buf); err == nil {
+			c.Write(bytes.Repeat([]byte("r"), 1000))
 		}
-	}()
-	comparePool(t, uwsgiOptions{processes: 4, env: []string{"OUTBOUND=" + ln.Addr().String()}}, 5000, 100)
+	})
+	comparePool(t, uwsgiOptions{processes: 4, env: []string{"OUTBOUND=" + peer}}, 5000, 100)
 }
 
 // TestUWSGIRespawnedWorkerCounted: a worker killed and respawned by the
