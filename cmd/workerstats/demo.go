@@ -67,6 +67,9 @@ func demo(ctx context.Context, cmd *cobra.Command, o demoOptions) error {
 	if o.requests < 0 {
 		return fmt.Errorf("--requests %d must not be negative", o.requests)
 	}
+	if o.workers < 1 || o.workers > demoMaxWorkers {
+		return fmt.Errorf("--workers %d: want 1 to %d", o.workers, demoMaxWorkers)
+	}
 	if _, err := statsock.ParseAddr(o.stats); err != nil {
 		return err
 	}

@@ -23,8 +23,9 @@ import (
 // is `workerstats demo-pool` (hidden), started by `workerstats demo`.
 
 const (
-	demoRoleEnv  = "WORKERSTATS_DEMO_ROLE" // "worker" in a worker process
-	demoListenFD = 3                       // the inherited socket (ExtraFiles[0])
+	demoRoleEnv    = "WORKERSTATS_DEMO_ROLE" // "worker" in a worker process
+	demoListenFD   = 3                       // the inherited socket (ExtraFiles[0])
+	demoMaxWorkers = 64
 )
 
 func newDemoPoolCmd() *cobra.Command {
@@ -52,8 +53,8 @@ func newDemoPoolCmd() *cobra.Command {
 // demoMaster binds the socket, prints its address on stdout, keeps workers
 // running until ctx ends, then stops them.
 func demoMaster(ctx context.Context, listen string, workers int) error {
-	if workers < 1 || workers > 64 {
-		return fmt.Errorf("--workers %d: want 1 to 64", workers)
+	if workers < 1 || workers > demoMaxWorkers {
+		return fmt.Errorf("--workers %d: want 1 to %d", workers, demoMaxWorkers)
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
