@@ -588,8 +588,9 @@ func TestReadErrors(t *testing.T) {
 	}
 }
 
-// Read gives up at the context's deadline on a server that never answers.
-func TestReadHonoursDeadline(t *testing.T) {
+// silentServer accepts connections and holds them open without a byte.
+func silentServer(t *testing.T) net.Listener {
+	t.Helper()
 	ln := listen(t, "127.0.0.1:0", ListenOptions{})
 	go func() {
 		for {
@@ -600,6 +601,12 @@ func TestReadHonoursDeadline(t *testing.T) {
 			defer c.Close() // held open, silent
 		}
 	}()
+	return ln
+}
+
+// Read gives up at the context's deadline on a server that never answers.
+func TestReadHonoursDeadline(t *testing.T) {
+	ln := silentServer(t)
 	for _, addr := range []string{target(ln), "http://" + target(ln) + "/"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		start := time.Now()
@@ -616,16 +623,7 @@ func TestReadHonoursDeadline(t *testing.T) {
 
 // Read returns when its context is cancelled, even without a deadline.
 func TestReadHonoursCancel(t *testing.T) {
-	ln := listen(t, "127.0.0.1:0", ListenOptions{})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open, silent
-		}
-	}()
+	ln := silentServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	done := make(chan error, 1)
