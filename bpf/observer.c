@@ -39,7 +39,7 @@ enum role {
 
 /* Per-process entry, keyed by tgid: a threaded worker is one worker. */
 struct worker {
-	__u32 role;
+	enum role role;    /* 4 bytes, as __u32 */
 	__u32 master;       /* tgid of the master, for workers */
 	__u64 start_ns;     /* task start_boottime, ns: (pid, start) identifies a process */
 	__u64 exit_ns;      /* 0 while alive; bpf_ktime_get_ns() at exit */

@@ -41,9 +41,16 @@ type ObserverInflight struct {
 	Pad uint32
 }
 
+type ObserverRole uint32
+
+const (
+	ObserverRoleROLE_MASTER ObserverRole = 1
+	ObserverRoleROLE_WORKER ObserverRole = 2
+)
+
 type ObserverWorker struct {
 	_          structs.HostLayout
-	Role       uint32
+	Role       ObserverRole
 	Master     uint32
 	StartNs    uint64
 	ExitNs     uint64

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // dumpWorkers is the pool size of BenchmarkDump1024Workers.
@@ -143,13 +145,13 @@ func dumpPool(b *testing.B, n int, listenerInode uint64) *Pool {
 			rssPages: 3000 + uint64(i), vszPages: 40000 + uint64(i), uid: 33, gid: 33}, ino)
 	}
 	k := newFakeKernel()
-	p := &Pool{Target: Target{PID: master}, Proc: Procfs{Root: root}, Kernel: k, Log: discardLog(), MaxAge: 0}
+	p := &Pool{Target: Target{PID: master}, Proc: Procfs{Root: root}, Kernel: k, Log: testutil.NewLog(b).Logger, MaxAge: 0}
 	if err := p.Start(context.Background()); err != nil {
 		b.Fatal(err)
 	}
 	for i, pid := range kids {
 		r := uint64(1000 + 37*i)
-		c := Counters{PID: pid, Master: master, Start: ticksToNs(1000 + uint64(i)),
+		c := Counters{PID: pid, Master: master, Start: TicksToNs(1000 + uint64(i)),
 			Accepts: r + 1, Requests: r, Closes: r, RX: r * 180, TX: r * 16543,
 			RunNs: r * 812_345, AvgRTNs: 734_567 + uint64(i)}
 		if i%8 == 0 {

@@ -26,7 +26,7 @@ type Counters struct {
 	// running average of it (avg = (avg + rt) / 2), both in nanoseconds.
 	RunNs      uint64
 	AvgRTNs    uint64
-	InProgress int64 // requests in progress: received and not answered, or being answered (see ResponseIdle)
+	InProgress int64 // requests in progress: received and not answered, or being answered (see ResponseIdle in observer/ebpfkernel)
 }
 
 // Proc is a process as procfs shows it.
@@ -38,7 +38,8 @@ type Proc struct {
 }
 
 // Kernel is what the aggregator needs from the in-kernel counters. The eBPF
-// observer implements it; tests use a fake.
+// observer (observer/ebpfkernel) and ProcfsKernel implement it; tests use a
+// fake.
 type Kernel interface {
 	// Watch starts counting for master and its current workers. Workers the
 	// master forks later are added by the kernel itself.
@@ -62,8 +63,8 @@ type Kernel interface {
 // 100 on every Linux architecture workerstats targets.
 const ticksPerSecond = 100
 
-// nsToTicks converts a kernel start_boottime to /proc's clock ticks.
-func nsToTicks(ns uint64) uint64 { return ns / (1e9 / ticksPerSecond) }
+// NsToTicks converts a kernel start_boottime to /proc's clock ticks.
+func NsToTicks(ns uint64) uint64 { return ns / (1e9 / ticksPerSecond) }
 
-// ticksToNs converts /proc's clock ticks to nanoseconds since boot.
-func ticksToNs(t uint64) uint64 { return t * (1e9 / ticksPerSecond) }
+// TicksToNs converts /proc's clock ticks to nanoseconds since boot.
+func TicksToNs(t uint64) uint64 { return t * (1e9 / ticksPerSecond) }

@@ -247,7 +247,7 @@ func (p *Pool) replay(m Proc) error {
 		return evs[i].c.PID < evs[j].c.PID
 	})
 	for _, e := range evs {
-		proc := Proc{PID: e.c.PID, StartTicks: nsToTicks(e.c.Start)}
+		proc := Proc{PID: e.c.PID, StartTicks: NsToTicks(e.c.Start)}
 		if !e.exit {
 			if p.live[proc] == nil {
 				if s := p.place(proc); e.c.Spawns > 0 {
@@ -425,7 +425,7 @@ func (p *Pool) refresh() error {
 		s.lastSeen = false
 	}
 	for _, c := range mine {
-		proc := Proc{PID: c.PID, StartTicks: nsToTicks(c.Start)}
+		proc := Proc{PID: c.PID, StartTicks: NsToTicks(c.Start)}
 		s := p.live[proc]
 		if c.Exited {
 			if p.history[proc] {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // removeProc takes a process out of a fixture tree: it exited.
@@ -170,7 +171,7 @@ func TestPoolWaitsForMaster(t *testing.T) {
 		worker(4001, 1000, 1200, 40000))
 	pidfile := filepath.Join(t.TempDir(), "app.pid")
 	k := newFakeKernel()
-	p := &Pool{Target: Target{PIDFile: pidfile}, Proc: fs, Kernel: k, Log: discardLog()}
+	p := &Pool{Target: Target{PIDFile: pidfile}, Proc: fs, Kernel: k, Log: testutil.NewLog(t).Logger}
 	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
 		t.Fatalf("Start: %v, want ErrNoTarget", err)
 	}
@@ -200,7 +201,7 @@ func TestPoolReloadOverlapKeepsSlots(t *testing.T) {
 	fresh := []int{4101, 4102, 4103}
 	for i, pid := range fresh {
 		addProc(t, p.Proc.Root, worker(pid, uint64(8000+i), 1000, 40000))
-		k.set(Counters{PID: pid, Master: testMaster, Start: ticksToNs(uint64(8000 + i)), Requests: 1})
+		k.set(Counters{PID: pid, Master: testMaster, Start: TicksToNs(uint64(8000 + i)), Requests: 1})
 	}
 	st := snapshot(t, p)
 	if ids, _ := slotPIDs(st); !equalInts(ids, []int{1, 2, 3, 4, 5, 6}) {
@@ -237,7 +238,7 @@ func TestPoolReloadOverlapKeepsSlots(t *testing.T) {
 	// A later respawn takes a freed slot again and opens none.
 	k.update(4101, func(c *Counters) { c.Exited = true })
 	addProc(t, p.Proc.Root, worker(4200, 9500, 1000, 40000))
-	k.set(Counters{PID: 4200, Master: testMaster, Start: ticksToNs(9500)})
+	k.set(Counters{PID: 4200, Master: testMaster, Start: TicksToNs(9500)})
 	st = snapshot(t, p)
 	if ids, pids := slotPIDs(st); !equalInts(ids, []int{1, 2, 3}) || pids[1] != 4200 {
 		t.Errorf("respawn after the reload: slots %v pids %v", ids, pids)
@@ -283,23 +284,23 @@ func TestPoolRestartRebuildsSlots(t *testing.T) {
 	k.update(4002, func(c *Counters) { c.Requests, c.TX = 20, 200 })
 	snapshot(t, p)
 	// 4001 (slot 1) exits and 4007 replaces it, seen by the first daemon.
-	k.update(4001, func(c *Counters) { c.Requests, c.Exited, c.ExitNs = 11, true, ticksToNs(8000) })
+	k.update(4001, func(c *Counters) { c.Requests, c.Exited, c.ExitNs = 11, true, TicksToNs(8000) })
 	addProc(t, p.Proc.Root, worker(4007, 9000, 1000, 40000))
-	k.set(Counters{PID: 4007, Master: testMaster, Start: ticksToNs(9000), Requests: 4, TX: 40})
+	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000), Requests: 4, TX: 40})
 	before := snapshot(t, p)
 
 	// The daemon stops. Meanwhile 4003 (slot 2) exits and 4020 replaces
 	// it, and the others serve more.
-	k.update(4003, func(c *Counters) { c.Requests, c.Exited, c.ExitNs = 33, true, ticksToNs(9500) })
+	k.update(4003, func(c *Counters) { c.Requests, c.Exited, c.ExitNs = 33, true, TicksToNs(9500) })
 	removeProc(t, p.Proc.Root, 4001, 4003)
 	addProc(t, p.Proc.Root, fakeProc{pid: testMaster, ppid: 1, comm: "uwsgi (master)", startTicks: 900,
 		tasks: map[int][]int{testMaster: {4007, 4002, 4020}}})
 	addProc(t, p.Proc.Root, worker(4020, 9600, 1000, 40000))
-	k.set(Counters{PID: 4020, Master: testMaster, Start: ticksToNs(9600), Requests: 2, TX: 20})
+	k.set(Counters{PID: 4020, Master: testMaster, Start: TicksToNs(9600), Requests: 2, TX: 20})
 	k.update(4007, func(c *Counters) { c.Requests = 6 })
 
 	// A new daemon on the same kernel maps.
-	q := &Pool{Target: Target{PID: testMaster}, Proc: p.Proc, Kernel: k, Log: discardLog()}
+	q := &Pool{Target: Target{PID: testMaster}, Proc: p.Proc, Kernel: k, Log: testutil.NewLog(t).Logger}
 	if err := q.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +332,7 @@ func TestPoolRestartRebuildsSlots(t *testing.T) {
 func TestProcfsPoolWaitsForMaster(t *testing.T) {
 	fs := newProcfs(t)
 	pidfile := filepath.Join(t.TempDir(), "app.pid")
-	p := &Pool{Target: Target{PIDFile: pidfile}, Proc: fs, Kernel: &ProcfsKernel{Proc: fs, Reason: "test"}, Log: discardLog()}
+	p := &Pool{Target: Target{PIDFile: pidfile}, Proc: fs, Kernel: &ProcfsKernel{Proc: fs, Reason: "test"}, Log: testutil.NewLog(t).Logger}
 	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
 		t.Fatalf("Start: %v, want ErrNoTarget", err)
 	}

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"os"
 	"reflect"
 	"sort"
@@ -14,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // fakeKernel is an in-memory Kernel: tests set what the kernel counted and
@@ -54,7 +54,7 @@ func (k *fakeKernel) Watch(master Proc, workers []Proc) error {
 	k.watched, k.master, k.initial = true, master, append([]Proc(nil), workers...)
 	for _, w := range workers {
 		if _, ok := k.counters[w.PID]; !ok {
-			k.counters[w.PID] = Counters{PID: w.PID, Master: master.PID, Start: ticksToNs(w.StartTicks)}
+			k.counters[w.PID] = Counters{PID: w.PID, Master: master.PID, Start: TicksToNs(w.StartTicks)}
 		}
 	}
 	return nil
@@ -152,7 +152,7 @@ func testPool(t *testing.T) (*Pool, *fakeKernel) {
 		worker(4003, 1234, 1400, 42000),
 	)
 	k := newFakeKernel()
-	p := &Pool{Target: Target{PID: testMaster}, Proc: fs, Kernel: k, Log: discardLog()}
+	p := &Pool{Target: Target{PID: testMaster}, Proc: fs, Kernel: k, Log: testutil.NewLog(t).Logger}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -163,8 +163,6 @@ func worker(pid int, startTicks, rssPages, vszPages uint64) fakeProc {
 	return fakeProc{pid: pid, ppid: testMaster, comm: "uwsgi (worker)", startTicks: startTicks,
 		rssPages: rssPages, vszPages: vszPages, uid: 1000, gid: 2000}
 }
-
-func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func snapshot(t *testing.T, p *Pool) *Stats {
 	t.Helper()
@@ -210,7 +208,7 @@ func TestPoolStartWatchesChildrenInStartOrder(t *testing.T) {
 }
 
 func TestPoolStartMissingMaster(t *testing.T) {
-	p := &Pool{Target: Target{PID: 4242}, Proc: newProcfs(t), Kernel: newFakeKernel(), Log: discardLog()}
+	p := &Pool{Target: Target{PID: 4242}, Proc: newProcfs(t), Kernel: newFakeKernel(), Log: testutil.NewLog(t).Logger}
 	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
 		t.Fatalf("Start with a missing master: err = %v, want ErrNoTarget", err)
 	}
@@ -218,10 +216,10 @@ func TestPoolStartMissingMaster(t *testing.T) {
 
 func TestPoolSnapshotSchema(t *testing.T) {
 	p, k := testPool(t)
-	k.set(Counters{PID: 4001, Master: testMaster, Start: ticksToNs(1000),
+	k.set(Counters{PID: 4001, Master: testMaster, Start: TicksToNs(1000),
 		Accepts: 12, Requests: 10, Closes: 11, RX: 7000, TX: 50000,
 		RunNs: 2_500_000, AvgRTNs: 123_456, InProgress: 1})
-	k.set(Counters{PID: 4003, Master: testMaster, Start: ticksToNs(1234),
+	k.set(Counters{PID: 4003, Master: testMaster, Start: TicksToNs(1234),
 		Accepts: 3, Requests: 3, Closes: 3, RX: 900, TX: 3000,
 		RunNs: 999_999, AvgRTNs: 5_000})
 	st := snapshot(t, p)
@@ -347,7 +345,7 @@ func TestPoolRespawnKeepsSlot(t *testing.T) {
 		c.Exited = true
 	})
 	addProc(t, p.Proc.Root, worker(4007, 9000, 1100, 39000))
-	k.set(Counters{PID: 4007, Master: testMaster, Start: ticksToNs(9000),
+	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000),
 		Requests: 5, TX: 300, RX: 50, RunNs: 1_000_000, Accepts: 5, Closes: 4, InProgress: 1})
 
 	for _, round := range []string{"after respawn", "next snapshot"} {
@@ -393,7 +391,7 @@ func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
 
 	// The master forked 4009, which served 3 requests and exited before the
 	// next read.
-	k.set(Counters{PID: 4009, Master: testMaster, Start: ticksToNs(5000), Exited: true,
+	k.set(Counters{PID: 4009, Master: testMaster, Start: TicksToNs(5000), Exited: true,
 		Requests: 3, TX: 900, RX: 80, RunNs: 3_000_000, AvgRTNs: 1_000_000, Accepts: 3, Closes: 3})
 
 	for _, round := range []string{"first seen", "next snapshot"} {
@@ -417,7 +415,7 @@ func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
 
 	// The next worker the master spawns takes the free slot.
 	addProc(t, p.Proc.Root, worker(4011, 6000, 1000, 40000))
-	k.set(Counters{PID: 4011, Master: testMaster, Start: ticksToNs(6000), Requests: 2, TX: 100})
+	k.set(Counters{PID: 4011, Master: testMaster, Start: TicksToNs(6000), Requests: 2, TX: 100})
 	st := snapshot(t, p)
 	if len(st.Workers) != 4 {
 		t.Fatalf("%d workers, want 4", len(st.Workers))
@@ -431,7 +429,7 @@ func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
 	// Its successor exits too and is replaced: the slot sums all three.
 	k.update(4011, func(c *Counters) { c.Requests, c.TX, c.Exited = 4, 200, true })
 	addProc(t, p.Proc.Root, worker(4013, 7000, 1000, 40000))
-	k.set(Counters{PID: 4013, Master: testMaster, Start: ticksToNs(7000), Requests: 1, TX: 10})
+	k.set(Counters{PID: 4013, Master: testMaster, Start: TicksToNs(7000), Requests: 1, TX: 10})
 	st = snapshot(t, p)
 	w = workerBySlot(t, st, 4)
 	if len(st.Workers) != 4 || w.PID != 4013 || w.RespawnCount != 3 || w.Requests != 8 || w.DeltaRequests != 1 || w.TX != 1110 {
@@ -446,8 +444,8 @@ func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
 
 func TestPoolIgnoresOtherMasters(t *testing.T) {
 	p, k := testPool(t)
-	k.set(Counters{PID: 5001, Master: 5000, Start: ticksToNs(2000), Requests: 99, InProgress: 1})
-	k.set(Counters{PID: 5002, Master: 5000, Start: ticksToNs(2100), Requests: 42, Exited: true})
+	k.set(Counters{PID: 5001, Master: 5000, Start: TicksToNs(2000), Requests: 99, InProgress: 1})
+	k.set(Counters{PID: 5002, Master: 5000, Start: TicksToNs(2100), Requests: 42, Exited: true})
 	for range 2 {
 		st := snapshot(t, p)
 		if len(st.Workers) != 3 {
@@ -524,7 +522,7 @@ func TestPoolSnapshotJSONNumbersAreIntegers(t *testing.T) {
 	// Nanosecond values that do not divide evenly into microseconds.
 	k.update(4001, func(c *Counters) { c.Requests, c.RunNs, c.AvgRTNs, c.TX, c.InProgress = 3, 1_999_999, 333_333, 1, 2 })
 	k.update(4003, func(c *Counters) { c.RunNs, c.AvgRTNs = 1, 999 })
-	k.set(Counters{PID: 4012, Master: testMaster, Start: ticksToNs(7777), Exited: true, Requests: 1, RunNs: 1_500})
+	k.set(Counters{PID: 4012, Master: testMaster, Start: TicksToNs(7777), Exited: true, Requests: 1, RunNs: 1_500})
 	st := snapshot(t, p)
 	b, err := json.MarshalIndent(st, "", "\t")
 	if err != nil {

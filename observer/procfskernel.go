@@ -65,10 +65,10 @@ func (k *ProcfsKernel) Workers() ([]Counters, error) {
 	}
 	out := make([]Counters, 0, len(now)+len(k.gone))
 	for _, w := range k.gone {
-		out = append(out, Counters{PID: w.PID, Master: k.master.PID, Start: ticksToNs(w.StartTicks), Exited: true})
+		out = append(out, Counters{PID: w.PID, Master: k.master.PID, Start: TicksToNs(w.StartTicks), Exited: true})
 	}
 	for _, w := range kids {
-		out = append(out, Counters{PID: w.PID, Master: k.master.PID, Start: ticksToNs(w.StartTicks), InProgress: int64(busy[w.PID])})
+		out = append(out, Counters{PID: w.PID, Master: k.master.PID, Start: TicksToNs(w.StartTicks), InProgress: int64(busy[w.PID])})
 	}
 	return out, nil
 }

@@ -7,14 +7,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 )
 
 // procfs mode follows a real pool with no eBPF and no root: workers and
 // their memory, the pool's socket, busy while a worker holds an accepted
 // connection, and a replaced worker taking its predecessor's slot.
 func TestProcfsKernelFollowsPool(t *testing.T) {
-	pool := startForkPool(t, 2, "")
-	p := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: &ProcfsKernel{Proc: Procfs{Root: "/proc"}, Reason: "test"}}
+	pool := forkpool.Start(t, 2, "")
+	p := &Pool{Target: Target{PID: pool.Master}, Proc: Procfs{Root: "/proc"}, Kernel: &ProcfsKernel{Proc: Procfs{Root: "/proc"}, Reason: "test"}}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -35,12 +37,12 @@ func TestProcfsKernelFollowsPool(t *testing.T) {
 			t.Errorf("worker %+v: want memory filled, idle, no counters, respawn_count 1", w)
 		}
 	}
-	if len(st.Sockets) != 1 || st.Sockets[0].Name != pool.addr {
-		t.Errorf("sockets %+v, want the pool's listener %s", st.Sockets, pool.addr)
+	if len(st.Sockets) != 1 || st.Sockets[0].Name != pool.Addr {
+		t.Errorf("sockets %+v, want the pool's listener %s", st.Sockets, pool.Addr)
 	}
 
 	// A request in progress: the worker holding it is busy.
-	c, err := net.Dial("tcp", pool.addr)
+	c, err := net.Dial("tcp", pool.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +60,7 @@ func TestProcfsKernelFollowsPool(t *testing.T) {
 	victim := st.Workers[0]
 	syscall.Kill(victim.PID, syscall.SIGKILL)
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		kids, _ := (Procfs{Root: "/proc"}).Children(pool.master)
+		kids, _ := (Procfs{Root: "/proc"}).Children(pool.Master)
 		if len(kids) == 1 {
 			break
 		}
@@ -66,8 +68,8 @@ func TestProcfsKernelFollowsPool(t *testing.T) {
 			t.Fatal("killed worker still listed")
 		}
 	}
-	syscall.Kill(pool.master, syscall.SIGUSR1)
-	pool.waitWorkers(t, 2)
+	syscall.Kill(pool.Master, syscall.SIGUSR1)
+	pool.WaitWorkers(t, 2)
 	var w Worker
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if w = snap().Workers[0]; w.PID != victim.PID && w.RespawnCount == 2 {

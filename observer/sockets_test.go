@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // requireSockDiag skips the test when this machine cannot answer sock_diag
 // requests for the test's own sockets, or fails it when
-// WORKERSTATS_REQUIRE_PRIVILEGED is set. sock_diag dumps need no privilege on
+// testutil.RequirePrivilegedEnv is set. sock_diag dumps need no privilege on
 // Linux (ss works for any user), so a skip here means a restricted sandbox.
 func requireSockDiag(t *testing.T) {
 	t.Helper()
@@ -30,11 +32,7 @@ func requireSockDiag(t *testing.T) {
 		!errors.Is(err, unix.EPROTONOSUPPORT) && !errors.Is(err, unix.EAFNOSUPPORT) {
 		t.Fatalf("ListeningSockets of the test process: %v", err)
 	}
-	reason := fmt.Sprintf("sock_diag is not available to this process: %v", err)
-	if os.Getenv("WORKERSTATS_REQUIRE_PRIVILEGED") != "" {
-		t.Fatalf("WORKERSTATS_REQUIRE_PRIVILEGED is set but: %s", reason)
-	}
-	t.Skip(reason)
+	testutil.SkipOrFail(t, "sock_diag is not available to this process: %v", err)
 }
 
 // somaxconn returns net.core.somaxconn, which caps every listen backlog.

@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"testing"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // ipv6Loopback reports whether [::1] can be listened on here.
@@ -54,7 +56,7 @@ func TestEveryAddressForm(t *testing.T) {
 			}
 			t.Run(form.name+"/"+mode, func(t *testing.T) {
 				if form.needV6 && !v6 {
-					t.Skipf("IPv6 loopback unavailable here: %v", v6err)
+					testutil.SkipOrFail(t, "IPv6 loopback unavailable here: %v", v6err)
 				}
 				addr := form.addr(t)
 				a := mustParse(t, addr)

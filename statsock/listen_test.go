@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // withUmask runs the test under a umask; with 0 a socket would be created
@@ -102,20 +104,18 @@ func TestListenUnixMode(t *testing.T) {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: only root can give a file away (chown) or test access as another user")
-	}
+	testutil.RequireRoot(t, "give a file away (chown) and test access as another user")
 }
 
 func lookupIDs(t *testing.T, userName, groupName string) (uid, gid, userGid int) {
 	t.Helper()
 	u, err := user.Lookup(userName)
 	if err != nil {
-		t.Skipf("no user %q on this host: %v", userName, err)
+		testutil.SkipOrFail(t, "no user %q on this host: %v", userName, err)
 	}
 	g, err := user.LookupGroup(groupName)
 	if err != nil {
-		t.Skipf("no group %q on this host: %v", groupName, err)
+		testutil.SkipOrFail(t, "no group %q on this host: %v", groupName, err)
 	}
 	uid, _ = strconv.Atoi(u.Uid)
 	gid, _ = strconv.Atoi(g.Gid)

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // deadline bounds every wait in these tests; nothing should come near it.
@@ -58,8 +59,6 @@ func sockPath(t testing.TB) string {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return filepath.Join(dir, "stats.sock")
 }
-
-func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // mustParse parses a stats address or fails the test.
 func mustParse(t testing.TB, s string) Addr {
@@ -116,7 +115,7 @@ func network(ln net.Listener) string { return ln.Addr().Network() }
 func startServer(t testing.TB, s *Server, ln net.Listener) (stop func() error) {
 	t.Helper()
 	if s.Log == nil {
-		s.Log = discardLog()
+		s.Log = testutil.NewLog(t).Logger
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -313,7 +312,9 @@ func TestServeReturnsAfterCancelTCP(t *testing.T) {
 func TestServeListenerClosedUnderIt(t *testing.T) {
 	ln := listen(t, "127.0.0.1:0", ListenOptions{})
 	done := make(chan error, 1)
-	go func() { done <- (&Server{Source: counting(), Log: discardLog()}).Serve(context.Background(), ln) }()
+	go func() {
+		done <- (&Server{Source: counting(), Log: testutil.NewLog(t).Logger}).Serve(context.Background(), ln)
+	}()
 	read(t, target(ln))
 	ln.Close()
 	select {
@@ -465,7 +466,7 @@ func TestServeSurvivesTransientAcceptError(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
-	go func() { served <- (&Server{Source: counting(), Log: discardLog()}).Serve(ctx, fl) }()
+	go func() { served <- (&Server{Source: counting(), Log: testutil.NewLog(t).Logger}).Serve(ctx, fl) }()
 
 	got := make(chan []byte, 1)
 	go func() {

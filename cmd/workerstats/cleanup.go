@@ -7,8 +7,7 @@ import (
 	"io/fs"
 
 	"github.com/spf13/cobra"
-
-	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 func newCleanupCmd() *cobra.Command {
@@ -34,11 +33,11 @@ daemon runs with those pins. It needs root.`,
 					return errors.New("--all and --pin-path exclude each other")
 				}
 				var err error
-				if dirs, err = observer.PinDirs(); err != nil {
-					return cleanupError(observer.DefaultPinRoot, err)
+				if dirs, err = ebpfkernel.PinDirs(); err != nil {
+					return cleanupError(ebpfkernel.DefaultPinRoot, err)
 				}
 				if len(dirs) == 0 {
-					fmt.Fprintf(cmd.OutOrStdout(), "nothing is pinned under %s\n", observer.DefaultPinRoot)
+					fmt.Fprintf(cmd.OutOrStdout(), "nothing is pinned under %s\n", ebpfkernel.DefaultPinRoot)
 					return nil
 				}
 			}
@@ -46,16 +45,16 @@ daemon runs with those pins. It needs root.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&pinPath, "pin-path", observer.DefaultPinPath, "the daemon's --pin-path")
-	f.BoolVar(&all, "all", false, "every daemon's pins under "+observer.DefaultPinRoot)
+	f.StringVar(&pinPath, "pin-path", ebpfkernel.DefaultPinPath, "the daemon's --pin-path")
+	f.BoolVar(&all, "all", false, "every daemon's pins under "+ebpfkernel.DefaultPinRoot)
 	return cmd
 }
 
 func cleanup(out io.Writer, dirs []string) error {
 	for _, dir := range dirs {
-		n, err := observer.RemovePins(dir)
+		n, err := ebpfkernel.RemovePins(dir)
 		switch {
-		case errors.Is(err, observer.ErrNothingPinned):
+		case errors.Is(err, ebpfkernel.ErrNothingPinned):
 			fmt.Fprintf(out, "nothing is pinned in %s\n", dir)
 		case err != nil:
 			return cleanupError(dir, err)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 // Every mistake a user can make on the command line ends in one line on
@@ -419,7 +420,7 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 	}
 
 	t.Run("unit's set", func(t *testing.T) {
-		pins := filepath.Join(observer.BPFFSDir, fmt.Sprintf("workerstats-test-%d", os.Getpid()))
+		pins := filepath.Join(ebpfkernel.BPFFSDir, fmt.Sprintf("workerstats-test-%d", os.Getpid()))
 		t.Cleanup(func() { os.RemoveAll(pins) })
 		sock := filepath.Join(dir, "unit.sock")
 		d := serve(t, caps, sock, "--bpf-stats", "--stats-chown", "nobody", "--pin-path", pins)

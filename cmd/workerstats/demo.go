@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -58,7 +59,7 @@ binary; as root it counts with eBPF, otherwise it shows procfs mode.`,
 	f.StringVar(&o.listen, "listen", "127.0.0.1:0", "address the demo pool serves HTTP on (port 0: any free port)")
 	f.StringVar(&o.stats, "stats", "127.0.0.1:1717", "stats socket, in any form serve takes")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto, ebpf or procfs, as serve takes it")
-	f.StringVar(&o.hooks, "hooks", observer.HooksAuto, "auto, sock or syscall, as serve takes it")
+	f.StringVar(&o.hooks, "hooks", ebpfkernel.HooksAuto, "auto, sock or syscall, as serve takes it")
 	f.BoolVar(&o.exit, "exit", false, "stop once the stats are shown")
 	return cmd
 }

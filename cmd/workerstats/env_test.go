@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -76,15 +77,15 @@ func requireCommand(t testing.TB, name, pkg string) string {
 // the sock tracepoints exist, so CI exercises both.
 func hookModes(t testing.TB) []string {
 	t.Helper()
-	sock, err := observer.SockTracepoints()
+	sock, err := ebpfkernel.SockTracepoints()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !sock {
 		t.Logf("this kernel has no sock:sock_send_length tracepoint: only the syscall path runs")
-		return []string{observer.HooksSyscall}
+		return []string{ebpfkernel.HooksSyscall}
 	}
-	return []string{observer.HooksSock, observer.HooksSyscall}
+	return []string{ebpfkernel.HooksSock, ebpfkernel.HooksSyscall}
 }
 
 func freePort(t testing.TB) int {

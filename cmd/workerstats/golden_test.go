@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -292,7 +293,7 @@ func TestGoldenFixturesKeyOrder(t *testing.T) {
 	if err := json.Unmarshal(raw, &st); err != nil {
 		t.Fatalf("fixture into observer.Stats: %v", err)
 	}
-	st.Observer = observer.ObserverInfo{Mode: "ebpf", Hooks: observer.HooksSock, Dropped: map[string]uint64{"conns": 0}}
+	st.Observer = observer.ObserverInfo{Mode: "ebpf", Hooks: ebpfkernel.HooksSock, Dropped: map[string]uint64{"conns": 0}}
 	if len(st.Workers) != 4 || len(st.Sockets) != 1 || len(st.Locks) != 8 {
 		t.Fatalf("fixture decoded to %d workers, %d sockets, %d locks; want 4, 1, 8", len(st.Workers), len(st.Sockets), len(st.Locks))
 	}

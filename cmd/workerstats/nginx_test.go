@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 // The test in this file runs Debian's real nginx as a pre-fork pool of two
@@ -629,7 +630,7 @@ func TestNginxMatchesAccessLog(t *testing.T) {
 					}
 				}
 				if diff != nil {
-					if hooks == observer.HooksSock && sendfile && !spliceSendsWithSendmsg(t) {
+					if hooks == ebpfkernel.HooksSock && sendfile && !spliceSendsWithSendmsg(t) {
 						t.Skipf("BUG: with --hooks sock, tx misses the bytes nginx sends with sendfile(2) on this kernel (%v). "+
 							"Before Linux 6.5, sendfile to a TCP socket goes do_splice_direct -> generic_splice_sendpage -> "+
 							"sock_sendpage -> tcp_sendpage, never through sock_sendmsg, so sock:sock_send_length does not fire; "+

@@ -13,10 +13,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"golang.org/x/sys/unix"
 	"kernel.org/pub/linux/libs/security/libcap/cap"
-
-	"github.com/workerstats/workerstats/observer"
 )
 
 // hostOptions are serve's flags for what the daemon does to the host:
@@ -32,7 +31,7 @@ type hostOptions struct {
 
 func (h *hostOptions) addFlags(f *pflag.FlagSet) {
 	h.flags = f
-	f.StringVar(&h.pinPath, "pin-path", observer.DefaultPinPath, "bpffs directory where the kernel maps and links are pinned, so counting goes on while the daemon is stopped or restarted ('workerstats cleanup' removes them)")
+	f.StringVar(&h.pinPath, "pin-path", ebpfkernel.DefaultPinPath, "bpffs directory where the kernel maps and links are pinned, so counting goes on while the daemon is stopped or restarted ('workerstats cleanup' removes them)")
 	f.BoolVar(&h.noPin, "no-pin", false, "pin nothing: the programs detach and the counts are gone when the daemon stops")
 	f.StringVar(&h.user, "user", "", "once the programs are attached and the sockets bound, run as this user (name or uid) with only the capabilities the daemon still needs")
 }
@@ -183,7 +182,7 @@ var runtimeCaps = []cap.Value{cap.SYS_PTRACE, cap.DAC_READ_SEARCH}
 // psx applies every change to all of the Go runtime's threads, since the
 // kernel keeps credentials per thread. k is the eBPF observer (nil in
 // procfs mode), probed for whether it still needs CAP_BPF.
-func (h *hostOptions) dropPrivileges(k *observer.EBPF, log *slog.Logger) error {
+func (h *hostOptions) dropPrivileges(k *ebpfkernel.Kernel, log *slog.Logger) error {
 	have := cap.GetProc()
 	held := func(v cap.Value) bool {
 		on, _ := have.GetFlag(cap.Permitted, v)

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 // testPinPath returns a pin directory of the test's own under /sys/fs/bpf,
@@ -25,9 +26,9 @@ import (
 // removed when the test ends.
 func testPinPath(t testing.TB) string {
 	t.Helper()
-	dir := fmt.Sprintf("%s/workerstats-test-%d-%d", observer.BPFFSDir, os.Getpid(), rand.Uint32())
+	dir := fmt.Sprintf("%s/workerstats-test-%d-%d", ebpfkernel.BPFFSDir, os.Getpid(), rand.Uint32())
 	t.Cleanup(func() {
-		if _, err := observer.RemovePins(dir); err != nil && !errors.Is(err, observer.ErrNothingPinned) {
+		if _, err := ebpfkernel.RemovePins(dir); err != nil && !errors.Is(err, ebpfkernel.ErrNothingPinned) {
 			t.Errorf("remove test pins: %v", err)
 		}
 	})
@@ -129,7 +130,7 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 // wantPins is what a daemon pins: five maps of the programs, the swept
 // count, and one link per attachment of its hook set.
 func wantPins(hooks string) (maps, links int) {
-	if hooks == observer.HooksSock {
+	if hooks == ebpfkernel.HooksSock {
 		return 6, 7
 	}
 	return 6, 23
@@ -235,7 +236,7 @@ func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "stats.sock")
 	pins := testPinPath(t)
-	d := startDaemon(t, "--pid", strconv.Itoa(master.Process.Pid), "--stats", sock, "--hooks", observer.HooksSyscall, "--pin-path", pins)
+	d := startDaemon(t, "--pid", strconv.Itoa(master.Process.Pid), "--stats", sock, "--hooks", ebpfkernel.HooksSyscall, "--pin-path", pins)
 	held := heldPrograms(t, d.cmd.Process.Pid)
 	if err := d.stop(t); err != nil {
 		t.Fatalf("exit %v on SIGTERM, want 0:\n%s", err, d.log.String())
@@ -244,7 +245,7 @@ func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
 		t.Errorf("left in the socket's directory after SIGTERM: %v", ents)
 	}
 	names, progs, maps := pinned(t, pins)
-	wantMaps, wantLinks := wantPins(observer.HooksSyscall)
+	wantMaps, wantLinks := wantPins(ebpfkernel.HooksSyscall)
 	if len(progs) != wantLinks || len(maps) != wantMaps {
 		t.Errorf("pinned after SIGTERM: %v; want %d maps and %d links", names, wantMaps, wantLinks)
 	}
@@ -348,7 +349,7 @@ func TestNoPinLeavesNothing(t *testing.T) {
 func bpffsEntries(t testing.TB) []string {
 	t.Helper()
 	var out []string
-	filepath.WalkDir(observer.BPFFSDir, func(path string, _ os.DirEntry, err error) error {
+	filepath.WalkDir(ebpfkernel.BPFFSDir, func(path string, _ os.DirEntry, err error) error {
 		if err == nil {
 			out = append(out, path)
 		}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -81,7 +82,7 @@ several pools, each with its own stats socket. It needs root.`,
 	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
 	f.DurationVar(&o.statsMaxAge, "stats-max-age", 100*time.Millisecond, "readers within this interval share one snapshot of the kernel counters")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
-	f.StringVar(&o.hooks, "hooks", observer.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.5) or syscall")
+	f.StringVar(&o.hooks, "hooks", ebpfkernel.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.5) or syscall")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.StringVar(&o.procRoot, "proc", "/proc", "procfs mount to read processes from")
 	o.host.addFlags(f)
@@ -161,10 +162,8 @@ func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
 	default:
 		return fmt.Errorf("--mode %q is not one of auto, ebpf, procfs", o.mode)
 	}
-	switch o.hooks {
-	case observer.HooksAuto, observer.HooksSock, observer.HooksSyscall:
-	default:
-		return fmt.Errorf("--hooks %q is not one of auto, sock, syscall", o.hooks)
+	if err := checkHooks(o.hooks); err != nil {
+		return err
 	}
 	if o.statsMaxConns <= 0 || o.statsTimeout <= 0 || o.statsMaxAge < 0 {
 		return errors.New("--stats-max-conns and --stats-timeout must be positive, --stats-max-age not negative")
@@ -271,19 +270,19 @@ func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
 
 // loadKernel loads the eBPF observer, or says why procfs mode serves
 // instead (nil observer, the reason).
-func loadKernel(o serveOptions, log *slog.Logger) (*observer.EBPF, string, error) {
+func loadKernel(o serveOptions, log *slog.Logger) (*ebpfkernel.Kernel, string, error) {
 	if o.mode == modeProcfs {
 		return nil, "--mode procfs", nil
 	}
-	k, err := observer.LoadEBPF(observer.EBPFOptions{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.host.pin(), Log: log.With("component", "ebpf")})
+	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.host.pin(), Log: log.With("component", "ebpf")})
 	if err == nil {
 		return k, "", nil
 	}
 	if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
 		err = fmt.Errorf("%w: run workerstats as root", err)
 	}
-	var pinErr *observer.PinPathError
-	if o.mode == modeEBPF || errors.As(err, &pinErr) {
+	setting, err := settingError(err)
+	if o.mode == modeEBPF || setting {
 		return nil, "", err
 	}
 	log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)
@@ -293,7 +292,7 @@ func loadKernel(o serveOptions, log *slog.Logger) (*observer.EBPF, string, error
 // maintain follows each pool's master and folds exited workers into their
 // slots every second and, with eBPF (k not nil), sweeps the kernel's
 // connection table, so both stay true without readers.
-func maintain(ctx context.Context, pools []*servedPool, k *observer.EBPF, log *slog.Logger) {
+func maintain(ctx context.Context, pools []*servedPool, k *ebpfkernel.Kernel, log *slog.Logger) {
 	refresh := time.NewTicker(time.Second)
 	defer refresh.Stop()
 	sweep := time.NewTicker(10 * time.Second)

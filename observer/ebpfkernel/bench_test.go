@@ -1,4 +1,4 @@
-package observer
+package ebpfkernel
 
 import (
 	"sync"
@@ -7,6 +7,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 )
 
 // BenchmarkPrograms measures what each program costs per run, from the
@@ -16,20 +18,17 @@ import (
 // same run: its figure is what the measurement itself costs on this machine,
 // so "<prog>-ns/run" minus "baseline-ns/run" is our programs' own cost.
 func BenchmarkPrograms(b *testing.B) {
-	requireEBPF(b)
+	testutil.RequireEBPF(b)
 	for _, hooks := range hookSets(b) {
 		b.Run(hooks, func(b *testing.B) {
-			pool := startForkPool(b, 2, "")
-			k, err := LoadEBPF(EBPFOptions{Hooks: hooks, BPFStats: true})
+			pool := forkpool.Start(b, 2, "")
+			k, err := Load(Options{Hooks: hooks, BPFStats: true, Log: testutil.NewLog(b).Logger})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer k.Close()
-			p := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: k}
-			if err := p.Start(b.Context()); err != nil {
-				b.Fatal(err)
-			}
-			defer k.Unwatch(pool.master)
+			p := watch(b, k, pool)
+			defer k.Unwatch(pool.Master)
 
 			baseline, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 				Name: "baseline", Type: ebpf.TracePoint, License: "GPL",
@@ -51,7 +50,7 @@ func BenchmarkPrograms(b *testing.B) {
 				defer l.Close()
 			}
 
-			var ts tallies
+			var ts forkpool.Tallies
 			const sessions = 4
 			b.ResetTimer()
 			var wg sync.WaitGroup
@@ -63,7 +62,7 @@ func BenchmarkPrograms(b *testing.B) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if err := pool.session(&ts, n, func(int) int { return 512 }, 0, 0); err != nil {
+					if err := pool.Session(&ts, n, func(int) int { return 512 }, 0, 0); err != nil {
 						b.Error(err)
 					}
 				}()

@@ -1,65 +1,30 @@
-package observer
+package ebpfkernel
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 	"golang.org/x/sys/unix"
 )
 
-// testPinPath returns a pin directory of the test's own under /sys/fs/bpf,
-// removed with whatever is pinned in it when the test ends.
-func testPinPath(t testing.TB) string {
+func loadPinned(t testing.TB, hooks, dir string, log *testutil.Log) *Kernel {
 	t.Helper()
-	dir := fmt.Sprintf("%s/workerstats-test-%d-%d", BPFFSDir, os.Getpid(), rand.Uint32())
-	t.Cleanup(func() {
-		if _, err := RemovePins(dir); err != nil && !errors.Is(err, ErrNothingPinned) {
-			t.Errorf("remove test pins: %v", err)
-		}
-	})
-	return dir
-}
-
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func loadPinned(t testing.TB, hooks, dir string, log *syncBuffer) *EBPF {
-	t.Helper()
-	opts := EBPFOptions{Hooks: hooks, PinPath: dir}
-	if log != nil {
-		opts.Log = slog.New(slog.NewTextHandler(log, nil))
+	if log == nil {
+		log = testutil.NewLog(t)
 	}
-	k, err := LoadEBPF(opts)
+	k, err := Load(Options{Hooks: hooks, PinPath: dir, Log: log.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +32,7 @@ func loadPinned(t testing.TB, hooks, dir string, log *syncBuffer) *EBPF {
 }
 
 // linkIDs returns the ids of the kernel links an observer holds.
-func linkIDs(t testing.TB, k *EBPF) []link.ID {
+func linkIDs(t testing.TB, k *Kernel) []link.ID {
 	t.Helper()
 	var ids []link.ID
 	for _, l := range k.links {
@@ -131,28 +96,24 @@ func programsGone(t testing.TB, ids []ebpf.ProgramID) {
 // very links (no second copy attached) and shows, per worker pid, every
 // request, including those served while no observer was open.
 func TestPinnedCountingGoesOnWhileClosed(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	for _, hooks := range hookSets(t) {
 		t.Run(hooks, func(t *testing.T) {
 			dir := testPinPath(t)
-			pool := startForkPool(t, 2, "")
+			pool := forkpool.Start(t, 2, "")
 			size := func(i int) int { return (i * 4099) % 30000 }
-			var ts tallies
+			var ts forkpool.Tallies
 			drive := func(sessions int) {
 				t.Helper()
 				for s := range sessions {
-					if err := pool.session(&ts, 10, func(i int) int { return size(s*10 + i) }, 0, 0); err != nil {
+					if err := pool.Session(&ts, 10, func(i int) int { return size(s*10 + i) }, 0, 0); err != nil {
 						t.Fatal(err)
 					}
 				}
 			}
 
 			k1 := loadPinned(t, hooks, dir, nil)
-			p1 := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: k1}
-			if err := p1.Start(context.Background()); err != nil {
-				k1.Close()
-				t.Fatal(err)
-			}
+			p1 := watch(t, k1, pool)
 			drive(10)
 			settleOn(t, p1, &ts)
 			before := linkIDs(t, k1)
@@ -162,10 +123,10 @@ func TestPinnedCountingGoesOnWhileClosed(t *testing.T) {
 
 			drive(10) // no observer open: only the pinned programs see these
 
-			var log syncBuffer
-			k2 := loadPinned(t, hooks, dir, &log)
+			log := testutil.NewLog(t)
+			k2 := loadPinned(t, hooks, dir, log)
 			t.Cleanup(func() {
-				k2.Unwatch(pool.master)
+				k2.Unwatch(pool.Master)
 				k2.Close()
 			})
 			if after := linkIDs(t, k2); !slices.Equal(before, after) {
@@ -174,10 +135,7 @@ func TestPinnedCountingGoesOnWhileClosed(t *testing.T) {
 			if !strings.Contains(log.String(), "kept the pinned programs") {
 				t.Errorf("log does not say the pinned programs were kept:\n%s", log.String())
 			}
-			p2 := &Pool{Target: Target{PID: pool.master}, Proc: Procfs{Root: "/proc"}, Kernel: k2}
-			if err := p2.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			p2 := watch(t, k2, pool)
 			drive(10)
 			st := settleOn(t, p2, &ts)
 			var requests uint64
@@ -187,11 +145,7 @@ func TestPinnedCountingGoesOnWhileClosed(t *testing.T) {
 			if requests != 300 {
 				t.Errorf("kernel shows %d requests after 300 across a restart", requests)
 			}
-			for name, n := range st.Observer.Dropped {
-				if n != 0 {
-					t.Errorf("dropped %s = %d", name, n)
-				}
-			}
+			noDrops(t, st)
 		})
 	}
 }
@@ -201,7 +155,7 @@ func TestPinnedCountingGoesOnWhileClosed(t *testing.T) {
 // another program (an older version) is replaced by one running ours;
 // the old program is unloaded.
 func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	dir := testPinPath(t)
 	k1 := loadPinned(t, HooksSyscall, dir, nil)
 	if err := k1.Close(); err != nil {
@@ -247,8 +201,8 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 	l.Close()
 	prog.Close()
 
-	var log syncBuffer
-	k2 := loadPinned(t, HooksSyscall, dir, &log)
+	log := testutil.NewLog(t)
+	k2 := loadPinned(t, HooksSyscall, dir, log)
 	t.Cleanup(func() { k2.Close() })
 	logs := log.String()
 	if !strings.Contains(logs, "does not fit this version's layout") || !strings.Contains(logs, "map=inflight") {
@@ -268,8 +222,7 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 
 	// Every pinned link now runs one of our programs, on our maps.
 	ours := map[string]bool{}
-	for _, p := range []*ebpf.Program{k2.objs.OnFork, k2.objs.OnExit, k2.objs.OnAcceptExit, k2.objs.OnCloseEnter,
-		k2.objs.OnRecvEnter, k2.objs.OnSendEnter, k2.objs.OnDataExit} {
+	for _, p := range k2.attached() {
 		pi, err := p.Info()
 		if err != nil {
 			t.Fatal(err)
@@ -305,7 +258,7 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 // TestPinnedHookSetChange: restarting with the other hook set removes the
 // links of the old set and pins the new one's.
 func TestPinnedHookSetChange(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	if !slices.Contains(hookSets(t), HooksSock) {
 		t.Skip("this kernel has only the syscall hooks")
 	}
@@ -333,11 +286,11 @@ func TestPinnedHookSetChange(t *testing.T) {
 // refused in one line, and so is removing them; once closed, RemovePins
 // detaches and unloads everything, and a second call finds nothing.
 func TestPinDirOneDaemonAndCleanup(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	dir := testPinPath(t)
 	k := loadPinned(t, HooksSyscall, dir, nil)
-	_, err := LoadEBPF(EBPFOptions{Hooks: HooksSyscall, PinPath: dir})
-	if err == nil || !strings.Contains(err.Error(), "another workerstats daemon is running with the pins in "+dir) {
+	_, err := Load(Options{Hooks: HooksSyscall, PinPath: dir})
+	if err == nil || !strings.Contains(err.Error(), "pin directory "+dir+": another workerstats daemon is running with these pins") {
 		t.Errorf("second observer on the same pins: %v", err)
 	}
 	if _, err := RemovePins(dir); err == nil || !strings.Contains(err.Error(), "stop it first") {
@@ -370,7 +323,7 @@ func TestPinDirOneDaemonAndCleanup(t *testing.T) {
 // TestRemovePinsLeavesForeignObjects: what workerstats did not pin is left
 // in place, and said.
 func TestRemovePinsLeavesForeignObjects(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	dir := testPinPath(t)
 	k := loadPinned(t, HooksSyscall, dir, nil)
 	k.Close()
@@ -397,7 +350,7 @@ func TestRemovePinsLeavesForeignObjects(t *testing.T) {
 // TestPinPathMustBeOnBPFFS: a pin path elsewhere, or relative, is refused
 // in one line saying what to do.
 func TestPinPathMustBeOnBPFFS(t *testing.T) {
-	if _, err := openPinDir(t.TempDir()); err == nil || !strings.Contains(err.Error(), "is not on a bpf filesystem: use a path under /sys/fs/bpf") {
+	if _, err := openPinDir(t.TempDir()); err == nil || !strings.Contains(err.Error(), ": not on a bpf filesystem: use a path under /sys/fs/bpf") {
 		t.Errorf("pin path on tmpfs: %v", err)
 	}
 	if _, err := openPinDir("pins"); err == nil || !strings.Contains(err.Error(), "must be an absolute path") {
@@ -409,7 +362,7 @@ func TestPinPathMustBeOnBPFFS(t *testing.T) {
 // is mounted there. Run in a mount namespace of the test's own, so the
 // host's mounts are untouched.
 func TestBPFFSMountedWhenMissing(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	errc := make(chan error, 1)
 	go func() {
 		// The thread stays locked: it is discarded with its namespace

@@ -1,0 +1,96 @@
+// Package testutil holds what the tests of several packages need: skipping
+// (or, in CI, failing) when a prerequisite is missing, pin directories of a
+// test's own, the hook sets to run under, and log capture. It imports
+// nothing of workerstats, so every package's tests can use it.
+package testutil
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// RequirePrivilegedEnv is the environment variable that turns a missing
+// prerequisite from a skip into a failure. CI sets it, so a privileged test
+// can never pass there as a skip.
+const RequirePrivilegedEnv = "WORKERSTATS_REQUIRE_PRIVILEGED"
+
+// NeedsPrivilege starts the reason of every skip for a missing privilege
+// (root, capabilities, BTF): .ci/test-unprivileged accepts only skips that
+// say it when it runs the tests as a user with none.
+const NeedsPrivilege = "needs privilege: "
+
+// SkipOrFail skips t with the reason, or fails it where
+// RequirePrivilegedEnv is set.
+func SkipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(RequirePrivilegedEnv) != "" {
+		t.Fatalf(RequirePrivilegedEnv+" is set but: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// RequireRoot skips (or fails) t unless it runs as root.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		SkipOrFail(t, NeedsPrivilege+"root, to %s (run: sudo make test)", why)
+	}
+}
+
+// RequireEBPF skips (or fails) t unless this process can load and attach
+// eBPF programs: root, and a kernel with BTF.
+func RequireEBPF(t testing.TB) {
+	t.Helper()
+	RequireRoot(t, "load and attach eBPF programs")
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		SkipOrFail(t, NeedsPrivilege+"a kernel with BTF (/sys/kernel/btf/vmlinux): %v", err)
+	}
+}
+
+// RequireCommand skips (or fails) t unless name is on PATH, and returns its
+// path; pkg is the Debian package that has it.
+func RequireCommand(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		SkipOrFail(t, "%s is not installed (apt-get install %s, or run .ci/run)", name, pkg)
+	}
+	return p
+}
+
+// BPFFSDir is where the tests' pin directories go: the bpf filesystem's
+// usual mount point, as ebpfkernel.BPFFSDir (a test there checks they are
+// the same).
+const BPFFSDir = "/sys/fs/bpf"
+
+// PinPath returns a pin directory of t's own under BPFFSDir, so daemons
+// and observers run at once never share pins; remove, called when t ends,
+// removes whatever is pinned there.
+func PinPath(t testing.TB, remove func(dir string) error) string {
+	t.Helper()
+	dir := fmt.Sprintf("%s/workerstats-test-%d-%d", BPFFSDir, os.Getpid(), rand.Uint32())
+	t.Cleanup(func() {
+		if err := remove(dir); err != nil {
+			t.Errorf("remove test pins %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// HookSets returns the hook sets a test runs under: every one that
+// available (ebpfkernel.AvailableHooks) says the kernel carries, so CI runs
+// each.
+func HookSets(t testing.TB, available func() ([]string, error)) []string {
+	t.Helper()
+	sets, err := available()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sets) == 1 {
+		t.Logf("this kernel carries only the %s hooks", sets[0])
+	}
+	return sets
+}

@@ -1,0 +1,336 @@
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/bpf"
+)
+
+// Pinning keeps the kernel side running while the daemon is stopped.
+//
+// The maps and the links (program attachments) are pinned in one bpffs
+// directory per daemon, by name. A pinned link holds its program, and the
+// program holds its maps, so the programs go on counting with no process
+// holding a descriptor; a restart finds the same maps and links by name and
+// carries on from what they hold. Only `workerstats cleanup` (RemovePins)
+// removes the pins, which detaches the programs and frees the maps.
+
+// BPFFSDir is where workerstats expects (and, as root, mounts) the bpf
+// filesystem.
+const BPFFSDir = "/sys/fs/bpf"
+
+// DefaultPinRoot holds the pin directories of the daemons on a host, one
+// per daemon: DefaultPinRoot/NAME.
+const DefaultPinRoot = BPFFSDir + "/workerstats"
+
+// DefaultPinPath is the pin directory of a daemon started without a name.
+var DefaultPinPath = filepath.Join(DefaultPinRoot, "default")
+
+// ErrNothingPinned is returned by RemovePins when the directory holds no
+// pinned objects.
+var ErrNothingPinned = errors.New("nothing is pinned")
+
+// PinPathError is a pin directory to change (not on bpffs, relative, in use
+// by another daemon): a setting to fix, unlike a kernel that cannot load the
+// programs, so no reason to fall back to procfs. Err says what is wrong with
+// Path and what to do.
+type PinPathError struct {
+	Path string
+	Err  error
+}
+
+func (e *PinPathError) Error() string { return "pin directory " + e.Path + ": " + e.Err.Error() }
+func (e *PinPathError) Unwrap() error { return e.Err }
+
+// linkPinPrefix starts the file name of every pinned link. bpffs refuses
+// names with a dot, so names use underscores only.
+const linkPinPrefix = "link_"
+
+// sweptMapName is the pinned map in which the daemon keeps how many
+// connections its sweeps removed, so a restart still tells them from the
+// connections the LRU evicted.
+const sweptMapName = "swept"
+
+// onBPFFS reports whether path, or the nearest of its ancestors that
+// exists, is on a bpf filesystem.
+func onBPFFS(path string) (bool, error) {
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		var st unix.Statfs_t
+		err := unix.Statfs(p, &st)
+		if err == nil {
+			return uint32(st.Type) == unix.BPF_FS_MAGIC, nil
+		}
+		if !errors.Is(err, unix.ENOENT) || p == filepath.Dir(p) {
+			return false, fmt.Errorf("statfs %s: %w", p, err)
+		}
+	}
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// ensureBPFFS makes sure pinPath can hold pins: it must be on a bpf
+// filesystem. When it is under BPFFSDir and nothing is mounted there, the
+// bpf filesystem is mounted at BPFFSDir, as systemd does at boot.
+func ensureBPFFS(pinPath string) error {
+	ok, err := onBPFFS(pinPath)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return nil
+	}
+	if !within(pinPath, BPFFSDir) {
+		return &PinPathError{pinPath, fmt.Errorf("not on a bpf filesystem: use a path under %s, or mount one with 'mount -t bpf bpf DIR'", BPFFSDir)}
+	}
+	if err := unix.Mount("bpf", BPFFSDir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("the bpf filesystem is not mounted and mounting it at %s failed (%w): run as root, or mount it with 'mount -t bpf bpf %s'", BPFFSDir, err, BPFFSDir)
+	}
+	return nil
+}
+
+// pinDir is a daemon's pin directory, locked (flock) for as long as the
+// daemon uses it, so two daemons never share maps and links.
+type pinDir struct {
+	path string
+	lock *os.File
+}
+
+// errPinsBusy is what lockPinDir returns when another process holds the
+// lock.
+var errPinsBusy = errors.New("in use by another workerstats")
+
+// lockPinDir opens dir and takes its lock without waiting.
+func lockPinDir(dir string) (*pinDir, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, errPinsBusy
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	// A cleanup may have removed the directory between open and lock.
+	held, err1 := f.Stat()
+	now, err2 := os.Stat(dir)
+	if err1 != nil || err2 != nil || !os.SameFile(held, now) {
+		f.Close()
+		return nil, fmt.Errorf("%s was removed while workerstats opened it: try again", dir)
+	}
+	return &pinDir{path: dir, lock: f}, nil
+}
+
+// openPinDir prepares dir for the daemon's pins: mounts bpffs when needed,
+// creates the directory (0700) and locks it.
+func openPinDir(dir string) (*pinDir, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, &PinPathError{dir, errors.New("must be an absolute path")}
+	}
+	dir = filepath.Clean(dir)
+	// Without the privilege to mount or create, eBPF would not load either:
+	// that is said as such. Anything else is the pin path's problem.
+	setting := func(err error) error {
+		var pe *PinPathError
+		if errors.Is(err, fs.ErrPermission) || errors.As(err, &pe) {
+			return err
+		}
+		return &PinPathError{dir, err}
+	}
+	if err := ensureBPFFS(dir); err != nil {
+		return nil, setting(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, setting(fmt.Errorf("create it: %w: choose another", err))
+	}
+	p, err := lockPinDir(dir)
+	if errors.Is(err, errPinsBusy) {
+		return nil, &PinPathError{dir, errors.New("another workerstats daemon is running with these pins: give each daemon its own")}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *pinDir) file(name string) string { return filepath.Join(p.path, name) }
+
+func (p *pinDir) close() error {
+	if p == nil || p.lock == nil {
+		return nil
+	}
+	err := p.lock.Close()
+	p.lock = nil
+	return err
+}
+
+// pinnedLinks lists the names of the links pinned in the directory.
+func (p *pinDir) pinnedLinks() ([]string, error) {
+	ents, err := os.ReadDir(p.path)
+	if err != nil {
+		return nil, fmt.Errorf("read pin directory: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), linkPinPrefix) {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+// dropIncompatibleMaps removes the pins of maps whose layout no longer
+// matches spec (an upgrade changed a key, a value or a size), so loading
+// creates them afresh. Their counts are lost, and it says so.
+func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logger) error {
+	for name, ms := range spec.Maps {
+		m, err := ebpf.LoadPinnedMap(p.file(name), nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load pinned map %s: %w", p.file(name), err)
+		}
+		incompatible := ms.Compatible(m)
+		m.Close()
+		if incompatible == nil {
+			continue
+		}
+		log.Warn("a pinned map does not fit this version's layout: replacing it, its counts are lost", "map", name, "change", incompatible.Error())
+		if err := os.Remove(p.file(name)); err != nil {
+			return fmt.Errorf("remove incompatible pinned map %s: %w", p.file(name), err)
+		}
+	}
+	return nil
+}
+
+// ownPins returns a test for whether a file in a pin directory is one
+// workerstats pins: a link, or a map of the C file's (or sweptMapName).
+func ownPins() (func(name string) bool, error) {
+	spec, err := bpf.LoadObserver()
+	if err != nil {
+		return nil, err
+	}
+	return func(name string) bool {
+		_, isMap := spec.Maps[name]
+		return isMap || name == sweptMapName || strings.HasPrefix(name, linkPinPrefix)
+	}, nil
+}
+
+// RemovePins removes what a daemon pinned in dir: the links, which
+// detaches the programs, and the maps, which frees them once nothing holds
+// them; then the directory itself, and DefaultPinRoot when that is left
+// empty. It refuses while a daemon uses dir. It returns how many objects it
+// unpinned, or ErrNothingPinned. Files workerstats did not pin are left,
+// with the directory, and reported.
+func RemovePins(dir string) (int, error) {
+	dir = filepath.Clean(dir)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, ErrNothingPinned
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read pin directory %s: %w", dir, err)
+	}
+	if ok, err := onBPFFS(dir); err != nil || !ok {
+		return 0, fmt.Errorf("%s is not on a bpf filesystem, so it holds no pins", dir)
+	}
+	p, err := lockPinDir(dir)
+	if errors.Is(err, errPinsBusy) {
+		return 0, fmt.Errorf("a workerstats daemon is running with the pins in %s: stop it first", dir)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer p.close()
+	n, err := p.unpinAll(ents)
+	if err != nil {
+		return n, err
+	}
+	if err := os.Remove(dir); err != nil {
+		return n, fmt.Errorf("remove pin directory: %w", err)
+	}
+	if filepath.Dir(dir) == DefaultPinRoot {
+		os.Remove(DefaultPinRoot) // only when empty: another daemon's pins stay
+	}
+	if n == 0 {
+		return 0, ErrNothingPinned
+	}
+	return n, nil
+}
+
+// unpinAll removes the pins among ents, links first so that the programs
+// stop before their maps go, and returns how many went. Files workerstats
+// did not pin are an error that names them.
+func (p *pinDir) unpinAll(ents []os.DirEntry) (int, error) {
+	own, err := ownPins()
+	if err != nil {
+		return 0, err
+	}
+	slices.SortStableFunc(ents, func(a, b os.DirEntry) int {
+		la, lb := strings.HasPrefix(a.Name(), linkPinPrefix), strings.HasPrefix(b.Name(), linkPinPrefix)
+		switch {
+		case la && !lb:
+			return -1
+		case lb && !la:
+			return 1
+		}
+		return 0
+	})
+	var (
+		n       int
+		foreign []string
+		errs    []error
+	)
+	for _, e := range ents {
+		if !own(e.Name()) || e.IsDir() {
+			foreign = append(foreign, e.Name())
+			continue
+		}
+		if err := os.Remove(p.file(e.Name())); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", p.file(e.Name()), err))
+			continue
+		}
+		n++
+	}
+	if len(errs) > 0 {
+		return n, errors.Join(errs...)
+	}
+	if len(foreign) > 0 {
+		return n, fmt.Errorf("%s also holds %s, which workerstats did not pin: left them and the directory in place", p.path, strings.Join(foreign, ", "))
+	}
+	return n, nil
+}
+
+// PinDirs lists the pin directories under DefaultPinRoot.
+func PinDirs() ([]string, error) {
+	ents, err := os.ReadDir(DefaultPinRoot)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, e := range ents {
+		if e.IsDir() {
+			dirs = append(dirs, filepath.Join(DefaultPinRoot, e.Name()))
+		}
+	}
+	return dirs, nil
+}

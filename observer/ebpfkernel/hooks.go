@@ -1,0 +1,166 @@
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/workerstats/workerstats/bpf"
+)
+
+// Hook sets: where the kernel side learns of bytes moved.
+const (
+	HooksAuto    = "auto"
+	HooksSock    = "sock"    // sock:sock_{send,recv}_length, Linux >= 6.3
+	HooksSyscall = "syscall" // syscall enter/exit tracepoints, any kernel with BTF
+)
+
+// ErrNoSockTracepoints is returned by Load when the sock hooks are asked
+// for on a kernel that lacks their tracepoints.
+var ErrNoSockTracepoints = errors.New("the sock hooks need the sock:sock_send_length and sock:sock_recv_length tracepoints (Linux 6.3 or newer), which this kernel lacks")
+
+// CheckHooks returns an error when s names no hook set.
+func CheckHooks(s string) error {
+	switch s {
+	case "", HooksAuto, HooksSock, HooksSyscall:
+		return nil
+	}
+	return fmt.Errorf("%q is not one of %s, %s, %s", s, HooksAuto, HooksSock, HooksSyscall)
+}
+
+// resolveHooks probes the kernel and picks the hook set for want.
+func resolveHooks(want string, log *slog.Logger) (string, error) {
+	if err := CheckHooks(want); err != nil {
+		return "", err
+	}
+	spec, err := kernelBTF()
+	if err != nil {
+		return "", err
+	}
+	sock, err := SockTracepoints()
+	if err != nil {
+		return "", err
+	}
+	sendfileSeen := sendfileReachesSendmsg(spec)
+	hooks, err := chooseHooks(want, sock, sendfileSeen)
+	if err == nil && hooks == HooksSock && !sendfileSeen {
+		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the syscall hooks, or auto")
+	}
+	return hooks, err
+}
+
+// chooseHooks resolves HooksAuto against what this kernel has: the sock
+// tracepoints, and whether sendfile's bytes pass them.
+func chooseHooks(want string, sock, sendfileSeen bool) (string, error) {
+	switch want {
+	case HooksSock:
+		if !sock {
+			return "", ErrNoSockTracepoints
+		}
+		return HooksSock, nil
+	case HooksSyscall:
+		return HooksSyscall, nil
+	}
+	if sock && sendfileSeen {
+		return HooksSock, nil
+	}
+	return HooksSyscall, nil
+}
+
+var (
+	recvSyscalls = []string{"read", "readv", "recvfrom", "recvmsg"}
+	sendSyscalls = []string{"write", "writev", "sendto", "sendmsg", "sendfile64"}
+)
+
+// hook is one attachment of a program.
+type hook struct {
+	name string // the program's name in the C file
+	pin  string // file name of its pinned link
+	// prog points at the program's field in the loaded objects; when a
+	// pinned link running the same program is kept, the field is set to
+	// that running program so its statistics are the ones reported.
+	prog   **ebpf.Program
+	attach func(*ebpf.Program) (link.Link, error)
+}
+
+// rawTracepointHook attaches prog, named progName, to a raw tracepoint.
+func rawTracepointHook(name, progName string, prog **ebpf.Program) hook {
+	return hook{name: progName, pin: linkPinPrefix + progName + "_" + name, prog: prog, attach: func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: name, Program: p})
+		if err != nil {
+			return nil, fmt.Errorf("attach to raw tracepoint %s: %w", name, err)
+		}
+		return l, nil
+	}}
+}
+
+// tracepointHook attaches prog, named progName, to a tracepoint.
+func tracepointHook(group, name, progName string, prog **ebpf.Program) hook {
+	return hook{name: progName, pin: linkPinPrefix + progName + "_" + name, prog: prog, attach: func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.Tracepoint(group, name, p, nil)
+		if err != nil {
+			return nil, fmt.Errorf("attach to tracepoint %s:%s: %w", group, name, err)
+		}
+		return l, nil
+	}}
+}
+
+// syscallHooks attaches prog to the enter or exit tracepoint of each syscall.
+func syscallHooks(hooks []hook, edge string, syscalls []string, progName string, prog **ebpf.Program) []hook {
+	for _, sc := range syscalls {
+		hooks = append(hooks, tracepointHook("syscalls", "sys_"+edge+"_"+sc, progName, prog))
+	}
+	return hooks
+}
+
+// hookList is every attachment of the hook set in use.
+func (k *Kernel) hookList() []hook {
+	p := &k.objs.ObserverPrograms
+	hooks := []hook{
+		rawTracepointHook("sched_process_fork", bpf.ObserverProgOnFork, &p.OnFork),
+		rawTracepointHook("sched_process_exit", bpf.ObserverProgOnExit, &p.OnExit),
+	}
+	hooks = syscallHooks(hooks, "exit", []string{"accept4", "accept"}, bpf.ObserverProgOnAcceptExit, &p.OnAcceptExit)
+	hooks = syscallHooks(hooks, "enter", []string{"close"}, bpf.ObserverProgOnCloseEnter, &p.OnCloseEnter)
+	if k.hooks == HooksSock {
+		return append(hooks,
+			tracepointHook("sock", "sock_recv_length", bpf.ObserverProgOnSockRecv, &p.OnSockRecv),
+			tracepointHook("sock", "sock_send_length", bpf.ObserverProgOnSockSend, &p.OnSockSend))
+	}
+	hooks = syscallHooks(hooks, "enter", recvSyscalls, bpf.ObserverProgOnRecvEnter, &p.OnRecvEnter)
+	hooks = syscallHooks(hooks, "enter", sendSyscalls, bpf.ObserverProgOnSendEnter, &p.OnSendEnter)
+	hooks = syscallHooks(hooks, "exit", recvSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)
+	return syscallHooks(hooks, "exit", sendSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)
+}
+
+// attached lists, by name, the programs the hook set in use runs.
+func (k *Kernel) attached() map[string]*ebpf.Program {
+	progs := map[string]*ebpf.Program{}
+	for _, h := range k.hookList() {
+		progs[h.name] = *h.prog
+	}
+	return progs
+}
+
+// attach attaches every hook; with pinning, keeps or replaces the pinned
+// links (keepOrReplace).
+func (k *Kernel) attach() error {
+	if err := ensureTracefs(); err != nil {
+		return err
+	}
+	hooks := k.hookList()
+	if k.pins != nil {
+		return k.keepOrReplace(hooks)
+	}
+	for _, h := range hooks {
+		l, err := h.attach(*h.prog)
+		if err != nil {
+			return err
+		}
+		k.links = append(k.links, l)
+	}
+	return nil
+}

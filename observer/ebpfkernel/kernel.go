@@ -1,0 +1,180 @@
+// Package ebpfkernel is the eBPF implementation of observer.Kernel: it loads
+// bpf/'s programs, attaches them to the hook set the kernel carries, pins
+// them so counting outlives the daemon, and reads the per-worker counters
+// back for the aggregator.
+//
+// The package names no command-line flag: its errors say what is wrong in
+// the kernel's or the host's terms, and the command adds which flag to
+// change.
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/bpf"
+)
+
+// Options configure the eBPF observer.
+type Options struct {
+	Hooks string // HooksAuto, HooksSock or HooksSyscall
+	// BPFStats turns on the kernel's per-program run-time statistics
+	// (kernel.bpf_stats_enabled) while the observer runs, and reports them.
+	BPFStats bool
+	// PinPath, when set, is the bpffs directory where the maps and links
+	// are pinned, so the programs go on counting while the daemon is
+	// stopped and a restart carries on from the same maps (see bpffs.go).
+	// Empty: nothing is pinned and Close detaches everything.
+	PinPath string
+	Log     *slog.Logger
+}
+
+// Kernel counts per worker in the kernel. It implements observer.Kernel.
+type Kernel struct {
+	objs bpf.ObserverObjects
+	// maps are the objects' maps by their names in the C file, so that
+	// what lists every map (pins, compatibility) follows the C file.
+	maps  map[string]*ebpf.Map
+	links []link.Link
+	hooks string
+	stats io.Closer
+	log   *slog.Logger
+	pins  *pinDir // nil when not pinning
+	// sweptMap keeps swept across restarts when pinning.
+	sweptMap *ebpf.Map
+
+	mu      sync.Mutex
+	swept   uint64 // connections of exited owners removed by Sweep
+	evicted uint64 // connections the LRU dropped while open, as of the last Sweep
+}
+
+// Load checks the kernel, loads the programs and attaches them.
+func Load(opts Options) (*Kernel, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	hooks, err := resolveHooks(opts.Hooks, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
+	}
+	k := &Kernel{hooks: hooks, log: log}
+	if err := k.open(opts); err != nil {
+		k.Close()
+		return nil, err
+	}
+	log.Info("eBPF programs attached", "hooks", hooks, "links", len(k.links))
+	return k, nil
+}
+
+// open takes the pin directory, enables statistics, loads and attaches.
+func (k *Kernel) open(opts Options) error {
+	var err error
+	if opts.PinPath != "" {
+		if k.pins, err = openPinDir(opts.PinPath); err != nil {
+			return err
+		}
+	}
+	if opts.BPFStats {
+		if k.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
+			return fmt.Errorf("enable eBPF run-time statistics: %w", err)
+		}
+	}
+	if err := k.load(); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			k.log.Error("the kernel's verifier refused a program", "log", fmt.Sprintf("%+v", ve))
+		}
+		return fmt.Errorf("load eBPF programs: %w", err)
+	}
+	return k.attach()
+}
+
+// load loads the programs and creates the maps, or with pinning reuses the
+// pinned maps (replacing those whose layout changed) and pins new ones.
+func (k *Kernel) load() error {
+	spec, err := bpf.LoadObserver()
+	if err != nil {
+		return err
+	}
+	var opts ebpf.CollectionOptions
+	if k.pins != nil {
+		for _, ms := range spec.Maps {
+			ms.Pinning = ebpf.PinByName
+		}
+		if err := k.pins.dropIncompatibleMaps(spec, k.log); err != nil {
+			return err
+		}
+		opts.Maps.PinPath = k.pins.path
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	if err != nil {
+		return err
+	}
+	k.maps = make(map[string]*ebpf.Map, len(coll.Maps))
+	for name, m := range coll.Maps {
+		k.maps[name] = m
+	}
+	if err := coll.Assign(&k.objs); err != nil {
+		coll.Close()
+		return err
+	}
+	coll.Close() // what Assign did not take: nothing, by bpf2go's contract
+	if k.pins != nil {
+		return k.openSwept()
+	}
+	return nil
+}
+
+// openSwept opens (or creates) the pinned map that keeps Sweep's count.
+func (k *Kernel) openSwept() error {
+	var err error
+	k.sweptMap, err = ebpf.NewMapWithOptions(&ebpf.MapSpec{
+		Name: sweptMapName, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1, Pinning: ebpf.PinByName,
+	}, ebpf.MapOptions{PinPath: k.pins.path})
+	if err != nil {
+		return fmt.Errorf("pinned map %s: %w", sweptMapName, err)
+	}
+	if err := k.sweptMap.Lookup(uint32(0), &k.swept); err != nil {
+		return fmt.Errorf("read pinned map %s: %w", sweptMapName, err)
+	}
+	return nil
+}
+
+// Hooks reports the hook set in use: HooksSock or HooksSyscall.
+func (k *Kernel) Hooks() string { return k.hooks }
+
+// Pinned reports whether the kernel objects are pinned, and so outlive the
+// daemon.
+func (k *Kernel) Pinned() bool { return k.pins != nil }
+
+// Close detaches the programs and frees the maps, gathering every error.
+// Pinned links and maps stay, and the programs go on counting: only
+// RemovePins removes them.
+func (k *Kernel) Close() error {
+	var errs []error
+	for _, l := range k.links {
+		errs = append(errs, l.Close())
+	}
+	k.links = nil
+	errs = append(errs, k.objs.Close())
+	if k.stats != nil {
+		errs = append(errs, k.stats.Close())
+	}
+	if k.sweptMap != nil {
+		errs = append(errs, k.sweptMap.Close())
+	}
+	errs = append(errs, k.pins.close())
+	return errors.Join(errs...)
+}

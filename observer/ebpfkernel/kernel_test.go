@@ -1,0 +1,225 @@
+package ebpfkernel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/internal/testutil/forkpool"
+	"github.com/workerstats/workerstats/observer"
+)
+
+// TestKernelCountsMatchClients drives kept-alive sessions, idle connections,
+// requests with outbound connections and slow requests into a pool, forks a
+// worker mid-run, and requires the kernel's per-pid counts to equal the
+// clients' own.
+func TestKernelCountsMatchClients(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range hookSets(t) {
+		t.Run(hooks, func(t *testing.T) {
+			pool := forkpool.Start(t, 2, echoServer(t))
+			k, p := loadFor(t, hooks, pool)
+			var ts forkpool.Tallies
+			size := func(i int) int { return (i * 4099) % 70000 }
+
+			// Kept-alive sessions: every request on a connection counts.
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			for s := range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs <- pool.Session(&ts, 25, func(i int) int { return size(s*25 + i) }, 0, s%4/3)
+				}()
+			}
+			// Connections that close without a byte are not requests.
+			for range 10 {
+				c, err := net.Dial("tcp", pool.Addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			st := settleOn(t, p, &ts)
+			var accepted, requests uint64
+			for _, w := range st.Workers {
+				accepted += w.Accepted
+				requests += w.Requests
+			}
+			if requests != 400 || accepted != 26 {
+				t.Errorf("400 requests on 16 sessions and 10 idle connections: kernel saw %d requests on %d connections", requests, accepted)
+			}
+
+			// A slow request shows its worker busy while it runs and adds
+			// its time to running_time once answered.
+			done := make(chan error, 1)
+			go func() { done <- pool.Session(&ts, 1, func(int) int { return 10 }, 300, 0) }()
+			busy := false
+			for range 100 {
+				st, err := p.Snapshot(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Load == 1 {
+					busy = true
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !busy {
+				t.Error("no worker showed busy during a 300 ms request")
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			st = settleOn(t, p, &ts)
+			var rt uint64
+			for _, w := range st.Workers {
+				rt += w.RunningTime
+				if w.Status != "idle" {
+					t.Errorf("worker %d is %s after every request ended", w.ID, w.Status)
+				}
+			}
+			if rt < 300000 || rt > 2000000 {
+				t.Errorf("running_time sums to %d us, want about 300000 from the slow request", rt)
+			}
+
+			// A kept-alive connection waiting for its next request is not
+			// a request in progress: its worker is idle once the answer
+			// has gone out, busy while it computes the next.
+			c, err := net.Dial("tcp", pool.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := bufio.NewReader(c)
+			answer := func(req string) {
+				if err := forkpool.ReadAnswer(r, &ts, len(req)); err != nil {
+					t.Fatalf("kept-alive request %q: %v", req, err)
+				}
+			}
+			load := func() uint64 {
+				st, err := p.Snapshot(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st.Load
+			}
+			io.WriteString(c, "100 0 0\n")
+			answer("100 0 0\n")
+			time.Sleep(ResponseIdle + 50*time.Millisecond)
+			if l := load(); l != 0 {
+				t.Errorf("with a kept-alive connection waiting for its next request: load %d, want 0", l)
+			}
+			io.WriteString(c, "10 300 0\n")
+			time.Sleep(100 * time.Millisecond)
+			if l := load(); l != 1 {
+				t.Errorf("while the kept-alive connection's second request runs: load %d, want 1", l)
+			}
+			answer("10 300 0\n")
+			c.Close()
+
+			// A worker forked after the observer started is followed from
+			// its first request.
+			syscall.Kill(pool.Master, syscall.SIGUSR1)
+			newPID := pool.WaitWorkers(t, 3)[2]
+			for i := 0; ; i++ {
+				if err := pool.Session(&ts, 3, size, 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				if _, served := ts.ByPID()[newPID]; served {
+					break
+				}
+				if i > 2000 {
+					t.Fatalf("the new worker %d never accepted a connection", newPID)
+				}
+			}
+			st = settleOn(t, p, &ts)
+			if w := st.Workers[len(st.Workers)-1]; w.PID != newPID || w.ID != 3 || w.RespawnCount != 1 {
+				t.Errorf("new worker: got slot %d pid %d respawn_count %d, want slot 3 pid %d respawn_count 1", w.ID, w.PID, w.RespawnCount, newPID)
+			}
+			noDrops(t, st)
+			// Recursion misses need no bpf_stats: one entry per program.
+			for name := range k.attached() {
+				if _, ok := st.Observer.Dropped[recursionPrefix+name]; !ok {
+					t.Errorf("dropped has no %s%s: %v", recursionPrefix, name, st.Observer.Dropped)
+				}
+			}
+		})
+	}
+}
+
+// TestHooksUnavailableIsOneClearError: asking for hooks the kernel lacks, or
+// for an unknown set, fails with an error the command can say what to do
+// about; auto picks what the kernel carries.
+func TestHooksUnavailableIsOneClearError(t *testing.T) {
+	if _, err := chooseHooks(HooksSock, false, false); !errors.Is(err, ErrNoSockTracepoints) {
+		t.Errorf("sock hooks on a kernel without them: %v, want ErrNoSockTracepoints", err)
+	}
+	if err := CheckHooks("kprobe"); err == nil || err.Error() != `"kprobe" is not one of auto, sock, syscall` {
+		t.Errorf("unknown hooks: %v", err)
+	}
+	for _, c := range []struct {
+		want           string
+		sock, sendfile bool
+		got            string
+	}{
+		{HooksAuto, true, true, HooksSock},
+		{HooksAuto, true, false, HooksSyscall}, // 6.3-6.4: sendfile would be missed
+		{HooksAuto, false, false, HooksSyscall},
+		{"", false, false, HooksSyscall},
+		{HooksSock, true, false, HooksSock}, // asked for: warned, not refused
+		{HooksSyscall, true, true, HooksSyscall},
+	} {
+		if got, err := chooseHooks(c.want, c.sock, c.sendfile); err != nil || got != c.got {
+			t.Errorf("chooseHooks(%q, sock=%v, sendfile=%v) = %q, %v; want %q", c.want, c.sock, c.sendfile, got, err, c.got)
+		}
+	}
+	if sets, err := AvailableHooks(); err == nil {
+		t.Logf("this kernel carries the hook sets %v", sets)
+	}
+}
+
+// TestPruneDropsUnwatchedMasters: entries an earlier run left in pinned
+// maps for masters no pool watches now go; the watched master's stay.
+func TestPruneDropsUnwatchedMasters(t *testing.T) {
+	testutil.RequireEBPF(t)
+	k, err := Load(Options{Hooks: HooksSyscall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	// Pids above the kernel's pid_max: no process can have them.
+	old, cur := observer.Proc{PID: 1 << 23, StartTicks: 1}, observer.Proc{PID: 1<<23 + 10, StartTicks: 2}
+	if err := k.Watch(old, []observer.Proc{{PID: old.PID + 1, StartTicks: 3}, {PID: old.PID + 2, StartTicks: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Watch(cur, []observer.Proc{{PID: cur.PID + 1, StartTicks: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	defer k.Unwatch(cur.PID)
+	n, err := k.Prune(map[int]bool{cur.PID: true})
+	if err != nil || n != 3 {
+		t.Fatalf("Prune = %d, %v; want the old master and its 2 workers", n, err)
+	}
+	ws, err := k.Workers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ws) != 1 || ws[0].PID != cur.PID+1 || ws[0].Master != cur.PID {
+		t.Errorf("workers left: %+v, want only %d of master %d", ws, cur.PID+1, cur.PID)
+	}
+}

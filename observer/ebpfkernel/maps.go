@@ -1,0 +1,197 @@
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/bpf"
+	"github.com/workerstats/workerstats/observer"
+)
+
+const (
+	roleMaster = bpf.ObserverRoleROLE_MASTER
+	roleWorker = bpf.ObserverRoleROLE_WORKER
+)
+
+// Watch implements observer.Kernel.
+func (k *Kernel) Watch(master observer.Proc, workers []observer.Proc) error {
+	// The master's entry holds no counts, so it is always written: over a
+	// pinned map's entry for the same master (a restart) it changes
+	// nothing, and over a dead process's entry under a reused pid it
+	// makes the pid this master's.
+	m := bpf.ObserverWorker{Role: roleMaster, StartNs: observer.TicksToNs(master.StartTicks)}
+	if err := k.objs.Workers.Put(uint32(master.PID), &m); err != nil {
+		return fmt.Errorf("add master %d to the kernel map: %w", master.PID, err)
+	}
+	for _, w := range workers {
+		if err := k.watchWorker(master.PID, w); err != nil {
+			return fmt.Errorf("add worker %d to the kernel map: %w", w.PID, err)
+		}
+	}
+	return nil
+}
+
+// watchWorker adds a worker the master already had.
+func (k *Kernel) watchWorker(master int, w observer.Proc) error {
+	v := bpf.ObserverWorker{Role: roleWorker, Master: uint32(master), StartNs: observer.TicksToNs(w.StartTicks)}
+	// NoExist: a worker the kernel saw fork meanwhile keeps its counts.
+	err := k.objs.Workers.Update(uint32(w.PID), &v, ebpf.UpdateNoExist)
+	if !errors.Is(err, ebpf.ErrKeyExist) {
+		return err
+	}
+	// Kept from before a restart (pinned maps) when it is this process;
+	// another process's under a reused pid is replaced.
+	var old bpf.ObserverWorker
+	if k.objs.Workers.Lookup(uint32(w.PID), &old) == nil && observer.NsToTicks(old.StartNs) != w.StartTicks {
+		return k.objs.Workers.Put(uint32(w.PID), &v)
+	}
+	return nil
+}
+
+// Workers implements observer.Kernel.
+func (k *Kernel) Workers() ([]observer.Counters, error) {
+	var mono, boot unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
+		return nil, fmt.Errorf("read the monotonic clock: %w", err)
+	}
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot); err != nil {
+		return nil, fmt.Errorf("read the boot-time clock: %w", err)
+	}
+	now := uint64(mono.Nano()) // bpf_ktime_get_ns()'s clock
+	// Exit times are on bpf_ktime_get_ns()'s clock, start times on
+	// start_boottime's: they differ by the time the host was suspended.
+	suspended := uint64(boot.Nano() - mono.Nano())
+	var (
+		pid uint32
+		v   bpf.ObserverWorker
+		out []observer.Counters
+	)
+	it := k.objs.Workers.Iterate()
+	for it.Next(&pid, &v) {
+		if v.Role == roleWorker {
+			out = append(out, counters(pid, &v, now, suspended))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate workers map: %w", err)
+	}
+	return out, nil
+}
+
+// counters converts a worker's kernel entry.
+func counters(pid uint32, v *bpf.ObserverWorker, now, suspended uint64) observer.Counters {
+	return observer.Counters{
+		PID:        int(pid),
+		Master:     int(v.Master),
+		Start:      v.StartNs,
+		Exited:     v.ExitNs != 0,
+		ExitNs:     exitBoot(v.ExitNs, suspended),
+		Spawns:     v.Spawns,
+		Accepts:    v.Accepts,
+		Requests:   v.Requests,
+		Closes:     v.Closes,
+		RX:         v.Rx,
+		TX:         v.Tx,
+		RunNs:      v.RtNs,
+		AvgRTNs:    v.AvgRtNs,
+		InProgress: inRequest(v, now),
+	}
+}
+
+// ResponseIdle is how long after its last response byte a connection whose
+// next request has not come is taken as idle: the kernel cannot see where a
+// response ends, and a keep-alive connection waits in that state.
+const ResponseIdle = 100 * time.Millisecond
+
+// inRequest is how many requests a worker is in: those received and not
+// answered yet, plus one being answered when a response byte went out
+// within ResponseIdle.
+func inRequest(v *bpf.ObserverWorker, now uint64) int64 {
+	n := max(v.Awaiting, 0)
+	if v.InProgress > n && now-v.LastTxNs < uint64(ResponseIdle) {
+		n++
+	}
+	return n
+}
+
+func exitBoot(exitNs, suspended uint64) uint64 {
+	if exitNs == 0 {
+		return 0
+	}
+	return exitNs + suspended
+}
+
+// Remember implements observer.Kernel.
+func (k *Kernel) Remember(master int, h observer.Counters) error {
+	var v bpf.ObserverWorker
+	if err := k.objs.Workers.Lookup(uint32(h.PID), &v); err != nil {
+		return fmt.Errorf("worker %d's entry: %w", h.PID, err)
+	}
+	if v.Role != roleWorker || v.ExitNs == 0 {
+		return fmt.Errorf("worker %d has not exited", h.PID)
+	}
+	v.Master = uint32(master)
+	v.Accepts, v.Requests, v.Closes = h.Accepts, h.Requests, h.Closes
+	v.Rx, v.Tx, v.RtNs, v.AvgRtNs = h.RX, h.TX, h.RunNs, h.AvgRTNs
+	v.InProgress, v.Awaiting, v.Spawns = 0, 0, h.Spawns
+	if err := k.objs.Workers.Update(uint32(h.PID), &v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("write worker %d's slot history: %w", h.PID, err)
+	}
+	return nil
+}
+
+// Forget implements observer.Kernel.
+func (k *Kernel) Forget(pid int) error {
+	err := k.objs.Workers.Delete(uint32(pid))
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Unwatch removes a master and its workers from the kernel map.
+func (k *Kernel) Unwatch(master int) error {
+	_, err := k.prune(func(owner int) bool { return owner == master })
+	return err
+}
+
+// Prune removes from the kernel map every master not in watched, and its
+// workers: pinned maps outlive the daemon, so a master watched by an
+// earlier run (a pool since dropped from the config, or restarted while no
+// daemon ran) would otherwise stay counted and fill the map. It returns how
+// many entries went.
+func (k *Kernel) Prune(watched map[int]bool) (int, error) {
+	return k.prune(func(owner int) bool { return !watched[owner] })
+}
+
+// prune removes every entry, master or worker, whose master drop picks.
+func (k *Kernel) prune(drop func(owner int) bool) (int, error) {
+	var (
+		pid  uint32
+		v    bpf.ObserverWorker
+		gone []uint32
+	)
+	it := k.objs.Workers.Iterate()
+	for it.Next(&pid, &v) {
+		owner := int(v.Master)
+		if v.Role == roleMaster {
+			owner = int(pid)
+		}
+		if drop(owner) {
+			gone = append(gone, pid)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("iterate workers map: %w", err)
+	}
+	for _, pid := range gone {
+		if err := k.Forget(int(pid)); err != nil {
+			return 0, fmt.Errorf("drop pid %d from the workers map: %w", pid, err)
+		}
+	}
+	return len(gone), nil
+}

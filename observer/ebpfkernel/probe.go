@@ -1,0 +1,86 @@
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
+)
+
+// What the kernel offers is probed here, never inferred from its version
+// string: distributions backport features, and configurations differ.
+
+// TracefsDir is where workerstats expects (and, as root, mounts) tracefs.
+const TracefsDir = "/sys/kernel/tracing"
+
+// ErrNoBTF is returned by Load on a kernel without BTF: CO-RE programs
+// cannot be relocated there.
+var ErrNoBTF = errors.New("kernel BTF is not available: the eBPF programs need a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+// kernelBTF returns the running kernel's BTF, or ErrNoBTF.
+func kernelBTF() (*btf.Spec, error) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("%w (%w)", ErrNoBTF, err)
+	}
+	return spec, nil
+}
+
+// ensureTracefs mounts tracefs at TracefsDir when it is not there; attaching
+// tracepoints needs it.
+func ensureTracefs() error {
+	if _, err := os.Stat(filepath.Join(TracefsDir, "events")); err == nil {
+		return nil
+	}
+	if err := unix.Mount("tracefs", TracefsDir, "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("tracefs is not mounted and mounting it at %s failed (%w): run as root, or mount it with 'mount -t tracefs tracefs %s'", TracefsDir, err, TracefsDir)
+	}
+	return nil
+}
+
+// SockTracepoints reports whether this kernel has the sock:sock_send_length
+// and sock:sock_recv_length tracepoints (Linux >= 6.3), mounting tracefs
+// first when needed.
+func SockTracepoints() (bool, error) {
+	if err := ensureTracefs(); err != nil {
+		return false, err
+	}
+	return tracepointExists("sock", "sock_send_length") && tracepointExists("sock", "sock_recv_length"), nil
+}
+
+func tracepointExists(group, name string) bool {
+	_, err := os.Stat(filepath.Join(TracefsDir, "events", group, name, "id"))
+	return err == nil
+}
+
+// sendfileReachesSendmsg reports whether sendfile(2) to a socket goes
+// through sock_sendmsg, and so past the sock:sock_send_length tracepoint:
+// from Linux 6.5, where splice_to_socket replaced the sendpage path. On 6.3
+// and 6.4 the tracepoints exist but sendfile's bytes never reach them.
+func sendfileReachesSendmsg(spec *btf.Spec) bool {
+	var fn *btf.Func
+	return spec.TypeByName("splice_to_socket", &fn) == nil
+}
+
+// AvailableHooks lists the hook sets this kernel can carry, the one auto
+// picks first.
+func AvailableHooks() ([]string, error) {
+	spec, err := kernelBTF()
+	if err != nil {
+		return nil, err
+	}
+	sock, err := SockTracepoints()
+	if err != nil {
+		return nil, err
+	}
+	if !sock {
+		return []string{HooksSyscall}, nil
+	}
+	if !sendfileReachesSendmsg(spec) {
+		return []string{HooksSyscall, HooksSock}, nil
+	}
+	return []string{HooksSock, HooksSyscall}, nil
+}
