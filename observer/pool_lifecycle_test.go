@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/workerstats/workerstats/internal/testutil"
 )
 
@@ -35,24 +34,6 @@ func writePIDFile(t *testing.T, path string, pid int) {
 	if err := os.Chtimes(path, at, at); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// metricUp is the pool's workerstats_up as Prometheus would scrape it.
-func metricUp(t *testing.T, p *Pool) float64 {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(&Collector{Snapshot: p.Snapshot})
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "workerstats_up" {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatal("no workerstats_up")
-	return -1
 }
 
 func refresh(t *testing.T, p *Pool) {
@@ -102,9 +83,6 @@ func TestPoolFollowsRestartedMaster(t *testing.T) {
 	if st.Observer.Target != "pidfile "+pidfile {
 		t.Errorf("observer.target = %q", st.Observer.Target)
 	}
-	if up := metricUp(t, p); up != 0 {
-		t.Errorf("workerstats_up = %v while the master is missing, want 0", up)
-	}
 
 	// The master is started again: a new pid in the pidfile, new workers.
 	for _, fp := range []fakeProc{
@@ -125,9 +103,6 @@ func TestPoolFollowsRestartedMaster(t *testing.T) {
 	st = snapshot(t, p)
 	if st.PID != 6000 || st.Observer.Waiting != "" {
 		t.Errorf("after restart: master %d, waiting %q", st.PID, st.Observer.Waiting)
-	}
-	if up := metricUp(t, p); up != 1 {
-		t.Errorf("workerstats_up = %v once the master is back, want 1", up)
 	}
 	ids, pids := slotPIDs(st)
 	if want := []int{6001, 6002, 6003}; !equalInts(ids, []int{1, 2, 3}) || !equalInts(pids, want) {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
+	"github.com/workerstats/workerstats/observer/metrics"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -229,7 +230,7 @@ func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
 		}
 		if sp.spec.opts.StatsHTTP {
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(&observer.Collector{Snapshot: sp.pool.Snapshot, Log: plog.With("component", "metrics")})
+			reg.MustRegister(&metrics.Collector{Snapshot: sp.pool.Snapshot, Log: plog.With("component", "metrics")})
 			sp.srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 		}
 	}

@@ -1,4 +1,6 @@
-package observer
+// Package metrics exposes a pool's dump as Prometheus metrics: the one
+// part of observer that needs the Prometheus client.
+package metrics
 
 import (
 	"context"
@@ -6,6 +8,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/workerstats/workerstats/observer"
 )
 
 // Collector exposes a pool's dump as Prometheus metrics. Counters are
@@ -13,7 +17,7 @@ import (
 // slot is labelled by its id; its current pid is a label of
 // workerstats_worker_info only, keeping series stable across respawns.
 type Collector struct {
-	Snapshot func(ctx context.Context) (*Stats, error)
+	Snapshot func(ctx context.Context) (*observer.Stats, error)
 	Log      *slog.Logger
 }
 
