@@ -39,18 +39,29 @@ type poolSpec struct {
 	mode   os.FileMode
 }
 
-// check validates a pool's options; where says which pool, for messages.
-func (p poolOptions) check(where string) (poolSpec, error) {
+// check validates a pool's options. where names the pool in messages, and
+// targetWhere the options that name its master.
+func (p poolOptions) check(where, targetWhere string) (poolSpec, error) {
 	t := p.target()
 	if err := t.Valid(); err != nil {
-		return poolSpec{}, fmt.Errorf("%s: %w", where, err)
+		return poolSpec{}, fmt.Errorf("%s: %w", targetWhere, err)
 	}
 	if p.Stats == "" {
 		return poolSpec{}, fmt.Errorf("%s: stats is required: the address to serve this pool's stats on", where)
 	}
-	addr, err := statsock.ParseAddr(p.Stats)
+	addr, mode, err := p.socket()
 	if err != nil {
 		return poolSpec{}, fmt.Errorf("%s: %w", where, err)
+	}
+	return poolSpec{target: t, addr: addr, opts: p, mode: mode}, nil
+}
+
+// socket validates a pool's stats socket options: its address, and the
+// mode of a Unix socket (defaultStatsChmod when unset).
+func (p poolOptions) socket() (statsock.Addr, os.FileMode, error) {
+	addr, err := statsock.ParseAddr(p.Stats)
+	if err != nil {
+		return statsock.Addr{}, 0, err
 	}
 	chmod := p.StatsChmod
 	if chmod == "" {
@@ -58,9 +69,9 @@ func (p poolOptions) check(where string) (poolSpec, error) {
 	}
 	mode, err := strconv.ParseUint(chmod, 8, 32)
 	if err != nil || mode > 0o777 {
-		return poolSpec{}, fmt.Errorf("%s: stats-chmod %q is not an octal file mode such as 600 or 660", where, chmod)
+		return statsock.Addr{}, 0, fmt.Errorf("stats-chmod %q is not an octal file mode such as 600 or 660", chmod)
 	}
-	return poolSpec{target: t, addr: addr, opts: p, mode: os.FileMode(mode)}, nil
+	return addr, os.FileMode(mode), nil
 }
 
 // configFile is serve's --config: daemon-wide settings, which the command
@@ -116,19 +127,14 @@ func loadConfig(path string) (configFile, error) {
 	return c, nil
 }
 
-// checkPools validates every pool and that no two share a stats address.
+// checkPools validates a config's pools and that no two share a stats
+// address; from names the config in messages.
 func checkPools(pools []poolOptions, from string) ([]poolSpec, error) {
 	specs := make([]poolSpec, 0, len(pools))
 	seen := map[string]int{}
 	for i, p := range pools {
-		where := from
-		if len(pools) > 1 || from != "" {
-			where = fmt.Sprintf("%s[[pool]] %d", from, i+1)
-		}
-		if where == "" {
-			where = "serve"
-		}
-		s, err := p.check(where)
+		where := fmt.Sprintf("%s[[pool]] %d", from, i+1)
+		s, err := p.check(where, where)
 		if err != nil {
 			return nil, err
 		}

@@ -22,7 +22,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/workerstats/workerstats/observer"
-	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -50,28 +49,52 @@ binary; as root it counts with eBPF, otherwise it shows procfs mode.`,
   workerstats read 127.0.0.1:1717     # from another terminal, while the demo runs`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return demo(cmd.Context(), cmd, o)
+			return demo(cmd.Context(), o)
 		},
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.workers, "workers", 4, "worker processes in the demo pool")
 	f.IntVar(&o.requests, "requests", 400, "requests to send before showing the stats")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:0", "address the demo pool serves HTTP on (port 0: any free port)")
-	f.StringVar(&o.stats, "stats", "127.0.0.1:1717", "stats socket, in any form serve takes")
+	f.StringVar(&o.stats, "stats", defaultStatsAddr, "stats socket, in any form serve takes")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto, ebpf or procfs, as serve takes it")
-	f.StringVar(&o.hooks, "hooks", ebpfkernel.HooksAuto, "auto, sock or syscall, as serve takes it")
+	f.StringVar(&o.hooks, "hooks", defaultHooks, "auto, sock or syscall, as serve takes it")
 	f.BoolVar(&o.exit, "exit", false, "stop once the stats are shown")
 	return cmd
 }
 
-func demo(ctx context.Context, cmd *cobra.Command, o demoOptions) error {
+// daemon returns the options demo runs the daemon with: serve's defaults
+// with demo's --stats, --mode and --hooks, checked by serve's validators.
+// The pool's target is left for the demo pool's master, once it runs.
+func (o demoOptions) daemon() (daemonOptions, error) {
+	p := poolOptions{Stats: o.stats}
+	addr, mode, err := p.socket()
+	if err != nil {
+		return daemonOptions{}, err
+	}
+	d := daemonOptions{
+		mode: o.mode, hooks: o.hooks, proc: observer.Procfs{Root: defaultProcRoot},
+		pools:         []poolSpec{{addr: addr, opts: p, mode: mode}},
+		statsMaxConns: statsock.DefaultMaxConns, statsTimeout: statsock.DefaultTimeout, statsMaxAge: defaultStatsMaxAge,
+	}
+	if err := d.check(); err != nil {
+		return daemonOptions{}, err
+	}
+	if err := checkRemovable(d.pools, nil); err != nil {
+		return daemonOptions{}, err
+	}
+	return d, nil
+}
+
+func demo(ctx context.Context, o demoOptions) error {
 	if o.requests < 0 {
 		return fmt.Errorf("--requests %d must not be negative", o.requests)
 	}
 	if o.workers < 1 || o.workers > demoMaxWorkers {
 		return fmt.Errorf("--workers %d: want 1 to %d", o.workers, demoMaxWorkers)
 	}
-	if _, err := statsock.ParseAddr(o.stats); err != nil {
+	d, err := o.daemon()
+	if err != nil {
 		return err
 	}
 	self, err := os.Executable()
@@ -103,7 +126,7 @@ func demo(ctx context.Context, cmd *cobra.Command, o demoOptions) error {
 		return errors.New("demo: the pool did not start (see the lines above)")
 	}
 	poolAddr := strings.TrimSpace(line)
-	proc := observer.Procfs{Root: "/proc"}
+	proc := d.proc
 	if err := waitUntil(ctx, 10*time.Second, func() bool {
 		kids, err := proc.Children(master.Process.Pid)
 		return err == nil && len(kids) == o.workers
@@ -111,15 +134,12 @@ func demo(ctx context.Context, cmd *cobra.Command, o demoOptions) error {
 		return fmt.Errorf("demo: the pool's %d workers did not start: %w", o.workers, err)
 	}
 
+	d.pools[0].target = observer.Target{PID: master.Process.Pid}
 	serveCtx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
 	served := make(chan error, 1)
 	go func() {
-		served <- serve(serveCtx, cmd, serveOptions{
-			mode: o.mode, hooks: o.hooks, procRoot: "/proc",
-			pool:          poolOptions{PID: master.Process.Pid, Stats: o.stats, StatsChmod: defaultStatsChmod},
-			statsMaxConns: statsock.DefaultMaxConns, statsTimeout: statsock.DefaultTimeout, statsMaxAge: 100 * time.Millisecond,
-		})
+		served <- serveDaemon(serveCtx, d)
 	}()
 	var serveErr error
 	if err := waitUntil(ctx, 30*time.Second, func() bool {
@@ -143,7 +163,7 @@ func demo(ctx context.Context, cmd *cobra.Command, o demoOptions) error {
 	if err := demoTraffic(ctx, client, poolAddr, o.requests, 8); err != nil {
 		return err
 	}
-	time.Sleep(200 * time.Millisecond) // past --stats-max-age: a fresh snapshot
+	time.Sleep(2 * defaultStatsMaxAge) // past --stats-max-age: a fresh snapshot
 	if err := readStatsTo(ctx, os.Stdout, o.stats, readOptions{timeout: 10 * time.Second}); err != nil {
 		return err
 	}

@@ -13,7 +13,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
-	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"golang.org/x/sys/unix"
 	"kernel.org/pub/linux/libs/security/libcap/cap"
 )
@@ -24,24 +23,31 @@ type hostOptions struct {
 	pinPath string
 	noPin   bool
 	user    string
-
-	flags *pflag.FlagSet
-	as    *account // --user, resolved by prepare
 }
 
 func (h *hostOptions) addFlags(f *pflag.FlagSet) {
-	h.flags = f
-	f.StringVar(&h.pinPath, "pin-path", ebpfkernel.DefaultPinPath, "bpffs directory where the kernel maps and links are pinned, so counting goes on while the daemon is stopped or restarted ('workerstats cleanup' removes them)")
+	f.StringVar(&h.pinPath, "pin-path", defaultPinPath, "bpffs directory where the kernel maps and links are pinned, so counting goes on while the daemon is stopped or restarted ('workerstats cleanup' removes them)")
 	f.BoolVar(&h.noPin, "no-pin", false, "pin nothing: the programs detach and the counts are gone when the daemon stops")
 	f.StringVar(&h.user, "user", "", "once the programs are attached and the sockets bound, run as this user (name or uid) with only the capabilities the daemon still needs")
 }
 
-// pin returns the pin directory, or "" for --no-pin.
-func (h *hostOptions) pin() string {
+// resolve checks the flags and returns the pin directory ("" for --no-pin)
+// and the account --user names (nil without --user). pinPathSet says
+// whether --pin-path was given on the command line.
+func (h hostOptions) resolve(pinPathSet bool) (pin string, as *account, err error) {
 	if h.noPin {
-		return ""
+		if pinPathSet {
+			return "", nil, errors.New("--no-pin and --pin-path exclude each other")
+		}
+	} else {
+		pin = h.pinPath
 	}
-	return h.pinPath
+	if h.user != "" {
+		if as, err = lookupAccount(h.user); err != nil {
+			return "", nil, err
+		}
+	}
+	return pin, as, nil
 }
 
 // account is the user --user names.
@@ -80,25 +86,15 @@ func lookupAccount(name string) (*account, error) {
 	return a, nil
 }
 
-// prepare checks the flags and, before anything is bound, that every Unix
-// stats socket can still be removed at shutdown by the user the daemon will
-// run as, without the capabilities it drops.
-func (h *hostOptions) prepare(specs []poolSpec) error {
-	if h.noPin && h.flags != nil && h.flags.Changed("pin-path") {
-		return errors.New("--no-pin and --pin-path exclude each other")
-	}
-	if h.user != "" {
-		a, err := lookupAccount(h.user)
-		if err != nil {
-			return err
-		}
-		h.as = a
-	}
+// checkRemovable checks, before anything is bound, that every Unix stats
+// socket can still be removed at shutdown by the user the daemon will run
+// as (as; nil keeps its uid), without the capabilities it drops.
+func checkRemovable(specs []poolSpec, as *account) error {
 	for _, s := range specs {
 		if !s.addr.Path() {
 			continue
 		}
-		if err := removableAfterDrop(s.addr.Address, h.as, s.opts.StatsChown); err != nil {
+		if err := removableAfterDrop(s.addr.Address, as, s.opts.StatsChown); err != nil {
 			return err
 		}
 	}
@@ -175,14 +171,20 @@ func removableAfterDrop(path string, a *account, chown string) error {
 // closing descriptors and removing the daemon's own socket at shutdown.
 var runtimeCaps = []cap.Value{cap.SYS_PTRACE, cap.DAC_READ_SEARCH}
 
-// dropPrivileges switches to --user, if given, and keeps only the
+// accessChecker is the eBPF observer as dropPrivileges probes it: does
+// bpf(2) on the descriptors it holds still work without CAP_BPF?
+type accessChecker interface {
+	CheckAccess() error
+}
+
+// dropPrivileges switches to as (--user), if given, and keeps only the
 // capabilities the running daemon needs: in the effective and permitted
 // sets, and in the bounding set, so nothing it could run gets the others
 // back. Inheritable and ambient are cleared and no_new_privs set. libcap's
 // psx applies every change to all of the Go runtime's threads, since the
 // kernel keeps credentials per thread. k is the eBPF observer (nil in
 // procfs mode), probed for whether it still needs CAP_BPF.
-func (h *hostOptions) dropPrivileges(k *ebpfkernel.Kernel, log *slog.Logger) error {
+func dropPrivileges(as *account, k accessChecker, log *slog.Logger) error {
 	have := cap.GetProc()
 	held := func(v cap.Value) bool {
 		on, _ := have.GetFlag(cap.Permitted, v)
@@ -194,15 +196,15 @@ func (h *hostOptions) dropPrivileges(k *ebpfkernel.Kernel, log *slog.Logger) err
 			keep = append(keep, v)
 		}
 	}
-	if h.as != nil {
+	if as != nil {
 		if !held(cap.SETUID) || !held(cap.SETGID) {
-			return fmt.Errorf("--user %s needs CAP_SETUID and CAP_SETGID: run workerstats as root", h.as.name)
+			return fmt.Errorf("--user %s needs CAP_SETUID and CAP_SETGID: run workerstats as root", as.name)
 		}
-		if err := cap.SetGroups(h.as.gid, h.as.groups...); err != nil {
-			return fmt.Errorf("--user %s: set groups: %w", h.as.name, err)
+		if err := cap.SetGroups(as.gid, as.groups...); err != nil {
+			return fmt.Errorf("--user %s: set groups: %w", as.name, err)
 		}
-		if err := cap.SetUID(h.as.uid); err != nil {
-			return fmt.Errorf("--user %s: set uid: %w", h.as.name, err)
+		if err := cap.SetUID(as.uid); err != nil {
+			return fmt.Errorf("--user %s: set uid: %w", as.name, err)
 		}
 	}
 	// Does bpf(2) on the descriptors held still work without CAP_BPF?
@@ -248,8 +250,8 @@ func (h *hostOptions) dropPrivileges(k *ebpfkernel.Kernel, log *slog.Logger) err
 		names[i] = v.String()
 	}
 	attrs := []any{"keep", strings.Join(names, ","), "uid", os.Geteuid(), "gid", os.Getegid()}
-	if h.as != nil {
-		attrs = append(attrs, "user", h.as.name)
+	if as != nil {
+		attrs = append(attrs, "user", as.name)
 	}
 	log.Info("dropped privileges", attrs...)
 	return nil

@@ -13,10 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/observer"
-	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/observer/metrics"
 	"github.com/workerstats/workerstats/statsock"
 )
@@ -25,11 +23,25 @@ const (
 	modeAuto   = "auto"
 	modeEBPF   = "ebpf"
 	modeProcfs = "procfs"
-
-	defaultStatsChmod = "600"
 )
 
-type serveOptions struct {
+// Defaults serve's flags and demo share.
+const (
+	defaultStatsAddr   = "127.0.0.1:1717"
+	defaultStatsChmod  = "600"
+	defaultStatsMaxAge = 100 * time.Millisecond
+	defaultProcRoot    = "/proc"
+)
+
+// maintenance is how often maintain refreshes the pools (follows their
+// masters, folds exited workers) and sweeps the kernel's connection table.
+type maintenance struct{ refresh, sweep time.Duration }
+
+var defaultMaintenance = maintenance{refresh: time.Second, sweep: 10 * time.Second}
+
+// serveFlags are serve's command line as cobra parses it; resolve turns
+// them, with --config, into daemonOptions.
+type serveFlags struct {
 	mode     string
 	hooks    string
 	bpfStats bool
@@ -44,12 +56,33 @@ type serveOptions struct {
 	statsMaxAge   time.Duration
 }
 
+// daemonOptions are the daemon's options resolved: flags, --config and
+// defaults merged, each checked once. serveDaemon takes them; serve's RunE
+// and demo build them.
+type daemonOptions struct {
+	mode     string // modeAuto, modeEBPF or modeProcfs
+	hooks    string
+	bpfStats bool
+	proc     observer.Procfs
+	pools    []poolSpec
+	// poolsFromConfig: a pool that cannot start (two masters of one
+	// --name, say) is logged and the config's other pools go on; the one
+	// pool a command line names ends the daemon.
+	poolsFromConfig bool
+	pinPath         string   // "" pins nothing
+	user            *account // --user; nil keeps the uid
+
+	statsMaxConns int
+	statsTimeout  time.Duration
+	statsMaxAge   time.Duration
+}
+
 // poolFlags are serve's flags that name one pool: they and --config exclude
 // each other.
 var poolFlags = []string{"pid", "pidfile", "name", "stats", "stats-http", "stats-minified", "stats-chmod", "stats-chown"}
 
 func newServeCmd() *cobra.Command {
-	var o serveOptions
+	var o serveFlags
 	cmd := &cobra.Command{
 		Use:   "serve (--pid PID | --pidfile FILE | --name NAME) [--stats ADDR] | --config FILE",
 		Short: "Watch a pool's workers and serve their stats",
@@ -66,14 +99,18 @@ several pools, each with its own stats socket. It needs root.`,
   workerstats serve --config /etc/workerstats/workerstats.toml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return serve(cmd.Context(), cmd, o)
+			d, err := o.resolve(cmd.Flags().Changed)
+			if err != nil {
+				return err
+			}
+			return serveDaemon(cmd.Context(), d)
 		},
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.pool.PID, "pid", 0, "PID of the pool's master process")
 	f.StringVar(&o.pool.PIDFile, "pidfile", "", "the master's pidfile, followed when the master restarts")
 	f.StringVar(&o.pool.Name, "name", "", "the master's process name: uwsgi, gunicorn, php-fpm, nginx...")
-	f.StringVar(&o.pool.Stats, "stats", "127.0.0.1:1717", "stats socket: host:port, :port (all interfaces), [ipv6]:port, /path.sock or @abstract")
+	f.StringVar(&o.pool.Stats, "stats", defaultStatsAddr, "stats socket: host:port, :port (all interfaces), [ipv6]:port, /path.sock or @abstract")
 	f.BoolVar(&o.pool.StatsHTTP, "stats-http", false, "speak HTTP on the stats socket: GET / for the JSON, GET /metrics for Prometheus")
 	f.BoolVar(&o.pool.StatsMinified, "stats-minified", false, "compact JSON instead of uWSGI's tab-indented layout")
 	f.StringVar(&o.pool.StatsChmod, "stats-chmod", defaultStatsChmod, "mode of a Unix stats socket, in octal")
@@ -81,18 +118,49 @@ several pools, each with its own stats socket. It needs root.`,
 	f.StringVar(&o.config, "config", "", "TOML file with one [[pool]] per pool to watch (keys as these flags' names)")
 	f.IntVar(&o.statsMaxConns, "stats-max-conns", statsock.DefaultMaxConns, "stats connections served at once; more are closed at once")
 	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
-	f.DurationVar(&o.statsMaxAge, "stats-max-age", 100*time.Millisecond, "readers within this interval share one snapshot of the kernel counters")
+	f.DurationVar(&o.statsMaxAge, "stats-max-age", defaultStatsMaxAge, "readers within this interval share one snapshot of the kernel counters")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
-	f.StringVar(&o.hooks, "hooks", ebpfkernel.HooksAuto, "where the kernel counts bytes: auto, sock (Linux >= 6.5) or syscall")
+	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, sock (Linux >= 6.5) or syscall")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
-	f.StringVar(&o.procRoot, "proc", "/proc", "procfs mount to read processes from")
+	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
 	return cmd
 }
 
+// resolve merges --config into the flags and checks every option once, the
+// cheap checks first, into the daemon's options. changed says whether a
+// flag was given on the command line: those win over the config.
+func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, error) {
+	proc := observer.Procfs{Root: o.procRoot}
+	specs, err := o.poolSpecs(changed, proc)
+	if err != nil {
+		return daemonOptions{}, err
+	}
+	d := daemonOptions{
+		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, proc: proc,
+		pools: specs, poolsFromConfig: o.config != "",
+		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
+	}
+	if err := d.check(); err != nil {
+		return daemonOptions{}, err
+	}
+	if !d.poolsFromConfig {
+		if err := checkPIDRuns(specs[0].target, proc); err != nil {
+			return daemonOptions{}, err
+		}
+	}
+	if d.pinPath, d.user, err = o.host.resolve(changed("pin-path")); err != nil {
+		return daemonOptions{}, err
+	}
+	if err := checkRemovable(d.pools, d.user); err != nil {
+		return daemonOptions{}, err
+	}
+	return d, nil
+}
+
 // poolSpecs returns the pools to watch: --config's, or the one the flags
 // name. With neither, it says what could be watched.
-func poolSpecs(cmd *cobra.Command, o *serveOptions, proc observer.Procfs) ([]poolSpec, error) {
+func (o *serveFlags) poolSpecs(changed func(string) bool, proc observer.Procfs) ([]poolSpec, error) {
 	if o.config == "" {
 		if o.pool.target() == (observer.Target{}) {
 			cands, err := observer.Candidates(proc, os.Getpid())
@@ -101,13 +169,14 @@ func poolSpecs(cmd *cobra.Command, o *serveOptions, proc observer.Procfs) ([]poo
 			}
 			return nil, errors.New(observer.NoTargetMessage(cands))
 		}
-		if err := o.pool.target().Valid(); err != nil {
-			return nil, fmt.Errorf("--pid, --pidfile, --name: %w", err)
+		s, err := o.pool.check("serve", "--pid, --pidfile, --name")
+		if err != nil {
+			return nil, err
 		}
-		return checkPools([]poolOptions{o.pool}, "")
+		return []poolSpec{s}, nil
 	}
 	for _, name := range poolFlags {
-		if cmd.Flags().Changed(name) {
+		if changed(name) {
 			return nil, fmt.Errorf("--%s and --config exclude each other: put the pool in the config file", name)
 		}
 	}
@@ -115,31 +184,56 @@ func poolSpecs(cmd *cobra.Command, o *serveOptions, proc observer.Procfs) ([]poo
 	if err != nil {
 		return nil, err
 	}
-	// The config's daemon-wide settings, unless the command line set them.
-	set := func(flag string, apply func()) {
-		if !cmd.Flags().Changed(flag) {
+	o.applyConfig(c, changed)
+	return checkPools(c.Pools, "config "+o.config+": ")
+}
+
+// applyConfig takes the config's daemon-wide settings, unless the command
+// line set them.
+func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
+	set := func(flag string, given bool, apply func()) {
+		if given && !changed(flag) {
 			apply()
 		}
 	}
-	if c.Mode != "" {
-		set("mode", func() { o.mode = c.Mode })
+	set("mode", c.Mode != "", func() { o.mode = c.Mode })
+	set("hooks", c.Hooks != "", func() { o.hooks = c.Hooks })
+	set("bpf-stats", c.BPFStats, func() { o.bpfStats = true })
+	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
+	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
+	set("stats-max-age", c.StatsMaxAge.set, func() { o.statsMaxAge = c.StatsMaxAge.Duration })
+}
+
+// check validates the daemon-wide options, whether from flags, a config or
+// demo: each has its one validator here.
+func (d *daemonOptions) check() error {
+	switch d.mode {
+	case modeAuto, modeEBPF, modeProcfs:
+	default:
+		return fmt.Errorf("--mode %q is not one of auto, ebpf, procfs", d.mode)
 	}
-	if c.Hooks != "" {
-		set("hooks", func() { o.hooks = c.Hooks })
+	if err := checkHooks(d.hooks); err != nil {
+		return err
 	}
-	if c.BPFStats {
-		set("bpf-stats", func() { o.bpfStats = true })
+	if d.statsMaxConns <= 0 || d.statsTimeout <= 0 || d.statsMaxAge < 0 {
+		return errors.New("--stats-max-conns and --stats-timeout must be positive, --stats-max-age not negative")
 	}
-	if c.StatsMaxConns != 0 {
-		set("stats-max-conns", func() { o.statsMaxConns = c.StatsMaxConns })
+	return nil
+}
+
+// checkPIDRuns says at once that a --pid given on the command line names no
+// process: a mistake. Pidfiles and names may be waited for.
+func checkPIDRuns(t observer.Target, proc observer.Procfs) error {
+	if t.PID == 0 {
+		return nil
 	}
-	if c.StatsTimeout.set {
-		set("stats-timeout", func() { o.statsTimeout = c.StatsTimeout.Duration })
+	if _, err := t.Find(proc); err != nil {
+		if errors.Is(err, observer.ErrNoTarget) {
+			return fmt.Errorf("%w: start the pool first, or check --pid (--pidfile or --name wait for the master)", err)
+		}
+		return err
 	}
-	if c.StatsMaxAge.set {
-		set("stats-max-age", func() { o.statsMaxAge = c.StatsMaxAge.Duration })
-	}
-	return checkPools(c.Pools, "config "+o.config+": ")
+	return nil
 }
 
 // servedPool is a pool with its stats socket.
@@ -150,153 +244,167 @@ type servedPool struct {
 	srv  *statsock.Server
 }
 
-func serve(ctx context.Context, cmd *cobra.Command, o serveOptions) error {
+// serveDaemon runs the daemon, step by step, until ctx ends or a stats
+// server fails. Every stats socket is bound before anything is loaded, so
+// an address in use is found out first; the kernel side is closed only
+// once the servers and maintain have returned.
+func serveDaemon(ctx context.Context, o daemonOptions) error {
 	log := slog.Default()
 	observer.Version = "workerstats-" + version
-	proc := observer.Procfs{Root: o.procRoot}
-	specs, err := poolSpecs(cmd, &o, proc)
+	pools, err := bindSockets(o.pools, log)
 	if err != nil {
 		return err
 	}
-	switch o.mode {
-	case modeAuto, modeEBPF, modeProcfs:
-	default:
-		return fmt.Errorf("--mode %q is not one of auto, ebpf, procfs", o.mode)
-	}
-	if err := checkHooks(o.hooks); err != nil {
+	defer closeListeners(pools)
+	k, procfsReason, err := loadKernel(o, log)
+	if err != nil {
 		return err
 	}
-	if o.statsMaxConns <= 0 || o.statsTimeout <= 0 || o.statsMaxAge < 0 {
-		return errors.New("--stats-max-conns and --stats-timeout must be positive, --stats-max-age not negative")
+	if k != nil {
+		defer k.Close()
 	}
-	// A --pid given on the command line that names no process is a
-	// mistake to say at once; pidfiles and names may be waited for.
-	if o.config == "" && specs[0].target.PID != 0 {
-		if _, err := specs[0].target.Find(proc); err != nil {
-			if errors.Is(err, observer.ErrNoTarget) {
-				return fmt.Errorf("%w: start the pool first, or check --pid (--pidfile or --name wait for the master)", err)
-			}
-			return err
-		}
+	if err := startPools(ctx, pools, k, procfsReason, o, log); err != nil {
+		return err
 	}
+	if k != nil {
+		pruneUnwatched(k, pools, log)
+	}
+	// Attached and bound: keep only what the running daemon needs.
+	if err := dropPrivileges(o.user, k, log); err != nil {
+		return err
+	}
+	return serveAndMaintain(ctx, pools, k, defaultMaintenance, log)
+}
 
-	if err := o.host.prepare(specs); err != nil {
-		return err
-	}
-	// Bind every stats socket before loading anything: an address in use
-	// is found out first.
-	pools := make([]*servedPool, len(specs))
-	for i, s := range specs {
+// bindSockets binds every pool's stats socket, or none.
+func bindSockets(specs []poolSpec, log *slog.Logger) ([]*servedPool, error) {
+	pools := make([]*servedPool, 0, len(specs))
+	for _, s := range specs {
 		ln, err := statsock.Listen(s.addr, statsock.ListenOptions{Mode: s.mode, Owner: s.opts.StatsChown})
 		if err != nil {
-			return err
+			closeListeners(pools)
+			return nil, err
 		}
-		defer ln.Close()
 		if s.addr.Wildcard {
 			log.Warn("a stats socket listens on all interfaces: anyone who can reach this host can read the pool's stats", "addr", s.opts.Stats)
 		}
-		pools[i] = &servedPool{spec: s, ln: ln}
+		pools = append(pools, &servedPool{spec: s, ln: ln})
 	}
+	return pools, nil
+}
 
-	ebpfK, procfsReason, err := loadKernel(o, log)
-	if err != nil {
-		return err
-	}
-	if ebpfK != nil {
-		defer ebpfK.Close()
-	}
+// closeListeners closes the stats sockets (a Unix socket's file goes with
+// it). Serve closes them too when it stops: closing again is harmless.
+func closeListeners(pools []*servedPool) {
 	for _, sp := range pools {
-		var kernel observer.Kernel = ebpfK
-		if ebpfK == nil {
+		sp.ln.Close()
+	}
+}
+
+// startPools finds each pool's master and builds its stats server. Every
+// pool counts through k; with k nil (procfs mode) each pool gets a procfs
+// kernel of its own, which says procfsReason.
+func startPools(ctx context.Context, pools []*servedPool, k observer.Kernel, procfsReason string, o daemonOptions, log *slog.Logger) error {
+	for _, sp := range pools {
+		kernel := k
+		if kernel == nil {
 			// Procfs mode follows one master per observer.
-			kernel = &observer.ProcfsKernel{Proc: proc, Reason: procfsReason}
+			kernel = &observer.ProcfsKernel{Proc: o.proc, Reason: procfsReason}
 		}
 		plog := log.With("pool", sp.spec.opts.Stats)
-		sp.pool = &observer.Pool{Target: sp.spec.target, Proc: proc, Kernel: kernel, Log: plog.With("component", "pool"), MaxAge: o.statsMaxAge}
+		sp.pool = &observer.Pool{Target: sp.spec.target, Proc: o.proc, Kernel: kernel, Log: plog.With("component", "pool"), MaxAge: o.statsMaxAge}
 		if err := sp.pool.Start(ctx); err != nil && !errors.Is(err, observer.ErrNoTarget) {
 			// Two masters of one --name, say: a mistake in a command
 			// line ends it; a config's other pools go on.
-			if o.config == "" {
+			if !o.poolsFromConfig {
 				return err
 			}
 			plog.Warn("pool not watched yet", "error", err)
 		}
-		sp.srv = &statsock.Server{
-			Source:   &observer.JSONSource{Pool: sp.pool, Minified: sp.spec.opts.StatsMinified},
-			HTTP:     sp.spec.opts.StatsHTTP,
-			MaxConns: o.statsMaxConns,
-			Timeout:  o.statsTimeout,
-			Log:      plog.With("component", "statsock"),
-		}
-		if sp.spec.opts.StatsHTTP {
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(&metrics.Collector{Snapshot: sp.pool.Snapshot, Log: plog.With("component", "metrics")})
-			sp.srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
-		}
+		sp.srv = newStatsServer(sp, o, plog)
 	}
-	if ebpfK != nil {
-		watched := map[int]bool{}
-		for _, sp := range pools {
-			for _, m := range sp.pool.Masters() {
-				watched[m] = true
-			}
-		}
-		if n, err := ebpfK.Prune(watched); err != nil {
-			log.Warn("cannot drop unwatched masters from the pinned maps", "error", err)
-		} else if n > 0 {
-			log.Info("dropped kernel entries of masters no pool watches (left by an earlier run)", "entries", n)
-		}
-	}
-	// Attached and bound: keep only what the running daemon needs.
-	if err := o.host.dropPrivileges(ebpfK, log); err != nil {
-		return err
-	}
-	go maintain(ctx, pools, ebpfK, log)
+	return nil
+}
 
+// newStatsServer builds the stats server of a started pool: the JSON and,
+// with --stats-http, the Prometheus metrics.
+func newStatsServer(sp *servedPool, o daemonOptions, log *slog.Logger) *statsock.Server {
+	srv := &statsock.Server{
+		Source:   &observer.JSONSource{Pool: sp.pool, Minified: sp.spec.opts.StatsMinified},
+		HTTP:     sp.spec.opts.StatsHTTP,
+		MaxConns: o.statsMaxConns,
+		Timeout:  o.statsTimeout,
+		Log:      log.With("component", "statsock"),
+	}
+	if sp.spec.opts.StatsHTTP {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(&metrics.Collector{Snapshot: sp.pool.Snapshot, Log: log.With("component", "metrics")})
+		srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
+	}
+	return srv
+}
+
+// pruner drops the kernel's entries of masters not in watched.
+type pruner interface {
+	Prune(watched map[int]bool) (int, error)
+}
+
+// pruneUnwatched drops from the pinned maps the entries of masters no pool
+// watches, left by an earlier run's pools, so they neither stay counted
+// nor fill the map.
+func pruneUnwatched(k pruner, pools []*servedPool, log *slog.Logger) {
+	watched := map[int]bool{}
+	for _, sp := range pools {
+		for _, m := range sp.pool.Masters() {
+			watched[m] = true
+		}
+	}
+	if n, err := k.Prune(watched); err != nil {
+		log.Warn("cannot drop unwatched masters from the pinned maps", "error", err)
+	} else if n > 0 {
+		log.Info("dropped kernel entries of masters no pool watches (left by an earlier run)", "entries", n)
+	}
+}
+
+// sweeper is the kernel side as the run step sees it: described in the
+// log, its connection table swept while the daemon runs. Nil in procfs
+// mode.
+type sweeper interface {
+	Sweep() error
+	Info() observer.ObserverInfo
+}
+
+// serveAndMaintain serves every pool's stats and runs maintain, all in one
+// errgroup, until ctx ends or a server fails (which stops the others and
+// maintain). It returns only once every one of them has returned, so the
+// caller may close the kernel side: no sweep is in progress then.
+func serveAndMaintain(ctx context.Context, pools []*servedPool, k sweeper, every maintenance, log *slog.Logger) error {
+	info := observer.ObserverInfo{Mode: modeProcfs}
+	if k != nil {
+		info = k.Info()
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, sp := range pools {
-		var info observer.ObserverInfo
-		if ebpfK != nil {
-			info = ebpfK.Info()
-		} else {
-			info = observer.ObserverInfo{Mode: modeProcfs}
-		}
 		log.Info("serving stats", "addr", sp.spec.opts.Stats, "http", sp.spec.opts.StatsHTTP, "target", sp.spec.target.String(), "mode", info.Mode, "hooks", info.Hooks)
 		g.Go(func() error { return sp.srv.Serve(gctx, sp.ln) })
 	}
-	err = g.Wait()
+	g.Go(func() error {
+		maintain(gctx, pools, k, every, log)
+		return nil
+	})
+	err := g.Wait()
 	log.Info("stopped")
 	return err
 }
 
-// loadKernel loads the eBPF observer, or says why procfs mode serves
-// instead (nil observer, the reason).
-func loadKernel(o serveOptions, log *slog.Logger) (*ebpfkernel.Kernel, string, error) {
-	if o.mode == modeProcfs {
-		return nil, "--mode procfs", nil
-	}
-	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.host.pin(), Log: log.With("component", "ebpf")})
-	if err == nil {
-		return k, "", nil
-	}
-	if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
-		err = fmt.Errorf("%w: run workerstats as root", err)
-	}
-	setting, err := settingError(err)
-	if o.mode == modeEBPF || setting {
-		return nil, "", err
-	}
-	log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)
-	return nil, err.Error(), nil
-}
-
 // maintain follows each pool's master and folds exited workers into their
-// slots every second and, with eBPF (k not nil), sweeps the kernel's
-// connection table, so both stay true without readers.
-func maintain(ctx context.Context, pools []*servedPool, k *ebpfkernel.Kernel, log *slog.Logger) {
-	refresh := time.NewTicker(time.Second)
+// slots every.refresh and, with eBPF (k not nil), sweeps the kernel's
+// connection table every.sweep, so both stay true without readers. It
+// returns when ctx ends, never in the middle of a sweep.
+func maintain(ctx context.Context, pools []*servedPool, k sweeper, every maintenance, log *slog.Logger) {
+	refresh := time.NewTicker(every.refresh)
 	defer refresh.Stop()
-	sweep := time.NewTicker(10 * time.Second)
+	sweep := time.NewTicker(every.sweep)
 	defer sweep.Stop()
 	for {
 		select {

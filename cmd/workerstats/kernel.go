@@ -1,0 +1,78 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
+)
+
+// This file holds serve's and demo's every use of the eBPF observer's own
+// names (hook sets, pin path, loading): the rest of the command sees the
+// kernel side through loadedKernel.
+
+const defaultHooks = ebpfkernel.HooksAuto
+
+var defaultPinPath = ebpfkernel.DefaultPinPath
+
+// loadedKernel is the eBPF observer as the daemon's steps use it: the pools
+// count through it, unwatched masters are pruned from it, dropPrivileges
+// probes it, the run step sweeps it, and it is closed last.
+type loadedKernel interface {
+	observer.Kernel
+	Prune(watched map[int]bool) (int, error)
+	CheckAccess() error
+	Sweep() error
+	Close() error
+}
+
+// loadKernel loads the eBPF observer, or says why procfs mode serves
+// instead (a nil observer and the reason).
+func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error) {
+	if o.mode == modeProcfs {
+		return nil, "--mode procfs", nil
+	}
+	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath, Log: log.With("component", "ebpf")})
+	if err == nil {
+		return k, "", nil
+	}
+	if errors.Is(err, unix.EPERM) && os.Geteuid() != 0 {
+		err = fmt.Errorf("%w: run workerstats as root", err)
+	}
+	setting, err := settingError(err)
+	if o.mode == modeEBPF || setting {
+		return nil, "", err
+	}
+	log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)
+	return nil, err.Error(), nil
+}
+
+// settingError says which flag to change for an error of the kernel side,
+// whose messages name none, and reports whether the error is a setting to
+// fix (fatal in every mode) rather than a kernel that cannot load the
+// programs (a reason to serve from procfs).
+func settingError(err error) (setting bool, _ error) {
+	var pe *ebpfkernel.PinPathError
+	switch {
+	case errors.As(err, &pe):
+		return true, fmt.Errorf("--pin-path %s: %w; or pass --no-pin", pe.Path, pe.Err)
+	case errors.Is(err, ebpfkernel.ErrNoSockTracepoints):
+		return true, fmt.Errorf("--hooks sock: %w: use --hooks syscall or auto", err)
+	case errors.Is(err, ebpfkernel.ErrNoBTF):
+		return false, fmt.Errorf("%w: or serve what procfs shows with --mode procfs", err)
+	}
+	return false, err
+}
+
+// checkHooks is --hooks' one validator.
+func checkHooks(hooks string) error {
+	if err := ebpfkernel.CheckHooks(hooks); err != nil {
+		return fmt.Errorf("--hooks %w", err)
+	}
+	return nil
+}
