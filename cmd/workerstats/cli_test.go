@@ -451,11 +451,7 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 			}
 			c.Close()
 		}
-		var st *observer.Stats
-		waitFor(t, 10*time.Second, "the requests to be counted", func() error {
-			if st, err = readStats(sock); err != nil {
-				return err
-			}
+		st := waitStats(t, sock, 10*time.Second, "the requests to be counted", func(st *observer.Stats) error {
 			if got, _, _ := sumRequests(st); got != requests {
 				return fmt.Errorf("%d requests counted, want %d", got, requests)
 			}
