@@ -182,6 +182,18 @@ func waitStats(t testing.TB, addr string, d time.Duration, what string, ok func(
 	return st
 }
 
+// waitRequests waits until the dump at addr counts want requests in all
+// (what the clients completed), and returns it; it fails t after d.
+func waitRequests(t testing.TB, addr string, d time.Duration, what string, want int64) *observer.Stats {
+	t.Helper()
+	return waitStats(t, addr, d, what, func(st *observer.Stats) error {
+		if req, _, _ := sumRequests(st); req != uint64(want) {
+			return fmt.Errorf("%d requests counted, clients completed %d", req, want)
+		}
+		return nil
+	})
+}
+
 // workersByPID indexes a dump's workers by pid.
 func workersByPID(st *observer.Stats) map[int]observer.Worker {
 	m := make(map[int]observer.Worker, len(st.Workers))

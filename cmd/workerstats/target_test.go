@@ -49,12 +49,7 @@ func TestPidfileFollowsRestartedMaster(t *testing.T) {
 	d := startDaemon(t, "--pidfile", pidfile, "--stats", addr)
 
 	l1 := driveHTTP(t, g1.addr, 600, 1, 8, 0)
-	waitStats(t, addr, 20*time.Second, "the first pool's requests", func(st *observer.Stats) error {
-		if req, _, _ := sumRequests(st); req != uint64(l1.ok) {
-			return fmt.Errorf("%d requests counted, clients completed %d", req, l1.ok)
-		}
-		return nil
-	})
+	waitRequests(t, addr, 20*time.Second, "the first pool's requests", l1.ok)
 
 	stopGunicorn(t, g1)
 	st := waitStats(t, addr, 20*time.Second, "an empty pool after the master exited", func(st *observer.Stats) error {
@@ -81,12 +76,7 @@ func TestPidfileFollowsRestartedMaster(t *testing.T) {
 		return nil
 	})
 	l2 := driveHTTP(t, g2.addr, 600, 1, 8, 0)
-	st = waitStats(t, addr, 20*time.Second, "every request before and after the restart", func(st *observer.Stats) error {
-		if req, _, _ := sumRequests(st); req != uint64(l1.ok+l2.ok) {
-			return fmt.Errorf("%d requests counted, clients completed %d+%d", req, l1.ok, l2.ok)
-		}
-		return nil
-	})
+	st = waitRequests(t, addr, 20*time.Second, "every request before and after the restart", l1.ok+l2.ok)
 	_, tx, _ := sumRequests(st)
 	if tx != uint64(l1.received+l2.received) {
 		t.Errorf("tx %d, clients received %d", tx, l1.received+l2.received)
@@ -117,12 +107,7 @@ func TestNameFindsMaster(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	startDaemon(t, "--name", name, "--stats", addr)
 	l := driveHTTP(t, g.addr, 200, 1, 4, 0)
-	st := waitStats(t, addr, 20*time.Second, "the named pool's requests", func(st *observer.Stats) error {
-		if req, _, _ := sumRequests(st); req != uint64(l.ok) {
-			return fmt.Errorf("%d requests counted, clients completed %d", req, l.ok)
-		}
-		return nil
-	})
+	st := waitRequests(t, addr, 20*time.Second, "the named pool's requests", l.ok)
 	if st.PID != g.pid || len(st.Workers) != 2 || st.Observer.Target != "name "+name {
 		t.Errorf("--name %s: master %d with %d workers, target %q; want %d with 2", name, st.PID, len(st.Workers), st.Observer.Target, g.pid)
 	}
@@ -209,12 +194,7 @@ stats = %q
 		load   *httpLoad
 		slots  int
 	}{{addrA, a.pid, la, 2}, {addrB, b.pid, lb, 3}} {
-		st := waitStats(t, c.addr, 20*time.Second, "pool "+c.addr, func(st *observer.Stats) error {
-			if req, _, _ := sumRequests(st); req != uint64(c.load.ok) {
-				return fmt.Errorf("%d requests counted, clients completed %d", req, c.load.ok)
-			}
-			return nil
-		})
+		st := waitRequests(t, c.addr, 20*time.Second, "pool "+c.addr, c.load.ok)
 		if st.PID != c.master || len(st.Workers) != c.slots {
 			t.Errorf("%s: master %d with %d workers, want %d with %d", c.addr, st.PID, len(st.Workers), c.master, c.slots)
 		}
