@@ -452,16 +452,7 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 			}
 			c.Close()
 		}
-		var st *observer.Stats
-		waitFor(t, 10*time.Second, "the requests to be counted", func() error {
-			if st, err = readStats(sock); err != nil {
-				return err
-			}
-			if got, _, _ := sumRequests(st); got != requests {
-				return fmt.Errorf("%d requests counted, want %d", got, requests)
-			}
-			return nil
-		})
+		st := waitRequests(t, sock, 10*time.Second, "the requests to be counted", requests)
 		if st.Observer.Mode != "ebpf" || len(st.Workers) != 2 {
 			t.Errorf("mode %q with %d workers, want ebpf with 2", st.Observer.Mode, len(st.Workers))
 		}

@@ -98,22 +98,6 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// waitFor polls f until it returns nil or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // readStats reads and decodes a stats dump from addr.
 func readStats(addr string) (*observer.Stats, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -197,26 +197,14 @@ func (l *httpLoad) completed() int64 {
 	return l.ok
 }
 
-// countingConn counts every byte read from the connection.
-type countingConn struct {
-	net.Conn
-	n int64
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // errLost is a request the server closed the connection on before sending
 // a byte of the response (a keep-alive connection dropped by a worker that
 // exits, or closed by the server between two requests).
 var errLost = errors.New("connection closed before the response")
 
 // httpClient sends HTTP/1.1 requests one after the other on one connection
-// and reads each response by its Content-Length, so it knows exactly which
-// completed.
+// and reads each response by its Content-Length (readHTTPResponse), so it
+// knows exactly which completed.
 type httpClient struct {
 	c    *countingConn
 	br   *bufio.Reader
@@ -268,64 +256,32 @@ func (h *httpClient) do(i int) (closing bool, err error) {
 		h.load.add(func(l *httpLoad) { l.lost++; l.lostSent += int64(len(req)) })
 		return true, fmt.Errorf("%w: write: %v", errLost, err)
 	}
-	status, err := h.br.ReadString('\n')
+	r, err := readHTTPResponse(h.br)
 	if err != nil {
-		if status == "" && h.c.n == before && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		if h.c.n == before && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 			h.load.add(func(l *httpLoad) { l.lost++; l.lostSent += int64(len(req)) })
 			return true, fmt.Errorf("%w: %v", errLost, err)
 		}
-		return true, fmt.Errorf("request %d: status line %q: %w", i, status, err)
+		return true, fmt.Errorf("request %d: %w", i, err)
 	}
-	if !strings.HasPrefix(status, "HTTP/1.1 200 ") {
-		return true, fmt.Errorf("request %d: status %q", i, status)
+	pid := r.int("x-worker")
+	if r.proto != "HTTP/1.1" || r.status != 200 || r.length != size || pid == 0 {
+		return true, fmt.Errorf("request %d: %s %d, Content-Length %d, X-Worker %d; want HTTP/1.1 200, %d and a pid", i, r.proto, r.status, r.length, pid, size)
 	}
-	length, pid := -1, 0
-	for {
-		line, err := h.br.ReadString('\n')
-		if err != nil {
-			return true, fmt.Errorf("request %d: headers: %w", i, err)
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if line == "" {
-			break
-		}
-		k, v, _ := strings.Cut(line, ":")
-		v = strings.TrimSpace(v)
-		switch strings.ToLower(k) {
-		case "content-length":
-			length, _ = strconv.Atoi(v)
-		case "x-worker":
-			pid, _ = strconv.Atoi(v)
-		case "connection":
-			closing = strings.EqualFold(v, "close")
-		}
-	}
-	if length != size || pid == 0 {
-		return true, fmt.Errorf("request %d: Content-Length %d (want %d), X-Worker %d", i, length, size, pid)
-	}
-	body := make([]byte, length)
-	if _, err := io.ReadFull(h.br, body); err != nil {
-		return true, fmt.Errorf("request %d: body: %w", i, err)
-	}
-	if bytes.Count(body, []byte("y")) != length {
-		return true, fmt.Errorf("request %d: body is not %d bytes of y", i, length)
+	if bytes.Count(r.body, []byte("y")) != size {
+		return true, fmt.Errorf("request %d: body is not %d bytes of y", i, size)
 	}
 	h.load.served(pid, sendfile, len(req))
-	return closing, nil
+	return r.closing, nil
 }
 
-// idleConn opens a connection and closes it without sending a byte; every
-// other one lingers a few milliseconds, like a slow health checker.
-func idleConn(addr string, i int, load *httpLoad) error {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
+// idleConn makes the i-th idle connection to addr (every other one slow,
+// see idleConn) and counts it.
+func (l *httpLoad) idleConn(addr string, i int) error {
+	if err := idleConn("tcp", addr, i%2 == 0); err != nil {
 		return err
 	}
-	if i%2 == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	c.Close()
-	load.add(func(l *httpLoad) { l.idle++ })
+	l.add(func(l *httpLoad) { l.idle++ })
 	return nil
 }
 
@@ -341,7 +297,7 @@ func driveHTTP(t testing.TB, addr string, conns, perConn, conc, idle int) *httpL
 	}
 	parallel(t, conns, conc, func(n int) error {
 		if idleEvery > 0 && n%idleEvery == 0 {
-			if err := idleConn(addr, n/idleEvery, load); err != nil {
+			if err := load.idleConn(addr, n/idleEvery); err != nil {
 				return err
 			}
 		}
@@ -374,28 +330,29 @@ func driveHTTP(t testing.TB, addr string, conns, perConn, conc, idle int) *httpL
 func gunicornSettle(t testing.TB, d *daemon, load *httpLoad) *observer.Stats {
 	t.Helper()
 	conns := uint64(load.conns + load.idle)
-	poll := func(d2 time.Duration, done func(st *observer.Stats) bool) *observer.Stats {
-		deadline := time.Now().Add(d2)
-		for {
-			st, err := readStats(d.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if done(st) || time.Now().After(deadline) {
-				return st
-			}
-			time.Sleep(100 * time.Millisecond)
+	var st *observer.Stats
+	read := func() {
+		var err error
+		if st, err = readStats(d.addr); err != nil {
+			t.Fatal(err)
 		}
 	}
-	poll(10*time.Second, func(st *observer.Stats) bool {
+	poll(10*time.Second, func() error {
+		read()
 		req, tx, _ := sumRequests(st)
-		accepted, _ := sumConns(st)
-		return req == uint64(load.ok) && tx == uint64(load.received) && accepted == conns
+		if accepted, _ := sumConns(st); req != uint64(load.ok) || tx != uint64(load.received) || accepted != conns {
+			return errors.New("counts differ")
+		}
+		return nil
 	})
-	return poll(3*time.Second, func(st *observer.Stats) bool {
-		_, closed := sumConns(st)
-		return closed == conns
+	poll(3*time.Second, func() error {
+		read()
+		if _, closed := sumConns(st); closed != conns {
+			return errors.New("connections open")
+		}
+		return nil
 	})
+	return st
 }
 
 func sumConns(st *observer.Stats) (accepted, closed uint64) {
@@ -450,10 +407,7 @@ func checkGunicorn(t testing.TB, st *observer.Stats, load *httpLoad, hooks strin
 	if closed != accepted {
 		t.Errorf("workers closed %d of the %d connections they accepted; all are closed", closed, accepted)
 	}
-	byPID := map[int]observer.Worker{}
-	for _, w := range st.Workers {
-		byPID[w.PID] = w
-	}
+	byPID := workersByPID(st)
 	for pid, n := range load.byPID {
 		w, ok := byPID[pid]
 		switch {
@@ -524,7 +478,7 @@ func startBackgroundLoad(addr string, conc, perConn, idleEvery int) *backgroundL
 			defer b.wg.Done()
 			for !b.stop.Load() {
 				if n := conns.Add(1); n%int64(idleEvery) == 0 {
-					if err := idleConn(addr, int(n), b.load); err != nil {
+					if err := b.load.idleConn(addr, int(n)); err != nil {
 						b.errs <- err
 						return
 					}
@@ -694,9 +648,9 @@ func gunicornHUP(t *testing.T, hooks string, args ...string) {
 		live += w.Accepting
 		respawns[w.RespawnCount]++
 	}
+	byPID := workersByPID(st)
 	for _, k := range fresh {
-		i := slices.IndexFunc(st.Workers, func(w observer.Worker) bool { return w.PID == k })
-		if i < 0 || st.Workers[i].Accepting != 1 {
+		if w, ok := byPID[k]; !ok || w.Accepting != 1 {
 			t.Errorf("new worker %d is not a live worker in the dump", k)
 		}
 	}
@@ -756,11 +710,7 @@ func TestGunicornKilledWorkerConnectionsClosed(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var st *observer.Stats
-			waitFor(t, 30*time.Second, "gunicorn to respawn the killed worker and workerstats to fold it", func() error {
-				if st, err = readStats(d.addr); err != nil {
-					return err
-				}
+			st := waitStats(t, d.addr, 30*time.Second, "gunicorn to respawn the killed worker and workerstats to fold it", func(st *observer.Stats) error {
 				if len(st.Workers) != 1 || st.Workers[0].PID == victim || st.Workers[0].Accepting != 1 {
 					return fmt.Errorf("slots %+v", st.Workers)
 				}

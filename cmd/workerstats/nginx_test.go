@@ -317,53 +317,6 @@ type nginxLoad struct {
 	notFound       int64
 }
 
-// httpResponse reads one HTTP/1.1 response from r by its Content-Length and
-// returns its status, body size, byte count and whether the server said it
-// closes the connection.
-func httpResponse(r *bufio.Reader) (status, bodyLen, total int, closing bool, err error) {
-	line, err := r.ReadString('\n')
-	if err != nil {
-		return 0, 0, 0, false, fmt.Errorf("status line: %w", err)
-	}
-	total += len(line)
-	f := strings.Fields(line)
-	if len(f) < 2 || !strings.HasPrefix(f[0], "HTTP/1.") {
-		return 0, 0, 0, false, fmt.Errorf("bad status line %q", line)
-	}
-	if status, err = strconv.Atoi(f[1]); err != nil {
-		return 0, 0, 0, false, fmt.Errorf("bad status line %q", line)
-	}
-	bodyLen = -1
-	for {
-		h, err := r.ReadString('\n')
-		if err != nil {
-			return 0, 0, 0, false, fmt.Errorf("header: %w", err)
-		}
-		total += len(h)
-		h = strings.TrimRight(h, "\r\n")
-		if h == "" {
-			break
-		}
-		k, v, _ := strings.Cut(h, ":")
-		v = strings.TrimSpace(v)
-		switch strings.ToLower(k) {
-		case "content-length":
-			if bodyLen, err = strconv.Atoi(v); err != nil {
-				return 0, 0, 0, false, fmt.Errorf("bad %q", h)
-			}
-		case "connection":
-			closing = strings.EqualFold(v, "close")
-		}
-	}
-	if bodyLen < 0 {
-		return 0, 0, 0, false, errors.New("response without Content-Length")
-	}
-	if _, err := io.CopyN(io.Discard, r, int64(bodyLen)); err != nil {
-		return 0, 0, 0, false, fmt.Errorf("body: %w", err)
-	}
-	return status, bodyLen, total + bodyLen, closing, nil
-}
-
 // driveNginx makes conns keep-alive connections from conc clients, each
 // sending between 1 and 40 requests one after the other, and idle
 // connections that close without sending. One connection in three ends with
@@ -380,14 +333,9 @@ func driveNginx(t testing.TB, s *nginxServer, conns, conc int) nginxLoad {
 	)
 	parallel(t, conns, conc, func(k int) error {
 		if k%10 == 0 {
-			c, err := net.Dial("tcp", s.addr)
-			if err != nil {
-				return fmt.Errorf("idle connect: %w", err)
+			if err := idleConn("tcp", s.addr, k%20 == 0); err != nil {
+				return err
 			}
-			if k%20 == 0 {
-				time.Sleep(5 * time.Millisecond) // a slow health checker
-			}
-			c.Close()
 			atomic.AddInt64(&res.idle, 1)
 		}
 		if err := nginxConn(s, int64(k), &seq, &res); err != nil {
@@ -441,21 +389,22 @@ func nginxConn(s *nginxServer, k int64, seq *atomic.Int64, res *nginxLoad) error
 		if _, err := io.WriteString(c, req); err != nil {
 			return fmt.Errorf("request %d: %w", j, err)
 		}
-		status, bodyLen, got, closing, err := httpResponse(r)
+		h, err := readHTTPResponse(r)
 		if err != nil {
 			return fmt.Errorf("response %d (%s): %w", j, path, err)
 		}
+		status, bodyLen := h.status, len(h.body)
 		switch {
 		case want < 0 && status != 404:
 			return fmt.Errorf("%s: status %d, want 404", path, status)
 		case want >= 0 && (status != 200 || bodyLen != want):
 			return fmt.Errorf("%s: status %d body %d, want 200 and %d", path, status, bodyLen, want)
-		case closing != (conn == "close"):
-			return fmt.Errorf("%s: server closing %v after Connection: %s", path, closing, conn)
+		case h.closing != (conn == "close"):
+			return fmt.Errorf("%s: server closing %v after Connection: %s", path, h.closing, conn)
 		}
 		atomic.AddInt64(&res.requests, 1)
 		atomic.AddInt64(&res.sent, int64(len(req)))
-		atomic.AddInt64(&res.received, int64(got))
+		atomic.AddInt64(&res.received, int64(h.size))
 		if status == 404 {
 			atomic.AddInt64(&res.notFound, 1)
 		}
@@ -474,13 +423,8 @@ func nginxConn(s *nginxServer, k int64, seq *atomic.Int64, res *nginxLoad) error
 // what the clients made.
 func nginxDiffs(s *nginxServer, ours *observer.Stats, theirs map[int]*nginxWorkerLog, load nginxLoad) error {
 	var diffs []string
-	byPID := map[int]observer.Worker{}
-	var accepted, closed uint64
-	for _, w := range ours.Workers {
-		byPID[w.PID] = w
-		accepted += w.Accepted
-		closed += w.Closed
-	}
+	byPID := workersByPID(ours)
+	accepted, closed := sumConns(ours)
 	for _, pid := range s.workers {
 		o, ok := byPID[pid]
 		n := theirs[pid]
@@ -527,21 +471,15 @@ func settleNginx(t testing.TB, s *nginxServer, d *daemon, load nginxLoad) (*obse
 		}
 		return nil
 	})
-	var (
-		ours *observer.Stats
-		diff error
-	)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var ours *observer.Stats
+	diff := poll(5*time.Second, func() error {
 		var err error
 		if ours, err = readStats(d.addr); err != nil {
 			t.Fatal(err)
 		}
-		if diff = nginxDiffs(s, ours, theirs, load); diff == nil || time.Now().After(deadline) {
-			return ours, theirs, diff
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nginxDiffs(s, ours, theirs, load)
+	})
+	return ours, theirs, diff
 }
 
 // spliceSendsWithSendmsg reports whether this kernel has splice_to_socket
@@ -584,10 +522,7 @@ func TestNginxMatchesAccessLog(t *testing.T) {
 				t.Logf("nginx master %d, workers %v, sendfile %v, hooks %s: %d requests (%d 404) on %d keep-alive connections and %d idle ones in %v; clients sent %d bytes and received %d",
 					s.pid, s.workers, sendfile, hooks, load.requests, load.notFound, load.conns, load.idle,
 					elapsed.Round(time.Millisecond), load.sent, load.received)
-				byPID := map[int]observer.Worker{}
-				for _, w := range ours.Workers {
-					byPID[w.PID] = w
-				}
+				byPID := workersByPID(ours)
 				for _, pid := range s.workers {
 					o, n := byPID[pid], theirs[pid]
 					if n == nil {
@@ -624,11 +559,7 @@ func TestNginxMatchesAccessLog(t *testing.T) {
 				if ours.Observer.Hooks != hooks {
 					t.Errorf("dump says hooks %q, asked for %q", ours.Observer.Hooks, hooks)
 				}
-				for name, n := range ours.Observer.Dropped {
-					if n != 0 {
-						t.Errorf("dropped %s = %d", name, n)
-					}
-				}
+				checkDropped(t, ours, 0)
 				if diff != nil {
 					if hooks == ebpfkernel.HooksSock && sendfile && !spliceSendsWithSendmsg(t) {
 						t.Skipf("BUG: with --hooks sock, tx misses the bytes nginx sends with sendfile(2) on this kernel (%v). "+

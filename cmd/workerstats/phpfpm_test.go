@@ -201,18 +201,6 @@ func fpmGet(p *fpmPool, file, scriptName, query string) []byte {
 	})
 }
 
-// countingReader counts the bytes read from the socket.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.n += int64(n)
-	return n, err
-}
-
 // fpmExchange is one FastCGI request on its own connection.
 type fpmExchange struct {
 	sent, received int64 // bytes on the socket
@@ -234,7 +222,7 @@ func fpmDo(p *fpmPool, req []byte) (*fpmExchange, error) {
 		return nil, fmt.Errorf("send: %w", err)
 	}
 	ex := &fpmExchange{sent: int64(len(req))}
-	cr := &countingReader{r: c}
+	cr := &countingConn{Conn: c}
 	r := bufio.NewReader(cr)
 	for {
 		var h [8]byte
@@ -299,20 +287,6 @@ func (a *fpmTraffic) add(ex *fpmExchange) {
 	atomic.AddInt64(&a.received, ex.received)
 }
 
-// fpmIdleConn connects and closes without sending a byte.
-func fpmIdleConn(p *fpmPool, tr *fpmTraffic, slow bool) error {
-	c, err := net.Dial("unix", p.sock)
-	if err != nil {
-		return fmt.Errorf("idle connect: %w", err)
-	}
-	if slow {
-		time.Sleep(5 * time.Millisecond) // a slow health checker
-	}
-	c.Close()
-	atomic.AddInt64(&tr.idle, 1)
-	return nil
-}
-
 // fpmDrive sends n requests to the app and idle connections, from conc
 // concurrent clients, one request per connection. With n == 0 it makes only
 // the idle connections.
@@ -326,9 +300,10 @@ func fpmDrive(t testing.TB, p *fpmPool, tr *fpmTraffic, n, conc, idle int) {
 	}
 	parallel(t, total, conc, func(i int) error {
 		if idleEvery > 0 && i%idleEvery == 0 {
-			if err := fpmIdleConn(p, tr, i%(2*idleEvery) == 0 || (n == 0 && i%10 == 0)); err != nil {
+			if err := idleConn("unix", p.sock, i%(2*idleEvery) == 0 || (n == 0 && i%10 == 0)); err != nil {
 				return err
 			}
+			atomic.AddInt64(&tr.idle, 1)
 		}
 		if n == 0 {
 			return nil
@@ -448,61 +423,53 @@ func fpmStatusAfter(t testing.TB, p *fpmPool, tr *fpmTraffic) *fpmStatus {
 	return st
 }
 
-// fpmSettle waits until workerstats shows every worker of the status page
-// with accepted and closed equal to FPM's count (which is the connections
-// the worker accepted), and tx and rx in all equal to the bytes the clients
-// read and wrote on the socket. Once every connection is closed the request
+// fpmSettle waits until workerstats agrees with FPM (see fpmDiffs) and
+// returns its workers by pid. Once every connection is closed the request
 // counts are final too; the caller compares them.
 func fpmSettle(t testing.TB, d *daemon, st *fpmStatus, tr *fpmTraffic) map[int]observer.Worker {
 	t.Helper()
 	var byPID map[int]observer.Worker
-	var lastErr error
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		lastErr = func() error {
-			ours, err := readStats(d.addr)
-			if err != nil {
-				return err
-			}
-			byPID = map[int]observer.Worker{}
-			for _, w := range ours.Workers {
-				byPID[w.PID] = w
-			}
-			var diffs []string
-			if len(ours.Workers) != len(st.Processes) {
-				diffs = append(diffs, fmt.Sprintf("%d workers, FPM has %d", len(ours.Workers), len(st.Processes)))
-			}
-			for pid, n := range st.requests() {
-				o, ok := byPID[pid]
-				if !ok {
-					diffs = append(diffs, fmt.Sprintf("pid %d missing", pid))
-				} else if o.Accepted != n || o.Closed != n {
-					diffs = append(diffs, fmt.Sprintf("pid %d: accepted %d closed %d, FPM counts %d connections", pid, o.Accepted, o.Closed, n))
-				}
-			}
-			if _, tx, rx := sumRequests(ours); tx != uint64(tr.received) || rx != uint64(tr.sent) {
-				diffs = append(diffs, fmt.Sprintf("workers' tx %d rx %d, clients received %d sent %d", tx, rx, tr.received, tr.sent))
-			}
-			if ours.Observer.Mode != "ebpf" {
-				diffs = append(diffs, fmt.Sprintf("mode %q", ours.Observer.Mode))
-			}
-			for name, n := range ours.Observer.Dropped {
-				if n != 0 {
-					diffs = append(diffs, fmt.Sprintf("dropped %s = %d", name, n))
-				}
-			}
-			if len(diffs) > 0 {
-				return errors.New(strings.Join(diffs, "; "))
-			}
-			return nil
-		}()
-		if lastErr == nil || time.Now().After(deadline) {
-			break
+	waitFor(t, 10*time.Second, "workerstats to agree with PHP-FPM", func() error {
+		ours, err := readStats(d.addr)
+		if err != nil {
+			return err
+		}
+		byPID = workersByPID(ours)
+		return fpmDiffs(ours, byPID, st, tr)
+	})
+	return byPID
+}
+
+// fpmDiffs returns nil when workerstats shows every worker of the status
+// page with accepted and closed equal to FPM's count (which is the
+// connections the worker accepted), tx and rx in all equal to the bytes the
+// clients read and wrote on the socket, and nothing dropped.
+func fpmDiffs(ours *observer.Stats, byPID map[int]observer.Worker, st *fpmStatus, tr *fpmTraffic) error {
+	var diffs []string
+	if len(ours.Workers) != len(st.Processes) {
+		diffs = append(diffs, fmt.Sprintf("%d workers, FPM has %d", len(ours.Workers), len(st.Processes)))
+	}
+	for pid, n := range st.requests() {
+		o, ok := byPID[pid]
+		if !ok {
+			diffs = append(diffs, fmt.Sprintf("pid %d missing", pid))
+		} else if o.Accepted != n || o.Closed != n {
+			diffs = append(diffs, fmt.Sprintf("pid %d: accepted %d closed %d, FPM counts %d connections", pid, o.Accepted, o.Closed, n))
 		}
 	}
-	if lastErr != nil {
-		t.Fatalf("workerstats disagrees with PHP-FPM: %v", lastErr)
+	if _, tx, rx := sumRequests(ours); tx != uint64(tr.received) || rx != uint64(tr.sent) {
+		diffs = append(diffs, fmt.Sprintf("workers' tx %d rx %d, clients received %d sent %d", tx, rx, tr.received, tr.sent))
 	}
-	return byPID
+	if ours.Observer.Mode != "ebpf" {
+		diffs = append(diffs, fmt.Sprintf("mode %q", ours.Observer.Mode))
+	}
+	if err := dropped(ours, 0); err != nil {
+		diffs = append(diffs, err.Error())
+	}
+	if len(diffs) > 0 {
+		return errors.New(strings.Join(diffs, "; "))
+	}
+	return nil
 }
 
 func fpmLog(t testing.TB, phase string, ours map[int]observer.Worker, st *fpmStatus, tr *fpmTraffic) {

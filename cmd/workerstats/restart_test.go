@@ -155,15 +155,16 @@ func TestRestartLosesNoRequest(t *testing.T) {
 			stopped := make(chan error, 1)
 			var atStop uint64 // requests uWSGI had served when the daemon was gone
 			go func() {
-				deadline := time.Now().Add(60 * time.Second)
-				for time.Now().Before(deadline) {
-					if st, err := readStats(p.stats); err == nil {
-						if n, _, _ := sumRequests(st); n >= 1500 {
-							break
-						}
+				poll(60*time.Second, func() error {
+					st, err := readStats(p.stats)
+					if err != nil {
+						return err
 					}
-					time.Sleep(20 * time.Millisecond)
-				}
+					if n, _, _ := sumRequests(st); n < 1500 {
+						return fmt.Errorf("uWSGI served %d requests", n)
+					}
+					return nil
+				})
 				d1.cmd.Process.Signal(syscall.SIGTERM)
 				err := <-d1.exited
 				if st, rerr := readStats(p.stats); rerr == nil {
@@ -209,11 +210,7 @@ func TestRestartLosesNoRequest(t *testing.T) {
 				t.Errorf("workers' tx %d rx %d, clients received %d sent %d", tx, rx,
 					under.received+down.received+after.received, under.sent+down.sent+after.sent)
 			}
-			for name, n := range ours.Observer.Dropped {
-				if n != 0 {
-					t.Errorf("dropped %s = %d", name, n)
-				}
-			}
+			checkDropped(t, ours, 0)
 			if len(ours.Workers) != 4 {
 				t.Errorf("%d slots after the restart, uWSGI has 4", len(ours.Workers))
 			}
@@ -376,11 +373,7 @@ func killAndRespawn(t testing.TB, p *uwsgiPool, id int) int {
 		t.Fatal(err)
 	}
 	var fresh int
-	waitFor(t, 20*time.Second, "uWSGI to respawn the killed worker", func() error {
-		st, err := readStats(p.stats)
-		if err != nil {
-			return err
-		}
+	waitStats(t, p.stats, 20*time.Second, "uWSGI to respawn the killed worker", func(st *observer.Stats) error {
 		for _, w := range st.Workers {
 			if w.ID == id && w.PID != old && w.PID != 0 {
 				fresh = w.PID

@@ -20,20 +20,6 @@ import (
 // --pidfile (followed across a restart), --name, nothing at all (the daemon
 // says what it could watch), and --config with several pools.
 
-// waitStats polls a stats socket until ok accepts a dump, and returns it.
-func waitStats(t testing.TB, addr, what string, ok func(st *observer.Stats) error) *observer.Stats {
-	t.Helper()
-	var st *observer.Stats
-	waitFor(t, 20*time.Second, what, func() error {
-		var err error
-		if st, err = readStats(addr); err != nil {
-			return err
-		}
-		return ok(st)
-	})
-	return st
-}
-
 // stopGunicorn ends a gunicorn master with SIGTERM (its workers finish
 // first) and waits until it is gone.
 func stopGunicorn(t testing.TB, p *gunicornPool) {
@@ -63,15 +49,10 @@ func TestPidfileFollowsRestartedMaster(t *testing.T) {
 	d := startDaemon(t, "--pidfile", pidfile, "--stats", addr)
 
 	l1 := driveHTTP(t, g1.addr, 600, 1, 8, 0)
-	waitStats(t, addr, "the first pool's requests", func(st *observer.Stats) error {
-		if req, _, _ := sumRequests(st); req != uint64(l1.ok) {
-			return fmt.Errorf("%d requests counted, clients completed %d", req, l1.ok)
-		}
-		return nil
-	})
+	waitRequests(t, addr, 20*time.Second, "the first pool's requests", l1.ok)
 
 	stopGunicorn(t, g1)
-	st := waitStats(t, addr, "an empty pool after the master exited", func(st *observer.Stats) error {
+	st := waitStats(t, addr, 20*time.Second, "an empty pool after the master exited", func(st *observer.Stats) error {
 		if len(st.Workers) != 0 || st.PID != 0 || st.Observer.Waiting == "" {
 			return fmt.Errorf("pid %d, %d workers, waiting %q", st.PID, len(st.Workers), st.Observer.Waiting)
 		}
@@ -88,19 +69,14 @@ func TestPidfileFollowsRestartedMaster(t *testing.T) {
 	}
 
 	g2 := startGunicorn(t, 3, "-k", "sync", "--pid", pidfile)
-	waitStats(t, addr, "the restarted master to be watched", func(st *observer.Stats) error {
+	waitStats(t, addr, 20*time.Second, "the restarted master to be watched", func(st *observer.Stats) error {
 		if st.PID != g2.pid || len(st.Workers) != 3 || st.Observer.Waiting != "" {
 			return fmt.Errorf("master %d with %d workers (waiting %q), want %d with 3", st.PID, len(st.Workers), st.Observer.Waiting, g2.pid)
 		}
 		return nil
 	})
 	l2 := driveHTTP(t, g2.addr, 600, 1, 8, 0)
-	st = waitStats(t, addr, "every request before and after the restart", func(st *observer.Stats) error {
-		if req, _, _ := sumRequests(st); req != uint64(l1.ok+l2.ok) {
-			return fmt.Errorf("%d requests counted, clients completed %d+%d", req, l1.ok, l2.ok)
-		}
-		return nil
-	})
+	st = waitRequests(t, addr, 20*time.Second, "every request before and after the restart", l1.ok+l2.ok)
 	_, tx, _ := sumRequests(st)
 	if tx != uint64(l1.received+l2.received) {
 		t.Errorf("tx %d, clients received %d", tx, l1.received+l2.received)
@@ -131,12 +107,7 @@ func TestNameFindsMaster(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	startDaemon(t, "--name", name, "--stats", addr)
 	l := driveHTTP(t, g.addr, 200, 1, 4, 0)
-	st := waitStats(t, addr, "the named pool's requests", func(st *observer.Stats) error {
-		if req, _, _ := sumRequests(st); req != uint64(l.ok) {
-			return fmt.Errorf("%d requests counted, clients completed %d", req, l.ok)
-		}
-		return nil
-	})
+	st := waitRequests(t, addr, 20*time.Second, "the named pool's requests", l.ok)
 	if st.PID != g.pid || len(st.Workers) != 2 || st.Observer.Target != "name "+name {
 		t.Errorf("--name %s: master %d with %d workers, target %q; want %d with 2", name, st.PID, len(st.Workers), st.Observer.Target, g.pid)
 	}
@@ -223,12 +194,7 @@ stats = %q
 		load   *httpLoad
 		slots  int
 	}{{addrA, a.pid, la, 2}, {addrB, b.pid, lb, 3}} {
-		st := waitStats(t, c.addr, "pool "+c.addr, func(st *observer.Stats) error {
-			if req, _, _ := sumRequests(st); req != uint64(c.load.ok) {
-				return fmt.Errorf("%d requests counted, clients completed %d", req, c.load.ok)
-			}
-			return nil
-		})
+		st := waitRequests(t, c.addr, 20*time.Second, "pool "+c.addr, c.load.ok)
 		if st.PID != c.master || len(st.Workers) != c.slots {
 			t.Errorf("%s: master %d with %d workers, want %d with %d", c.addr, st.PID, len(st.Workers), c.master, c.slots)
 		}

@@ -221,20 +221,6 @@ func checkLastSpawn(t testing.TB, st *observer.Stats) {
 	}
 }
 
-// checkDropped fails t if the kernel side lost anything, allowing up to
-// stale connections_stale: a connection a killed worker held is never
-// closed with close(2), so its entry stays until the daemon sweeps it, and
-// an accept that reuses its socket address first finds it there (and
-// replaces it; nothing is lost).
-func checkDropped(t testing.TB, st *observer.Stats, stale uint64) {
-	t.Helper()
-	for name, n := range st.Observer.Dropped {
-		if n != 0 && (name != "connections_stale" || n > stale) {
-			t.Errorf("dropped %s = %d", name, n)
-		}
-	}
-}
-
 // slotOf returns the worker in slot id, or fails t.
 func slotOf(t testing.TB, st *observer.Stats, id int) observer.Worker {
 	t.Helper()
@@ -286,12 +272,13 @@ const cutSize = 10000
 // client got in res.
 func cutRequest(p *uwsgiPool, d *daemon, res *loadResult, dir string, after int64, midResponse bool) (cutResult, error) {
 	var cr cutResult
-	deadline := time.Now().Add(60 * time.Second)
-	for res.completed() < after {
-		if time.Now().After(deadline) {
-			return cr, fmt.Errorf("the load never completed %d requests", after)
+	if err := poll(60*time.Second, func() error {
+		if n := res.completed(); n < after {
+			return fmt.Errorf("the load completed %d requests, never %d", n, after)
 		}
-		time.Sleep(time.Millisecond)
+		return nil
+	}); err != nil {
+		return cr, err
 	}
 	tell := filepath.Join(dir, "cut-request-pid")
 	// Both hold the response 30 s: the kill comes long before.
@@ -310,14 +297,14 @@ func cutRequest(p *uwsgiPool, d *daemon, res *loadResult, dir string, after int6
 		return cr, err
 	}
 	// The app writes its pid to tell when the request reaches it.
-	for cr.pid == 0 {
-		if b, err := os.ReadFile(tell); err == nil {
-			cr.pid, _ = strconv.Atoi(string(b))
-		} else if time.Now().After(deadline) {
-			return cr, fmt.Errorf("no worker took the request: %w", err)
-		} else {
-			time.Sleep(time.Millisecond)
+	if err := poll(60*time.Second, func() error {
+		b, err := os.ReadFile(tell)
+		if err == nil {
+			cr.pid, err = strconv.Atoi(string(b))
 		}
+		return err
+	}); err != nil {
+		return cr, fmt.Errorf("no worker took the request: %w", err)
 	}
 	var resp []byte
 	if midResponse {
@@ -338,11 +325,7 @@ func cutRequest(p *uwsgiPool, d *daemon, res *loadResult, dir string, after int6
 	if err != nil {
 		return cr, err
 	}
-	for _, w := range st.Workers {
-		if w.PID == cr.pid {
-			cr.before = w
-		}
-	}
+	cr.before = workersByPID(st)[cr.pid]
 	if cr.before.PID == 0 {
 		return cr, fmt.Errorf("worker pid %d is in no slot: %s", cr.pid, slotList(st))
 	}
@@ -353,10 +336,10 @@ func cutRequest(p *uwsgiPool, d *daemon, res *loadResult, dir string, after int6
 	if err := syscall.Kill(cr.pid, syscall.SIGKILL); err != nil {
 		return cr, fmt.Errorf("kill worker pid %d: %w", cr.pid, err)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		if st, err = readStats(d.addr); err != nil {
-			return cr, err
+	var readErr error // a failed read ends the wait and fails the cut
+	err = poll(10*time.Second, func() error {
+		if st, readErr = readStats(d.addr); readErr != nil {
+			return nil
 		}
 		var shown []observer.Worker
 		for _, w := range st.Workers {
@@ -364,14 +347,17 @@ func cutRequest(p *uwsgiPool, d *daemon, res *loadResult, dir string, after int6
 				shown = append(shown, w)
 			}
 		}
-		if len(shown) == 1 && shown[0].PID != cr.pid {
-			cr.emptied = shown[0]
-			break
+		if len(shown) != 1 || shown[0].PID == cr.pid {
+			return fmt.Errorf("workerstats still shows it in its slot: %s", slotList(st))
 		}
-		if time.Now().After(deadline) {
-			return cr, fmt.Errorf("10 s after worker pid %d was killed, with the master stopped, workerstats still shows it in its slot: %s", cr.pid, slotList(st))
-		}
-		time.Sleep(20 * time.Millisecond)
+		cr.emptied = shown[0]
+		return nil
+	})
+	if readErr != nil {
+		return cr, readErr
+	}
+	if err != nil {
+		return cr, fmt.Errorf("10 s after worker pid %d was killed, with the master stopped, %w", cr.pid, err)
 	}
 	if err := syscall.Kill(p.pid, syscall.SIGCONT); err != nil {
 		return cr, fmt.Errorf("resume the master: %w", err)
@@ -423,12 +409,7 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 	if k.err != nil {
 		t.Fatal(k.err)
 	}
-	var victim observer.Worker
-	for _, w := range start.Workers {
-		if w.PID == k.pid {
-			victim = w
-		}
-	}
+	victim := workersByPID(start)[k.pid]
 	if victim.PID == 0 || k.before.ID != victim.ID {
 		t.Fatalf("killed pid %d: uWSGI's workers %s; our slot %d", k.pid, slotList(start), k.before.ID)
 	}
@@ -436,11 +417,7 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 	// uWSGI's master sees the death on its next turn (up to a second), so
 	// the load may be over before the respawn: more load once it is done,
 	// for the new process to serve.
-	var theirs *observer.Stats
-	waitFor(t, 30*time.Second, "uWSGI to respawn the killed worker", func() error {
-		if theirs, err = readStats(p.stats); err != nil {
-			return err
-		}
+	theirs := waitStats(t, p.stats, 30*time.Second, "uWSGI to respawn the killed worker", func(theirs *observer.Stats) error {
 		if w := slotOf(t, theirs, victim.ID); w.PID == victim.PID || w.PID == 0 {
 			return fmt.Errorf("uWSGI's worker %d is pid %d", victim.ID, w.PID)
 		}
@@ -574,11 +551,7 @@ func gracefulReload(t *testing.T, hooks string) {
 	if out, err := exec.Command(p.bin, "--reload", p.pidfile).CombinedOutput(); err != nil {
 		t.Fatalf("uwsgi --reload %s: %v\n%s", p.pidfile, err, out)
 	}
-	waitFor(t, 60*time.Second, "uWSGI to reload with a new set of workers", func() error {
-		st, err := readStats(p.stats)
-		if err != nil {
-			return err
-		}
+	waitStats(t, p.stats, 60*time.Second, "uWSGI to reload with a new set of workers", func(st *observer.Stats) error {
 		if st.PID != p.pid || len(st.Workers) != workers {
 			return fmt.Errorf("master pid %d with %d workers", st.PID, len(st.Workers))
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -93,10 +94,14 @@ type uwsgiPool struct {
 	pid     int
 	stats   string // uWSGI's own stats socket
 	pidfile string // the master's --pidfile, with uwsgiOptions.pidfile
-	dial    func() (net.Conn, error)
+	network string // the app's socket: "tcp" (--http-socket) or "unix" (--socket)
+	addr    string
 	// request builds the bytes of request i.
 	request func(i int) []byte
 }
+
+// dial connects to the app's socket.
+func (p *uwsgiPool) dial() (net.Conn, error) { return net.Dial(p.network, p.addr) }
 
 type uwsgiOptions struct {
 	unix      bool     // --socket PATH (uwsgi protocol) instead of --http-socket
@@ -143,12 +148,12 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	if o.unix {
 		sock := filepath.Join(dir, "app.sock")
 		args = append(args, "--socket", sock)
-		p.dial = func() (net.Conn, error) { return net.Dial("unix", sock) }
+		p.network, p.addr = "unix", sock
 		p.request = func(i int) []byte { return uwsgiRequest(i, query(i)) }
 	} else {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		args = append(args, "--http-socket", addr)
-		p.dial = func() (net.Conn, error) { return net.Dial("tcp", addr) }
+		p.network, p.addr = "tcp", addr
 		p.request = func(i int) []byte {
 			path := fmt.Sprintf("/%d", responseSize(i))
 			if q := query(i); q != "" {
@@ -164,11 +169,7 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	// SIGINT: uWSGI's immediate shutdown of master and workers.
 	startGroup(t, cmd, syscall.SIGINT, func() string { return "uWSGI log:\n" + log.String() })
 	p.pid = cmd.Process.Pid
-	waitFor(t, 30*time.Second, "uWSGI's workers to start", func() error {
-		st, err := readStats(p.stats)
-		if err != nil {
-			return err
-		}
+	waitStats(t, p.stats, 30*time.Second, "uWSGI's workers to start", func(st *observer.Stats) error {
 		if len(st.Workers) != o.processes {
 			return fmt.Errorf("%d workers", len(st.Workers))
 		}
@@ -177,11 +178,7 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 				return fmt.Errorf("worker %d not accepting yet", w.ID)
 			}
 		}
-		c, err := p.dial()
-		if err != nil {
-			return err
-		}
-		return c.Close() // a connection without data: no request for uWSGI
+		return idleConn(p.network, p.addr, false) // a connection without data: no request for uWSGI
 	})
 	return p
 }
@@ -295,39 +292,27 @@ type response struct {
 	inflight int  // X-Inflight
 }
 
-// parseResponse checks resp is testApp's answer of a size-byte body.
+// parseResponse checks resp, all a client read of a response, is testApp's
+// answer of a size-byte body, or a well-formed beginning of one.
 func parseResponse(resp []byte, size int) response {
-	var r response
-	head, body, found := bytes.Cut(resp, []byte("\r\n\r\n"))
-	if !found {
-		r.cut = len(resp) > 0 && (bytes.HasPrefix(resp, []byte("HTTP/1.")) || bytes.HasPrefix([]byte("HTTP/1."), resp))
+	br := bufio.NewReader(bytes.NewReader(resp))
+	h, err := readHTTPResponse(br)
+	cut := errors.Is(err, io.ErrUnexpectedEOF)
+	switch {
+	case err != nil && !cut, h.status != 0 && h.status != 200:
+		return response{}
+	case h.length < 0: // cut before the end of the headers
+		return response{cut: true}
+	}
+	r := response{pid: h.int("x-worker"), inflight: h.int("x-inflight")}
+	if h.length != size || r.pid == 0 || bytes.Count(h.body, []byte("y")) != len(h.body) {
 		return r
 	}
-	lines := strings.Split(string(head), "\r\n")
-	if !strings.HasPrefix(lines[0], "HTTP/1.") || !strings.Contains(lines[0], " 200 ") {
-		return r
+	if cut {
+		r.cut = true
+	} else if _, err := br.ReadByte(); err == io.EOF {
+		r.complete = true // and nothing after it
 	}
-	length := -1
-	for _, l := range lines[1:] {
-		k, v, _ := strings.Cut(l, ":")
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil {
-			continue
-		}
-		switch strings.ToLower(k) {
-		case "content-length":
-			length = n
-		case "x-worker":
-			r.pid = n
-		case "x-inflight":
-			r.inflight = n
-		}
-	}
-	if length != size || r.pid == 0 || bytes.Count(body, []byte("y")) != len(body) {
-		return r
-	}
-	r.complete = len(body) == size
-	r.cut = len(body) < size
 	return r
 }
 
@@ -361,14 +346,9 @@ func driveLoad(t testing.TB, p *uwsgiPool, spec loadSpec, res *loadResult) {
 	}
 	parallel(t, spec.requests, spec.conc, func(i int) error {
 		if idleEvery > 0 && i%idleEvery == 0 {
-			c, err := p.dial()
-			if err != nil {
-				return fmt.Errorf("idle connect: %w", err)
+			if err := idleConn(p.network, p.addr, i%(2*idleEvery) == 0); err != nil {
+				return err
 			}
-			if i%(2*idleEvery) == 0 {
-				time.Sleep(5 * time.Millisecond) // a slow health checker
-			}
-			c.Close()
 			res.mu.Lock()
 			res.idle++
 			res.mu.Unlock()
@@ -408,10 +388,7 @@ func driveLoad(t testing.TB, p *uwsgiPool, spec loadSpec, res *loadResult) {
 // does (its counters restart at a reload): requests, tx and respawn_count
 // must then equal uWSGI's plus base's. nil is none.
 func compareWorkers(ours, theirs *observer.Stats, base map[int]observer.Worker) error {
-	byPID := map[int]observer.Worker{}
-	for _, w := range ours.Workers {
-		byPID[w.PID] = w
-	}
+	byPID := workersByPID(ours)
 	var diffs []string
 	for _, u := range theirs.Workers {
 		o, ok := byPID[u.PID]
@@ -481,10 +458,7 @@ func settleFrom(t testing.TB, p *uwsgiPool, d *daemon, wantTotal uint64, base ma
 
 func logComparison(t testing.TB, ours, theirs *observer.Stats) {
 	t.Helper()
-	byPID := map[int]observer.Worker{}
-	for _, w := range ours.Workers {
-		byPID[w.PID] = w
-	}
+	byPID := workersByPID(ours)
 	for _, u := range theirs.Workers {
 		o := byPID[u.PID]
 		t.Logf("worker %d pid %d: requests %d (uWSGI %d), tx %d (uWSGI %d), avg_rt %dus (uWSGI %dus), running_time %dus (uWSGI %dus)",
@@ -519,11 +493,7 @@ func comparePool(t *testing.T, o uwsgiOptions, requests, idle int) {
 			if tx != uint64(res.received) || rx != uint64(res.sent) {
 				t.Errorf("workers' tx %d rx %d, clients received %d sent %d", tx, rx, res.received, res.sent)
 			}
-			for name, n := range ours.Observer.Dropped {
-				if n != 0 {
-					t.Errorf("dropped %s = %d", name, n)
-				}
-			}
+			checkDropped(t, ours, 0)
 			// And worker by worker, what the clients got from each pid.
 			for _, w := range ours.Workers {
 				if c := res.tally(w.PID); w.Requests != uint64(c.ok) || w.TX != uint64(c.received) {
@@ -600,11 +570,7 @@ func TestUWSGIRespawnedWorkerCounted(t *testing.T) {
 	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "uWSGI to respawn the killed worker", func() error {
-		st, err := readStats(p.stats)
-		if err != nil {
-			return err
-		}
+	waitStats(t, p.stats, 30*time.Second, "uWSGI to respawn the killed worker", func(st *observer.Stats) error {
 		w := st.Workers[0]
 		if w.PID == victim.PID || w.PID == 0 || w.Accepting == 0 {
 			return fmt.Errorf("worker 1 is pid %d accepting %d", w.PID, w.Accepting)
