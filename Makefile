@@ -56,10 +56,14 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 .PHONY: test
-test: deps lint ## install what is missing, then run every test (as root, privileged tests load eBPF)
-	$(GO) test -count=1 ./bpf/... ./observer/... ./statsock/...
+test: lint ## run every test; as root the privileged ones load eBPF and run the real servers (sudo make deps installs those)
+	$(GO) test -count=1 ./bpf/... ./internal/... ./observer/... ./statsock/...
 	$(GO) test -count=1 -v ./cmd/...
 	$(MAKE) fuzz
+
+.PHONY: test-race
+test-race: ## the tests that run no real server, under the race detector (as root the eBPF ones load too)
+	$(GO) test -race -count=1 ./internal/... ./observer/... ./statsock/...
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
@@ -68,7 +72,8 @@ fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
 
 .PHONY: test-privileged
 test-privileged: ## only the tests that load eBPF and run real servers (as root)
-	$(GO) test -count=1 -v -run 'UWSGI|Gunicorn|Nginx|PHPFPM|Golden|Kernel|Hooks|Pin|BPFFS|Restart|SIGTERM|Cleanup|Daemon|Systemd|Demo|Pidfile|NameFinds|ConfigServes' ./...
+	$(GO) test -count=1 -v ./observer/ebpfkernel/
+	$(GO) test -count=1 -v -run 'UWSGI|Gunicorn|Nginx|PHPFPM|Golden|Restart|SIGTERM|Cleanup|NoPin|Daemon|Systemd|Demo|Pidfile|NameFinds|ConfigServes' ./cmd/...
 
 .PHONY: install
 install: build ## install the binary, the systemd unit, and /etc/workerstats/workerstats.toml unless it exists
@@ -110,7 +115,7 @@ check-unit: ## verify the installed systemd unit with systemd-analyze (verify, a
 	echo "$$out" | tail -n 1
 
 .PHONY: test-unprivileged
-test-unprivileged: ## as root: build the observer tests, run them as user nobody; procfs, pool and socket tests must pass
+test-unprivileged: ## as root: run the observer, statsock and internal tests as user nobody; each must pass or skip for a privilege
 	.ci/test-unprivileged
 
 .PHONY: check-vagrant

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // benchReaders is how many clients read at once in BenchmarkStatsReads.
@@ -133,7 +135,7 @@ type benchPool struct {
 // agree, and stops both when b ends.
 func startBenchPool(b *testing.B, workers int) *benchPool {
 	b.Helper()
-	requireEBPF(b)
+	testutil.RequireEBPF(b)
 	u := startUWSGI(b, uwsgiOptions{processes: workers})
 	p := &benchPool{uwsgiStats: u.stats, uwsgiPID: u.pid, maxAge: "default"}
 	args := []string{"--pid", strconv.Itoa(u.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(b))}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 
 	"github.com/spf13/cobra"
+
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
@@ -163,7 +164,7 @@ func TestBuildVersion(t *testing.T) {
 // uWSGI's raw stats socket, and returns its address.
 func fakeStatsServer(t *testing.T, dump string) string {
 	t.Helper()
-	return tcpServer(t, func(c net.Conn) { c.Write([]byte(dump)) })
+	return testutil.TCPServer(t, func(c net.Conn) { c.Write([]byte(dump)) })
 }
 
 // run runs the binary and returns its stdout and stderr apart.
@@ -362,13 +363,13 @@ while True:
 // its stats socket away. Without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE the
 // pool's socket is not found, so the check can tell.
 func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	// Debian's, not one installed in root's home, which nobody cannot run.
 	const python = "/usr/bin/python3"
 	if _, err := os.Stat(python); err != nil {
-		skipOrFail(t, "%s is not installed (apt-get install python3)", python)
+		testutil.SkipOrFail(t, "%s is not installed (apt-get install python3)", python)
 	}
-	setpriv := requireCommand(t, "setpriv", "util-linux")
+	setpriv := testutil.RequireCommand(t, "setpriv", "util-linux")
 	caps := unitDirective(t, "CapabilityBoundingSet")
 	if len(caps) == 0 {
 		t.Fatal("the unit has no CapabilityBoundingSet")

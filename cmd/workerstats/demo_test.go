@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 )
 
@@ -54,7 +55,7 @@ func runDemo(t *testing.T, args ...string) (*observer.Stats, string) {
 // pre-fork pool is watched with eBPF and its stats count every request the
 // demo sent, worker by worker.
 func TestDemoShowsCountedPool(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	st, say := runDemo(t, "--workers", "3", "--requests", "300")
 	req, tx, _ := sumRequests(st)
 	if st.Observer.Mode != "ebpf" || len(st.Workers) != 3 || req != 300 {

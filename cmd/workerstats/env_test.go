@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/observer"
-	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -39,53 +38,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// skipOrFail skips a test that cannot run here, with the reason. Where
-// WORKERSTATS_REQUIRE_PRIVILEGED is set (CI sets it) it fails instead, so a
-// missing prerequisite cannot pass as a skip.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("WORKERSTATS_REQUIRE_PRIVILEGED") != "" {
-		t.Fatalf("WORKERSTATS_REQUIRE_PRIVILEGED is set but: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
-// requireEBPF skips unless this process can load and attach eBPF programs.
-func requireEBPF(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root to load and attach eBPF programs (run: sudo make test)")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		skipOrFail(t, "kernel has no BTF (/sys/kernel/btf/vmlinux): %v", err)
-	}
-}
-
-// requireCommand skips unless name is on PATH.
-func requireCommand(t testing.TB, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		skipOrFail(t, "%s is not installed (apt-get install %s, or run .ci/run)", name, pkg)
-	}
-	return p
-}
-
-// hookModes lists the byte-counting paths this kernel can run: both where
-// the sock tracepoints exist, so CI exercises both.
-func hookModes(t testing.TB) []string {
-	t.Helper()
-	sock, err := ebpfkernel.SockTracepoints()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !sock {
-		t.Logf("this kernel has no sock:sock_send_length tracepoint: only the syscall path runs")
-		return []string{ebpfkernel.HooksSyscall}
-	}
-	return []string{ebpfkernel.HooksSock, ebpfkernel.HooksSyscall}
 }
 
 func freePort(t testing.TB) int {
@@ -191,31 +143,6 @@ func runDaemon(t testing.TB, addr string, cmd *exec.Cmd) *daemon {
 		return err
 	})
 	return d
-}
-
-// tcpServer listens on a loopback port until the test ends, runs handle on
-// each connection in its own goroutine, closes the connection after it, and
-// returns the address.
-func tcpServer(t testing.TB, handle func(c net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // runCommand runs the workerstats binary to completion.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
@@ -397,7 +398,7 @@ func checkUWSGILayout(t *testing.T, b []byte) {
 // workerstats on the same master, and holds our dump to uWSGI's: every
 // object's keys, JSON types and key order, for two pool shapes.
 func TestGoldenSchemaMatchesUWSGI(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	shapes := []struct {
 		name      string
 		o         uwsgiOptions

@@ -20,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 // The tests in this file run Debian's real gunicorn. gunicorn keeps no
@@ -68,7 +70,7 @@ type gunicornPool struct {
 // workers.
 func startGunicorn(t testing.TB, workers int, extra ...string) *gunicornPool {
 	t.Helper()
-	return startGunicornBin(t, requireCommand(t, "gunicorn", "gunicorn"), workers, extra...)
+	return startGunicornBin(t, testutil.RequireCommand(t, "gunicorn", "gunicorn"), workers, extra...)
 }
 
 // startGunicornBin is startGunicorn running bin, a copy of the gunicorn
@@ -88,7 +90,7 @@ func startGunicornBin(t testing.TB, bin string, workers int, extra ...string) *g
 		"--backlog", "512", "--log-level", "info", "--worker-tmp-dir", dir,
 	}, extra...)
 	args = append(args, "app:application")
-	var log syncBuffer
+	var log testutil.Buffer
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &log, &log
@@ -110,24 +112,6 @@ func startGunicornBin(t testing.TB, bin string, workers int, extra ...string) *g
 		return nil
 	})
 	return p
-}
-
-// syncBuffer is a bytes.Buffer safe for the child's two output streams.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // childPIDs lists pid's direct children from /proc/PID/task/*/children.
@@ -425,8 +409,8 @@ func checkGunicorn(t testing.TB, st *observer.Stats, load *httpLoad, hooks strin
 // server closes it), 3,000 requests, a fifth of them sent by sendfile, and
 // idle connections.
 func TestGunicornSyncWorkers(t *testing.T) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := startGunicorn(t, 4, "-k", "sync")
 			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
@@ -443,8 +427,8 @@ func TestGunicornSyncWorkers(t *testing.T) {
 // TestGunicornGthreadKeepAlive: 4 gthread workers of 4 threads with
 // keep-alive; 100 connections of 30 requests each, plus idle connections.
 func TestGunicornGthreadKeepAlive(t *testing.T) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := startGunicorn(t, 4, "-k", "gthread", "--threads", "4", "--keep-alive", "5")
 			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
@@ -552,7 +536,7 @@ func (b *backgroundLoad) finish(t testing.TB) *httpLoad {
 // handler already reset) kills the worker with keep-alive connections still
 // open, which the kernel then closes: they must count as closed.
 func TestGunicornHUPReload(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	kinds := []struct {
 		name string
 		args []string
@@ -562,7 +546,7 @@ func TestGunicornHUPReload(t *testing.T) {
 	}
 	for _, kind := range kinds {
 		t.Run(kind.name, func(t *testing.T) {
-			for _, hooks := range hookModes(t) {
+			for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 				t.Run(hooks, func(t *testing.T) { gunicornHUP(t, hooks, kind.args...) })
 			}
 		})
@@ -680,8 +664,8 @@ func gunicornHUP(t *testing.T, hooks string, args ...string) {
 // connections, the clients read EOF; the slot keeps its requests and tx, and
 // its connections should all show closed.
 func TestGunicornKilledWorkerConnectionsClosed(t *testing.T) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := startGunicorn(t, 1, "-k", "gthread", "--threads", "4", "--keep-alive", "30")
 			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
@@ -96,7 +97,7 @@ type nginxServer struct {
 // temporary directory, and waits until its two workers are forked.
 func startNginx(t testing.TB, sendfile bool) *nginxServer {
 	t.Helper()
-	bin := requireCommand(t, "nginx", "nginx")
+	bin := testutil.RequireCommand(t, "nginx", "nginx")
 	dir := t.TempDir()
 	www := filepath.Join(dir, "www")
 	if err := os.Mkdir(www, 0o755); err != nil {
@@ -500,9 +501,9 @@ func spliceSendsWithSendmsg(t testing.TB) bool {
 // keep-alive) with each hook set, with sendfile on and off, and compares each
 // worker's requests, tx and rx with nginx's own access log.
 func TestNginxMatchesAccessLog(t *testing.T) {
-	requireEBPF(t)
-	requireCommand(t, "nginx", "nginx")
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	testutil.RequireCommand(t, "nginx", "nginx")
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		for _, sendfile := range []bool{false, true} {
 			name := hooks + "/sendfile-off"
 			if sendfile {

@@ -20,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 // The test in this file runs Debian's real PHP-FPM, speaks FastCGI to it
@@ -80,7 +82,7 @@ func startPHPFPM(t testing.TB) *fpmPool {
 	bins, _ := filepath.Glob("/usr/sbin/php-fpm*")
 	sort.Strings(bins)
 	if len(bins) == 0 {
-		skipOrFail(t, "php-fpm is not installed (apt-get install php-fpm)")
+		testutil.SkipOrFail(t, "php-fpm is not installed (apt-get install php-fpm)")
 	}
 	bin := bins[len(bins)-1]
 	dir := t.TempDir()
@@ -491,8 +493,8 @@ func fpmLog(t testing.TB, phase string, ours map[int]observer.Worker, st *fpmSta
 // only, requests mixed with connections that close without data, and such
 // connections only.
 func TestPHPFPMMatchesOwnStatus(t *testing.T) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := startPHPFPM(t)
 			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // Capability numbers (linux/capability.h).
@@ -120,10 +122,10 @@ func keptCapabilities(t testing.TB) uint64 {
 // pool's sockets and working directory, and at SIGTERM still removes its
 // Unix stats socket.
 func TestDaemonKeepsOnlyNeededCapabilities(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
-		skipOrFail(t, "no user nobody: %v", err)
+		testutil.SkipOrFail(t, "no user nobody: %v", err)
 	}
 	want := keptCapabilities(t)
 	for _, c := range []struct {

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
@@ -25,14 +25,12 @@ import (
 // so daemons run at once never share pins; whatever is pinned there is
 // removed when the test ends.
 func testPinPath(t testing.TB) string {
-	t.Helper()
-	dir := fmt.Sprintf("%s/workerstats-test-%d-%d", ebpfkernel.BPFFSDir, os.Getpid(), rand.Uint32())
-	t.Cleanup(func() {
+	return testutil.PinPath(t, func(dir string) error {
 		if _, err := ebpfkernel.RemovePins(dir); err != nil && !errors.Is(err, ebpfkernel.ErrNothingPinned) {
-			t.Errorf("remove test pins: %v", err)
+			return err
 		}
+		return nil
 	})
-	return dir
 }
 
 // stop sends SIGTERM to the daemon and returns its exit status, failing t
@@ -142,8 +140,8 @@ func wantPins(hooks string) (maps, links int) {
 // every worker pid, requests, delta_requests and tx must equal uWSGI's own,
 // under every hook set.
 func TestRestartLosesNoRequest(t *testing.T) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := startUWSGI(t, uwsgiOptions{processes: 4})
 			pins := testPinPath(t)
@@ -224,7 +222,7 @@ func TestRestartLosesNoRequest(t *testing.T) {
 // removes its Unix stats socket; only its pins stay, and the programs stay
 // loaded and attached through them.
 func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	master := exec.Command("sleep", "300")
 	if err := master.Start(); err != nil {
 		t.Fatal(err)
@@ -266,7 +264,7 @@ func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
 // runs; once it stopped, it removes the pins, which detaches and unloads
 // the programs and frees the maps; run again it says nothing is pinned.
 func TestCleanupRemovesPins(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	master := exec.Command("sleep", "300")
 	if err := master.Start(); err != nil {
 		t.Fatal(err)
@@ -311,7 +309,7 @@ func TestCleanupRemovesPins(t *testing.T) {
 // TestNoPinLeavesNothing: with --no-pin nothing is pinned, and the programs
 // are gone once the daemon stops.
 func TestNoPinLeavesNothing(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	master := exec.Command("sleep", "300")
 	if err := master.Start(); err != nil {
 		t.Fatal(err)

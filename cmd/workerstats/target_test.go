@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 )
 
@@ -41,8 +42,8 @@ func stopGunicorn(t testing.TB, p *gunicornPool) {
 // observation resumes by itself, in the same slots, with every request
 // counted before and after.
 func TestPidfileFollowsRestartedMaster(t *testing.T) {
-	requireEBPF(t)
-	requireCommand(t, "gunicorn", "gunicorn")
+	testutil.RequireEBPF(t)
+	testutil.RequireCommand(t, "gunicorn", "gunicorn")
 	pidfile := filepath.Join(t.TempDir(), "gunicorn.pid")
 	g1 := startGunicorn(t, 3, "-k", "sync", "--pid", pidfile)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -98,8 +99,8 @@ func TestPidfileFollowsRestartedMaster(t *testing.T) {
 // TestNameFindsMaster: --name finds the master among its same-named
 // workers, here a gunicorn run by python3 under a name of its own.
 func TestNameFindsMaster(t *testing.T) {
-	requireEBPF(t)
-	orig := requireCommand(t, "gunicorn", "gunicorn")
+	testutil.RequireEBPF(t)
+	orig := testutil.RequireCommand(t, "gunicorn", "gunicorn")
 	name := fmt.Sprintf("gunicorn-wstest-%d", os.Getpid())
 	bin := filepath.Join(t.TempDir(), name)
 	copyFile(t, orig, bin, 0o755)
@@ -135,7 +136,7 @@ func copyFile(t testing.TB, from, to string, mode os.FileMode) {
 // TestNoTargetListsCandidates: serve with no target names the pre-fork
 // masters running, with the flag that picks each, in one line.
 func TestNoTargetListsCandidates(t *testing.T) {
-	requireCommand(t, "gunicorn", "gunicorn")
+	testutil.RequireCommand(t, "gunicorn", "gunicorn")
 	g := startGunicorn(t, 2, "-k", "sync")
 	out, err := runCommand("serve", "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	var exit *exec.ExitError
@@ -153,8 +154,8 @@ func TestNoTargetListsCandidates(t *testing.T) {
 // (TCP and Unix), counting only its own requests; and a pool whose master
 // is not running, which is an empty pool saying why and stops nothing.
 func TestConfigServesSeveralPools(t *testing.T) {
-	requireEBPF(t)
-	orig := requireCommand(t, "gunicorn", "gunicorn")
+	testutil.RequireEBPF(t)
+	orig := testutil.RequireCommand(t, "gunicorn", "gunicorn")
 	dir := t.TempDir()
 	pidfile := filepath.Join(dir, "a.pid")
 	a := startGunicorn(t, 2, "-k", "sync", "--pid", pidfile)

@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 // The tests in this file run Debian's real uWSGI through the events of a
@@ -250,8 +252,8 @@ func slotOf(t testing.TB, st *observer.Stats, id int) observer.Worker {
 // the connection, so it misses exactly that cut response; every other count,
 // the killed process's earlier requests included, equals uWSGI's.
 func TestUWSGIWorkerKilledUnderLoad(t *testing.T) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			t.Run("before-response", func(t *testing.T) { killUnderLoad(t, hooks, false) })
 			t.Run("mid-response", func(t *testing.T) { killUnderLoad(t, hooks, true) })
@@ -529,8 +531,8 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 // respawn_count goes up by one, requests and tx add up across the reload,
 // and delta_requests is the new process's own.
 func TestUWSGIGracefulReload(t *testing.T) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) { gracefulReload(t, hooks) })
 	}
 }

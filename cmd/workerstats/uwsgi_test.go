@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
 
 // The tests in this file run Debian's real uWSGI and compare, worker by
@@ -117,9 +119,9 @@ const slowTime = 20 * time.Millisecond
 
 func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	t.Helper()
-	bin := requireCommand(t, "uwsgi", "uwsgi uwsgi-plugin-python3")
+	bin := testutil.RequireCommand(t, "uwsgi", "uwsgi uwsgi-plugin-python3")
 	if _, err := os.Stat("/usr/lib/uwsgi/plugins/python3_plugin.so"); err != nil {
-		skipOrFail(t, "uWSGI's python3 plugin is not installed (apt-get install uwsgi-plugin-python3)")
+		testutil.SkipOrFail(t, "uWSGI's python3 plugin is not installed (apt-get install uwsgi-plugin-python3)")
 	}
 	dir := t.TempDir()
 	app := filepath.Join(dir, "app.py")
@@ -475,8 +477,8 @@ func logComparison(t testing.TB, ours, theirs *observer.Stats) {
 // comparePool is the whole comparison: start uWSGI, observe it from before
 // its first request, drive load, and compare per worker.
 func comparePool(t *testing.T, o uwsgiOptions, requests, idle int) {
-	requireEBPF(t)
-	for _, hooks := range hookModes(t) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := startUWSGI(t, o)
 			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
@@ -547,7 +549,7 @@ func TestUWSGIUnixSocketMatchesOwnStats(t *testing.T) {
 // TestUWSGIOutboundNotCounted: every request makes the worker open its own
 // TCP connection and move 1,100 bytes on it; tx still equals uWSGI's.
 func TestUWSGIOutboundNotCounted(t *testing.T) {
-	peer := tcpServer(t, func(c net.Conn) {
+	peer := testutil.TCPServer(t, func(c net.Conn) {
 		buf := make([]byte, 100)
 		if _, err := io.ReadFull(c, buf); err == nil {
 			c.Write(bytes.Repeat([]byte("r"), 1000))
@@ -560,7 +562,7 @@ func TestUWSGIOutboundNotCounted(t *testing.T) {
 // master after workerstats started is followed by the kernel; its slot keeps
 // its counts and the new process's own requests count from its first.
 func TestUWSGIRespawnedWorkerCounted(t *testing.T) {
-	requireEBPF(t)
+	testutil.RequireEBPF(t)
 	p := startUWSGI(t, uwsgiOptions{processes: 2})
 	d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	first := drive(t, p, 2000, 8, 0)

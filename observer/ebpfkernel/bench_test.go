@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 )

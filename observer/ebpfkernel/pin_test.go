@@ -14,9 +14,10 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/internal/testutil/forkpool"
-	"golang.org/x/sys/unix"
 )
 
 func loadPinned(t testing.TB, hooks, dir string, log *testutil.Log) *Kernel {

@@ -64,7 +64,7 @@ func TestUpFollowsTheMaster(t *testing.T) {
 // keeps its series; the slot's pid is only on workerstats_worker_info.
 func TestWorkerSeriesBySlot(t *testing.T) {
 	st := &observer.Stats{
-		Workers: []observer.Worker{{ID: 1, PID: 4001, Requests: 7, TX: 700, RunningTime: 1_500_000, Status: "busy"}, {ID: 2, PID: 4002, Status: "idle"}},
+		Workers:  []observer.Worker{{ID: 1, PID: 4001, Requests: 7, TX: 700, RunningTime: 1_500_000, Status: "busy"}, {ID: 2, PID: 4002, Status: "idle"}},
 		Observer: observer.ObserverInfo{Dropped: map[string]uint64{"connections_untracked": 3}},
 	}
 	got := scrape(t, func(context.Context) (*observer.Stats, error) { return st, nil })
