@@ -135,7 +135,7 @@ func (p *Pool) locate() error {
 	case alive && p.Target.PIDFile == "":
 		return nil
 	case !alive && cur.PID != 0 && !p.Target.Follows():
-		p.lose(notFound("it cannot be followed with --pid: use --pidfile or --name to follow a restarted master"))
+		p.lose(notFound("a master given by its pid cannot be followed: give its pidfile or its name to follow a restarted master"))
 		return nil
 	case !alive && cur.PID == 0 && p.waiting != "" && !p.Target.Follows():
 		return nil

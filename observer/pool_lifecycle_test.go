@@ -131,7 +131,7 @@ func TestPoolPIDTargetIsNotFollowed(t *testing.T) {
 	if st.PID != 0 || len(st.Workers) != 0 {
 		t.Errorf("pid %d, %d workers; want an empty pool", st.PID, len(st.Workers))
 	}
-	if !strings.Contains(st.Observer.Waiting, "master pid 4000 exited") || !strings.Contains(st.Observer.Waiting, "--pidfile or --name") {
+	if !strings.Contains(st.Observer.Waiting, "master pid 4000 exited") || !strings.Contains(st.Observer.Waiting, "give its pidfile or its name") {
 		t.Errorf("observer.waiting = %q", st.Observer.Waiting)
 	}
 	if k.master.StartTicks != 900 {

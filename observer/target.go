@@ -16,6 +16,10 @@ import (
 // Follows may find it later.
 var ErrNoTarget = errors.New("master not found")
 
+// ErrSeveralMasters is returned by Find for a name that several masters
+// have: a target that must name one by pid or pidfile.
+var ErrSeveralMasters = errors.New("more than one master has this name")
+
 // notFoundError says why the master is not found; it is an ErrNoTarget.
 type notFoundError struct{ msg string }
 
@@ -249,7 +253,7 @@ func findByName(p Procfs, name string) (Proc, error) {
 	for i, pi := range tops {
 		pids[i] = strconv.Itoa(pi.PID)
 	}
-	return Proc{}, fmt.Errorf("%d masters are named %s (pids %s): choose one with --pid or --pidfile", len(tops), name, strings.Join(pids, ", "))
+	return Proc{}, fmt.Errorf("%w: %d masters named %s (pids %s)", ErrSeveralMasters, len(tops), name, strings.Join(pids, ", "))
 }
 
 // Candidate is a process that looks like a pre-fork master: it has children
@@ -298,30 +302,4 @@ func Candidates(p Procfs, skip ...int) ([]Candidate, error) {
 		return out[i].PID < out[j].PID
 	})
 	return out, nil
-}
-
-// NoTargetMessage is what the daemon says when it was given no target: what
-// it could watch, and how to choose.
-func NoTargetMessage(cands []Candidate) string {
-	const how = "give the pool's master with --pid PID, --pidfile FILE or --name NAME (or several pools with --config FILE)"
-	if len(cands) == 0 {
-		return "no target: " + how + "; no pre-fork master (a process with forked children of its own name) is running now"
-	}
-	var b strings.Builder
-	b.WriteString("no target: " + how + "; running now: ")
-	for i, c := range cands {
-		if i == 8 {
-			fmt.Fprintf(&b, ", and %d more", len(cands)-i)
-			break
-		}
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		workers := "workers"
-		if c.Workers == 1 {
-			workers = "worker"
-		}
-		fmt.Fprintf(&b, "%s (--pid %d, %d %s)", c.Name, c.PID, c.Workers, workers)
-	}
-	return b.String()
 }

@@ -43,10 +43,14 @@ func Listen(a Addr, o ListenOptions) (net.Listener, error) {
 
 func listenError(addr string, err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return fmt.Errorf("stats address %s is already in use: stop what listens there or choose another --stats: %w", addr, err)
+		return fmt.Errorf("stats address %s is already in use: stop what listens there or choose another address: %w", addr, err)
 	}
 	return fmt.Errorf("listen on stats address %s: %w", addr, err)
 }
+
+// ErrOwner starts the error Listen returns for an owner (ListenOptions.Owner)
+// whose user or group does not exist.
+var ErrOwner = errors.New("socket owner")
 
 // lookupOwner resolves "user", "user:", "user:group" or ":group" to ids,
 // as chown(1) reads them: a user alone leaves the group, "user:" takes the
@@ -61,7 +65,7 @@ func lookupOwner(owner string) (uid, gid int, err error) {
 		u, lerr := user.Lookup(name)
 		if lerr != nil {
 			if _, nerr := strconv.Atoi(name); nerr != nil {
-				return 0, 0, fmt.Errorf("--stats-chown %q: no such user: %w", owner, lerr)
+				return 0, 0, fmt.Errorf("%w %q: no such user: %w", ErrOwner, owner, lerr)
 			}
 			u, lerr = user.LookupId(name)
 			if lerr != nil {
@@ -78,7 +82,7 @@ func lookupOwner(owner string) (uid, gid int, err error) {
 		g, lerr := user.LookupGroup(group)
 		if lerr != nil {
 			if _, nerr := strconv.Atoi(group); nerr != nil {
-				return 0, 0, fmt.Errorf("--stats-chown %q: no such group: %w", owner, lerr)
+				return 0, 0, fmt.Errorf("%w %q: no such group: %w", ErrOwner, owner, lerr)
 			}
 			g = &user.Group{Gid: group}
 		}

@@ -167,7 +167,7 @@ func (o *serveFlags) poolSpecs(changed func(string) bool, proc observer.Procfs) 
 			if err != nil {
 				return nil, err
 			}
-			return nil, errors.New(observer.NoTargetMessage(cands))
+			return nil, errors.New(noTargetMessage(cands))
 		}
 		s, err := o.pool.check("serve", "--pid, --pidfile, --name")
 		if err != nil {
@@ -281,6 +281,9 @@ func bindSockets(specs []poolSpec, log *slog.Logger) ([]*servedPool, error) {
 	pools := make([]*servedPool, 0, len(specs))
 	for _, s := range specs {
 		ln, err := statsock.Listen(s.addr, statsock.ListenOptions{Mode: s.mode, Owner: s.opts.StatsChown})
+		if errors.Is(err, statsock.ErrOwner) {
+			err = fmt.Errorf("--stats-chown: %w", err)
+		}
 		if err != nil {
 			closeListeners(pools)
 			return nil, err
@@ -314,6 +317,9 @@ func startPools(ctx context.Context, pools []*servedPool, k observer.Kernel, pro
 		plog := log.With("pool", sp.spec.opts.Stats)
 		sp.pool = &observer.Pool{Target: sp.spec.target, Proc: o.proc, Kernel: kernel, Log: plog.With("component", "pool"), MaxAge: o.statsMaxAge}
 		if err := sp.pool.Start(ctx); err != nil && !errors.Is(err, observer.ErrNoTarget) {
+			if errors.Is(err, observer.ErrSeveralMasters) {
+				err = fmt.Errorf("%w: choose one with --pid or --pidfile", err)
+			}
 			// Two masters of one --name, say: a mistake in a command
 			// line ends it; a config's other pools go on.
 			if !o.poolsFromConfig {

@@ -121,7 +121,7 @@ func (k *Kernel) keepOrReplace(hooks []hook) error {
 	}
 	switch {
 	case replaced > 0 || len(dropped) > 0:
-		k.log.Warn("the pinned programs differ from this version's (an upgrade, or another --hooks): replaced them; events in the microseconds between detaching an old program and attaching its successor were not counted",
+		k.log.Warn("the pinned programs differ from this version's (an upgrade, or another hook set): replaced them; events in the microseconds between detaching an old program and attaching its successor were not counted",
 			"replaced", replaced, "removed", len(dropped), "kept", kept, "added", added, "pin_path", k.pins.path)
 	case kept > 0:
 		k.log.Info("kept the pinned programs, which counted while the daemon was stopped", "links", kept, "added", added, "pin_path", k.pins.path)
