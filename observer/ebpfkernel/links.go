@@ -28,107 +28,161 @@ import (
 // new ones, and logs one warning naming what was replaced: a short,
 // reported gap instead of numbers that are silently too high.
 func (k *Kernel) keepOrReplace(hooks []hook) error {
-	mapIDs, err := k.mapIDs()
+	r, err := k.newRelink(hooks)
 	if err != nil {
 		return err
+	}
+	defer r.settlePrograms()
+	if err := r.dropUnwanted(); err != nil {
+		return err
+	}
+	for _, h := range hooks {
+		if err := r.relink(h); err != nil {
+			return err
+		}
+	}
+	r.report()
+	return nil
+}
+
+// relinking is one keepOrReplace pass: what it found pinned and what it
+// did with it.
+type relinking struct {
+	k      *Kernel
+	mapIDs map[ebpf.MapID]bool
+	pinned []string
+	wanted map[string]bool
+	// One program may serve several hooks: the one just loaded is
+	// compared and attached, and once all is done the field reports the
+	// statistics of the program that runs (settlePrograms).
+	loaded, running map[**ebpf.Program]*ebpf.Program
+	attachedLoaded  map[**ebpf.Program]bool
+
+	kept, replaced, added, unpinnable, dropped int
+}
+
+func (k *Kernel) newRelink(hooks []hook) (*relinking, error) {
+	mapIDs, err := k.mapIDs()
+	if err != nil {
+		return nil, err
 	}
 	pinned, err := k.pins.pinnedLinks()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	wanted := map[string]bool{}
-	// One program may serve several hooks: compare and attach the one just
-	// loaded, and once all is done report the statistics of the program
-	// that runs (see below).
-	loaded := map[**ebpf.Program]*ebpf.Program{}
-	running := map[**ebpf.Program]*ebpf.Program{}
-	attachedLoaded := map[**ebpf.Program]bool{}
-	defer func() {
-		for field, r := range running {
-			if attachedLoaded[field] {
-				r.Close()
-				continue
-			}
-			loaded[field].Close()
-			*field = r
-		}
-	}()
+	r := &relinking{k: k, mapIDs: mapIDs, pinned: pinned, wanted: map[string]bool{},
+		loaded: map[**ebpf.Program]*ebpf.Program{}, running: map[**ebpf.Program]*ebpf.Program{}, attachedLoaded: map[**ebpf.Program]bool{}}
 	for _, h := range hooks {
-		wanted[h.pin] = true
-		loaded[h.prog] = *h.prog
+		r.wanted[h.pin] = true
+		r.loaded[h.prog] = *h.prog
 	}
-	var dropped []string
-	for _, name := range pinned {
-		if wanted[name] {
+	return r, nil
+}
+
+// settlePrograms leaves in each program field the program that runs: the
+// one loaded where it was attached, else the pinned one kept; the other is
+// closed.
+func (r *relinking) settlePrograms() {
+	for field, running := range r.running {
+		if r.attachedLoaded[field] {
+			running.Close()
 			continue
 		}
-		if err := os.Remove(k.pins.file(name)); err != nil {
-			return fmt.Errorf("unpin link %s: %w", k.pins.file(name), err)
-		}
-		dropped = append(dropped, name)
+		r.loaded[field].Close()
+		*field = running
 	}
-	var kept, replaced, added, unpinnable int
-	for _, h := range hooks {
-		path := k.pins.file(h.pin)
-		if slices.Contains(pinned, h.pin) {
-			old, err := link.LoadPinnedLink(path, nil)
-			if err != nil {
-				return fmt.Errorf("load pinned link %s: %w", path, err)
-			}
-			r, err := sameProgram(old, loaded[h.prog], mapIDs)
-			if err != nil {
-				old.Close()
-				return fmt.Errorf("pinned link %s: %w", path, err)
-			}
-			if r != nil {
-				if prev := running[h.prog]; prev != nil {
-					prev.Close()
-				}
-				running[h.prog] = r
-				k.links = append(k.links, old)
-				kept++
-				continue
-			}
-			// Detach: the pin and our descriptor are the link's last
-			// references.
-			if err := old.Unpin(); err != nil {
-				old.Close()
-				return fmt.Errorf("unpin link %s: %w", path, err)
-			}
-			old.Close()
-			replaced++
-		} else {
-			added++
+}
+
+// dropUnwanted unpins, and so detaches, the links of hooks no longer
+// wanted.
+func (r *relinking) dropUnwanted() error {
+	for _, name := range r.pinned {
+		if r.wanted[name] {
+			continue
 		}
-		l, err := h.attach(loaded[h.prog])
-		if err != nil {
-			return err
+		if err := os.Remove(r.k.pins.file(name)); err != nil {
+			return fmt.Errorf("unpin link %s: %w", r.k.pins.file(name), err)
 		}
-		attachedLoaded[h.prog] = true
-		k.links = append(k.links, l)
-		if err := l.Pin(path); err != nil {
-			if !errors.Is(err, ebpf.ErrNotSupported) {
-				return fmt.Errorf("pin link %s: %w", path, err)
-			}
-			// Before Linux 5.15 a tracepoint attachment is a perf event
-			// ioctl, not a link: it lasts as long as the daemon.
-			unpinnable++
-		}
-	}
-	if unpinnable > 0 {
-		k.log.Warn("this kernel cannot pin tracepoint attachments (Linux 5.15 and newer can): the maps are pinned, so a restart keeps the counts, but nothing is counted while the daemon is stopped",
-			"unpinned", unpinnable)
-	}
-	switch {
-	case replaced > 0 || len(dropped) > 0:
-		k.log.Warn("the pinned programs differ from this version's (an upgrade, or another hook set): replaced them; events in the microseconds between detaching an old program and attaching its successor were not counted",
-			"replaced", replaced, "removed", len(dropped), "kept", kept, "added", added, "pin_path", k.pins.path)
-	case kept > 0:
-		k.log.Info("kept the pinned programs, which counted while the daemon was stopped", "links", kept, "added", added, "pin_path", k.pins.path)
-	default:
-		k.log.Info("pinned maps and links", "links", added, "pin_path", k.pins.path)
+		r.dropped++
 	}
 	return nil
+}
+
+// relink keeps h's pinned link when it runs the same program, else
+// detaches it, and attaches and pins h anew.
+func (r *relinking) relink(h hook) error {
+	path := r.k.pins.file(h.pin)
+	if slices.Contains(r.pinned, h.pin) {
+		kept, err := r.keep(h, path)
+		if err != nil || kept {
+			return err
+		}
+		r.replaced++
+	} else {
+		r.added++
+	}
+	l, err := h.attach(r.loaded[h.prog])
+	if err != nil {
+		return err
+	}
+	r.attachedLoaded[h.prog] = true
+	r.k.links = append(r.k.links, l)
+	if err := l.Pin(path); err != nil {
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("pin link %s: %w", path, err)
+		}
+		// Before Linux 5.15 a tracepoint attachment is a perf event
+		// ioctl, not a link: it lasts as long as the daemon.
+		r.unpinnable++
+	}
+	return nil
+}
+
+// keep keeps the link pinned at path when it runs the program h just
+// loaded, on our maps; otherwise it detaches it and reports false.
+func (r *relinking) keep(h hook, path string) (bool, error) {
+	old, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		return false, fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	running, err := sameProgram(old, r.loaded[h.prog], r.mapIDs)
+	if err != nil {
+		old.Close()
+		return false, fmt.Errorf("pinned link %s: %w", path, err)
+	}
+	if running != nil {
+		if prev := r.running[h.prog]; prev != nil {
+			prev.Close()
+		}
+		r.running[h.prog] = running
+		r.k.links = append(r.k.links, old)
+		r.kept++
+		return true, nil
+	}
+	// Detach: the pin and our descriptor are the link's last references.
+	defer old.Close()
+	if err := old.Unpin(); err != nil {
+		return false, fmt.Errorf("unpin link %s: %w", path, err)
+	}
+	return false, nil
+}
+
+// report logs what the pass did, warning of what was not counted.
+func (r *relinking) report() {
+	log, dir := r.k.log, r.k.pins.path
+	if r.unpinnable > 0 {
+		log.Warn("this kernel cannot pin tracepoint attachments (Linux 5.15 and newer can): the maps are pinned, so a restart keeps the counts, but nothing is counted while the daemon is stopped",
+			"unpinned", r.unpinnable)
+	}
+	switch {
+	case r.replaced > 0 || r.dropped > 0:
+		log.Warn("the pinned programs differ from this version's (an upgrade, or another hook set): replaced them; events in the microseconds between detaching an old program and attaching its successor were not counted",
+			"replaced", r.replaced, "removed", r.dropped, "kept", r.kept, "added", r.added, "pin_path", dir)
+	case r.kept > 0:
+		log.Info("kept the pinned programs, which counted while the daemon was stopped", "links", r.kept, "added", r.added, "pin_path", dir)
+	default:
+		log.Info("pinned maps and links", "links", r.added, "pin_path", dir)
+	}
 }
 
 // sameProgram returns the program a pinned link runs when it is the one
