@@ -86,93 +86,197 @@ func (o demoOptions) daemon() (daemonOptions, error) {
 	return d, nil
 }
 
+// demo runs the demo: it starts the demo pool, serves its stats in the
+// background, drives requests to it, prints the stats JSON and some hints,
+// and, without --exit, goes on serving with a trickle of traffic until ctx
+// ends. The pool is stopped whichever way it returns.
 func demo(ctx context.Context, o demoOptions) error {
+	if err := o.checkCounts(); err != nil {
+		return err
+	}
+	d, err := o.daemon()
+	if err != nil {
+		return err
+	}
+	pool, err := startDemoPool(ctx, o, d.proc)
+	if err != nil {
+		return err
+	}
+	defer pool.stop()
+
+	d.pools[0].target = observer.Target{PID: pool.pid()}
+	srv, err := startDemoServer(ctx, d, o.stats)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	if err := demoShowStats(ctx, client, pool.addr, o); err != nil {
+		return err
+	}
+	printDemoHints(o, pool, pool.workerPIDs(d.proc))
+	if o.exit {
+		return srv.shutdown()
+	}
+	return demoTrickle(ctx, client, pool.addr, srv)
+}
+
+// checkCounts checks --requests and --workers.
+func (o demoOptions) checkCounts() error {
 	if o.requests < 0 {
 		return fmt.Errorf("--requests %d must not be negative", o.requests)
 	}
 	if o.workers < 1 || o.workers > demoMaxWorkers {
 		return fmt.Errorf("--workers %d: want 1 to %d", o.workers, demoMaxWorkers)
 	}
-	d, err := o.daemon()
+	return nil
+}
+
+// demoPool is the demo pool as demo runs it: its master, the HTTP address
+// it serves on, and the master's exit, reported on done.
+type demoPool struct {
+	master *exec.Cmd
+	addr   string
+	done   chan error
+}
+
+// startDemoPool starts the demo pool's master and waits until its workers
+// run. Once the master is started, any error stops it before returning.
+func startDemoPool(ctx context.Context, o demoOptions, proc observer.Procfs) (*demoPool, error) {
+	p, err := startDemoMaster(o.workers, o.listen)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	if err := p.waitWorkers(ctx, o.workers, proc); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startDemoMaster starts `workerstats demo-pool` and reads the address it
+// serves on, the first line of its stdout. The master gets SIGTERM if demo
+// dies; if it prints no address, it is stopped.
+func startDemoMaster(workers int, listen string) (*demoPool, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return nil, fmt.Errorf("demo: %w", err)
 	}
-	master := exec.Command(self, "demo-pool", "--workers", strconv.Itoa(o.workers), "--listen", o.listen)
+	master := exec.Command(self, "demo-pool", "--workers", strconv.Itoa(workers), "--listen", listen)
 	master.Stderr = os.Stderr
 	master.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	out, err := master.StdoutPipe()
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return nil, fmt.Errorf("demo: %w", err)
 	}
 	if err := master.Start(); err != nil {
-		return fmt.Errorf("demo: start the pool: %w", err)
+		return nil, fmt.Errorf("demo: start the pool: %w", err)
 	}
-	masterDone := make(chan error, 1)
-	defer func() {
-		master.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-masterDone:
-		case <-time.After(5 * time.Second):
-			master.Process.Kill()
-		}
-	}()
+	p := &demoPool{master: master, done: make(chan error, 1)}
 	line, err := bufio.NewReader(out).ReadString('\n')
-	go func() { masterDone <- master.Wait() }()
+	go func() { p.done <- master.Wait() }()
 	if err != nil {
-		return errors.New("demo: the pool did not start (see the lines above)")
+		p.stop()
+		return nil, errors.New("demo: the pool did not start (see the lines above)")
 	}
-	poolAddr := strings.TrimSpace(line)
-	proc := d.proc
-	if err := waitUntil(ctx, 10*time.Second, func() bool {
-		kids, err := proc.Children(master.Process.Pid)
-		return err == nil && len(kids) == o.workers
-	}); err != nil {
-		return fmt.Errorf("demo: the pool's %d workers did not start: %w", o.workers, err)
-	}
+	p.addr = strings.TrimSpace(line)
+	return p, nil
+}
 
-	d.pools[0].target = observer.Target{PID: master.Process.Pid}
+// waitWorkers waits until the master has its workers children.
+func (p *demoPool) waitWorkers(ctx context.Context, workers int, proc observer.Procfs) error {
+	if err := waitUntil(ctx, 10*time.Second, func() bool {
+		kids, err := proc.Children(p.pid())
+		return err == nil && len(kids) == workers
+	}); err != nil {
+		return fmt.Errorf("demo: the pool's %d workers did not start: %w", workers, err)
+	}
+	return nil
+}
+
+// pid is the master's pid.
+func (p *demoPool) pid() int { return p.master.Process.Pid }
+
+// workerPIDs returns the pids of the master's children, as they are now.
+func (p *demoPool) workerPIDs(proc observer.Procfs) []string {
+	var pids []string
+	if kids, err := proc.Children(p.pid()); err == nil {
+		for _, k := range kids {
+			pids = append(pids, strconv.Itoa(k.PID))
+		}
+	}
+	return pids
+}
+
+// stop sends the master SIGTERM, on which it stops its workers, and kills
+// it if it has not exited within 5 seconds.
+func (p *demoPool) stop() {
+	p.master.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.master.Process.Kill()
+	}
+}
+
+// demoServer is the daemon demo runs in the background: serveDaemon's
+// result comes on served; stop cancels its context.
+type demoServer struct {
+	served chan error
+	stop   context.CancelFunc
+}
+
+// startDemoServer runs serveDaemon for d in the background and waits until
+// the stats socket at stats answers. If the daemon ends first (its address
+// taken, say), its error is returned; on any error the daemon is stopped.
+func startDemoServer(ctx context.Context, d daemonOptions, stats string) (*demoServer, error) {
 	serveCtx, stopServe := context.WithCancel(ctx)
-	defer stopServe()
-	served := make(chan error, 1)
+	s := &demoServer{served: make(chan error, 1), stop: stopServe}
 	go func() {
-		served <- serveDaemon(serveCtx, d)
+		s.served <- serveDaemon(serveCtx, d)
 	}()
 	var serveErr error
 	if err := waitUntil(ctx, 30*time.Second, func() bool {
 		select {
-		case serveErr = <-served:
+		case serveErr = <-s.served:
 			return true
 		default:
 		}
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		_, err := statsock.Read(rctx, o.stats)
+		_, err := statsock.Read(rctx, stats)
 		return err == nil
 	}); err != nil {
-		return fmt.Errorf("demo: the stats socket did not answer: %w", err)
+		stopServe()
+		return nil, fmt.Errorf("demo: the stats socket did not answer: %w", err)
 	}
 	if serveErr != nil {
-		return serveErr
+		stopServe()
+		return nil, serveErr
 	}
+	return s, nil
+}
 
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
-	if err := demoTraffic(ctx, client, poolAddr, o.requests, 8); err != nil {
+// shutdown stops the daemon and returns what serveDaemon returned.
+func (s *demoServer) shutdown() error {
+	s.stop()
+	return <-s.served
+}
+
+// demoShowStats sends --requests requests to the pool at addr, waits for a
+// fresh snapshot and prints the stats JSON on stdout.
+func demoShowStats(ctx context.Context, client *http.Client, addr string, o demoOptions) error {
+	if err := demoTraffic(ctx, client, addr, o.requests, 8); err != nil {
 		return err
 	}
 	time.Sleep(2 * defaultStatsMaxAge) // past --stats-max-age: a fresh snapshot
-	if err := readStatsTo(ctx, os.Stdout, o.stats, readOptions{timeout: 10 * time.Second}); err != nil {
-		return err
-	}
-	var pids []string
-	if kids, err := proc.Children(master.Process.Pid); err == nil {
-		for _, k := range kids {
-			pids = append(pids, strconv.Itoa(k.PID))
-		}
-	}
+	return readStatsTo(ctx, os.Stdout, o.stats, readOptions{timeout: 10 * time.Second})
+}
+
+// printDemoHints tells, on stderr, what the demo did and what to try next
+// from another terminal; pids are the pool's workers.
+func printDemoHints(o demoOptions, pool *demoPool, pids []string) {
 	nc := "nc -U " + o.stats
 	if host, port, err := net.SplitHostPort(o.stats); err == nil {
 		nc = "nc " + cmp.Or(strings.Trim(host, "[]"), "127.0.0.1") + " " + port
@@ -184,24 +288,25 @@ Its stats, above, are served on %s. Try, from another terminal:
   %s
   curl http://%s/5000
   kill -9 %s        (the master replaces the worker: see its slot's respawn_count)
-`, o.requests, o.workers, strings.Join(pids, ", "), master.Process.Pid, poolAddr, o.stats, o.stats,
-		nc, poolAddr, cmp.Or(strings.Join(pids[:min(1, len(pids))], ""), "WORKER_PID"))
-	if o.exit {
-		stopServe()
-		return <-served
-	}
+`, o.requests, o.workers, strings.Join(pids, ", "), pool.pid(), pool.addr, o.stats, o.stats,
+		nc, pool.addr, cmp.Or(strings.Join(pids[:min(1, len(pids))], ""), "WORKER_PID"))
+}
+
+// demoTrickle sends a few requests a second to the pool at addr until the
+// daemon ends or ctx does (then it stops the daemon), and returns what the
+// daemon returned.
+func demoTrickle(ctx context.Context, client *http.Client, addr string, srv *demoServer) error {
 	fmt.Fprintln(os.Stderr, "Ctrl-C stops the demo; meanwhile it sends a few requests a second.")
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
-		case err := <-served:
+		case err := <-srv.served:
 			return err
 		case <-ctx.Done():
-			stopServe()
-			return <-served
+			return srv.shutdown()
 		case <-tick.C:
-			if err := demoTraffic(ctx, client, poolAddr, 2, 2); err != nil && ctx.Err() == nil {
+			if err := demoTraffic(ctx, client, addr, 2, 2); err != nil && ctx.Err() == nil {
 				slog.Warn("demo traffic", "error", err)
 			}
 		}
@@ -242,6 +347,7 @@ func demoTraffic(ctx context.Context, client *http.Client, addr string, n, conc 
 	return first
 }
 
+// demoGet gets url and reads its body to the end.
 func demoGet(ctx context.Context, client *http.Client, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

@@ -56,61 +56,88 @@ func demoMaster(ctx context.Context, listen string, workers int) error {
 	if workers < 1 || workers > demoMaxWorkers {
 		return fmt.Errorf("--workers %d: want 1 to %d", workers, demoMaxWorkers)
 	}
-	ln, err := net.Listen("tcp", listen)
+	f, addr, err := demoListen(listen)
 	if err != nil {
-		return fmt.Errorf("demo pool: %w", err)
-	}
-	f, err := ln.(*net.TCPListener).File()
-	ln.Close()
-	if err != nil {
-		return fmt.Errorf("demo pool: %w", err)
+		return err
 	}
 	defer f.Close()
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("demo pool: %w", err)
 	}
-	fmt.Println(ln.Addr().String())
+	fmt.Println(addr)
 
-	exited := make(chan int, workers)
-	running := map[int]*exec.Cmd{}
-	start := func() error {
-		c := exec.Command(self, "demo-pool")
-		c.Env = append(os.Environ(), demoRoleEnv+"=worker")
-		c.ExtraFiles = []*os.File{f}
-		c.Stdout, c.Stderr = os.Stderr, os.Stderr
-		// A worker outlives no master.
-		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-		if err := c.Start(); err != nil {
-			return fmt.Errorf("start worker: %w", err)
-		}
-		running[c.Process.Pid] = c
-		go func() {
-			c.Wait()
-			exited <- c.Process.Pid
-		}()
-		return nil
-	}
+	w := &demoWorkers{self: self, ln: f, exited: make(chan int, workers), running: map[int]*exec.Cmd{}}
 	for range workers {
-		if err := start(); err != nil {
+		if err := w.start(); err != nil {
 			return err
 		}
 	}
+	return w.supervise(ctx)
+}
+
+// demoListen binds listen and returns the socket as a file for the workers
+// to inherit, and its address.
+func demoListen(listen string) (*os.File, string, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, "", fmt.Errorf("demo pool: %w", err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("demo pool: %w", err)
+	}
+	return f, ln.Addr().String(), nil
+}
+
+// demoWorkers are the master's worker processes: self is the binary they
+// run, ln the socket they inherit; each one's pid comes on exited when it
+// exits.
+type demoWorkers struct {
+	self    string
+	ln      *os.File
+	exited  chan int
+	running map[int]*exec.Cmd
+}
+
+// start starts a worker.
+func (w *demoWorkers) start() error {
+	c := exec.Command(w.self, "demo-pool")
+	c.Env = append(os.Environ(), demoRoleEnv+"=worker")
+	c.ExtraFiles = []*os.File{w.ln}
+	c.Stdout, c.Stderr = os.Stderr, os.Stderr
+	// A worker outlives no master.
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := c.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	w.running[c.Process.Pid] = c
+	go func() {
+		c.Wait()
+		w.exited <- c.Process.Pid
+	}()
+	return nil
+}
+
+// supervise replaces every worker that exits until ctx ends, then sends
+// each SIGTERM and waits for them all.
+func (w *demoWorkers) supervise(ctx context.Context) error {
 	for {
 		select {
-		case pid := <-exited:
-			delete(running, pid)
+		case pid := <-w.exited:
+			delete(w.running, pid)
 			slog.Info("demo worker exited; starting another in its place", "pid", pid)
 			time.Sleep(100 * time.Millisecond)
-			if err := start(); err != nil {
+			if err := w.start(); err != nil {
 				return err
 			}
 		case <-ctx.Done():
-			for _, c := range running {
+			for _, c := range w.running {
 				c.Process.Signal(syscall.SIGTERM)
 			}
-			for range running {
-				<-exited
+			for range w.running {
+				<-w.exited
 			}
 			return nil
 		}

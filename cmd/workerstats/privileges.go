@@ -184,58 +184,106 @@ type accessChecker interface {
 // psx applies every change to all of the Go runtime's threads, since the
 // kernel keeps credentials per thread. k is the eBPF observer (nil in
 // procfs mode), probed for whether it still needs CAP_BPF.
+//
+// The steps run in this order, each needing capabilities a later one gives
+// up: the user switch needs CAP_SETUID and CAP_SETGID, the probe runs as
+// that user with CAP_BPF still permitted, and shrinking the bounding set
+// needs CAP_SETPCAP, which the final sets leave out.
 func dropPrivileges(as *account, k accessChecker, log *slog.Logger) error {
 	have := cap.GetProc()
-	held := func(v cap.Value) bool {
-		on, _ := have.GetFlag(cap.Permitted, v)
-		return on
-	}
 	var keep []cap.Value
 	for _, v := range runtimeCaps {
-		if held(v) {
+		if permitted(have, v) {
 			keep = append(keep, v)
 		}
 	}
 	if as != nil {
-		if !held(cap.SETUID) || !held(cap.SETGID) {
-			return fmt.Errorf("--user %s needs CAP_SETUID and CAP_SETGID: run workerstats as root", as.name)
-		}
-		if err := cap.SetGroups(as.gid, as.groups...); err != nil {
-			return fmt.Errorf("--user %s: set groups: %w", as.name, err)
-		}
-		if err := cap.SetUID(as.uid); err != nil {
-			return fmt.Errorf("--user %s: set uid: %w", as.name, err)
+		if err := switchUser(have, as); err != nil {
+			return err
 		}
 	}
+	keep, err := keepBPFIfNeeded(have, keep, k)
+	if err != nil {
+		return err
+	}
+	if err := shrinkBounding(have, keep, log); err != nil {
+		return err
+	}
+	if err := setFinalCaps(keep); err != nil {
+		return err
+	}
+	logDropped(log, keep, as)
+	return nil
+}
+
+// permitted says whether v is in have's permitted set.
+func permitted(have *cap.Set, v cap.Value) bool {
+	on, _ := have.GetFlag(cap.Permitted, v)
+	return on
+}
+
+// switchUser sets the groups and the uid to as's; the capabilities
+// permitted (have) must include CAP_SETUID and CAP_SETGID.
+func switchUser(have *cap.Set, as *account) error {
+	if !permitted(have, cap.SETUID) || !permitted(have, cap.SETGID) {
+		return fmt.Errorf("--user %s needs CAP_SETUID and CAP_SETGID: run workerstats as root", as.name)
+	}
+	if err := cap.SetGroups(as.gid, as.groups...); err != nil {
+		return fmt.Errorf("--user %s: set groups: %w", as.name, err)
+	}
+	if err := cap.SetUID(as.uid); err != nil {
+		return fmt.Errorf("--user %s: set uid: %w", as.name, err)
+	}
+	return nil
+}
+
+// keepBPFIfNeeded probes k (nil in procfs mode), with only keep effective,
+// and returns keep with CAP_BPF added if bpf(2) fails with EPERM without
+// it. Without CAP_BPF permitted (have), there is nothing to decide.
+func keepBPFIfNeeded(have *cap.Set, keep []cap.Value, k accessChecker) ([]cap.Value, error) {
 	// Does bpf(2) on the descriptors held still work without CAP_BPF?
-	if k != nil && held(cap.BPF) {
-		if err := setCaps(have, keep, nil); err != nil {
-			return err
-		}
-		err := k.CheckAccess()
-		switch {
-		case err == nil:
-		case errors.Is(err, unix.EPERM):
-			keep = append(keep, cap.BPF)
-		default:
-			return err
-		}
+	if k == nil || !permitted(have, cap.BPF) {
+		return keep, nil
 	}
-	if held(cap.SETPCAP) {
-		if err := setCaps(have, append(slices.Clone(keep), cap.SETPCAP), nil); err != nil {
-			return err
-		}
-		for v := cap.Value(0); v < cap.MaxBits(); v++ {
-			if slices.Contains(keep, v) {
-				continue
-			}
-			if err := cap.DropBound(v); err != nil {
-				return fmt.Errorf("drop %s from the bounding set: %w", v, err)
-			}
-		}
-	} else {
+	if err := setCaps(have, keep, nil); err != nil {
+		return nil, err
+	}
+	err := k.CheckAccess()
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.EPERM):
+		keep = append(keep, cap.BPF)
+	default:
+		return nil, err
+	}
+	return keep, nil
+}
+
+// shrinkBounding drops from the bounding set every capability but keep,
+// raising CAP_SETPCAP to do so; without CAP_SETPCAP permitted (have) the
+// bounding set stays as it is.
+func shrinkBounding(have *cap.Set, keep []cap.Value, log *slog.Logger) error {
+	if !permitted(have, cap.SETPCAP) {
 		log.Debug("no CAP_SETPCAP: the bounding set stays as it is")
+		return nil
 	}
+	if err := setCaps(have, append(slices.Clone(keep), cap.SETPCAP), nil); err != nil {
+		return err
+	}
+	for v := cap.Value(0); v < cap.MaxBits(); v++ {
+		if slices.Contains(keep, v) {
+			continue
+		}
+		if err := cap.DropBound(v); err != nil {
+			return fmt.Errorf("drop %s from the bounding set: %w", v, err)
+		}
+	}
+	return nil
+}
+
+// setFinalCaps clears the ambient set, leaves exactly keep effective and
+// permitted (inheritable empty), and sets no_new_privs.
+func setFinalCaps(keep []cap.Value) error {
 	if err := cap.ResetAmbient(); err != nil {
 		return fmt.Errorf("clear the ambient capabilities: %w", err)
 	}
@@ -245,6 +293,12 @@ func dropPrivileges(as *account, k accessChecker, log *slog.Logger) error {
 	if _, err := cap.Prctlw(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
 	}
+	return nil
+}
+
+// logDropped logs the capabilities kept and the ids the daemon now runs
+// as, with the --user name if given.
+func logDropped(log *slog.Logger, keep []cap.Value, as *account) {
 	names := make([]string, len(keep))
 	for i, v := range keep {
 		names[i] = v.String()
@@ -254,7 +308,6 @@ func dropPrivileges(as *account, k accessChecker, log *slog.Logger) error {
 		attrs = append(attrs, "user", as.name)
 	}
 	log.Info("dropped privileges", attrs...)
-	return nil
 }
 
 // setCaps sets the process's capabilities on every thread: effective
