@@ -70,10 +70,21 @@ fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAddr$$' -fuzztime $(FUZZTIME) ./statsock/
 	$(GO) test -run '^$$' -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./statsock/
 
+# The cmd tests that load eBPF or run the real servers.
+PRIVILEGED_CMD_TESTS := UWSGI|Gunicorn|Nginx|PHPFPM|Golden|Restart|SIGTERM|Cleanup|NoPin|Daemon|Systemd|Demo|Pidfile|NameFinds|ConfigServes
+
 .PHONY: test-privileged
 test-privileged: ## only the tests that load eBPF and run real servers (as root)
 	$(GO) test -count=1 -v ./observer/ebpfkernel/
-	$(GO) test -count=1 -v -run 'UWSGI|Gunicorn|Nginx|PHPFPM|Golden|Restart|SIGTERM|Cleanup|NoPin|Daemon|Systemd|Demo|Pidfile|NameFinds|ConfigServes' ./cmd/...
+	$(GO) test -count=1 -v -run '$(PRIVILEGED_CMD_TESTS)' ./cmd/...
+
+# make vm-test KERNELS="5.10 6.1" (the default) or KERNELS=all (with 6.12).
+KERNELS ?= 5.10 6.1
+
+.PHONY: vm-test
+vm-test: ## (as root) the privileged tests on Debian's 5.10, 6.1 (and with KERNELS=all 6.12) kernels under qemu
+	.ci/install-deps --vm
+	KERNELS="$(KERNELS)" VM_RUN='$(PRIVILEGED_CMD_TESTS)' GO=$(GO) vagrant/vm-test
 
 .PHONY: install
 install: build ## install the binary, the systemd unit, and /etc/workerstats/workerstats.toml unless it exists

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/statsock"
 )
@@ -24,6 +25,12 @@ import (
 var binPath string
 
 func TestMain(m *testing.M) {
+	// make vm-test hands the guest a binary built on the host, where a
+	// build inside an emulated guest would take minutes.
+	if bin := os.Getenv(testutil.BinaryEnv); bin != "" {
+		binPath = bin
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "workerstats-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -275,6 +275,7 @@ func (l *httpLoad) idleConn(addr string, i int) error {
 func driveHTTP(t testing.TB, addr string, conns, perConn, conc, idle int) *httpLoad {
 	t.Helper()
 	load := &httpLoad{}
+	conns, idle = testutil.Scale(conns), testutil.Scale(idle)
 	idleEvery := 0
 	if idle > 0 {
 		idleEvery = conns / idle
@@ -561,7 +562,7 @@ func gunicornHUP(t *testing.T, hooks string, args ...string) {
 		t.Fatal(err)
 	}
 	b := startBackgroundLoad(p.addr, 32, 20, 20)
-	b.waitCompleted(t, 1500, "1,500 requests before the reload", nil)
+	b.waitCompleted(t, int64(testutil.Scale(1500)), "1,500 requests (scaled) before the reload", nil)
 
 	// A reader polls through the reload, as uwsgitop would: which slots the
 	// new workers take depends on whether a dump is read while old and new
@@ -606,7 +607,7 @@ func gunicornHUP(t *testing.T, hooks string, args ...string) {
 	atNew := b.load.completed()
 	close(pollStop)
 	mostSlots := <-polled
-	b.waitCompleted(t, atNew+1500, "1,500 requests after the reload", func() error {
+	b.waitCompleted(t, atNew+int64(testutil.Scale(1500)), "1,500 requests (scaled) after the reload", func() error {
 		b.load.mu.Lock()
 		defer b.load.mu.Unlock()
 		for _, k := range fresh {

@@ -328,6 +328,7 @@ type nginxLoad struct {
 // file of 3 MB.
 func driveNginx(t testing.TB, s *nginxServer, conns, conc int) nginxLoad {
 	t.Helper()
+	conns = testutil.Scale(conns)
 	var (
 		res nginxLoad
 		seq atomic.Int64

@@ -294,6 +294,7 @@ func (a *fpmTraffic) add(ex *fpmExchange) {
 // the idle connections.
 func fpmDrive(t testing.TB, p *fpmPool, tr *fpmTraffic, n, conc, idle int) {
 	t.Helper()
+	n, idle = testutil.Scale(n), testutil.Scale(idle)
 	total, idleEvery := n, 0
 	if n == 0 {
 		total, idleEvery = idle, 1

@@ -152,13 +152,14 @@ func TestRestartLosesNoRequest(t *testing.T) {
 			// SIGTERM once the load is well under way.
 			stopped := make(chan error, 1)
 			var atStop uint64 // requests uWSGI had served when the daemon was gone
+			trigger := uint64(testutil.Scale(1500))
 			go func() {
 				poll(60*time.Second, func() error {
 					st, err := readStats(p.stats)
 					if err != nil {
 						return err
 					}
-					if n, _, _ := sumRequests(st); n < 1500 {
+					if n, _, _ := sumRequests(st); n < trigger {
 						return fmt.Errorf("uWSGI served %d requests", n)
 					}
 					return nil

@@ -385,7 +385,9 @@ type cutResult struct {
 }
 
 func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
-	const workers, requests, after = 4, 3000, 1000
+	const workers = 4
+	// After the kill, enough for the respawned worker to get some.
+	requests, after := testutil.Scale(3000), max(testutil.Scale(1000), 200)
 	p := startUWSGI(t, uwsgiOptions{processes: workers})
 	d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
 	start, err := readStats(p.stats)
@@ -403,10 +405,10 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 	cut := make(chan killed, 1)
 	dir := t.TempDir()
 	go func() {
-		cr, err := cutRequest(p, d, res, dir, requests/4, midResponse)
+		cr, err := cutRequest(p, d, res, dir, int64(requests/4), midResponse)
 		cut <- killed{cr, err}
 	}()
-	driveLoad(t, p, loadSpec{requests: requests, conc: 32, idle: 75, cut: true}, res)
+	driveLoad(t, p, loadSpec{requests: requests, conc: 32, idle: testutil.Scale(75), cut: true}, res)
 	k := <-cut
 	if k.err != nil {
 		t.Fatal(k.err)
@@ -426,7 +428,7 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 		return nil
 	})
 	fresh := slotOf(t, theirs, victim.ID).PID
-	driveLoad(t, p, loadSpec{requests: after, conc: 32, idle: 25}, res)
+	driveLoad(t, p, loadSpec{requests: after, conc: 32, idle: testutil.Scale(25)}, res)
 
 	old, newer := res.tally(victim.PID), res.tally(fresh)
 	if newer.ok == 0 {

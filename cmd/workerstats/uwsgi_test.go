@@ -335,7 +335,7 @@ type loadSpec struct {
 func drive(t testing.TB, p *uwsgiPool, n, conc, idle int) *loadResult {
 	t.Helper()
 	res := &loadResult{}
-	driveLoad(t, p, loadSpec{requests: n, conc: conc, idle: idle}, res)
+	driveLoad(t, p, loadSpec{requests: testutil.Scale(n), conc: conc, idle: testutil.Scale(idle)}, res)
 	return res
 }
 

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"strconv"
 	"testing"
 )
 
@@ -16,6 +17,10 @@ import (
 // prerequisite from a skip into a failure. CI sets it, so a privileged test
 // can never pass there as a skip.
 const RequirePrivilegedEnv = "WORKERSTATS_REQUIRE_PRIVILEGED"
+
+// BinaryEnv names a workerstats binary already built for the tests that run
+// one (make vm-test sets it), instead of building it from the source.
+const BinaryEnv = "WORKERSTATS_TEST_BINARY"
 
 // NeedsPrivilege starts the reason of every skip for a missing privilege
 // (root, capabilities, BTF): .ci/test-unprivileged accepts only skips that
@@ -93,4 +98,20 @@ func HookSets(t testing.TB, available func() ([]string, error)) []string {
 		t.Logf("this kernel carries only the %s hooks", sets[0])
 	}
 	return sets
+}
+
+// ScaleEnv is a factor (0.1, say) for the request counts of the load
+// tests, which make vm-test sets under software emulation, where every
+// request costs several times what it does here. Comparisons stay exact:
+// only how much traffic they compare shrinks.
+const ScaleEnv = "WORKERSTATS_TEST_SCALE"
+
+// Scale returns n requests scaled by ScaleEnv (1 when unset), at least 1
+// for n > 0.
+func Scale(n int) int {
+	f, err := strconv.ParseFloat(os.Getenv(ScaleEnv), 64)
+	if err != nil || f <= 0 || n <= 0 {
+		return n
+	}
+	return max(1, int(float64(n)*f+0.5))
 }
