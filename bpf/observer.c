@@ -121,7 +121,7 @@ struct inflight {
 	__u32 pad;
 };
 
-enum { DIR_RECV = 0, DIR_SEND = 1 };
+enum { DIR_RECV = 0, DIR_SEND = 1, DIR_CLOSE = 2 /* raw sys_enter only */ };
 
 /* A plain hash: every entry is removed at the syscall's exit, or at the
  * thread's exit when it dies inside the syscall. */
@@ -304,48 +304,51 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 
 /* ---- connections ---- */
 
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int on_accept_exit(struct sys_exit_ctx *ctx)
+/* A worker's accept returned fd (or an error): track the connection. */
+static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 {
-	__u32 tgid;
-	struct worker *w = current_worker(&tgid);
-	if (!w || ctx->ret < 0)
-		return 0;
-	__u64 sk = socket_fd_to_sock(ctx->ret);
+	if (fd < 0)
+		return;
+	__u64 sk = socket_fd_to_sock(fd);
 	if (!sk)
-		return 0;
+		return;
 	struct conn c = { .owner = tgid };
 	if (bpf_map_update_elem(&conns, &sk, &c, BPF_NOEXIST)) {
 		/* A socket address still in conns: its close was missed. */
 		count(CNT_CONN_STALE);
 		if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
 			count(CNT_CONN_FULL);
-			return 0;
+			return;
 		}
 	}
-	__u64 key = fd_key(tgid, ctx->ret);
+	__u64 key = fd_key(tgid, fd);
 	bpf_map_update_elem(&fds, &key, &sk, BPF_ANY);
 	count(CNT_CONN_TRACKED);
 	__sync_fetch_and_add(&w->accepts, 1);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int on_accept_exit(struct sys_exit_ctx *ctx)
+{
+	__u32 tgid;
+	struct worker *w = current_worker(&tgid);
+	if (w)
+		accepted(tgid, w, ctx->ret);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_close")
-int on_close_enter(struct sys_enter_ctx *ctx)
+/* A worker closes fd: end the connection if it is one it accepted. */
+static __always_inline void closing(__u32 tgid, struct worker *cur, unsigned long fd)
 {
-	__u32 tgid;
-	struct worker *cur = current_worker(&tgid);
-	if (!cur)
-		return 0;
-	__u64 key = fd_key(tgid, ctx->args[0]);
+	__u64 key = fd_key(tgid, fd);
 	__u64 *skp = bpf_map_lookup_elem(&fds, &key);
 	if (!skp)
-		return 0; /* not a connection this worker accepted */
+		return; /* not a connection this worker accepted */
 	__u64 sk = *skp;
 	bpf_map_delete_elem(&fds, &key);
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
 	if (!c)
-		return 0;
+		return;
 	struct worker *w = owner_of(c, tgid, cur);
 	if (w) {
 		if (c->state != CONN_IDLE)
@@ -354,6 +357,15 @@ int on_close_enter(struct sys_enter_ctx *ctx)
 	}
 	bpf_map_delete_elem(&conns, &sk);
 	count(CNT_CONN_CLOSED);
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int on_close_enter(struct sys_enter_ctx *ctx)
+{
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (cur)
+		closing(tgid, cur, ctx->args[0]);
 	return 0;
 }
 
@@ -383,39 +395,43 @@ int on_sock_send(struct sock_msg_length_ctx *ctx)
 
 /* ---- bytes, syscall path (any kernel) ---- */
 
-static __always_inline int data_enter(struct sys_enter_ctx *ctx, __u32 dir)
+/* A worker starts a send or receive on fd: remember the connection for
+ * the syscall's exit, by thread. */
+static __always_inline void data_enter(__u32 tgid, unsigned long fd, __u32 dir)
 {
-	__u32 tgid;
-	if (!current_worker(&tgid))
-		return 0;
-	__u64 key = fd_key(tgid, ctx->args[0]);
+	__u64 key = fd_key(tgid, fd);
 	__u64 *sk = bpf_map_lookup_elem(&fds, &key);
 	if (!sk)
-		return 0; /* not an accepted connection: nothing to do at exit */
+		return; /* not an accepted connection: nothing to do at exit */
 	__u64 id = bpf_get_current_pid_tgid();
 	struct inflight f = { .sk = *sk, .dir = dir };
 	if (bpf_map_update_elem(&inflight, &id, &f, BPF_ANY))
 		count(CNT_INFLIGHT_FULL);
-	return 0;
 }
 
 /* Attached to sys_enter_{read,readv,recvfrom,recvmsg}: args[0] is the fd. */
 SEC("tracepoint/syscalls/sys_enter_read")
 int on_recv_enter(struct sys_enter_ctx *ctx)
 {
-	return data_enter(ctx, DIR_RECV);
+	__u32 tgid;
+	if (current_worker(&tgid))
+		data_enter(tgid, ctx->args[0], DIR_RECV);
+	return 0;
 }
 
 /* Attached to sys_enter_{write,writev,sendto,sendmsg,sendfile64}: args[0] is the (out) fd. */
 SEC("tracepoint/syscalls/sys_enter_write")
 int on_send_enter(struct sys_enter_ctx *ctx)
 {
-	return data_enter(ctx, DIR_SEND);
+	__u32 tgid;
+	if (current_worker(&tgid))
+		data_enter(tgid, ctx->args[0], DIR_SEND);
+	return 0;
 }
 
-/* Attached to the sys_exit of every syscall above. */
-SEC("tracepoint/syscalls/sys_exit_read")
-int on_data_exit(struct sys_exit_ctx *ctx)
+/* A send or receive that data_enter remembered returned ret: count it.
+ * Returns whether the thread had one in flight. */
+static __always_inline int data_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct inflight *f = bpf_map_lookup_elem(&inflight, &id);
@@ -424,12 +440,82 @@ int on_data_exit(struct sys_exit_ctx *ctx)
 	__u64 sk = f->sk;
 	__u32 dir = f->dir;
 	bpf_map_delete_elem(&inflight, &id);
-	if (ctx->ret <= 0)
-		return 0;
+	if (ret <= 0)
+		return 1;
 	__u32 tgid = id >> 32;
 	struct worker *cur = bpf_map_lookup_elem(&workers, &tgid);
+	if (cur)
+		on_bytes(sk, dir, ret, tgid, cur);
+	return 1;
+}
+
+/* Attached to the sys_exit of every syscall above. */
+SEC("tracepoint/syscalls/sys_exit_read")
+int on_data_exit(struct sys_exit_ctx *ctx)
+{
+	data_exit(ctx->ret);
+	return 0;
+}
+
+/* ---- raw syscall path (x86-64) ----
+ *
+ * The same work from the raw sys_enter/sys_exit tracepoints, which fire
+ * for every syscall: used where tracepoint attachments cannot be pinned
+ * (before Linux 5.15) and raw tracepoint links can (5.8+), so counting
+ * goes on while the daemon is stopped there too. The syscall number is
+ * tested first, before any map lookup.
+ */
+
+SEC("raw_tracepoint/sys_enter")
+int on_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	long nr = ctx->args[1];
+	__u32 dir;
+	switch (nr) {
+	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
+		dir = DIR_RECV;
+		break;
+	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile:
+		dir = DIR_SEND;
+		break;
+	case NR_close:
+		dir = DIR_CLOSE;
+		break;
+	default:
+		return 0;
+	}
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
 	if (!cur)
 		return 0;
-	on_bytes(sk, dir, ctx->ret, tgid, cur);
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	unsigned long fd = BPF_CORE_READ(regs, di);
+	if (dir == DIR_CLOSE)
+		closing(tgid, cur, fd);
+	else
+		data_enter(tgid, fd, dir);
+	return 0;
+}
+
+SEC("raw_tracepoint/sys_exit")
+int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	long ret = ctx->args[1];
+	switch (nr) {
+	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
+	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile:
+		data_exit(ret);
+		return 0;
+	case NR_accept: case NR_accept4:
+		break;
+	default:
+		return 0;
+	}
+	__u32 tgid;
+	struct worker *w = current_worker(&tgid);
+	if (w)
+		accepted(tgid, w, ret);
 	return 0;
 }

@@ -37,6 +37,23 @@ enum {
 
 #define MSG_PEEK 2
 
+/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), for the
+ * raw sys_enter/sys_exit programs. */
+enum {
+	NR_read = 0,
+	NR_write = 1,
+	NR_close = 3,
+	NR_readv = 19,
+	NR_writev = 20,
+	NR_sendfile = 40,
+	NR_accept = 43,
+	NR_sendto = 44,
+	NR_recvfrom = 45,
+	NR_sendmsg = 46,
+	NR_recvmsg = 47,
+	NR_accept4 = 288,
+};
+
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 struct fdtable {
@@ -62,6 +79,13 @@ struct sock;
 
 struct socket {
 	struct sock *sk;
+};
+
+/* x86-64's saved registers at syscall entry: the raw sys_enter/sys_exit
+ * tracepoints hand us these, not the syscall's arguments. */
+struct pt_regs {
+	unsigned long di;      /* first argument */
+	unsigned long orig_ax; /* syscall number */
 };
 
 #pragma clang attribute pop

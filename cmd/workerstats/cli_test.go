@@ -49,7 +49,7 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"bad pid", []string{"serve", "--pid", "abc"}, `invalid argument "abc" for "--pid"`},
 		{"unknown flag", []string{"serve", "--pdi", "1"}, "unknown flag: --pdi"},
 		{"bad mode", []string{"serve", "--pid", "1", "--mode", "kernel"}, `--mode "kernel" is not one of auto, ebpf, procfs`},
-		{"bad hooks", []string{"serve", "--pid", "1", "--hooks", "kprobe"}, `--hooks "kprobe" is not one of auto, sock, syscall`},
+		{"bad hooks", []string{"serve", "--pid", "1", "--hooks", "kprobe"}, `--hooks "kprobe" is not one of auto, sock, syscall, raw`},
 		{"bad stats address", []string{"serve", "--pid", "1", "--stats", "localhost"}, "neither host:port nor a socket path"},
 		{"address in use", []string{"serve", "--pid", "1", "--stats", busy.Addr().String()}, "already in use"},
 		{"read nothing there", []string{"read", deadAddr}, "connect to stats socket " + deadAddr},

@@ -128,8 +128,11 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 // wantPins is what a daemon pins: five maps of the programs, the swept
 // count, and one link per attachment of its hook set.
 func wantPins(hooks string) (maps, links int) {
-	if hooks == ebpfkernel.HooksSock {
-		return 6, 7
+	switch hooks {
+	case ebpfkernel.HooksSock:
+		return 6, 7 // fork, exit, accept4, accept, close, send, recv
+	case ebpfkernel.HooksRaw:
+		return 6, 4 // fork, exit, sys_enter, sys_exit
 	}
 	return 6, 23
 }
@@ -232,7 +235,8 @@ func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "stats.sock")
 	pins := testPinPath(t)
-	d := startDaemon(t, "--pid", strconv.Itoa(master.Process.Pid), "--stats", sock, "--hooks", ebpfkernel.HooksSyscall, "--pin-path", pins)
+	hooks := testutil.HookSets(t, ebpfkernel.AvailableHooks)[0] // auto's: its links pin here
+	d := startDaemon(t, "--pid", strconv.Itoa(master.Process.Pid), "--stats", sock, "--hooks", hooks, "--pin-path", pins)
 	held := heldPrograms(t, d.cmd.Process.Pid)
 	if err := d.stop(t); err != nil {
 		t.Fatalf("exit %v on SIGTERM, want 0:\n%s", err, d.log.String())
@@ -241,7 +245,7 @@ func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
 		t.Errorf("left in the socket's directory after SIGTERM: %v", ents)
 	}
 	names, progs, maps := pinned(t, pins)
-	wantMaps, wantLinks := wantPins(ebpfkernel.HooksSyscall)
+	wantMaps, wantLinks := wantPins(hooks)
 	if len(progs) != wantLinks || len(maps) != wantMaps {
 		t.Errorf("pinned after SIGTERM: %v; want %d maps and %d links", names, wantMaps, wantLinks)
 	}

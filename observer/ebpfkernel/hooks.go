@@ -15,7 +15,11 @@ import (
 const (
 	HooksAuto    = "auto"
 	HooksSock    = "sock"    // sock:sock_{send,recv}_length, Linux >= 6.3
-	HooksSyscall = "syscall" // syscall enter/exit tracepoints, any kernel with BTF
+	HooksSyscall = "syscall" // per-syscall enter/exit tracepoints, any kernel with BTF
+	// HooksRaw is the raw sys_enter/sys_exit tracepoints (x86-64): what the
+	// syscall hooks do, from links that can be pinned before Linux 5.15,
+	// where tracepoint attachments cannot.
+	HooksRaw = "raw"
 )
 
 // ErrNoSockTracepoints is returned by Load when the sock hooks are asked
@@ -25,10 +29,10 @@ var ErrNoSockTracepoints = errors.New("the sock hooks need the sock:sock_send_le
 // CheckHooks returns an error when s names no hook set.
 func CheckHooks(s string) error {
 	switch s {
-	case "", HooksAuto, HooksSock, HooksSyscall:
+	case "", HooksAuto, HooksSock, HooksSyscall, HooksRaw:
 		return nil
 	}
-	return fmt.Errorf("%q is not one of %s, %s, %s", s, HooksAuto, HooksSock, HooksSyscall)
+	return fmt.Errorf("%q is not one of %s, %s, %s, %s", s, HooksAuto, HooksSock, HooksSyscall, HooksRaw)
 }
 
 // resolveHooks probes the kernel and picks the hook set for want.
@@ -36,38 +40,43 @@ func resolveHooks(want string, log *slog.Logger) (string, error) {
 	if err := CheckHooks(want); err != nil {
 		return "", err
 	}
-	spec, err := kernelBTF()
+	k, err := probeKernel()
 	if err != nil {
 		return "", err
 	}
-	sock, err := SockTracepoints()
+	hooks, err := chooseHooks(want, k)
 	if err != nil {
 		return "", err
 	}
-	sendfileSeen := sendfileReachesSendmsg(spec)
-	hooks, err := chooseHooks(want, sock, sendfileSeen)
-	if err == nil && hooks == HooksSock && !sendfileSeen {
+	if hooks == HooksSock && !k.sendfileSeen {
 		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the syscall hooks, or auto")
 	}
-	return hooks, err
+	if hooks == HooksSyscall && !k.tracepointLinks {
+		log.Warn("on this kernel tracepoint attachments cannot be pinned (Linux 5.15 and newer can), so with the syscall hooks nothing is counted while the daemon is stopped: prefer the raw hooks, or auto")
+	}
+	return hooks, nil
 }
 
-// chooseHooks resolves HooksAuto against what this kernel has: the sock
-// tracepoints, and whether sendfile's bytes pass them.
-func chooseHooks(want string, sock, sendfileSeen bool) (string, error) {
+// chooseHooks resolves HooksAuto against what the kernel has: the sock
+// tracepoints, whether sendfile's bytes pass them, and whether tracepoint
+// attachments are links that can be pinned.
+func chooseHooks(want string, k features) (string, error) {
 	switch want {
 	case HooksSock:
-		if !sock {
+		if !k.sock {
 			return "", ErrNoSockTracepoints
 		}
 		return HooksSock, nil
-	case HooksSyscall:
+	case HooksSyscall, HooksRaw:
+		return want, nil
+	}
+	switch {
+	case k.sock && k.sendfileSeen && k.tracepointLinks:
+		return HooksSock, nil
+	case k.tracepointLinks:
 		return HooksSyscall, nil
 	}
-	if sock && sendfileSeen {
-		return HooksSock, nil
-	}
-	return HooksSyscall, nil
+	return HooksRaw, nil
 }
 
 var (
@@ -122,6 +131,11 @@ func (k *Kernel) hookList() []hook {
 	hooks := []hook{
 		rawTracepointHook("sched_process_fork", bpf.ObserverProgOnFork, &p.OnFork),
 		rawTracepointHook("sched_process_exit", bpf.ObserverProgOnExit, &p.OnExit),
+	}
+	if k.hooks == HooksRaw {
+		return append(hooks,
+			rawTracepointHook("sys_enter", bpf.ObserverProgOnRawSysEnter, &p.OnRawSysEnter),
+			rawTracepointHook("sys_exit", bpf.ObserverProgOnRawSysExit, &p.OnRawSysExit))
 	}
 	hooks = syscallHooks(hooks, "exit", []string{"accept4", "accept"}, bpf.ObserverProgOnAcceptExit, &p.OnAcceptExit)
 	hooks = syscallHooks(hooks, "enter", []string{"close"}, bpf.ObserverProgOnCloseEnter, &p.OnCloseEnter)

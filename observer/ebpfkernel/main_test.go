@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 // hookSets returns every hook set this kernel can run.
 func hookSets(t testing.TB) []string { return testutil.HookSets(t, AvailableHooks) }
 
+// pinnable is the hook set auto picks here, whose links can be pinned.
+func pinnable(t testing.TB) string { return hookSets(t)[0] }
+
 // testPinPath returns a pin directory of the test's own under /sys/fs/bpf,
 // removed with whatever is pinned in it when the test ends.
 func testPinPath(t testing.TB) string { return testutil.PinPath(t, removeTestPins) }

@@ -158,7 +158,7 @@ func TestPinnedCountingGoesOnWhileClosed(t *testing.T) {
 func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 	testutil.RequireEBPF(t)
 	dir := testPinPath(t)
-	k1 := loadPinned(t, HooksSyscall, dir, nil)
+	k1 := loadPinned(t, pinnable(t), dir, nil)
 	if err := k1.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +203,7 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 	prog.Close()
 
 	log := testutil.NewLog(t)
-	k2 := loadPinned(t, HooksSyscall, dir, log)
+	k2 := loadPinned(t, pinnable(t), dir, log)
 	t.Cleanup(func() { k2.Close() })
 	logs := log.String()
 	if !strings.Contains(logs, "does not fit this version's layout") || !strings.Contains(logs, "map=inflight") {
@@ -256,17 +256,19 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 	}
 }
 
-// TestPinnedHookSetChange: restarting with the other hook set removes the
-// links of the old set and pins the new one's.
+// TestPinnedHookSetChange: restarting with another hook set removes the
+// links of the old set and pins the new one's: on 5.10, from the syscall
+// hooks (whose attachments cannot be pinned there) to the raw ones.
 func TestPinnedHookSetChange(t *testing.T) {
 	testutil.RequireEBPF(t)
-	if !slices.Contains(hookSets(t), HooksSock) {
-		t.Skip("this kernel has only the syscall hooks")
+	to, from := pinnable(t), HooksSyscall
+	if to == HooksSyscall {
+		from = HooksRaw
 	}
 	dir := testPinPath(t)
-	k1 := loadPinned(t, HooksSock, dir, nil)
+	k1 := loadPinned(t, from, dir, nil)
 	k1.Close()
-	k2 := loadPinned(t, HooksSyscall, dir, nil)
+	k2 := loadPinned(t, to, dir, nil)
 	defer k2.Close()
 	names, err := k2.pins.pinnedLinks()
 	if err != nil {
@@ -279,7 +281,7 @@ func TestPinnedHookSetChange(t *testing.T) {
 	slices.Sort(want)
 	slices.Sort(names)
 	if !slices.Equal(names, want) {
-		t.Errorf("pinned links after switching to the syscall hooks:\n%v\nwant:\n%v", names, want)
+		t.Errorf("pinned links after switching from the %s to the %s hooks:\n%v\nwant:\n%v", from, to, names, want)
 	}
 }
 
@@ -289,8 +291,8 @@ func TestPinnedHookSetChange(t *testing.T) {
 func TestPinDirOneDaemonAndCleanup(t *testing.T) {
 	testutil.RequireEBPF(t)
 	dir := testPinPath(t)
-	k := loadPinned(t, HooksSyscall, dir, nil)
-	_, err := Load(Options{Hooks: HooksSyscall, PinPath: dir})
+	k := loadPinned(t, pinnable(t), dir, nil)
+	_, err := Load(Options{Hooks: pinnable(t), PinPath: dir})
 	if err == nil || !strings.Contains(err.Error(), "pin directory "+dir+": another workerstats daemon is running with these pins") {
 		t.Errorf("second observer on the same pins: %v", err)
 	}
@@ -326,7 +328,7 @@ func TestPinDirOneDaemonAndCleanup(t *testing.T) {
 func TestRemovePinsLeavesForeignObjects(t *testing.T) {
 	testutil.RequireEBPF(t)
 	dir := testPinPath(t)
-	k := loadPinned(t, HooksSyscall, dir, nil)
+	k := loadPinned(t, pinnable(t), dir, nil)
 	k.Close()
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {

@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,22 +68,63 @@ func sendfileReachesSendmsg(spec *btf.Spec) bool {
 	return spec.TypeByName("splice_to_socket", &fn) == nil
 }
 
-// AvailableHooks lists the hook sets this kernel can carry, the one auto
-// picks first.
-func AvailableHooks() ([]string, error) {
+// features is what the hook sets depend on, probed once per Load.
+type features struct {
+	sock            bool // the sock:sock_{send,recv}_length tracepoints (6.3+)
+	sendfileSeen    bool // sendfile's bytes pass them (6.5+)
+	tracepointLinks bool // tracepoint attachments are links, which can be pinned (5.15+)
+}
+
+// probeKernel probes the features, mounting tracefs first when needed.
+func probeKernel() (features, error) {
 	spec, err := kernelBTF()
 	if err != nil {
-		return nil, err
+		return features{}, err
 	}
 	sock, err := SockTracepoints()
 	if err != nil {
+		return features{}, err
+	}
+	return features{sock: sock, sendfileSeen: sendfileReachesSendmsg(spec), tracepointLinks: tracepointLinksPin()}, nil
+}
+
+// tracepointLinksPin reports whether attaching a program to a tracepoint
+// makes a BPF link, which can be pinned (Linux 5.15 and newer), rather
+// than a perf event ioctl, which lasts only as long as its descriptor: it
+// attaches a program that does nothing to a rare syscall's tracepoint and
+// asks the attachment for its link info.
+func tracepointLinksPin() bool {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "probe_tp_link", Type: ebpf.TracePoint, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return false
+	}
+	defer prog.Close()
+	l, err := link.Tracepoint("syscalls", "sys_enter_getppid", prog, nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	_, err = l.Info()
+	return err == nil
+}
+
+// AvailableHooks lists the hook sets that carry everything the daemon does
+// on this kernel, pinning included, the one auto picks first.
+func AvailableHooks() ([]string, error) {
+	k, err := probeKernel()
+	if err != nil {
 		return nil, err
 	}
-	if !sock {
-		return []string{HooksSyscall}, nil
+	first, _ := chooseHooks(HooksAuto, k)
+	sets := []string{first}
+	for _, h := range []string{HooksSock, HooksSyscall, HooksRaw} {
+		usable := h == HooksRaw || h == HooksSyscall && k.tracepointLinks || h == HooksSock && k.sock && k.tracepointLinks
+		if usable && h != first {
+			sets = append(sets, h)
+		}
 	}
-	if !sendfileReachesSendmsg(spec) {
-		return []string{HooksSyscall, HooksSock}, nil
-	}
-	return []string{HooksSock, HooksSyscall}, nil
+	return sets, nil
 }
