@@ -382,6 +382,12 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 		return s
 	}
 	nnp := unitDirective(t, "NoNewPrivileges")
+	// The unit's memlock limit too: before Linux 5.11 eBPF maps are
+	// charged to it, and raising it would need CAP_SYS_RESOURCE.
+	wrap := []string{setpriv}
+	if slices.Contains(unitDirective(t, "LimitMEMLOCK"), "infinity") {
+		wrap = []string{testutil.RequireCommand(t, "prlimit", "util-linux"), "--memlock=unlimited:unlimited", setpriv}
+	}
 
 	pool := exec.Command(setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c", nobodyPool)
 	r, w, err := os.Pipe()
@@ -408,8 +414,8 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 			args = append(args, "--no-new-privs")
 		}
 		args = append(args, binPath, "serve", "--mode", "ebpf", "--pid", strconv.Itoa(pool.Process.Pid), "--stats", sock)
-		args = append(args, extra...)
-		return runDaemon(t, sock, exec.Command(setpriv, args...))
+		args = append(append(wrap[1:len(wrap):len(wrap)], args...), extra...)
+		return runDaemon(t, sock, exec.Command(wrap[0], args...))
 	}
 	hasListener := func(st *observer.Stats) bool {
 		for _, s := range st.Sockets {
