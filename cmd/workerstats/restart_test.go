@@ -127,14 +127,16 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 
 // wantPins is what a daemon pins: five maps of the programs, the swept
 // count, and one link per attachment of its hook set.
-func wantPins(hooks string) (maps, links int) {
+// wantPins is what a daemon with hooks pins: its maps, its links, and the
+// distinct programs those links run.
+func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 6, 7 // fork, exit, accept4, accept, close, send, recv
+		return 6, 7, 6 // fork, exit, accept4, accept, close, send, recv
 	case ebpfkernel.HooksRaw:
-		return 6, 4 // fork, exit, sys_enter, sys_exit
+		return 6, 4, 4 // fork, exit, sys_enter, sys_exit
 	}
-	return 6, 23
+	return 6, 23, 7 // fork, exit, accept4, accept, close, 9 enters, 9 exits
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is
@@ -245,12 +247,12 @@ func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
 		t.Errorf("left in the socket's directory after SIGTERM: %v", ents)
 	}
 	names, progs, maps := pinned(t, pins)
-	wantMaps, wantLinks := wantPins(hooks)
+	wantMaps, wantLinks, wantProgs := wantPins(hooks)
 	if len(progs) != wantLinks || len(maps) != wantMaps {
 		t.Errorf("pinned after SIGTERM: %v; want %d maps and %d links", names, wantMaps, wantLinks)
 	}
-	// The pinned links are the daemon's own, and hold its seven attached
-	// programs (the sock hooks' two, loaded but not attached, are gone).
+	// The pinned links are the daemon's own, and hold its attached
+	// programs (those loaded but not attached are gone).
 	var running []ebpf.ProgramID
 	for _, id := range progs {
 		if !slices.Contains(held, id) {
@@ -260,8 +262,8 @@ func TestSIGTERMRemovesSocketKeepsPins(t *testing.T) {
 			running = append(running, id)
 		}
 	}
-	if left := programsLoaded(running); len(left) != 7 {
-		t.Errorf("after SIGTERM the pinned links run programs %v, of which %v are loaded; want 7", running, left)
+	if left := programsLoaded(running); len(left) != wantProgs {
+		t.Errorf("after SIGTERM the pinned links run programs %v, of which %v are loaded; want %d", running, left, wantProgs)
 	}
 }
 

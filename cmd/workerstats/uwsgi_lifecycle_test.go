@@ -428,8 +428,14 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 		return nil
 	})
 	fresh := slotOf(t, theirs, victim.ID).PID
-	driveLoad(t, p, loadSpec{requests: after, conc: 32, idle: testutil.Scale(25)}, res)
-
+	// A respawned worker starts its app before it accepts (seconds under
+	// emulation): load until it has served some, a bounded number of times.
+	for range 10 {
+		driveLoad(t, p, loadSpec{requests: after, conc: 32, idle: testutil.Scale(25)}, res)
+		if res.tally(fresh).ok > 0 {
+			break
+		}
+	}
 	old, newer := res.tally(victim.PID), res.tally(fresh)
 	if newer.ok == 0 {
 		t.Fatalf("the respawned worker pid %d served none of the requests after the kill", fresh)
