@@ -17,11 +17,14 @@
  * response ends at its last outbound byte, which is known when the next
  * request starts or the connection closes.
  *
- * Bytes come from one of two attachment sets, picked by userspace:
+ * Bytes come from one of three attachment sets, picked by userspace:
  *  - sock:sock_recv_length / sock:sock_send_length (kernel >= 6.3), which
  *    hand us the socket directly;
  *  - syscall enter/exit tracepoints of read/write/send/recv and friends,
- *    finding the socket from the fd recorded at accept (any kernel with BTF).
+ *    finding the socket from the fd recorded at accept (any kernel with BTF);
+ *  - the same work from the raw sys_enter/sys_exit tracepoints (x86-64),
+ *    whose links can be pinned before 5.15, where tracepoint attachments
+ *    cannot.
  *
  * Every program filters on "is the current process a watched worker" first:
  * one hash lookup keyed by tgid, before any other work.
@@ -39,7 +42,7 @@ enum role {
 
 /* Per-process entry, keyed by tgid: a threaded worker is one worker. */
 struct worker {
-	enum role role;    /* 4 bytes, as __u32 */
+	enum role role;     /* 4 bytes, as a __u32 */
 	__u32 master;       /* tgid of the master, for workers */
 	__u64 start_ns;     /* task start_boottime, ns: (pid, start) identifies a process */
 	__u64 exit_ns;      /* 0 while alive; bpf_ktime_get_ns() at exit */
