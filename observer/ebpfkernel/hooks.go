@@ -51,9 +51,6 @@ func resolveHooks(want string, log *slog.Logger) (string, error) {
 	if hooks == HooksSock && !k.sendfileSeen {
 		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the syscall hooks, or auto")
 	}
-	if hooks == HooksSyscall && !k.tracepointLinks {
-		log.Warn("on this kernel tracepoint attachments cannot be pinned (Linux 5.15 and newer can), so with the syscall hooks nothing is counted while the daemon is stopped: prefer the raw hooks, or auto")
-	}
 	return hooks, nil
 }
 

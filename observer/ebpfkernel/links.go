@@ -171,7 +171,7 @@ func (r *relinking) keep(h hook, path string) (bool, error) {
 func (r *relinking) report() {
 	log, dir := r.k.log, r.k.pins.path
 	if r.unpinnable > 0 {
-		log.Warn("this kernel cannot pin tracepoint attachments (Linux 5.15 and newer can): the maps are pinned, so a restart keeps the counts, but nothing is counted while the daemon is stopped",
+		log.Warn("this kernel cannot pin tracepoint attachments (Linux 5.15 and newer can): the maps are pinned, so a restart keeps the counts, but nothing is counted while the daemon is stopped; the raw hooks, which auto picks here, can be pinned",
 			"unpinned", r.unpinnable)
 	}
 	switch {
