@@ -339,6 +339,7 @@ func (p *Pool) place(proc Proc) *slot {
 			s.rss, s.vsz, s.paused, s.memAt = 0, 0, false, time.Time{}
 			s.spawns++
 			p.live[proc] = s
+			p.Log.Debug("a worker took a free slot", "pid", proc.PID, "slot", s.id, "spawns", s.spawns)
 			return s
 		}
 	}
@@ -349,12 +350,14 @@ func (p *Pool) place(proc Proc) *slot {
 	s := &slot{id: id, proc: proc, alive: true, spawns: 1, extra: p.settled}
 	p.slots = append(p.slots, s)
 	p.live[proc] = s
+	p.Log.Debug("a worker took a new slot", "pid", proc.PID, "slot", s.id, "extra", s.extra)
 	return s
 }
 
 // retire folds a slot's current process into its past and frees the slot.
 // A worker in a later extra slot then moves down into it (see Pool).
 func (p *Pool) retire(s *slot, final Counters) {
+	p.Log.Debug("a worker left its slot", "pid", s.proc.PID, "slot", s.id, "requests", final.Requests)
 	delete(p.live, s.proc)
 	s.past.add(final)
 	s.cur = Counters{}
@@ -392,9 +395,68 @@ func (c *Counters) add(final Counters) {
 // refresh reads the kernel and brings the slots up to date. Exited workers
 // are folded into their slots and forgotten by the kernel.
 func (p *Pool) refresh() error {
+	mine, newest, err := p.read()
+	if err != nil {
+		return err
+	}
+	// Exits first, so their slots are free for the workers that replace
+	// them; then new workers in spawn order.
+	sort.Slice(mine, func(i, j int) bool {
+		if mine[i].Exited != mine[j].Exited {
+			return mine[i].Exited
+		}
+		if mine[i].Start != mine[j].Start {
+			return mine[i].Start < mine[j].Start
+		}
+		return mine[i].PID < mine[j].PID
+	})
+	for _, s := range p.slots {
+		s.lastSeen = false
+	}
+	for _, c := range mine {
+		proc := Proc{PID: c.PID, StartTicks: NsToTicks(c.Start)}
+		if s := p.live[proc]; s != nil || p.known(proc) || c.Start <= newest {
+			p.update(s, proc, c)
+		}
+	}
+	p.keepLost()
+	return nil
+}
+
+// read returns the kernel's entries for the pool's masters, and the start
+// of the newest process it may place in a slot.
+//
+// One pass over the kernel map is not a snapshot: a worker forked while it
+// runs may be seen when one forked before it is not (its entry went into a
+// part of the map already read), and an exit before that fork may be missed.
+// Placed as seen, a reload's new workers would take each other's slots.
+// So when the pass shows a new process, a second pass is read: every
+// process forked, and every exit, before the first pass's newest process
+// is in it. New processes started after that one wait for the next refresh.
+func (p *Pool) read() (mine []Counters, newest uint64, err error) {
+	mine, err = p.readMine()
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, c := range mine {
+		proc := Proc{PID: c.PID, StartTicks: NsToTicks(c.Start)}
+		if p.live[proc] == nil && !p.known(proc) {
+			newest = max(newest, c.Start)
+		}
+	}
+	if newest == 0 {
+		return mine, 0, nil
+	}
+	mine, err = p.readMine()
+	return mine, newest, err
+}
+
+// readMine reads the kernel's entries of the pool's masters, and stops
+// watching a previous master with no worker left.
+func (p *Pool) readMine() ([]Counters, error) {
 	all, err := p.Kernel.Workers()
 	if err != nil {
-		return fmt.Errorf("read kernel counters: %w", err)
+		return nil, fmt.Errorf("read kernel counters: %w", err)
 	}
 	var mine []Counters
 	seen := map[int]bool{}
@@ -404,7 +466,6 @@ func (p *Pool) refresh() error {
 			seen[c.Master] = true
 		}
 	}
-	// A previous master with no worker left is done with: stop watching it.
 	for m := range p.masters {
 		if !seen[m] && m != p.master.PID {
 			delete(p.masters, m)
@@ -413,47 +474,46 @@ func (p *Pool) refresh() error {
 			}
 		}
 	}
-	// Exits first, so their slots are free for the workers that replace
-	// them; then new workers in spawn order.
-	sort.Slice(mine, func(i, j int) bool {
-		if mine[i].Exited != mine[j].Exited {
-			return mine[i].Exited
-		}
-		return mine[i].Start < mine[j].Start
-	})
-	for _, s := range p.slots {
-		s.lastSeen = false
-	}
-	for _, c := range mine {
-		proc := Proc{PID: c.PID, StartTicks: NsToTicks(c.Start)}
-		s := p.live[proc]
-		if c.Exited {
-			if p.history[proc] {
-				continue
-			}
-			if p.folded[proc] {
-				if p.Kernel.Forget(c.PID) == nil {
-					delete(p.folded, proc)
-				}
-				continue
-			}
-			if s == nil {
-				// Spawned and gone between two reads: it still held a slot.
-				s = p.place(proc)
-			}
-			p.exited(s, proc, c)
-			continue
-		}
+	return mine, nil
+}
+
+// known says an exited process was folded already: its entry is a slot's
+// history, or is to be dropped.
+func (p *Pool) known(proc Proc) bool {
+	return p.history[proc] || p.folded[proc]
+}
+
+// update applies one kernel entry: a live worker's counters to its slot
+// (placing a new one), an exit folded into its slot.
+func (p *Pool) update(s *slot, proc Proc, c Counters) {
+	if !c.Exited {
 		if s == nil {
 			s = p.place(proc)
 		}
 		s.cur = c
 		s.lastSeen = true
+		return
 	}
-	// A live slot the kernel no longer reports lost its entry (the map was
-	// full when it forked, or it was removed): keep what it had, and keep
-	// the process in its slot for as long as procfs shows it running.
-	// (retire may move a slot down: range over a copy.)
+	switch {
+	case p.history[proc]:
+	case p.folded[proc]:
+		if p.Kernel.Forget(c.PID) == nil {
+			delete(p.folded, proc)
+		}
+	default:
+		if s == nil {
+			// Spawned and gone between two reads: it still held a slot.
+			s = p.place(proc)
+		}
+		p.exited(s, proc, c)
+	}
+}
+
+// keepLost handles a live slot the kernel no longer reports: it lost its
+// entry (the map was full when it forked, or it was removed). What it had
+// is kept, and the process stays in its slot for as long as procfs shows
+// it running. (retire may move a slot down: range over a copy.)
+func (p *Pool) keepLost() {
 	for _, s := range append([]*slot(nil), p.slots...) {
 		if !s.alive || s.lastSeen {
 			continue
@@ -465,7 +525,6 @@ func (p *Pool) refresh() error {
 		}
 		p.retire(s, s.cur)
 	}
-	return nil
 }
 
 // Refresh checks the master (following its Target) and brings the slots up

@@ -220,6 +220,54 @@ func TestPoolReloadOverlapKeepsSlots(t *testing.T) {
 	}
 }
 
+// TestPoolTornReadKeepsForkOrder: uWSGI's --reload under load. The old
+// workers exit, then the master forks the new ones in slot order; the pass
+// over the kernel map that first shows a new worker may miss the ones
+// forked before it, and the exit of the slot's old worker. Each new worker
+// must still take its predecessor's slot, as uWSGI numbers them.
+func TestPoolTornReadKeepsForkOrder(t *testing.T) {
+	p, k := testPool(t)
+	for pid, n := range map[int]uint64{4001: 10, 4003: 30, 4002: 20} {
+		k.update(pid, func(c *Counters) { c.Requests = n })
+	}
+	snapshot(t, p)
+
+	for _, pid := range []int{4001, 4003, 4002} {
+		k.update(pid, func(c *Counters) { c.Exited = true })
+	}
+	fresh := []int{4101, 4102, 4103} // forked in this order
+	for i, pid := range fresh {
+		addProc(t, p.Proc.Root, worker(pid, uint64(8000+i), 1000, 40000))
+		k.set(Counters{PID: pid, Master: testMaster, Start: TicksToNs(uint64(8000 + i)), Requests: uint64(i + 1)})
+	}
+	// The pass read 4001's and 4003's entries before they exited, and
+	// 4101's and 4102's parts of the map before they were forked.
+	k.torn = func(all []Counters) []Counters {
+		var out []Counters
+		for _, c := range all {
+			switch c.PID {
+			case 4101, 4102:
+				continue
+			case 4001, 4003:
+				c.Exited = false
+			}
+			out = append(out, c)
+		}
+		return out
+	}
+	st := snapshot(t, p)
+	ids, pids := slotPIDs(st)
+	if !equalInts(ids, []int{1, 2, 3}) || !equalInts(pids, fresh) {
+		t.Fatalf("after the reload: slots %v pids %v, want 1..3 held by %v in fork order", ids, pids, fresh)
+	}
+	for i, want := range []uint64{10 + 1, 30 + 2, 20 + 3} {
+		if w := st.Workers[i]; w.Requests != want || w.DeltaRequests != uint64(i+1) || w.RespawnCount != 2 {
+			t.Errorf("slot %d: requests %d delta %d respawn_count %d, want %d %d 2 (its old worker's and its own)",
+				w.ID, w.Requests, w.DeltaRequests, w.RespawnCount, want, i+1)
+		}
+	}
+}
+
 // TestPoolStoppedWorkerIsPaused: a worker stopped with SIGSTOP shows
 // uWSGI's "pause".
 func TestPoolStoppedWorkerIsPaused(t *testing.T) {

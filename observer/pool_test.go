@@ -30,6 +30,9 @@ type fakeKernel struct {
 	rememberErr error
 	readErr     error
 	info        ObserverInfo
+	// torn, when set, rewrites the next read's entries: one pass over a
+	// kernel map running while processes fork and exit.
+	torn func([]Counters) []Counters
 }
 
 func newFakeKernel() *fakeKernel {
@@ -73,6 +76,9 @@ func (k *fakeKernel) Workers() ([]Counters, error) {
 		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].PID > out[j].PID })
+	if k.torn != nil {
+		out, k.torn = k.torn(out), nil
+	}
 	return out, nil
 }
 

@@ -113,6 +113,9 @@ func startDaemonAt(t testing.TB, addr string, args ...string) *daemon {
 	if !pins {
 		args = append(args[:len(args):len(args)], "--no-pin")
 	}
+	// A failed test prints the daemon's log: at debug, it says which
+	// worker took which slot and when.
+	args = append(args[:len(args):len(args)], "--log-level", "debug")
 	return runDaemon(t, addr, exec.Command(binPath, append([]string{"serve"}, args...)...))
 }
 
