@@ -26,8 +26,10 @@
  *    whose links can be pinned before 5.15, where tracepoint attachments
  *    cannot.
  *
- * Every program filters on "is the current process a watched worker" first:
- * one hash lookup keyed by tgid, before any other work.
+ * Every program that runs for the whole host filters on "may the current
+ * process be a watched worker" first: one bit of the `watched` bitmap,
+ * indexed by tgid (two array loads the verifier inlines), before any other
+ * work. Only a process whose bit is set pays the hash lookup in `workers`.
  */
 #include "kernel.h"
 #include <bpf/bpf_helpers.h>
@@ -135,6 +137,25 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
+/* PID_MAX_LIMIT on 64-bit: no tgid reaches it. */
+#define PID_LIMIT (4 * 1024 * 1024)
+
+/*
+ * The cheap filter: bit (tgid % 64) of word tgid / 64 is set when the
+ * process may be a watched worker. Each word has two entries, each with one
+ * writer, so neither overwrites the other's bits: entry 2w is written by
+ * userspace only (the workers it adds), entry 2w+1 by on_fork and on_exit
+ * only (the workers the kernel adds), which set and clear a bit with one
+ * atomic add, each bit by its own process's fork and exit. The two share a
+ * cache line. A set bit is a hint; the entry in `workers` decides.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PID_LIMIT / 64 * 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} watched SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
@@ -172,14 +193,60 @@ static __always_inline void count(enum counter c)
 		*v += 1; /* per-CPU: no atomic needed */
 }
 
-/* The current process's entry if it is a live worker, else NULL. */
-static __always_inline struct worker *current_worker(__u32 *tgid)
+/* Whether process tgid's bit is set in `watched`. */
+static __always_inline int maybe_watched(__u32 tgid)
 {
-	*tgid = bpf_get_current_pid_tgid() >> 32;
-	struct worker *w = bpf_map_lookup_elem(&workers, tgid);
+	__u64 bit = 1ULL << (tgid & 63);
+	__u32 i = tgid / 64 * 2;
+	__u64 *user = bpf_map_lookup_elem(&watched, &i);
+	if (user && (*user & bit))
+		return 1;
+	i++;
+	__u64 *forked = bpf_map_lookup_elem(&watched, &i);
+	return forked && (*forked & bit);
+}
+
+/* on_fork's and on_exit's bit for tgid in `watched`: set, or cleared. */
+static __always_inline __u64 *forked_word(__u32 tgid, __u64 *bit)
+{
+	*bit = 1ULL << (tgid & 63);
+	__u32 i = tgid / 64 * 2 + 1;
+	return bpf_map_lookup_elem(&watched, &i);
+}
+
+static __always_inline void mark_forked(__u32 tgid)
+{
+	__u64 bit;
+	__u64 *w = forked_word(tgid, &bit);
+	if (w && !(*w & bit))
+		__sync_fetch_and_add(w, bit);
+}
+
+static __always_inline void unmark_forked(__u32 tgid)
+{
+	__u64 bit;
+	__u64 *w = forked_word(tgid, &bit);
+	if (w && (*w & bit))
+		__sync_fetch_and_add(w, -bit);
+}
+
+/* Process tgid's entry if it is a live worker, else NULL. */
+static __always_inline struct worker *live_worker(__u32 tgid)
+{
+	struct worker *w = bpf_map_lookup_elem(&workers, &tgid);
 	if (!w || w->role != ROLE_WORKER || w->exit_ns)
 		return 0;
 	return w;
+}
+
+/* The current process's entry if it is a live worker, else NULL: the
+ * bitmap first, the hash only for a process whose bit is set. */
+static __always_inline struct worker *current_worker(__u32 *tgid)
+{
+	*tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!maybe_watched(*tgid))
+		return 0;
+	return live_worker(*tgid);
 }
 
 /* The struct sock * of a socket fd of the current task, or 0. */
@@ -281,6 +348,8 @@ int on_fork(struct bpf_raw_tracepoint_args *ctx)
 	};
 	if (bpf_map_update_elem(&workers, &tgid, &w, BPF_ANY))
 		count(CNT_WORKER_FULL);
+	else
+		mark_forked(tgid);
 	return 0;
 }
 
@@ -298,6 +367,7 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (pid != tgid)
 		return 0; /* a thread; the process lives on */
 	if (!w->exit_ns) {
+		unmark_forked(tgid);
 		w->exit_ns = bpf_ktime_get_ns();
 		w->in_progress = 0;
 		w->awaiting = 0;
@@ -432,31 +502,31 @@ int on_send_enter(struct sys_enter_ctx *ctx)
 	return 0;
 }
 
-/* A send or receive that data_enter remembered returned ret: count it.
- * Returns whether the thread had one in flight. */
-static __always_inline int data_exit(long ret)
+/* A send or receive that data_enter remembered for thread id (a
+ * pid_tgid) returned ret: count it. */
+static __always_inline void data_exit(__u64 id, long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
 	struct inflight *f = bpf_map_lookup_elem(&inflight, &id);
 	if (!f)
-		return 0;
+		return;
 	__u64 sk = f->sk;
 	__u32 dir = f->dir;
 	bpf_map_delete_elem(&inflight, &id);
 	if (ret <= 0)
-		return 1;
+		return;
 	__u32 tgid = id >> 32;
 	struct worker *cur = bpf_map_lookup_elem(&workers, &tgid);
 	if (cur)
 		on_bytes(sk, dir, ret, tgid, cur);
-	return 1;
 }
 
 /* Attached to the sys_exit of every syscall above. */
 SEC("tracepoint/syscalls/sys_exit_read")
 int on_data_exit(struct sys_exit_ctx *ctx)
 {
-	data_exit(ctx->ret);
+	__u64 id = bpf_get_current_pid_tgid();
+	if (maybe_watched(id >> 32))
+		data_exit(id, ctx->ret);
 	return 0;
 }
 
@@ -503,21 +573,26 @@ int on_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tracepoint/sys_exit")
 int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
+	/* The filter before the syscall number: reading it from the
+	 * registers costs more than the bitmap. */
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!maybe_watched(tgid))
+		return 0;
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	long nr = BPF_CORE_READ(regs, orig_ax);
 	long ret = ctx->args[1];
 	switch (nr) {
 	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
 	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile:
-		data_exit(ret);
+		data_exit(id, ret);
 		return 0;
 	case NR_accept: case NR_accept4:
 		break;
 	default:
 		return 0;
 	}
-	__u32 tgid;
-	struct worker *w = current_worker(&tgid);
+	struct worker *w = live_worker(tgid);
 	if (w)
 		accepted(tgid, w, ret);
 	return 0;

@@ -76,6 +76,7 @@ const (
 	ObserverMapCounters       = "counters"
 	ObserverMapFds            = "fds"
 	ObserverMapInflight       = "inflight"
+	ObserverMapWatched        = "watched"
 	ObserverMapWorkers        = "workers"
 	ObserverProgOnAcceptExit  = "on_accept_exit"
 	ObserverProgOnCloseEnter  = "on_close_enter"
@@ -153,6 +154,7 @@ type ObserverMapSpecs struct {
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	Fds      *ebpf.MapSpec `ebpf:"fds"`
 	Inflight *ebpf.MapSpec `ebpf:"inflight"`
+	Watched  *ebpf.MapSpec `ebpf:"watched"`
 	Workers  *ebpf.MapSpec `ebpf:"workers"`
 }
 
@@ -186,6 +188,7 @@ type ObserverMaps struct {
 	Counters *ebpf.Map `ebpf:"counters"`
 	Fds      *ebpf.Map `ebpf:"fds"`
 	Inflight *ebpf.Map `ebpf:"inflight"`
+	Watched  *ebpf.Map `ebpf:"watched"`
 	Workers  *ebpf.Map `ebpf:"workers"`
 }
 
@@ -195,6 +198,7 @@ func (m *ObserverMaps) Close() error {
 		m.Counters,
 		m.Fds,
 		m.Inflight,
+		m.Watched,
 		m.Workers,
 	)
 }

@@ -51,6 +51,8 @@ type Kernel struct {
 	// sweptMap keeps swept across restarts when pinning.
 	sweptMap *ebpf.Map
 
+	bitsMu sync.Mutex // userspace's writes to the watched bitmap
+
 	mu      sync.Mutex
 	swept   uint64 // connections of exited owners removed by Sweep
 	evicted uint64 // connections the LRU dropped while open, as of the last Sweep

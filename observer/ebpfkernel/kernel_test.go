@@ -211,8 +211,9 @@ func TestPruneDropsUnwatchedMasters(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer k.Close()
-	// Pids above the kernel's pid_max: no process can have them.
-	old, cur := observer.Proc{PID: 1 << 23, StartTicks: 1}, observer.Proc{PID: 1<<23 + 10, StartTicks: 2}
+	// Pids at the top of the range, whose processes (if any) are not
+	// children of these fake masters.
+	old, cur := observer.Proc{PID: pidLimit - 20, StartTicks: 1}, observer.Proc{PID: pidLimit - 10, StartTicks: 2}
 	if err := k.Watch(old, []observer.Proc{{PID: old.PID + 1, StartTicks: 3}, {PID: old.PID + 2, StartTicks: 4}}); err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,9 @@ func (k *Kernel) Watch(master observer.Proc, workers []observer.Proc) error {
 		if err := k.watchWorker(master.PID, w); err != nil {
 			return fmt.Errorf("add worker %d to the kernel map: %w", w.PID, err)
 		}
+		if err := k.markWatched(w.PID, true); err != nil {
+			return fmt.Errorf("add worker %d: %w", w.PID, err)
+		}
 	}
 	return nil
 }
@@ -141,7 +144,7 @@ func (k *Kernel) Remember(master int, h observer.Counters) error {
 	if err := k.objs.Workers.Update(uint32(h.PID), &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write worker %d's slot history: %w", h.PID, err)
 	}
-	return nil
+	return k.markWatched(h.PID, false) // it exited
 }
 
 // Forget implements observer.Kernel.
@@ -150,7 +153,7 @@ func (k *Kernel) Forget(pid int) error {
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err
 	}
-	return nil
+	return k.markWatched(pid, false)
 }
 
 // Unwatch removes a master and its workers from the kernel map.

@@ -1,0 +1,52 @@
+package ebpfkernel
+
+import (
+	"fmt"
+)
+
+// pidLimit is PID_LIMIT in bpf/observer.c: the kernel's PID_MAX_LIMIT on
+// 64-bit, which no pid reaches.
+const pidLimit = 4 << 20
+
+// markWatched sets (on) or clears pid's bit in userspace's half of the
+// watched bitmap, the filter every per-event program runs first (see
+// bpf/observer.c): a worker added here is counted only once its bit is set.
+// The kernel's half, set at fork and cleared at exit, is never written
+// here, so neither side overwrites the other's bits.
+func (k *Kernel) markWatched(pid int, on bool) error {
+	if pid <= 0 || pid >= pidLimit {
+		return fmt.Errorf("pid %d is outside 1..%d", pid, pidLimit-1)
+	}
+	key := uint32(pid / 64 * 2)
+	bit := uint64(1) << (pid % 64)
+	k.bitsMu.Lock()
+	defer k.bitsMu.Unlock()
+	var word uint64
+	if err := k.objs.Watched.Lookup(key, &word); err != nil {
+		return fmt.Errorf("read the watched bitmap: %w", err)
+	}
+	next := word &^ bit
+	if on {
+		next = word | bit
+	}
+	if next == word {
+		return nil
+	}
+	if err := k.objs.Watched.Put(key, next); err != nil {
+		return fmt.Errorf("write the watched bitmap: %w", err)
+	}
+	return nil
+}
+
+// watchedBits returns pid's bits in the bitmap: userspace's and the
+// kernel's.
+func (k *Kernel) watchedBits(pid int) (user, forked bool, err error) {
+	var words [2]uint64
+	for i := range words {
+		if err := k.objs.Watched.Lookup(uint32(pid/64*2+i), &words[i]); err != nil {
+			return false, false, fmt.Errorf("read the watched bitmap: %w", err)
+		}
+	}
+	bit := uint64(1) << (pid % 64)
+	return words[0]&bit != 0, words[1]&bit != 0, nil
+}

@@ -1,0 +1,162 @@
+package ebpfkernel
+
+import (
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/internal/testutil"
+)
+
+// unwatchedRounds is how many interleaved rounds BenchmarkUnwatchedEvents
+// takes the median of, and unwatchedLoops the loop iterations per state
+// and round.
+const (
+	unwatchedRounds = 7
+	unwatchedLoops  = 100_000
+)
+
+// BenchmarkUnwatchedEvents measures what our programs add to a process we
+// do not watch, which is every other process of the host: a tight loop of
+// a send, a receive and a close (write and read one byte on a socketpair,
+// close a dup of its fd), in three states taken in turn in each round:
+// nothing attached, empty programs on our hooks, and our programs. It
+// reports the median ns per loop of each, and "x-empty": what ours add
+// over bare divided by what empty programs add, the price of the hooks
+// themselves (the goal is 1.5 or less).
+func BenchmarkUnwatchedEvents(b *testing.B) {
+	testutil.RequireEBPF(b)
+	for _, hooks := range hookSets(b) {
+		b.Run(hooks, func(b *testing.B) {
+			var bare, empty, ours []float64
+			for r := range unwatchedRounds {
+				states := []func(){
+					func() { bare = append(bare, eventLoop(b)) },
+					func() { empty = append(empty, withEmptyPrograms(b, hooks, eventLoop)) },
+					func() { ours = append(ours, withOurPrograms(b, hooks, eventLoop)) },
+				}
+				for i := range states {
+					states[(i+r)%len(states)]()
+				}
+			}
+			mb, me, mo := median(bare), median(empty), median(ours)
+			b.ReportMetric(mb, "bare-ns/loop")
+			b.ReportMetric(me-mb, "empty-added-ns/loop")
+			b.ReportMetric(mo-mb, "ours-added-ns/loop")
+			if me > mb {
+				b.ReportMetric((mo-mb)/(me-mb), "x-empty")
+			}
+			b.Logf("%s: bare %.0f ns/loop (spread %s), empty programs %.0f (%s), ours %.0f (%s)",
+				hooks, mb, spread(bare), me, spread(empty), mo, spread(ours))
+		})
+	}
+}
+
+// eventLoop returns the ns per loop of a send, a receive and a close on
+// one locked thread.
+func eventLoop(b *testing.B) float64 {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	buf := []byte{1}
+	start := time.Now()
+	for range unwatchedLoops {
+		if _, err := unix.Write(fds[0], buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := unix.Read(fds[1], buf); err != nil {
+			b.Fatal(err)
+		}
+		d, err := unix.Dup(fds[0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		unix.Close(d)
+	}
+	return float64(time.Since(start).Nanoseconds()) / unwatchedLoops
+}
+
+// withOurPrograms runs f with our programs attached with hooks.
+func withOurPrograms(b *testing.B, hooks string, f func(*testing.B) float64) float64 {
+	k, err := Load(Options{Hooks: hooks, Log: testutil.NewLog(b).Logger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer k.Close()
+	return f(b)
+}
+
+// withEmptyPrograms runs f with a program that returns at once attached
+// where each of our programs is, for hooks.
+func withEmptyPrograms(b *testing.B, hooks string, f func(*testing.B) float64) float64 {
+	k, err := Load(Options{Hooks: hooks, Log: testutil.NewLog(b).Logger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	list := k.hookList()
+	types := map[*ebpf.Program]ebpf.ProgramType{}
+	for _, h := range list {
+		types[*h.prog] = (*h.prog).Type()
+	}
+	k.Close() // only its hook list was needed
+	empties := map[ebpf.ProgramType]*ebpf.Program{}
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			l.Close()
+		}
+		for _, p := range empties {
+			p.Close()
+		}
+	}()
+	for _, h := range list {
+		typ := types[*h.prog]
+		p := empties[typ]
+		if p == nil {
+			if p, err = emptyProgram(typ); err != nil {
+				b.Fatal(err)
+			}
+			empties[typ] = p
+		}
+		l, err := h.attach(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		links = append(links, l)
+	}
+	return f(b)
+}
+
+func emptyProgram(typ ebpf.ProgramType) (*ebpf.Program, error) {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "empty", Type: typ, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load an empty %s program: %w", typ, err)
+	}
+	return p, nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// spread is the lowest and highest of xs.
+func spread(xs []float64) string {
+	return fmt.Sprintf("%.0f-%.0f", slices.Min(xs), slices.Max(xs))
+}
