@@ -140,9 +140,22 @@ vagrant-test: ## run every test as root in a Debian 12 VM (kernel 6.1) with Vagr
 	cd vagrant && $(VAGRANT) rsync
 	cd vagrant && $(VAGRANT) ssh -c 'cd /workerstats && sudo env WORKERSTATS_REQUIRE_PRIVILEGED=1 make test'
 
+# make bench: every cost figure against its goal, in one table (as root:
+# it installs wrk and loads the eBPF programs). BENCH_SMOKE=1 is CI's short
+# run: one pass of everything, whose figures prove only that it runs.
+BENCH_DIR := build/bench
+BENCH_ENV := WORKERSTATS_BENCH_TABLE=$(CURDIR)/$(BENCH_DIR)/table.tsv WORKERSTATS_REQUIRE_PRIVILEGED=1
+ifeq ($(BENCH_SMOKE),1)
+BENCH_ENV += WORKERSTATS_BENCH_SECONDS=1 WORKERSTATS_BENCH_PAIRS=2 WORKERSTATS_BENCH_ROUNDS=2
+BENCH_FLAGS := -benchtime=1x
+endif
+
 .PHONY: bench
-bench: ## benchmarks (as root for the eBPF ones)
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: ## the cost figures against their goals, one table (as root; BENCH_SMOKE=1 for a short run)
+	.ci/install-deps --bench
+	mkdir -p $(BENCH_DIR) && rm -f $(BENCH_DIR)/table.tsv
+	$(BENCH_ENV) $(GO) test -run '^$$' -bench . -benchmem $(BENCH_FLAGS) -timeout 90m ./... | tee $(BENCH_DIR)/bench.txt
+	@python3 .ci/bench-table $(BENCH_DIR)/table.tsv
 
 .PHONY: clean
 clean: ## remove the built binary

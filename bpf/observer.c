@@ -18,13 +18,12 @@
  * request starts or the connection closes.
  *
  * Bytes come from one of three attachment sets, picked by userspace:
- *  - sock:sock_recv_length / sock:sock_send_length (kernel >= 6.3), which
- *    hand us the socket directly;
+ *  - the sock_recv_length / sock_send_length raw tracepoints (kernel >=
+ *    6.3), which hand us the socket directly;
  *  - syscall enter/exit tracepoints of read/write/send/recv and friends,
  *    finding the socket from the fd recorded at accept (any kernel with BTF);
- *  - the same work from the raw sys_enter/sys_exit tracepoints (x86-64),
- *    whose links can be pinned before 5.15, where tracepoint attachments
- *    cannot.
+ *  - the same work from the raw sys_exit tracepoint alone (x86-64), whose
+ *    links can be pinned before 5.15, where tracepoint attachments cannot.
  *
  * Every program that runs for the whole host filters on "may the current
  * process be a watched worker" first: one bit of the `watched` bitmap,
@@ -126,7 +125,7 @@ struct inflight {
 	__u32 pad;
 };
 
-enum { DIR_RECV = 0, DIR_SEND = 1, DIR_CLOSE = 2 /* raw sys_enter only */ };
+enum { DIR_RECV = 0, DIR_SEND = 1 };
 
 /* A plain hash: every entry is removed at the syscall's exit, or at the
  * thread's exit when it dies inside the syscall. */
@@ -174,15 +173,6 @@ struct sys_exit_ctx {
 	__u64 common;
 	long id;
 	long ret;
-};
-
-struct sock_msg_length_ctx {
-	__u64 common;
-	void *sk;
-	__u16 family;
-	__u16 protocol;
-	int ret;
-	int flags;
 };
 
 static __always_inline void count(enum counter c)
@@ -442,26 +432,33 @@ int on_close_enter(struct sys_enter_ctx *ctx)
 	return 0;
 }
 
-/* ---- bytes, socket path (kernel >= 6.3) ---- */
+/* ---- bytes, socket path (kernel >= 6.3) ----
+ *
+ * Raw tracepoints on sock_recv_length and sock_send_length: their
+ * arguments (struct sock *sk, int ret, int flags) come as they are, where
+ * the tracepoint interface would first copy them into a trace record. */
 
-static __always_inline int sock_length(struct sock_msg_length_ctx *ctx, __u32 dir)
+static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
 {
+	int ret = (int)ctx->args[1];
+	int flags = (int)ctx->args[2];
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return 0;
 	__u32 tgid;
 	struct worker *cur = current_worker(&tgid);
-	if (!cur || ctx->ret <= 0 || (ctx->flags & MSG_PEEK))
-		return 0;
-	on_bytes((__u64)ctx->sk, dir, ctx->ret, tgid, cur);
+	if (cur)
+		on_bytes(ctx->args[0], dir, ret, tgid, cur);
 	return 0;
 }
 
-SEC("tracepoint/sock/sock_recv_length")
-int on_sock_recv(struct sock_msg_length_ctx *ctx)
+SEC("raw_tracepoint/sock_recv_length")
+int on_sock_recv(struct bpf_raw_tracepoint_args *ctx)
 {
 	return sock_length(ctx, DIR_RECV);
 }
 
-SEC("tracepoint/sock/sock_send_length")
-int on_sock_send(struct sock_msg_length_ctx *ctx)
+SEC("raw_tracepoint/sock_send_length")
+int on_sock_send(struct bpf_raw_tracepoint_args *ctx)
 {
 	return sock_length(ctx, DIR_SEND);
 }
@@ -482,14 +479,35 @@ static __always_inline void data_enter(__u32 tgid, unsigned long fd, __u32 dir)
 		count(CNT_INFLIGHT_FULL);
 }
 
-/* Attached to sys_enter_{read,readv,recvfrom,recvmsg}: args[0] is the fd. */
+/* A worker starts a receive on fd; one with MSG_PEEK in flags leaves its
+ * bytes to be read again, and is not counted. */
+static __always_inline int recv_enter(unsigned long fd, unsigned long flags)
+{
+	__u32 tgid;
+	if (current_worker(&tgid) && !(flags & MSG_PEEK))
+		data_enter(tgid, fd, DIR_RECV);
+	return 0;
+}
+
+/* Attached to sys_enter_{read,readv}: args[0] is the fd. A program reads
+ * no further into its context than its shortest tracepoint's arguments,
+ * hence one per place of the flags. */
 SEC("tracepoint/syscalls/sys_enter_read")
 int on_recv_enter(struct sys_enter_ctx *ctx)
 {
-	__u32 tgid;
-	if (current_worker(&tgid))
-		data_enter(tgid, ctx->args[0], DIR_RECV);
-	return 0;
+	return recv_enter(ctx->args[0], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int on_recvfrom_enter(struct sys_enter_ctx *ctx)
+{
+	return recv_enter(ctx->args[0], ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int on_recvmsg_enter(struct sys_enter_ctx *ctx)
+{
+	return recv_enter(ctx->args[0], ctx->args[2]);
 }
 
 /* Attached to sys_enter_{write,writev,sendto,sendmsg,sendfile64}: args[0] is the (out) fd. */
@@ -532,41 +550,41 @@ int on_data_exit(struct sys_exit_ctx *ctx)
 
 /* ---- raw syscall path (x86-64) ----
  *
- * The same work from the raw sys_enter/sys_exit tracepoints, which fire
- * for every syscall: used where tracepoint attachments cannot be pinned
+ * The same work from the raw sys_exit tracepoint alone, which fires for
+ * every syscall: used where tracepoint attachments cannot be pinned
  * (before Linux 5.15) and raw tracepoint links can (5.8+), so counting
- * goes on while the daemon is stopped there too. The syscall number is
- * tested first, before any map lookup.
+ * goes on while the daemon is stopped there too. At a syscall's exit its
+ * saved registers still hold its arguments, so neither a sys_enter program
+ * nor a map carrying the fd from enter to exit is needed: one program run
+ * per syscall, and for an unwatched process only the bitmap. A close is
+ * seen at its exit too: it looks up the connection by fd in `fds`, not
+ * through the file, which is gone by then.
  */
 
-SEC("raw_tracepoint/sys_enter")
-int on_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+enum { RAW_RECV, RAW_SEND, RAW_CLOSE, RAW_ACCEPT, RAW_OTHER };
+
+static __always_inline int raw_kind(long nr)
 {
-	long nr = ctx->args[1];
-	__u32 dir;
 	switch (nr) {
 	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
-		dir = DIR_RECV;
-		break;
+		return RAW_RECV;
 	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile:
-		dir = DIR_SEND;
-		break;
+		return RAW_SEND;
 	case NR_close:
-		dir = DIR_CLOSE;
-		break;
-	default:
-		return 0;
+		return RAW_CLOSE;
+	case NR_accept: case NR_accept4:
+		return RAW_ACCEPT;
 	}
-	__u32 tgid;
-	struct worker *cur = current_worker(&tgid);
-	if (!cur)
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	unsigned long fd = BPF_CORE_READ(regs, di);
-	if (dir == DIR_CLOSE)
-		closing(tgid, cur, fd);
-	else
-		data_enter(tgid, fd, dir);
+	return RAW_OTHER;
+}
+
+/* The flags argument of a receive that has one: recvfrom's 4th, recvmsg's 3rd. */
+static __always_inline long raw_recv_flags(struct pt_regs *regs, long nr)
+{
+	if (nr == NR_recvfrom)
+		return BPF_CORE_READ(regs, r10);
+	if (nr == NR_recvmsg)
+		return BPF_CORE_READ(regs, dx);
 	return 0;
 }
 
@@ -575,25 +593,33 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	/* The filter before the syscall number: reading it from the
 	 * registers costs more than the bitmap. */
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!maybe_watched(tgid))
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	long nr = BPF_CORE_READ(regs, orig_ax);
 	long ret = ctx->args[1];
-	switch (nr) {
-	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
-	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile:
-		data_exit(id, ret);
+	int kind = raw_kind(nr);
+	if (kind == RAW_OTHER)
 		return 0;
-	case NR_accept: case NR_accept4:
-		break;
-	default:
+	struct worker *w = live_worker(tgid);
+	if (!w)
+		return 0;
+	if (kind == RAW_ACCEPT) {
+		accepted(tgid, w, ret);
 		return 0;
 	}
-	struct worker *w = live_worker(tgid);
-	if (w)
-		accepted(tgid, w, ret);
+	unsigned long fd = BPF_CORE_READ(regs, di);
+	if (kind == RAW_CLOSE) {
+		if (ret == 0 || ret == -EINTR) /* the fd is released either way */
+			closing(tgid, w, fd);
+		return 0;
+	}
+	if (ret <= 0 || (kind == RAW_RECV && (raw_recv_flags(regs, nr) & MSG_PEEK)))
+		return 0;
+	__u64 key = fd_key(tgid, fd);
+	__u64 *sk = bpf_map_lookup_elem(&fds, &key);
+	if (sk)
+		on_bytes(*sk, kind == RAW_SEND ? DIR_SEND : DIR_RECV, ret, tgid, w);
 	return 0;
 }

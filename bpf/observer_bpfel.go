@@ -72,23 +72,24 @@ type ObserverWorker struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ObserverMapConns          = "conns"
-	ObserverMapCounters       = "counters"
-	ObserverMapFds            = "fds"
-	ObserverMapInflight       = "inflight"
-	ObserverMapWatched        = "watched"
-	ObserverMapWorkers        = "workers"
-	ObserverProgOnAcceptExit  = "on_accept_exit"
-	ObserverProgOnCloseEnter  = "on_close_enter"
-	ObserverProgOnDataExit    = "on_data_exit"
-	ObserverProgOnExit        = "on_exit"
-	ObserverProgOnFork        = "on_fork"
-	ObserverProgOnRawSysEnter = "on_raw_sys_enter"
-	ObserverProgOnRawSysExit  = "on_raw_sys_exit"
-	ObserverProgOnRecvEnter   = "on_recv_enter"
-	ObserverProgOnSendEnter   = "on_send_enter"
-	ObserverProgOnSockRecv    = "on_sock_recv"
-	ObserverProgOnSockSend    = "on_sock_send"
+	ObserverMapConns            = "conns"
+	ObserverMapCounters         = "counters"
+	ObserverMapFds              = "fds"
+	ObserverMapInflight         = "inflight"
+	ObserverMapWatched          = "watched"
+	ObserverMapWorkers          = "workers"
+	ObserverProgOnAcceptExit    = "on_accept_exit"
+	ObserverProgOnCloseEnter    = "on_close_enter"
+	ObserverProgOnDataExit      = "on_data_exit"
+	ObserverProgOnExit          = "on_exit"
+	ObserverProgOnFork          = "on_fork"
+	ObserverProgOnRawSysExit    = "on_raw_sys_exit"
+	ObserverProgOnRecvEnter     = "on_recv_enter"
+	ObserverProgOnRecvfromEnter = "on_recvfrom_enter"
+	ObserverProgOnRecvmsgEnter  = "on_recvmsg_enter"
+	ObserverProgOnSendEnter     = "on_send_enter"
+	ObserverProgOnSockRecv      = "on_sock_recv"
+	ObserverProgOnSockSend      = "on_sock_send"
 )
 
 // LoadObserver returns the embedded CollectionSpec for Observer.
@@ -133,17 +134,18 @@ type ObserverSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverProgramSpecs struct {
-	OnAcceptExit  *ebpf.ProgramSpec `ebpf:"on_accept_exit"`
-	OnCloseEnter  *ebpf.ProgramSpec `ebpf:"on_close_enter"`
-	OnDataExit    *ebpf.ProgramSpec `ebpf:"on_data_exit"`
-	OnExit        *ebpf.ProgramSpec `ebpf:"on_exit"`
-	OnFork        *ebpf.ProgramSpec `ebpf:"on_fork"`
-	OnRawSysEnter *ebpf.ProgramSpec `ebpf:"on_raw_sys_enter"`
-	OnRawSysExit  *ebpf.ProgramSpec `ebpf:"on_raw_sys_exit"`
-	OnRecvEnter   *ebpf.ProgramSpec `ebpf:"on_recv_enter"`
-	OnSendEnter   *ebpf.ProgramSpec `ebpf:"on_send_enter"`
-	OnSockRecv    *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
-	OnSockSend    *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnAcceptExit    *ebpf.ProgramSpec `ebpf:"on_accept_exit"`
+	OnCloseEnter    *ebpf.ProgramSpec `ebpf:"on_close_enter"`
+	OnDataExit      *ebpf.ProgramSpec `ebpf:"on_data_exit"`
+	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
+	OnFork          *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnRawSysExit    *ebpf.ProgramSpec `ebpf:"on_raw_sys_exit"`
+	OnRecvEnter     *ebpf.ProgramSpec `ebpf:"on_recv_enter"`
+	OnRecvfromEnter *ebpf.ProgramSpec `ebpf:"on_recvfrom_enter"`
+	OnRecvmsgEnter  *ebpf.ProgramSpec `ebpf:"on_recvmsg_enter"`
+	OnSendEnter     *ebpf.ProgramSpec `ebpf:"on_send_enter"`
+	OnSockRecv      *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
+	OnSockSend      *ebpf.ProgramSpec `ebpf:"on_sock_send"`
 }
 
 // ObserverMapSpecs contains maps before they are loaded into the kernel.
@@ -213,17 +215,18 @@ type ObserverVariables struct {
 //
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverPrograms struct {
-	OnAcceptExit  *ebpf.Program `ebpf:"on_accept_exit"`
-	OnCloseEnter  *ebpf.Program `ebpf:"on_close_enter"`
-	OnDataExit    *ebpf.Program `ebpf:"on_data_exit"`
-	OnExit        *ebpf.Program `ebpf:"on_exit"`
-	OnFork        *ebpf.Program `ebpf:"on_fork"`
-	OnRawSysEnter *ebpf.Program `ebpf:"on_raw_sys_enter"`
-	OnRawSysExit  *ebpf.Program `ebpf:"on_raw_sys_exit"`
-	OnRecvEnter   *ebpf.Program `ebpf:"on_recv_enter"`
-	OnSendEnter   *ebpf.Program `ebpf:"on_send_enter"`
-	OnSockRecv    *ebpf.Program `ebpf:"on_sock_recv"`
-	OnSockSend    *ebpf.Program `ebpf:"on_sock_send"`
+	OnAcceptExit    *ebpf.Program `ebpf:"on_accept_exit"`
+	OnCloseEnter    *ebpf.Program `ebpf:"on_close_enter"`
+	OnDataExit      *ebpf.Program `ebpf:"on_data_exit"`
+	OnExit          *ebpf.Program `ebpf:"on_exit"`
+	OnFork          *ebpf.Program `ebpf:"on_fork"`
+	OnRawSysExit    *ebpf.Program `ebpf:"on_raw_sys_exit"`
+	OnRecvEnter     *ebpf.Program `ebpf:"on_recv_enter"`
+	OnRecvfromEnter *ebpf.Program `ebpf:"on_recvfrom_enter"`
+	OnRecvmsgEnter  *ebpf.Program `ebpf:"on_recvmsg_enter"`
+	OnSendEnter     *ebpf.Program `ebpf:"on_send_enter"`
+	OnSockRecv      *ebpf.Program `ebpf:"on_sock_recv"`
+	OnSockSend      *ebpf.Program `ebpf:"on_sock_send"`
 }
 
 func (p *ObserverPrograms) Close() error {
@@ -233,9 +236,10 @@ func (p *ObserverPrograms) Close() error {
 		p.OnDataExit,
 		p.OnExit,
 		p.OnFork,
-		p.OnRawSysEnter,
 		p.OnRawSysExit,
 		p.OnRecvEnter,
+		p.OnRecvfromEnter,
+		p.OnRecvmsgEnter,
 		p.OnSendEnter,
 		p.OnSockRecv,
 		p.OnSockSend,

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 )
@@ -116,9 +117,14 @@ func benchDump(b *testing.B, withSockets bool) {
 		b.Fatalf("reader got %d bytes, %d were sent", got, sent)
 	}
 	b.ReportMetric(float64(len(first)), "dump-bytes")
+	perDump := b.Elapsed() / time.Duration(b.N)
+	what := "from procfs"
 	if withSockets {
 		b.ReportMetric(float64(hostTCPSockets()), "host-tcp-sockets")
+		what = "with its sockets from sock_diag"
 	}
+	testutil.BenchRow(b, fmt.Sprintf("dump of %d workers, %s", dumpWorkers, what), "< 2 ms",
+		fmt.Sprintf("%.2f ms (%d bytes)", float64(perDump.Microseconds())/1000, len(first)), perDump < 2*time.Millisecond)
 }
 
 // dumpPool starts a Pool over a fake kernel counting n live workers (every

@@ -36,6 +36,7 @@ enum {
 };
 
 #define MSG_PEEK 2
+#define EINTR 4
 
 /* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), for the
  * raw sys_enter/sys_exit programs. */
@@ -85,6 +86,8 @@ struct socket {
  * tracepoints hand us these, not the syscall's arguments. */
 struct pt_regs {
 	unsigned long di;      /* first argument */
+	unsigned long dx;      /* third argument */
+	unsigned long r10;     /* fourth argument */
 	unsigned long orig_ax; /* syscall number */
 };
 

@@ -14,11 +14,11 @@ import (
 // Hook sets: where the kernel side learns of bytes moved.
 const (
 	HooksAuto    = "auto"
-	HooksSock    = "sock"    // sock:sock_{send,recv}_length, Linux >= 6.3
+	HooksSock    = "sock"    // the sock_{send,recv}_length raw tracepoints, Linux >= 6.3
 	HooksSyscall = "syscall" // per-syscall enter/exit tracepoints, any kernel with BTF
-	// HooksRaw is the raw sys_enter/sys_exit tracepoints (x86-64): what the
-	// syscall hooks do, from links that can be pinned before Linux 5.15,
-	// where tracepoint attachments cannot.
+	// HooksRaw is the raw sys_exit tracepoint (x86-64): what the syscall
+	// hooks do, from one program at each syscall's exit, whose link can be
+	// pinned before Linux 5.15, where tracepoint attachments cannot.
 	HooksRaw = "raw"
 )
 
@@ -130,18 +130,18 @@ func (k *Kernel) hookList() []hook {
 		rawTracepointHook("sched_process_exit", bpf.ObserverProgOnExit, &p.OnExit),
 	}
 	if k.hooks == HooksRaw {
-		return append(hooks,
-			rawTracepointHook("sys_enter", bpf.ObserverProgOnRawSysEnter, &p.OnRawSysEnter),
-			rawTracepointHook("sys_exit", bpf.ObserverProgOnRawSysExit, &p.OnRawSysExit))
+		return append(hooks, rawTracepointHook("sys_exit", bpf.ObserverProgOnRawSysExit, &p.OnRawSysExit))
 	}
 	hooks = syscallHooks(hooks, "exit", []string{"accept4", "accept"}, bpf.ObserverProgOnAcceptExit, &p.OnAcceptExit)
 	hooks = syscallHooks(hooks, "enter", []string{"close"}, bpf.ObserverProgOnCloseEnter, &p.OnCloseEnter)
 	if k.hooks == HooksSock {
 		return append(hooks,
-			tracepointHook("sock", "sock_recv_length", bpf.ObserverProgOnSockRecv, &p.OnSockRecv),
-			tracepointHook("sock", "sock_send_length", bpf.ObserverProgOnSockSend, &p.OnSockSend))
+			rawTracepointHook("sock_recv_length", bpf.ObserverProgOnSockRecv, &p.OnSockRecv),
+			rawTracepointHook("sock_send_length", bpf.ObserverProgOnSockSend, &p.OnSockSend))
 	}
-	hooks = syscallHooks(hooks, "enter", recvSyscalls, bpf.ObserverProgOnRecvEnter, &p.OnRecvEnter)
+	hooks = syscallHooks(hooks, "enter", []string{"read", "readv"}, bpf.ObserverProgOnRecvEnter, &p.OnRecvEnter)
+	hooks = syscallHooks(hooks, "enter", []string{"recvfrom"}, bpf.ObserverProgOnRecvfromEnter, &p.OnRecvfromEnter)
+	hooks = syscallHooks(hooks, "enter", []string{"recvmsg"}, bpf.ObserverProgOnRecvmsgEnter, &p.OnRecvmsgEnter)
 	hooks = syscallHooks(hooks, "enter", sendSyscalls, bpf.ObserverProgOnSendEnter, &p.OnSendEnter)
 	hooks = syscallHooks(hooks, "exit", recvSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)
 	return syscallHooks(hooks, "exit", sendSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)

@@ -3,25 +3,20 @@ package ebpfkernel
 import (
 	"fmt"
 	"runtime"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 )
 
-// unwatchedRounds is how many interleaved rounds BenchmarkUnwatchedEvents
-// takes the median of, and unwatchedLoops the loop iterations per state
-// and round.
-const (
-	unwatchedRounds = 7
-	unwatchedLoops  = 100_000
-)
+// unwatchedLoops is the loop iterations per state and round of
+// BenchmarkUnwatchedEvents, which takes the median of
+// WORKERSTATS_BENCH_ROUNDS (7) interleaved rounds.
+const unwatchedLoops = 100_000
 
 // BenchmarkUnwatchedEvents measures what our programs add to a process we
 // do not watch, which is every other process of the host: a tight loop of
@@ -36,7 +31,7 @@ func BenchmarkUnwatchedEvents(b *testing.B) {
 	for _, hooks := range hookSets(b) {
 		b.Run(hooks, func(b *testing.B) {
 			var bare, empty, ours []float64
-			for r := range unwatchedRounds {
+			for r := range testutil.EnvInt(b, "WORKERSTATS_BENCH_ROUNDS", 7) {
 				states := []func(){
 					func() { bare = append(bare, eventLoop(b)) },
 					func() { empty = append(empty, withEmptyPrograms(b, hooks, eventLoop)) },
@@ -46,7 +41,7 @@ func BenchmarkUnwatchedEvents(b *testing.B) {
 					states[(i+r)%len(states)]()
 				}
 			}
-			mb, me, mo := median(bare), median(empty), median(ours)
+			mb, me, mo := testutil.Median(bare), testutil.Median(empty), testutil.Median(ours)
 			b.ReportMetric(mb, "bare-ns/loop")
 			b.ReportMetric(me-mb, "empty-added-ns/loop")
 			b.ReportMetric(mo-mb, "ours-added-ns/loop")
@@ -54,7 +49,13 @@ func BenchmarkUnwatchedEvents(b *testing.B) {
 				b.ReportMetric((mo-mb)/(me-mb), "x-empty")
 			}
 			b.Logf("%s: bare %.0f ns/loop (spread %s), empty programs %.0f (%s), ours %.0f (%s)",
-				hooks, mb, spread(bare), me, spread(empty), mo, spread(ours))
+				hooks, mb, testutil.Spread(bare, "%.0f"), me, testutil.Spread(empty, "%.0f"), mo, testutil.Spread(ours, "%.0f"))
+			ratio := 0.0
+			if me > mb {
+				ratio = (mo - mb) / (me - mb)
+			}
+			testutil.BenchRow(b, "unwatched send+recv+close, added by ours / by empty programs: "+hooks+" hooks", "<= 1.5",
+				fmt.Sprintf("%.2f (ours %.0f ns, empty %.0f ns per loop over bare %.0f ns)", ratio, mo-mb, me-mb, mb), ratio <= 1.5)
 		})
 	}
 }
@@ -106,36 +107,15 @@ func withEmptyPrograms(b *testing.B, hooks string, f func(*testing.B) float64) f
 		b.Fatal(err)
 	}
 	list := k.hookList()
-	types := map[*ebpf.Program]ebpf.ProgramType{}
-	for _, h := range list {
-		types[*h.prog] = (*h.prog).Type()
+	// The hook list holds our loaded programs, whose types attachEmpty
+	// reads; ours are detached before the empty ones go on.
+	for _, l := range k.links {
+		l.Close()
 	}
-	k.Close() // only its hook list was needed
-	empties := map[ebpf.ProgramType]*ebpf.Program{}
-	var links []link.Link
-	defer func() {
-		for _, l := range links {
-			l.Close()
-		}
-		for _, p := range empties {
-			p.Close()
-		}
-	}()
-	for _, h := range list {
-		typ := types[*h.prog]
-		p := empties[typ]
-		if p == nil {
-			if p, err = emptyProgram(typ); err != nil {
-				b.Fatal(err)
-			}
-			empties[typ] = p
-		}
-		l, err := h.attach(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		links = append(links, l)
-	}
+	k.links = nil
+	e := attachEmpty(b, list)
+	defer e.close()
+	defer k.Close()
 	return f(b)
 }
 
@@ -148,15 +128,4 @@ func emptyProgram(typ ebpf.ProgramType) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("load an empty %s program: %w", typ, err)
 	}
 	return p, nil
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-// spread is the lowest and highest of xs.
-func spread(xs []float64) string {
-	return fmt.Sprintf("%.0f-%.0f", slices.Min(xs), slices.Max(xs))
 }

@@ -15,6 +15,7 @@ package forkpool
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -98,10 +101,15 @@ func worker() {
 	}
 }
 
-// serve answers the requests of one connection until it closes.
+// serve answers the requests of one connection until it closes. It first
+// peeks at what came (recvfrom with MSG_PEEK), as a server sniffing the
+// protocol does: those bytes are read again, and count once.
 func serve(c net.Conn) {
 	defer c.Close()
 	pid := os.Getpid()
+	if err := peek(c); err != nil {
+		return
+	}
 	r := bufio.NewReader(c)
 	for {
 		line, err := r.ReadString('\n')
@@ -198,4 +206,19 @@ func children(pid int) ([]int, error) {
 	}
 	slices.Sort(kids)
 	return kids, nil
+}
+
+// peek waits for c's first bytes and looks at them without taking them.
+func peek(c net.Conn) error {
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	var perr error
+	err = raw.Read(func(fd uintptr) bool {
+		_, _, perr = unix.Recvfrom(int(fd), buf, unix.MSG_PEEK)
+		return perr != unix.EAGAIN
+	})
+	return errors.Join(err, perr)
 }

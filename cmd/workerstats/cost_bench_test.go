@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
+)
+
+// The cost benchmark: what the observed server loses when workerstats
+// watches it. For each server and each hook set this kernel carries, wrk
+// loads the server in interleaved pairs of runs, one without the daemon
+// and one with it (the order alternating), and the medians are compared:
+// throughput with / without, p99 latency with / without, and the host's
+// CPU time per request with minus without (every core: the server, wrk,
+// softirqs and our programs, end to end).
+//
+// WORKERSTATS_BENCH_SECONDS (5) is each run's length and
+// WORKERSTATS_BENCH_PAIRS (5) the pairs; make bench's CI smoke shortens
+// both.
+
+// costCase is one server loaded one way.
+type costCase struct {
+	name   string
+	start  func(b *testing.B) (master int, url string)
+	close  bool    // one connection per request (wrk sends Connection: close)
+	conns  int     // wrk's connections
+	minTPS float64 // throughput ratio goal on the sock hooks
+}
+
+func BenchmarkServerCost(b *testing.B) {
+	testutil.RequireEBPF(b)
+	wrk := testutil.RequireCommand(b, "wrk", "wrk")
+	cases := []costCase{
+		{name: "nginx-keepalive", start: costNginx, conns: 32, minTPS: 0.99},
+		{name: "nginx-close", start: costNginx, close: true, conns: 32, minTPS: 0.99},
+		{name: "uwsgi", start: costUWSGI, conns: 8, minTPS: 0.99},
+		{name: "demo", start: costDemo, conns: 8, minTPS: 0.99},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			master, url := c.start(b)
+			for _, hooks := range testutil.HookSets(b, ebpfkernel.AvailableHooks) {
+				b.Run(hooks, func(b *testing.B) { costPairs(b, wrk, c, hooks, master, url) })
+			}
+		})
+	}
+}
+
+// costPairs runs the interleaved pairs for one case and hook set, reports
+// the medians and adds the case's rows to the bench table.
+func costPairs(b *testing.B, wrk string, c costCase, hooks string, master int, url string) {
+	secs := testutil.EnvInt(b, "WORKERSTATS_BENCH_SECONDS", 5)
+	pairs := testutil.EnvInt(b, "WORKERSTATS_BENCH_PAIRS", 5)
+	var tps, p99, cpu []float64
+	for i := range pairs {
+		var off, on wrkResult
+		for j := range 2 {
+			if (i+j)%2 == 0 {
+				off = runWrk(b, wrk, url, c, secs)
+				continue
+			}
+			d := startDaemon(b, "--pid", strconv.Itoa(master), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(b)), "--hooks", hooks)
+			on = runWrk(b, wrk, url, c, secs)
+			stopDaemon(b, d)
+		}
+		tps = append(tps, on.rps/off.rps)
+		p99 = append(p99, on.p99.Seconds()/off.p99.Seconds())
+		cpu = append(cpu, on.cpuPerReq-off.cpuPerReq)
+		b.Logf("pair %d: %.0f / %.0f req/s, p99 %v / %v, host CPU %.0f / %.0f ns per request",
+			i+1, on.rps, off.rps, on.p99, off.p99, on.cpuPerReq, off.cpuPerReq)
+	}
+	mt, mp, mc := testutil.Median(tps), testutil.Median(p99), testutil.Median(cpu)
+	b.ReportMetric(mt, "x-throughput")
+	b.ReportMetric(mp, "x-p99")
+	b.ReportMetric(mc, "added-host-cpu-ns/req")
+	goal := c.minTPS
+	if hooks != ebpfkernel.HooksSock {
+		goal = 0.98
+	}
+	what := fmt.Sprintf("%s, %s hooks", c.name, hooks)
+	testutil.BenchRow(b, "throughput with/without: "+what, fmt.Sprintf(">= %.2f", goal),
+		fmt.Sprintf("%.3f (%s, %d pairs)", mt, testutil.Spread(tps, "%.3f"), pairs), mt >= goal)
+	testutil.BenchRow(b, "p99 latency with/without: "+what, "<= 1.05",
+		fmt.Sprintf("%.3f (%s)", mp, testutil.Spread(p99, "%.3f")), mp <= 1.05)
+	cpuGoal := 150.0 // a kept-alive request
+	if c.close {
+		cpuGoal = 500
+	}
+	testutil.BenchRow(b, "host CPU added per request, end to end: "+what, fmt.Sprintf("<= %.0f ns", cpuGoal),
+		fmt.Sprintf("%.0f ns (%s)", mc, testutil.Spread(cpu, "%.0f")), mc <= cpuGoal)
+}
+
+// wrkResult is one wrk run: requests per second, the 99th percentile of
+// latency, and the host's busy CPU time per request over the run.
+type wrkResult struct {
+	rps       float64
+	p99       time.Duration
+	cpuPerReq float64
+}
+
+var (
+	wrkRate    = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkP99     = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)\b`)
+	wrkTotal   = regexp.MustCompile(`(\d+) requests in`)
+	wrkFailing = regexp.MustCompile(`Non-2xx or 3xx responses|Socket errors`)
+)
+
+// runWrk loads url for secs seconds.
+func runWrk(b *testing.B, wrk, url string, c costCase, secs int) wrkResult {
+	b.Helper()
+	args := []string{"-t", "2", "-c", strconv.Itoa(c.conns), "-d", fmt.Sprintf("%ds", secs), "--latency"}
+	if c.close {
+		args = append(args, "-H", "Connection: close")
+	}
+	busy0 := hostBusy(b)
+	out, err := exec.Command(wrk, append(args, url)...).CombinedOutput()
+	busy := hostBusy(b) - busy0
+	if err != nil {
+		b.Fatalf("wrk %s: %v\n%s", url, err, out)
+	}
+	s := string(out)
+	rate, p99, total := wrkRate.FindStringSubmatch(s), wrkP99.FindStringSubmatch(s), wrkTotal.FindStringSubmatch(s)
+	if rate == nil || p99 == nil || total == nil || wrkFailing.MatchString(s) {
+		b.Fatalf("wrk %s: no clean result:\n%s", url, s)
+	}
+	r := wrkResult{}
+	r.rps, _ = strconv.ParseFloat(rate[1], 64)
+	v, _ := strconv.ParseFloat(p99[1], 64)
+	unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[p99[2]]
+	r.p99 = time.Duration(v * float64(unit))
+	n, _ := strconv.ParseFloat(total[1], 64)
+	r.cpuPerReq = busy.Seconds() * 1e9 / n
+	return r
+}
+
+// hostBusy is the CPU time every core of the host has spent not idle.
+func hostBusy(b *testing.B) time.Duration {
+	b.Helper()
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "cpu ") {
+		b.Fatalf("/proc/stat: %q %v", line, err)
+	}
+	var busy uint64
+	for i, field := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseUint(field, 10, 64)
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return time.Duration(busy) * time.Second / ticksPerSecond
+}
+
+// stopDaemon stops a daemon started in the middle of a benchmark and
+// waits for it.
+func stopDaemon(b *testing.B, d *daemon) {
+	b.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		d.exited <- err // for the cleanup startDaemon registered
+	case <-time.After(10 * time.Second):
+		b.Fatalf("workerstats did not stop within 10 s of SIGTERM:\n%s", d.log.String())
+	}
+}
+
+// costNginx is nginx (two workers, sendfile on) serving a 512-byte file.
+func costNginx(b *testing.B) (int, string) {
+	s := startNginx(b, true)
+	if err := os.WriteFile(filepath.Join(s.dir, "www", "512.txt"), []byte(strings.Repeat("n", 512)), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return s.pid, "http://" + s.addr + "/512.txt"
+}
+
+// costUWSGI is uWSGI (four workers, http-socket) running the tests' Python
+// app, answering 512 bytes.
+func costUWSGI(b *testing.B) (int, string) {
+	p := startUWSGI(b, uwsgiOptions{processes: 4})
+	return p.pid, "http://" + p.addr + "/512"
+}
+
+// costDemo is workerstats' own demo pool (four Go workers), answering 500
+// bytes with no think time.
+func costDemo(b *testing.B) (int, string) {
+	cmd := exec.Command(binPath, "demo-pool", "--workers", "4")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	startGroup(b, cmd, syscall.SIGTERM, func() string { return "the demo pool" })
+	addr, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		b.Fatalf("demo pool: %v", err)
+	}
+	return cmd.Process.Pid, "http://" + strings.TrimSpace(addr) + "/500"
+}
+
+// BenchmarkDaemonFootprint measures the daemon itself while the pool it
+// watches serves load (wrk on uWSGI) and a reader polls its stats ten
+// times a second: its CPU time as a share of one core, and its peak
+// resident memory (VmHWM). WORKERSTATS_BENCH_SECONDS (5) of load, taken
+// three times as long.
+func BenchmarkDaemonFootprint(b *testing.B) {
+	testutil.RequireEBPF(b)
+	wrk := testutil.RequireCommand(b, "wrk", "wrk")
+	master, url := costUWSGI(b)
+	d := startDaemon(b, "--pid", strconv.Itoa(master), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(b)))
+	secs := 3 * testutil.EnvInt(b, "WORKERSTATS_BENCH_SECONDS", 5)
+	pid := d.cmd.Process.Pid
+	stop := make(chan struct{})
+	polled := make(chan int)
+	go func() {
+		n := 0
+		var buf bytes.Buffer
+		for t := time.NewTicker(100 * time.Millisecond); ; {
+			select {
+			case <-stop:
+				polled <- n
+				return
+			case <-t.C:
+				if _, err := readDump(d.addr, &buf); err == nil {
+					n++
+				}
+			}
+		}
+	}()
+	cpu0, start := cpuTicks(b, pid), time.Now()
+	runWrk(b, wrk, url, costCase{conns: 8}, secs)
+	cpu, wall := cpuTicks(b, pid)-cpu0, time.Since(start)
+	close(stop)
+	reads := <-polled
+	share := float64(cpu) / ticksPerSecond / wall.Seconds()
+	hwm := statusKiB(b, pid, "VmHWM")
+	b.ReportMetric(100*share, "cpu-%")
+	b.ReportMetric(float64(hwm)/1024, "peak-rss-MiB")
+	testutil.BenchRow(b, "daemon CPU under load, 10 reads/s", "< 1% of a core",
+		fmt.Sprintf("%.2f%% (%d ticks over %.0f s, %d reads)", 100*share, cpu, wall.Seconds(), reads), share < 0.01)
+	testutil.BenchRow(b, "daemon peak RSS under load", "< 30 MiB",
+		fmt.Sprintf("%.1f MiB", float64(hwm)/1024), hwm < 30*1024)
+}
+
+// statusKiB reads a kB field of /proc/PID/status.
+func statusKiB(b *testing.B, pid int, field string) uint64 {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				b.Fatalf("/proc/%d/status %s: %q", pid, field, v)
+			}
+			return n
+		}
+	}
+	b.Fatalf("/proc/%d/status has no %s", pid, field)
+	return 0
+}
