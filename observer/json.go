@@ -28,9 +28,11 @@ func MarshalStats(st *Stats, minified bool) ([]byte, error) {
 
 // indentLikeUWSGI lays out compact JSON one value per line, indented with
 // tabs, with "key":value and no space, as uWSGI's stats server does. Empty
-// arrays and objects stay on one line.
+// arrays and objects stay on one line. Runs of plain bytes (numbers, and
+// strings, which hold no raw control bytes) are copied whole.
 func indentLikeUWSGI(src []byte) []byte {
-	out := make([]byte, 0, len(src)+len(src)/2)
+	lines := bytes.Count(src, []byte{','}) + 2*bytes.Count(src, []byte{'{'}) + 2*bytes.Count(src, []byte{'['})
+	out := make([]byte, 0, len(src)+lines*8)
 	depth := 0
 	newline := func() {
 		out = append(out, '\n')
@@ -38,29 +40,23 @@ func indentLikeUWSGI(src []byte) []byte {
 			out = append(out, '\t')
 		}
 	}
-	inString, escaped := false, false
-	for i := 0; i < len(src); i++ {
-		c := src[i]
-		if inString {
-			out = append(out, c)
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
+	for i := 0; i < len(src); {
+		if n := plainRun(src[i:]); n > 0 {
+			out = append(out, src[i:i+n]...)
+			i += n
 			continue
 		}
+		c := src[i]
 		switch c {
 		case '"':
-			inString = true
-			out = append(out, c)
+			n := stringLen(src[i:])
+			out = append(out, src[i:i+n]...)
+			i += n
+			continue
 		case '{', '[':
 			if i+1 < len(src) && (src[i+1] == '}' || src[i+1] == ']') {
 				out = append(out, c, src[i+1])
-				i++
+				i += 2
 				continue
 			}
 			out = append(out, c)
@@ -73,11 +69,36 @@ func indentLikeUWSGI(src []byte) []byte {
 		case ',':
 			out = append(out, c)
 			newline()
-		default:
-			out = append(out, c)
 		}
+		i++
 	}
 	return out
+}
+
+// structural marks the bytes that end a plain run in compact JSON.
+var structural = [256]bool{'"': true, '{': true, '}': true, '[': true, ']': true, ',': true}
+
+// plainRun is how many bytes at the start of b are not structural.
+func plainRun(b []byte) int {
+	n := 0
+	for n < len(b) && !structural[b[n]] {
+		n++
+	}
+	return n
+}
+
+// stringLen is the length of the JSON string that b starts with, quotes
+// included (all of b if it is not closed).
+func stringLen(b []byte) int {
+	for i := 1; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
 }
 
 // JSONSource serves a pool's snapshots as JSON; it is a statsock.Source.
