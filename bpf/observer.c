@@ -22,8 +22,9 @@
  *    6.3), which hand us the socket directly;
  *  - syscall enter/exit tracepoints of read/write/send/recv and friends,
  *    finding the socket from the fd recorded at accept (any kernel with BTF);
- *  - the same work from the raw sys_exit tracepoint alone (x86-64), whose
- *    links can be pinned before 5.15, where tracepoint attachments cannot.
+ *  - the same work from the raw sys_exit tracepoint (and sys_enter for
+ *    close) (x86-64), whose links can be pinned before 5.15, where
+ *    tracepoint attachments cannot.
  *
  * Every program that runs for the whole host filters on "may the current
  * process be a watched worker" first: one bit of the `watched` bitmap,
@@ -367,6 +368,22 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 
 /* ---- connections ---- */
 
+/* End tracked connection sk, which worker tgid (entry cur) had open. */
+static __always_inline void close_conn(__u32 tgid, struct worker *cur, __u64 sk)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c)
+		return;
+	struct worker *w = owner_of(c, tgid, cur);
+	if (w) {
+		if (c->state != CONN_IDLE)
+			finish_request(w, c);
+		__sync_fetch_and_add(&w->closes, 1);
+	}
+	bpf_map_delete_elem(&conns, &sk);
+	count(CNT_CONN_CLOSED);
+}
+
 /* A worker's accept returned fd (or an error): track the connection. */
 static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 {
@@ -375,16 +392,24 @@ static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 	__u64 sk = socket_fd_to_sock(fd);
 	if (!sk)
 		return;
-	struct conn c = { .owner = tgid };
-	if (bpf_map_update_elem(&conns, &sk, &c, BPF_NOEXIST)) {
-		/* A socket address still in conns: its close was missed. */
-		count(CNT_CONN_STALE);
-		if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
-			count(CNT_CONN_FULL);
-			return;
-		}
-	}
 	__u64 key = fd_key(tgid, fd);
+	/* The fd number held a connection before: the fd was released, so it
+	 * is over. Its close was missed, or (raw hooks, another thread) is
+	 * still to be seen at the close's exit, which then leaves this one. */
+	__u64 *old = bpf_map_lookup_elem(&fds, &key);
+	if (old)
+		close_conn(tgid, w, *old);
+	if (bpf_map_lookup_elem(&conns, &sk)) {
+		/* A socket address still in conns under another fd: its close
+		 * was missed. End it before it is replaced. */
+		count(CNT_CONN_STALE);
+		close_conn(tgid, w, sk);
+	}
+	struct conn c = { .owner = tgid };
+	if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
+		count(CNT_CONN_FULL);
+		return;
+	}
 	bpf_map_update_elem(&fds, &key, &sk, BPF_ANY);
 	count(CNT_CONN_TRACKED);
 	__sync_fetch_and_add(&w->accepts, 1);
@@ -409,17 +434,7 @@ static __always_inline void closing(__u32 tgid, struct worker *cur, unsigned lon
 		return; /* not a connection this worker accepted */
 	__u64 sk = *skp;
 	bpf_map_delete_elem(&fds, &key);
-	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (!c)
-		return;
-	struct worker *w = owner_of(c, tgid, cur);
-	if (w) {
-		if (c->state != CONN_IDLE)
-			finish_request(w, c);
-		__sync_fetch_and_add(&w->closes, 1);
-	}
-	bpf_map_delete_elem(&conns, &sk);
-	count(CNT_CONN_CLOSED);
+	close_conn(tgid, cur, sk);
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")
@@ -550,18 +565,16 @@ int on_data_exit(struct sys_exit_ctx *ctx)
 
 /* ---- raw syscall path (x86-64) ----
  *
- * The same work from the raw sys_exit tracepoint alone, which fires for
- * every syscall: used where tracepoint attachments cannot be pinned
- * (before Linux 5.15) and raw tracepoint links can (5.8+), so counting
- * goes on while the daemon is stopped there too. At a syscall's exit its
- * saved registers still hold its arguments, so neither a sys_enter program
- * nor a map carrying the fd from enter to exit is needed: one program run
- * per syscall, and for an unwatched process only the bitmap. A close is
- * seen at its exit too: it looks up the connection by fd in `fds`, not
- * through the file, which is gone by then.
+ * The same work from the raw sys_exit tracepoint, which fires for every
+ * syscall, and a close-only program on raw sys_enter: used where
+ * tracepoint attachments cannot be pinned (before Linux 5.15) and raw
+ * tracepoint links can (5.8+), so counting goes on while the daemon is
+ * stopped there too. At a syscall's exit its saved registers still hold
+ * its arguments, so no map carries the fd from enter to exit, and an
+ * unwatched process pays the bitmap at exit and one comparison at entry.
  */
 
-enum { RAW_RECV, RAW_SEND, RAW_CLOSE, RAW_ACCEPT, RAW_OTHER };
+enum { RAW_RECV, RAW_SEND, RAW_ACCEPT, RAW_OTHER };
 
 static __always_inline int raw_kind(long nr)
 {
@@ -570,8 +583,6 @@ static __always_inline int raw_kind(long nr)
 		return RAW_RECV;
 	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile:
 		return RAW_SEND;
-	case NR_close:
-		return RAW_CLOSE;
 	case NR_accept: case NR_accept4:
 		return RAW_ACCEPT;
 	}
@@ -585,6 +596,24 @@ static __always_inline long raw_recv_flags(struct pt_regs *regs, long nr)
 		return BPF_CORE_READ(regs, r10);
 	if (nr == NR_recvmsg)
 		return BPF_CORE_READ(regs, dx);
+	return 0;
+}
+
+/* A close is seen at its entry, while the fd still names the connection:
+ * at its exit another thread may have been given the same fd number, or a
+ * new connection the same socket address. The syscall number is in the
+ * arguments here: every other syscall costs one comparison. */
+SEC("raw_tracepoint/sys_enter")
+int on_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (ctx->args[1] != NR_close)
+		return 0;
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (cur) {
+		struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+		closing(tgid, cur, BPF_CORE_READ(regs, di));
+	}
 	return 0;
 }
 
@@ -610,11 +639,6 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	}
 	unsigned long fd = BPF_CORE_READ(regs, di);
-	if (kind == RAW_CLOSE) {
-		if (ret == 0 || ret == -EINTR) /* the fd is released either way */
-			closing(tgid, w, fd);
-		return 0;
-	}
 	if (ret <= 0 || (kind == RAW_RECV && (raw_recv_flags(regs, nr) & MSG_PEEK)))
 		return 0;
 	__u64 key = fd_key(tgid, fd);

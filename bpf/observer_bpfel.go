@@ -83,6 +83,7 @@ const (
 	ObserverProgOnDataExit      = "on_data_exit"
 	ObserverProgOnExit          = "on_exit"
 	ObserverProgOnFork          = "on_fork"
+	ObserverProgOnRawSysEnter   = "on_raw_sys_enter"
 	ObserverProgOnRawSysExit    = "on_raw_sys_exit"
 	ObserverProgOnRecvEnter     = "on_recv_enter"
 	ObserverProgOnRecvfromEnter = "on_recvfrom_enter"
@@ -139,6 +140,7 @@ type ObserverProgramSpecs struct {
 	OnDataExit      *ebpf.ProgramSpec `ebpf:"on_data_exit"`
 	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork          *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnRawSysEnter   *ebpf.ProgramSpec `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.ProgramSpec `ebpf:"on_raw_sys_exit"`
 	OnRecvEnter     *ebpf.ProgramSpec `ebpf:"on_recv_enter"`
 	OnRecvfromEnter *ebpf.ProgramSpec `ebpf:"on_recvfrom_enter"`
@@ -220,6 +222,7 @@ type ObserverPrograms struct {
 	OnDataExit      *ebpf.Program `ebpf:"on_data_exit"`
 	OnExit          *ebpf.Program `ebpf:"on_exit"`
 	OnFork          *ebpf.Program `ebpf:"on_fork"`
+	OnRawSysEnter   *ebpf.Program `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.Program `ebpf:"on_raw_sys_exit"`
 	OnRecvEnter     *ebpf.Program `ebpf:"on_recv_enter"`
 	OnRecvfromEnter *ebpf.Program `ebpf:"on_recvfrom_enter"`
@@ -236,6 +239,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnDataExit,
 		p.OnExit,
 		p.OnFork,
+		p.OnRawSysEnter,
 		p.OnRawSysExit,
 		p.OnRecvEnter,
 		p.OnRecvfromEnter,

@@ -36,7 +36,6 @@ enum {
 };
 
 #define MSG_PEEK 2
-#define EINTR 4
 
 /* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), for the
  * raw sys_enter/sys_exit programs. */

@@ -132,7 +132,7 @@ func wantPins(hooks string) (maps, links, programs int) {
 	case ebpfkernel.HooksSock:
 		return 7, 7, 6 // fork, exit, accept4, accept, close, send, recv
 	case ebpfkernel.HooksRaw:
-		return 7, 3, 3 // fork, exit, sys_exit
+		return 7, 4, 4 // fork, exit, sys_enter (close), sys_exit
 	}
 	return 7, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
 }

@@ -16,9 +16,10 @@ const (
 	HooksAuto    = "auto"
 	HooksSock    = "sock"    // the sock_{send,recv}_length raw tracepoints, Linux >= 6.3
 	HooksSyscall = "syscall" // per-syscall enter/exit tracepoints, any kernel with BTF
-	// HooksRaw is the raw sys_exit tracepoint (x86-64): what the syscall
-	// hooks do, from one program at each syscall's exit, whose link can be
-	// pinned before Linux 5.15, where tracepoint attachments cannot.
+	// HooksRaw is the raw sys_exit tracepoint, and sys_enter for close
+	// (x86-64): what the syscall hooks do, reading a syscall's arguments
+	// from its saved registers at its exit, from links that can be pinned
+	// before Linux 5.15, where tracepoint attachments cannot.
 	HooksRaw = "raw"
 )
 
@@ -130,7 +131,9 @@ func (k *Kernel) hookList() []hook {
 		rawTracepointHook("sched_process_exit", bpf.ObserverProgOnExit, &p.OnExit),
 	}
 	if k.hooks == HooksRaw {
-		return append(hooks, rawTracepointHook("sys_exit", bpf.ObserverProgOnRawSysExit, &p.OnRawSysExit))
+		return append(hooks,
+			rawTracepointHook("sys_enter", bpf.ObserverProgOnRawSysEnter, &p.OnRawSysEnter),
+			rawTracepointHook("sys_exit", bpf.ObserverProgOnRawSysExit, &p.OnRawSysExit))
 	}
 	hooks = syscallHooks(hooks, "exit", []string{"accept4", "accept"}, bpf.ObserverProgOnAcceptExit, &p.OnAcceptExit)
 	hooks = syscallHooks(hooks, "enter", []string{"close"}, bpf.ObserverProgOnCloseEnter, &p.OnCloseEnter)
