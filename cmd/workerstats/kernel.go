@@ -62,7 +62,7 @@ func settingError(err error) (setting bool, _ error) {
 	case errors.As(err, &pe):
 		return true, fmt.Errorf("--pin-path %s: %w; or pass --no-pin", pe.Path, pe.Err)
 	case errors.Is(err, ebpfkernel.ErrNoSockTracepoints):
-		return true, fmt.Errorf("--hooks sock: %w: use --hooks syscall or auto", err)
+		return true, fmt.Errorf("--hooks sock: %w: use --hooks raw or auto", err)
 	case errors.Is(err, ebpfkernel.ErrNoBTF):
 		return false, fmt.Errorf("%w: or serve what procfs shows with --mode procfs", err)
 	}

@@ -569,7 +569,7 @@ func TestNginxMatchesAccessLog(t *testing.T) {
 							"sock_sendpage -> tcp_sendpage, never through sock_sendmsg, so sock:sock_send_length does not fire; "+
 							"from 6.5 splice_to_socket calls sock_sendmsg and it does. Fix: on kernels without splice_to_socket, "+
 							"also attach on_send_enter/on_data_exit to sys_{enter,exit}_sendfile64 (and splice) in sock mode, "+
-							"or have auto pick the syscall hooks there", diff)
+							"or have auto pick the raw hooks there", diff)
 					}
 					t.Fatalf("workerstats differs from nginx's access log: %v", diff)
 				}

@@ -120,7 +120,7 @@ several pools, each with its own stats socket. It needs root.`,
 	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
 	f.DurationVar(&o.statsMaxAge, "stats-max-age", defaultStatsMaxAge, "readers within this interval share one snapshot of the kernel counters")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
-	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit; what auto picks before Linux 5.15)")
+	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit; what auto picks without sock)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)

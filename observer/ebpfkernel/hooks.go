@@ -50,14 +50,17 @@ func resolveHooks(want string, log *slog.Logger) (string, error) {
 		return "", err
 	}
 	if hooks == HooksSock && !k.sendfileSeen {
-		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the syscall hooks, or auto")
+		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the raw hooks, or auto")
 	}
 	return hooks, nil
 }
 
 // chooseHooks resolves HooksAuto against what the kernel has: the sock
 // tracepoints, whether sendfile's bytes pass them, and whether tracepoint
-// attachments are links that can be pinned.
+// attachments are links that can be pinned. Without the sock hooks auto
+// picks raw over syscall on every kernel: one program per syscall exit and
+// no map between enter and exit cost less, for a watched worker's request
+// and for every other process (make bench), and their links pin from 5.8.
 func chooseHooks(want string, k features) (string, error) {
 	switch want {
 	case HooksSock:
@@ -68,11 +71,8 @@ func chooseHooks(want string, k features) (string, error) {
 	case HooksSyscall, HooksRaw:
 		return want, nil
 	}
-	switch {
-	case k.sock && k.sendfileSeen && k.tracepointLinks:
+	if k.sock && k.sendfileSeen && k.tracepointLinks {
 		return HooksSock, nil
-	case k.tracepointLinks:
-		return HooksSyscall, nil
 	}
 	return HooksRaw, nil
 }

@@ -25,7 +25,7 @@ import (
 
 // Options configure the eBPF observer.
 type Options struct {
-	Hooks string // HooksAuto, HooksSock or HooksSyscall
+	Hooks string // HooksAuto, HooksSock, HooksSyscall or HooksRaw
 	// BPFStats turns on the kernel's per-program run-time statistics
 	// (kernel.bpf_stats_enabled) while the observer runs, and reports them.
 	BPFStats bool
@@ -154,7 +154,7 @@ func (k *Kernel) openSwept() error {
 	return nil
 }
 
-// Hooks reports the hook set in use: HooksSock or HooksSyscall.
+// Hooks reports the hook set in use: HooksSock, HooksSyscall or HooksRaw.
 func (k *Kernel) Hooks() string { return k.hooks }
 
 // Pinned reports whether the kernel objects are pinned, and so outlive the

@@ -185,10 +185,10 @@ func TestHooksUnavailableIsOneClearError(t *testing.T) {
 		got    string
 	}{
 		{HooksAuto, v66, HooksSock},
-		{HooksAuto, v63, HooksSyscall}, // 6.3-6.4: sendfile would be missed
-		{HooksAuto, v61, HooksSyscall},
-		{HooksAuto, v510, HooksRaw}, // before 5.15: only raw links pin
-		{"", v61, HooksSyscall},
+		{HooksAuto, v63, HooksRaw}, // 6.3-6.4: sendfile would be missed
+		{HooksAuto, v61, HooksRaw}, // cheaper than syscall
+		{HooksAuto, v510, HooksRaw},
+		{"", v61, HooksRaw},
 		{HooksSock, v63, HooksSock}, // asked for: warned, not refused
 		{HooksSyscall, v510, HooksSyscall},
 		{HooksRaw, v66, HooksRaw},
