@@ -13,18 +13,24 @@ import (
 // order. minified gives the compact form. Unlike uWSGI, strings are always
 // escaped, so the output is valid JSON whatever a path or name holds.
 func MarshalStats(st *Stats, minified bool) ([]byte, error) {
-	var compact bytes.Buffer
-	enc := json.NewEncoder(&compact)
+	compact := compactBuffers.Get().(*bytes.Buffer)
+	defer compactBuffers.Put(compact)
+	compact.Reset()
+	enc := json.NewEncoder(compact)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(st); err != nil {
 		return nil, fmt.Errorf("encode stats: %w", err)
 	}
 	src := bytes.TrimSuffix(compact.Bytes(), []byte("\n"))
 	if minified {
-		return src, nil
+		return bytes.Clone(src), nil
 	}
 	return indentLikeUWSGI(src), nil
 }
+
+// compactBuffers keep the compact encoding's buffer between dumps: a big
+// pool's is hundreds of KB, grown anew on every dump otherwise.
+var compactBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // indentLikeUWSGI lays out compact JSON one value per line, indented with
 // tabs, with "key":value and no space, as uWSGI's stats server does. Empty
@@ -35,6 +41,10 @@ func indentLikeUWSGI(src []byte) []byte {
 	out := make([]byte, 0, len(src)+lines*8)
 	depth := 0
 	newline := func() {
+		if depth < len(newlineTabs) {
+			out = append(out, newlineTabs[:depth+1]...)
+			return
+		}
 		out = append(out, '\n')
 		for range depth {
 			out = append(out, '\t')
@@ -75,6 +85,9 @@ func indentLikeUWSGI(src []byte) []byte {
 	return out
 }
 
+// newlineTabs is a newline and the tabs of the deepest levels a dump has.
+const newlineTabs = "\n\t\t\t\t\t\t\t\t"
+
 // structural marks the bytes that end a plain run in compact JSON.
 var structural = [256]bool{'"': true, '{': true, '}': true, '[': true, ']': true, ',': true}
 
@@ -90,15 +103,28 @@ func plainRun(b []byte) int {
 // stringLen is the length of the JSON string that b starts with, quotes
 // included (all of b if it is not closed).
 func stringLen(b []byte) int {
-	for i := 1; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
+	for i := 1; i < len(b); {
+		j := bytes.IndexByte(b[i:], '"')
+		if j < 0 {
+			return len(b)
 		}
+		i += j
+		if escapedAt(b, i) {
+			i++
+			continue
+		}
+		return i + 1
 	}
 	return len(b)
+}
+
+// escapedAt says whether b[i] follows an odd run of backslashes.
+func escapedAt(b []byte, i int) bool {
+	n := 0
+	for i-n-1 > 0 && b[i-n-1] == '\\' {
+		n++
+	}
+	return n%2 == 1
 }
 
 // JSONSource serves a pool's snapshots as JSON; it is a statsock.Source.

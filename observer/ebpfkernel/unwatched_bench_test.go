@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/internal/testutil"
@@ -128,4 +129,41 @@ func emptyProgram(typ ebpf.ProgramType) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("load an empty %s program: %w", typ, err)
 	}
 	return p, nil
+}
+
+// BenchmarkSyscallTracepointPrice measures what attaching any syscall
+// tracepoint at all costs every process: an empty program on
+// sys_enter_getppid, a syscall the loop never makes, still sends every
+// syscall of every thread through the kernel's slow path. The loop makes
+// four syscalls; the figure is per syscall. It is the floor under the sock
+// hooks' accept and close, and under the syscall and raw hooks.
+func BenchmarkSyscallTracepointPrice(b *testing.B) {
+	testutil.RequireEBPF(b)
+	if err := ensureTracefs(); err != nil {
+		b.Fatal(err)
+	}
+	p, err := emptyProgram(ebpf.TracePoint)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	var bare, hooked []float64
+	for r := range testutil.EnvInt(b, "WORKERSTATS_BENCH_ROUNDS", 7) {
+		for i := range 2 {
+			if (i+r)%2 == 0 {
+				bare = append(bare, eventLoop(b))
+				continue
+			}
+			l, err := link.Tracepoint("syscalls", "sys_enter_getppid", p, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			hooked = append(hooked, eventLoop(b))
+			l.Close()
+		}
+	}
+	per := (testutil.Median(hooked) - testutil.Median(bare)) / 4
+	b.ReportMetric(per, "slow-path-ns/syscall")
+	testutil.BenchRow(b, "any syscall tracepoint attached: added to every syscall on the host", "(shown)",
+		fmt.Sprintf("%.0f ns per syscall (bare loop %.0f ns, 4 syscalls)", per, testutil.Median(bare)), true)
 }
