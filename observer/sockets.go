@@ -61,19 +61,19 @@ func (p Procfs) ListeningSockets(pid int, alsoHeldBy ...int) ([]Socket, error) {
 	}
 	var tcp, unixSocks []Socket
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		socks, err := retryDump(func() ([]*netlink.Socket, error) { return netlink.SocketDiagTCP(family) })
+		socks, err := retryDump(func() ([]tcpListener, error) { return tcpListeners(family) })
 		if err != nil {
 			return nil, fmt.Errorf("sock_diag dump of TCP (family %d): %w", family, err)
 		}
 		for _, s := range socks {
-			if s.State != netlink.TCP_LISTEN || !inodes[uint64(s.INode)] {
+			if !inodes[uint64(s.inode)] {
 				continue
 			}
 			tcp = append(tcp, Socket{
-				Name:     tcpSocketName(s.Family, s.ID.Source, s.ID.SourcePort),
+				Name:     tcpSocketName(s.family, s.addr, s.port),
 				Proto:    "tcp",
-				Queue:    uint64(s.RQueue),
-				MaxQueue: uint64(s.WQueue),
+				Queue:    uint64(s.rqueue),
+				MaxQueue: uint64(s.wqueue),
 			})
 		}
 	}

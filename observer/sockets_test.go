@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/internal/testutil"
@@ -424,5 +425,31 @@ func TestSocketNames(t *testing.T) {
 		if got := unixSocketName(overread(c.raw)); got != c.want {
 			t.Errorf("unixSocketName(%q) = %q, want %q", overread(c.raw), got, c.want)
 		}
+	}
+}
+
+// TestParseInetDiagMsg: the fields a listener's dump needs, read where
+// linux/inet_diag.h puts them; a short or non-LISTEN message is refused.
+func TestParseInetDiagMsg(t *testing.T) {
+	b := make([]byte, sizeofInetDiagMsg)
+	b[0], b[1] = unix.AF_INET, netlink.TCP_LISTEN
+	binary.BigEndian.PutUint16(b[4:6], 8080)
+	copy(b[8:12], []byte{127, 0, 0, 1})
+	binary.NativeEndian.PutUint32(b[56:60], 3)   // rqueue
+	binary.NativeEndian.PutUint32(b[60:64], 128) // wqueue
+	binary.NativeEndian.PutUint32(b[68:72], 4242)
+	l, err := parseInetDiagMsg(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tcpSocketName(l.family, l.addr, l.port); got != "127.0.0.1:8080" || l.rqueue != 3 || l.wqueue != 128 || l.inode != 4242 {
+		t.Errorf("parsed %s %+v, want 127.0.0.1:8080 with queue 3 of 128, inode 4242", got, l)
+	}
+	if _, err := parseInetDiagMsg(b[:40]); err == nil {
+		t.Error("a 40-byte message parsed")
+	}
+	b[1] = 1 // ESTABLISHED
+	if _, err := parseInetDiagMsg(b); err == nil {
+		t.Error("an established socket parsed as a listener")
 	}
 }
