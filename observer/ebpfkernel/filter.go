@@ -37,16 +37,3 @@ func (k *Kernel) markWatched(pid int, on bool) error {
 	}
 	return nil
 }
-
-// watchedBits returns pid's bits in the bitmap: userspace's and the
-// kernel's.
-func (k *Kernel) watchedBits(pid int) (user, forked bool, err error) {
-	var words [2]uint64
-	for i := range words {
-		if err := k.objs.Watched.Lookup(uint32(pid/64*2+i), &words[i]); err != nil {
-			return false, false, fmt.Errorf("read the watched bitmap: %w", err)
-		}
-	}
-	bit := uint64(1) << (pid % 64)
-	return words[0]&bit != 0, words[1]&bit != 0, nil
-}

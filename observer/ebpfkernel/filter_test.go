@@ -1,6 +1,7 @@
 package ebpfkernel
 
 import (
+	"fmt"
 	"os"
 	"syscall"
 	"testing"
@@ -62,4 +63,17 @@ func TestWatchedBitmapFollowsWorkers(t *testing.T) {
 	if got := bits(first[1]); got != [2]bool{true, false} {
 		t.Errorf("worker %d beside it: bits %v, want [true false] (a word is shared by 64 pids)", first[1], got)
 	}
+}
+
+// watchedBits returns pid's bits in the bitmap: userspace's and the
+// kernel's.
+func (k *Kernel) watchedBits(pid int) (user, forked bool, err error) {
+	var words [2]uint64
+	for i := range words {
+		if err := k.objs.Watched.Lookup(uint32(pid/64*2+i), &words[i]); err != nil {
+			return false, false, fmt.Errorf("read the watched bitmap: %w", err)
+		}
+	}
+	bit := uint64(1) << (pid % 64)
+	return words[0]&bit != 0, words[1]&bit != 0, nil
 }
