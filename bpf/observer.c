@@ -82,7 +82,7 @@ struct conn {
 enum counter {
 	CNT_CONN_TRACKED = 0,  /* accepted connections added to conns */
 	CNT_CONN_CLOSED = 1,   /* tracked connections closed */
-	CNT_CONN_FULL = 2,     /* accepted connections not tracked: conns insert failed */
+	CNT_CONN_FULL = 2,     /* accepted connections not tracked: conns or fds full */
 	CNT_CONN_STALE = 3,    /* a socket address reused while still in conns (close missed) */
 	CNT_WORKER_FULL = 4,   /* new worker not tracked: workers insert failed */
 	CNT_WORKER_REUSED = 5, /* a dead worker's unread entry overwritten by a reused pid */
@@ -97,10 +97,20 @@ struct {
 	__type(value, struct worker);
 } workers SEC(".maps");
 
-/* LRU: a missed close (fd closed by exit, dup2, close_range) cannot fill it. */
+/*
+ * The connection tables' size; userspace sets its own (--max-connections)
+ * at load. A plain hash, not an LRU: when it is full a new connection is
+ * not tracked (and counted as such), where an LRU would silently evict a
+ * live one and leave its request open forever. Missed closes cannot fill
+ * it: an exited owner's entries are swept by userspace, and an entry whose
+ * close was missed in a live worker (dup2 over its fd, close_range) is
+ * ended when its fd number or its socket address is accepted again.
+ */
+#define CONN_MAX 131072
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONN_MAX);
 	__type(key, __u64); /* struct sock * */
 	__type(value, struct conn);
 } conns SEC(".maps");
@@ -110,11 +120,12 @@ struct {
  * -> struct sock *. Filled at accept, so close and the syscall path find a
  * connection from an fd with one lookup instead of walking the task's file
  * table. An fd closed behind our back (dup2 over it, close_range, exit) is
- * left for the LRU and for userspace's sweep of exited processes.
+ * left for the next accept of its number and for userspace's sweep of
+ * exited processes.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONN_MAX);
 	__type(key, __u64);
 	__type(value, __u64);
 } fds SEC(".maps");
@@ -410,7 +421,12 @@ static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 		count(CNT_CONN_FULL);
 		return;
 	}
-	bpf_map_update_elem(&fds, &key, &sk, BPF_ANY);
+	if (bpf_map_update_elem(&fds, &key, &sk, BPF_ANY)) {
+		/* Without its fd its close would be missed: not tracked. */
+		bpf_map_delete_elem(&conns, &sk);
+		count(CNT_CONN_FULL);
+		return;
+	}
 	count(CNT_CONN_TRACKED);
 	__sync_fetch_and_add(&w->accepts, 1);
 }

@@ -18,6 +18,14 @@ import (
 
 const defaultHooks = ebpfkernel.HooksAuto
 
+// defaultMaxConns is --max-connections' default: 131,072 connections,
+// 22 MiB of kernel memory for the two tables (make bench).
+const defaultMaxConns = 1 << 17
+
+// untrackedConns is the dump's count of connections the full tables
+// could not take.
+const untrackedConns = "connections_untracked"
+
 var defaultPinPath = ebpfkernel.DefaultPinPath
 
 // loadedKernel is the eBPF observer as the daemon's steps use it: the pools
@@ -37,7 +45,7 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 	if o.mode == modeProcfs {
 		return nil, "--mode procfs", nil
 	}
-	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath, Log: log.With("component", "ebpf")})
+	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath, MaxConnections: o.maxConns, Log: log.With("component", "ebpf")})
 	if err == nil {
 		return k, "", nil
 	}
@@ -67,6 +75,25 @@ func settingError(err error) (setting bool, _ error) {
 		return false, fmt.Errorf("%w: or serve what procfs shows with --mode procfs", err)
 	}
 	return false, err
+}
+
+// checkMaxConns is --max-connections' one validator.
+func checkMaxConns(n int) error {
+	if n < 1 || n > ebpfkernel.MaxConnectionsLimit {
+		return fmt.Errorf("--max-connections %d: give 1 to %d", n, ebpfkernel.MaxConnectionsLimit)
+	}
+	return nil
+}
+
+// warnUntracked says, once per sweep in which it grew, that the
+// connection tables were full: which limit to raise. It returns the count
+// now.
+func warnUntracked(info observer.ObserverInfo, before uint64, log *slog.Logger) uint64 {
+	now := info.Dropped[untrackedConns]
+	if now > before {
+		log.Warn("the kernel's connection tables are full: connections accepted since are not counted; raise --max-connections", "untracked", now-before, "untracked_total", now)
+	}
+	return now
 }
 
 // checkHooks is --hooks' one validator.

@@ -125,16 +125,16 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 	return names, progs, maps
 }
 
-// wantPins is what a daemon with hooks pins: its maps (the C file's six and
-// the swept count), its links, and the distinct programs those links run.
+// wantPins is what a daemon with hooks pins: its maps (the C file's six),
+// its links, and the distinct programs those links run.
 func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 7, 7, 6 // fork, exit, accept4, accept, close, send, recv
+		return 6, 7, 6 // fork, exit, accept4, accept, close, send, recv
 	case ebpfkernel.HooksRaw:
-		return 7, 4, 4 // fork, exit, sys_enter (close), sys_exit
+		return 6, 4, 4 // fork, exit, sys_enter (close), sys_exit
 	}
-	return 7, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
+	return 6, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is

@@ -45,6 +45,7 @@ type serveFlags struct {
 	mode     string
 	hooks    string
 	bpfStats bool
+	maxConns int
 	procRoot string
 	config   string
 	host     hostOptions // --pin-path, --no-pin, --user: privileges.go
@@ -63,6 +64,7 @@ type daemonOptions struct {
 	mode     string // modeAuto, modeEBPF or modeProcfs
 	hooks    string
 	bpfStats bool
+	maxConns int // --max-connections
 	proc     observer.Procfs
 	pools    []poolSpec
 	// poolsFromConfig: a pool that cannot start (two masters of one
@@ -122,6 +124,7 @@ several pools, each with its own stats socket. It needs root.`,
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
 	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit; what auto picks without sock)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
+	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
 	return cmd
@@ -137,7 +140,7 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 		return daemonOptions{}, err
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, proc: proc,
+		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, maxConns: o.maxConns, proc: proc,
 		pools: specs, poolsFromConfig: o.config != "",
 		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
 	}
@@ -199,6 +202,7 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 	set("mode", c.Mode != "", func() { o.mode = c.Mode })
 	set("hooks", c.Hooks != "", func() { o.hooks = c.Hooks })
 	set("bpf-stats", c.BPFStats, func() { o.bpfStats = true })
+	set("max-connections", c.MaxConns != 0, func() { o.maxConns = c.MaxConns })
 	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
 	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
 	set("stats-max-age", c.StatsMaxAge.set, func() { o.statsMaxAge = c.StatsMaxAge.Duration })
@@ -213,6 +217,9 @@ func (d *daemonOptions) check() error {
 		return fmt.Errorf("--mode %q is not one of auto, ebpf, procfs", d.mode)
 	}
 	if err := checkHooks(d.hooks); err != nil {
+		return err
+	}
+	if err := checkMaxConns(d.maxConns); err != nil {
 		return err
 	}
 	if d.statsMaxConns <= 0 || d.statsTimeout <= 0 || d.statsMaxAge < 0 {
@@ -412,6 +419,10 @@ func maintain(ctx context.Context, pools []*servedPool, k sweeper, every mainten
 	defer refresh.Stop()
 	sweep := time.NewTicker(every.sweep)
 	defer sweep.Stop()
+	var untracked uint64
+	if k != nil {
+		untracked = k.Info().Dropped[untrackedConns]
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -429,6 +440,7 @@ func maintain(ctx context.Context, pools []*servedPool, k sweeper, every mainten
 			if err := k.Sweep(); err != nil {
 				log.Warn("sweep failed", "error", err)
 			}
+			untracked = warnUntracked(k.Info(), untracked, log)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/statsock"
 )
@@ -177,5 +178,25 @@ func TestDaemonShutdownWaitsForSweep(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFullConnectionTablesSaidOnce: when the kernel's connection tables
+// were full since the last sweep, the daemon says so in one line naming
+// the flag to raise; while nothing more is dropped it says nothing.
+func TestFullConnectionTablesSaidOnce(t *testing.T) {
+	log := testutil.NewLog(t)
+	info := func(n uint64) observer.ObserverInfo {
+		return observer.ObserverInfo{Dropped: map[string]uint64{untrackedConns: n}}
+	}
+	n := warnUntracked(info(0), 0, log.Logger)
+	n = warnUntracked(info(5), n, log.Logger)
+	n = warnUntracked(info(5), n, log.Logger)
+	if n != 5 {
+		t.Errorf("count now %d, want 5", n)
+	}
+	got := log.String()
+	if strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "raise --max-connections") || !strings.Contains(got, "untracked=5") {
+		t.Errorf("want one warning naming --max-connections and the 5 untracked, got:\n%s", got)
 	}
 }

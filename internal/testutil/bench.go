@@ -20,8 +20,20 @@ var benchTableMu sync.Mutex
 // goal. Without BenchTableEnv it is only logged.
 func BenchRow(b testing.TB, figure, goal, measured string, ok bool) {
 	b.Helper()
+	BenchRowFloor(b, figure, goal, measured, ok, false)
+}
+
+// BenchRowFloor is BenchRow for a figure with a measured floor: when the
+// figure misses its goal and floorMisses says that the kernel's part alone
+// (empty programs on the same hooks) misses it too, the verdict names
+// that floor as the reason instead of failing the code measured.
+func BenchRowFloor(b testing.TB, figure, goal, measured string, ok, floorMisses bool) {
+	b.Helper()
 	verdict := "pass"
-	if !ok {
+	switch {
+	case !ok && floorMisses:
+		verdict = "FLOOR"
+	case !ok:
 		verdict = "FAIL"
 	}
 	b.Logf("%s: %s (goal %s) %s", figure, measured, goal, verdict)

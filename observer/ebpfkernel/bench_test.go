@@ -5,9 +5,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 )
@@ -40,8 +37,11 @@ func benchWatched(b *testing.B, hooks string, keepAlive bool) {
 	defer k.Close()
 	p := watch(b, k, pool)
 	defer k.Unwatch(pool.Master)
-	empty := attachEmpty(b, k.hookList())
-	defer empty.close()
+	empty, err := AttachEmpty(hooks)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer empty.Close()
 
 	var ts forkpool.Tallies
 	const sessions = 4
@@ -74,7 +74,7 @@ func benchWatched(b *testing.B, hooks string, keepAlive bool) {
 }
 
 // reportPerRequest reports and tables our programs' time per request.
-func reportPerRequest(b *testing.B, k *Kernel, empty *emptyPrograms, hooks string, keepAlive bool) {
+func reportPerRequest(b *testing.B, k *Kernel, empty *EmptyHooks, hooks string, keepAlive bool) {
 	var runs, ns uint64
 	for _, ps := range k.Info().Programs {
 		runs += ps.RunCount
@@ -83,7 +83,10 @@ func reportPerRequest(b *testing.B, k *Kernel, empty *emptyPrograms, hooks strin
 			b.ReportMetric(float64(ps.RunTimeNs)/float64(ps.RunCount), ps.Name+"-ns/run")
 		}
 	}
-	base := empty.nsPerRun(b)
+	base, err := empty.NsPerRun()
+	if err != nil {
+		b.Fatal(err)
+	}
 	reqs := float64(b.N)
 	stats := float64(ns) / reqs
 	own := (float64(ns) - base*float64(runs)) / reqs
@@ -97,61 +100,4 @@ func reportPerRequest(b *testing.B, k *Kernel, empty *emptyPrograms, hooks strin
 	testutil.BenchRow(b, fmt.Sprintf("kernel time per request, %s: %s hooks", mode, hooks), fmt.Sprintf("<= %.0f ns", goal),
 		fmt.Sprintf("%.0f ns (bpf_stats %.0f ns, %.1f runs per request, empty program %.0f ns/run)", own, stats, float64(runs)/reqs, base),
 		own <= goal)
-}
-
-// emptyPrograms are programs that return at once, attached where ours are.
-type emptyPrograms struct {
-	progs map[ebpf.ProgramType]*ebpf.Program
-	links []link.Link
-}
-
-// attachEmpty attaches an empty program of the right type to each hook.
-func attachEmpty(b *testing.B, hooks []hook) *emptyPrograms {
-	b.Helper()
-	e := &emptyPrograms{progs: map[ebpf.ProgramType]*ebpf.Program{}}
-	for _, h := range hooks {
-		typ := (*h.prog).Type()
-		p := e.progs[typ]
-		if p == nil {
-			var err error
-			if p, err = emptyProgram(typ); err != nil {
-				e.close()
-				b.Fatal(err)
-			}
-			e.progs[typ] = p
-		}
-		l, err := h.attach(p)
-		if err != nil {
-			e.close()
-			b.Fatal(err)
-		}
-		e.links = append(e.links, l)
-	}
-	return e
-}
-
-// nsPerRun is the empty programs' average run time, from bpf_stats.
-func (e *emptyPrograms) nsPerRun(b *testing.B) float64 {
-	var runs, ns uint64
-	for _, p := range e.progs {
-		s, err := p.Stats()
-		if err != nil {
-			b.Fatal(err)
-		}
-		runs += s.RunCount
-		ns += uint64(s.Runtime.Nanoseconds())
-	}
-	if runs == 0 {
-		return 0
-	}
-	return float64(ns) / float64(runs)
-}
-
-func (e *emptyPrograms) close() {
-	for _, l := range e.links {
-		l.Close()
-	}
-	for _, p := range e.progs {
-		p.Close()
-	}
 }

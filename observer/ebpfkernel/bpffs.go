@@ -56,9 +56,8 @@ func (e *PinPathError) Unwrap() error { return e.Err }
 // names with a dot, so names use underscores only.
 const linkPinPrefix = "link_"
 
-// sweptMapName is the pinned map in which the daemon keeps how many
-// connections its sweeps removed, so a restart still tells them from the
-// connections the LRU evicted.
+// sweptMapName is a map earlier versions pinned beside the C file's
+// (how many connections their sweeps removed): cleanup still removes it.
 const sweptMapName = "swept"
 
 // onBPFFS reports whether path, or the nearest of its ancestors that

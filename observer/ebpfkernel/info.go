@@ -14,15 +14,11 @@ const recursionPrefix = "recursion_misses_"
 
 // Info implements observer.Kernel.
 func (k *Kernel) Info() observer.ObserverInfo {
-	k.mu.Lock()
-	evicted := k.evicted
-	k.mu.Unlock()
 	info := observer.ObserverInfo{
 		Mode:  "ebpf",
 		Hooks: k.hooks,
 		Dropped: map[string]uint64{
 			"connections_untracked": k.counter(bpf.ObserverCounterCNT_CONN_FULL),
-			"connections_evicted":   evicted,
 			"connections_stale":     k.counter(bpf.ObserverCounterCNT_CONN_STALE),
 			"workers_untracked":     k.counter(bpf.ObserverCounterCNT_WORKER_FULL),
 			"workers_pid_reused":    k.counter(bpf.ObserverCounterCNT_WORKER_REUSED),

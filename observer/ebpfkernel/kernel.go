@@ -34,7 +34,11 @@ type Options struct {
 	// stopped and a restart carries on from the same maps (see bpffs.go).
 	// Empty: nothing is pinned and Close detaches everything.
 	PinPath string
-	Log     *slog.Logger
+	// MaxConnections sizes the tables of tracked connections (0: the C
+	// file's CONN_MAX). A connection accepted while they are full is not
+	// counted, and Info says how many were not.
+	MaxConnections int
+	Log            *slog.Logger
 }
 
 // Kernel counts per worker in the kernel. It implements observer.Kernel.
@@ -48,14 +52,8 @@ type Kernel struct {
 	stats io.Closer
 	log   *slog.Logger
 	pins  *pinDir // nil when not pinning
-	// sweptMap keeps swept across restarts when pinning.
-	sweptMap *ebpf.Map
 
 	bitsMu sync.Mutex // userspace's writes to the watched bitmap
-
-	mu      sync.Mutex
-	swept   uint64 // connections of exited owners removed by Sweep
-	evicted uint64 // connections the LRU dropped while open, as of the last Sweep
 }
 
 // Load checks the kernel, loads the programs and attaches them.
@@ -93,7 +91,7 @@ func (k *Kernel) open(opts Options) error {
 			return fmt.Errorf("enable eBPF run-time statistics: %w", err)
 		}
 	}
-	if err := k.load(); err != nil {
+	if err := k.load(opts.MaxConnections); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			k.log.Error("the kernel's verifier refused a program", "log", fmt.Sprintf("%+v", ve))
@@ -105,10 +103,18 @@ func (k *Kernel) open(opts Options) error {
 
 // load loads the programs and creates the maps, or with pinning reuses the
 // pinned maps (replacing those whose layout changed) and pins new ones.
-func (k *Kernel) load() error {
+func (k *Kernel) load(maxConns int) error {
 	spec, err := bpf.LoadObserver()
 	if err != nil {
 		return err
+	}
+	if maxConns < 0 || maxConns > MaxConnectionsLimit {
+		return fmt.Errorf("%d connections: the connection tables hold 1 to %d", maxConns, MaxConnectionsLimit)
+	}
+	if maxConns > 0 {
+		for _, name := range connMaps {
+			spec.Maps[name].MaxEntries = uint32(maxConns)
+		}
 	}
 	var opts ebpf.CollectionOptions
 	if k.pins != nil {
@@ -133,26 +139,15 @@ func (k *Kernel) load() error {
 		return err
 	}
 	coll.Close() // what Assign did not take: nothing, by bpf2go's contract
-	if k.pins != nil {
-		return k.openSwept()
-	}
 	return nil
 }
 
-// openSwept opens (or creates) the pinned map that keeps Sweep's count.
-func (k *Kernel) openSwept() error {
-	var err error
-	k.sweptMap, err = ebpf.NewMapWithOptions(&ebpf.MapSpec{
-		Name: sweptMapName, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1, Pinning: ebpf.PinByName,
-	}, ebpf.MapOptions{PinPath: k.pins.path})
-	if err != nil {
-		return fmt.Errorf("pinned map %s: %w", sweptMapName, err)
-	}
-	if err := k.sweptMap.Lookup(uint32(0), &k.swept); err != nil {
-		return fmt.Errorf("read pinned map %s: %w", sweptMapName, err)
-	}
-	return nil
-}
+// connMaps are the maps sized by Options.MaxConnections.
+var connMaps = []string{"conns", "fds"}
+
+// MaxConnectionsLimit is the largest Options.MaxConnections: 16M entries,
+// some 2.8 GiB of kernel memory for the two tables.
+const MaxConnectionsLimit = 1 << 24
 
 // Hooks reports the hook set in use: HooksSock, HooksSyscall or HooksRaw.
 func (k *Kernel) Hooks() string { return k.hooks }
@@ -173,9 +168,6 @@ func (k *Kernel) Close() error {
 	errs = append(errs, k.objs.Close())
 	if k.stats != nil {
 		errs = append(errs, k.stats.Close())
-	}
-	if k.sweptMap != nil {
-		errs = append(errs, k.sweptMap.Close())
 	}
 	errs = append(errs, k.pins.close())
 	return errors.Join(errs...)

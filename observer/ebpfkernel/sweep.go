@@ -1,39 +1,26 @@
 package ebpfkernel
 
 import (
+	"errors"
 	"fmt"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/workerstats/workerstats/bpf"
 )
 
 // Sweep removes connections, and fd entries, whose owner is no longer a live
-// worker (their close was never seen: the process exited with them open),
-// and works out how many open connections the LRU map evicted, which the
-// kernel cannot count itself: evicted = tracked - closed - swept - present.
+// worker (their close was never seen: the process exited with them open).
 func (k *Kernel) Sweep() error {
 	live, err := k.liveWorkers()
 	if err != nil {
 		return err
 	}
-	present, removed, err := k.sweepConns(live)
-	if err != nil {
-		return err
+	if err := sweepMap(k.objs.Conns, func(sk uint64, c bpf.ObserverConn) bool { return !live[c.Owner] }); err != nil {
+		return fmt.Errorf("sweep connections map: %w", err)
 	}
-	if err := k.sweepFds(live); err != nil {
-		return err
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.swept += removed
-	if k.sweptMap != nil && removed > 0 {
-		if err := k.sweptMap.Put(uint32(0), k.swept); err != nil {
-			k.log.Warn("cannot record swept connections in the pinned map", "error", err)
-		}
-	}
-	tracked := k.counter(bpf.ObserverCounterCNT_CONN_TRACKED)
-	closed := k.counter(bpf.ObserverCounterCNT_CONN_CLOSED) + k.counter(bpf.ObserverCounterCNT_CONN_STALE)
-	if gone := closed + k.swept + present; tracked > gone {
-		k.evicted = tracked - gone
+	if err := sweepMap(k.objs.Fds, func(key, sk uint64) bool { return !live[uint32(key>>32)] }); err != nil {
+		return fmt.Errorf("sweep fds map: %w", err)
 	}
 	return nil
 }
@@ -55,52 +42,57 @@ func (k *Kernel) liveWorkers() (map[uint32]bool, error) {
 	return live, nil
 }
 
-// sweepConns removes the connections of owners not live, and returns how
-// many connections are left and how many went.
-func (k *Kernel) sweepConns(live map[uint32]bool) (present, removed uint64, err error) {
-	var (
-		sk    uint64
-		c     bpf.ObserverConn
-		stale []uint64
-	)
-	it := k.objs.Conns.Iterate()
-	for it.Next(&sk, &c) {
-		if live[c.Owner] {
-			present++
-		} else {
-			stale = append(stale, sk)
+// sweepBatch is how many entries sweepMap reads per system call.
+const sweepBatch = 4096
+
+// sweepMap deletes the entries of m for which stale is true. It reads the
+// map in batches (Linux 5.6+), a system call per sweepBatch entries rather
+// than per entry, and entry by entry where the kernel cannot.
+func sweepMap[K, V any](m *ebpf.Map, stale func(K, V) bool) error {
+	var doomed []K
+	keys, vals := make([]K, sweepBatch), make([]V, sweepBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			if stale(keys[i], vals[i]) {
+				doomed = append(doomed, keys[i])
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break // the last batch
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return sweepEach(m, stale)
+		}
+		if err != nil {
+			return err
 		}
 	}
-	if err := it.Err(); err != nil {
-		return 0, 0, fmt.Errorf("iterate connections map: %w", err)
+	for _, key := range doomed {
+		m.Delete(key) // gone already: closed meanwhile
 	}
-	for _, key := range stale {
-		if k.objs.Conns.Delete(key) == nil {
-			removed++
-		} else {
-			present++
-		}
-	}
-	return present, removed, nil
+	return nil
 }
 
-// sweepFds drops the fd entries, keyed tgid<<32|fd, of processes not live.
-func (k *Kernel) sweepFds(live map[uint32]bool) error {
+// sweepEach is sweepMap one entry at a time.
+func sweepEach[K, V any](m *ebpf.Map, stale func(K, V) bool) error {
 	var (
-		key, sk uint64
-		stale   []uint64
+		key    K
+		val    V
+		doomed []K
 	)
-	it := k.objs.Fds.Iterate()
-	for it.Next(&key, &sk) {
-		if !live[uint32(key>>32)] {
-			stale = append(stale, key)
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		if stale(key, val) {
+			doomed = append(doomed, key)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate fds map: %w", err)
+		return err
 	}
-	for _, key := range stale {
-		k.objs.Fds.Delete(key)
+	for _, key := range doomed {
+		m.Delete(key)
 	}
 	return nil
 }

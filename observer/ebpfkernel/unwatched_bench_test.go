@@ -103,32 +103,12 @@ func withOurPrograms(b *testing.B, hooks string, f func(*testing.B) float64) flo
 // withEmptyPrograms runs f with a program that returns at once attached
 // where each of our programs is, for hooks.
 func withEmptyPrograms(b *testing.B, hooks string, f func(*testing.B) float64) float64 {
-	k, err := Load(Options{Hooks: hooks, Log: testutil.NewLog(b).Logger})
+	e, err := AttachEmpty(hooks)
 	if err != nil {
 		b.Fatal(err)
 	}
-	list := k.hookList()
-	// The hook list holds our loaded programs, whose types attachEmpty
-	// reads; ours are detached before the empty ones go on.
-	for _, l := range k.links {
-		l.Close()
-	}
-	k.links = nil
-	e := attachEmpty(b, list)
-	defer e.close()
-	defer k.Close()
+	defer e.Close()
 	return f(b)
-}
-
-func emptyProgram(typ ebpf.ProgramType) (*ebpf.Program, error) {
-	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "empty", Type: typ, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load an empty %s program: %w", typ, err)
-	}
-	return p, nil
 }
 
 // BenchmarkSyscallTracepointPrice measures what attaching any syscall
@@ -142,7 +122,10 @@ func BenchmarkSyscallTracepointPrice(b *testing.B) {
 	if err := ensureTracefs(); err != nil {
 		b.Fatal(err)
 	}
-	p, err := emptyProgram(ebpf.TracePoint)
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "empty", Type: ebpf.TracePoint, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
 	if err != nil {
 		b.Fatal(err)
 	}

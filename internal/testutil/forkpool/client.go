@@ -22,6 +22,11 @@ type Tallies struct {
 // Add counts one request answered by pid: sent bytes from the client,
 // received back.
 func (ts *Tallies) Add(pid int, sent, received int) {
+	ts.addTally(pid, Tally{Requests: 1, RX: uint64(sent), TX: uint64(received)})
+}
+
+// addTally adds another count of pid's.
+func (ts *Tallies) addTally(pid int, t Tally) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if ts.byPID == nil {
@@ -32,9 +37,9 @@ func (ts *Tallies) Add(pid int, sent, received int) {
 		x = &Tally{}
 		ts.byPID[pid] = x
 	}
-	x.Requests++
-	x.RX += uint64(sent)
-	x.TX += uint64(received)
+	x.Requests += t.Requests
+	x.TX += t.TX
+	x.RX += t.RX
 }
 
 // ByPID returns a copy of the counts.

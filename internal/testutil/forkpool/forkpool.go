@@ -47,6 +47,8 @@ func Run() {
 		master()
 	case "worker":
 		worker()
+	case "holder":
+		holder()
 	default:
 		return
 	}
@@ -186,6 +188,17 @@ func (p *Pool) WaitWorkers(t testing.TB, n int) []int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Kill kills the workers and the master at once (their cleanup only reaps
+// them), so the pool's side of each connection closes first: the
+// TIME_WAITs stay on its port, not on the clients' ephemeral ones.
+func (p *Pool) Kill() {
+	kids, _ := children(p.Master)
+	for _, pid := range kids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	syscall.Kill(p.Master, syscall.SIGKILL)
 }
 
 // children lists pid's children, lowest pid first: the order of forking

@@ -1,0 +1,130 @@
+package ebpfkernel
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/internal/testutil/forkpool"
+	"github.com/workerstats/workerstats/observer"
+)
+
+// holdConns has n connections to pool held open by this process, one
+// request of size bytes answered on each (see forkpool.HoldConns), until
+// t ends or forkpool.CloseAll.
+func holdConns(t testing.TB, pool *forkpool.Pool, n, size int, ts *forkpool.Tallies) []forkpool.HeldConn {
+	t.Helper()
+	conns, err := pool.HoldConns(n, size, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { forkpool.CloseAll(conns) })
+	return conns
+}
+
+// sums adds up the dump's workers.
+func sums(st *observer.Stats) (accepted, closed, requests, tx, rx uint64) {
+	for _, w := range st.Workers {
+		accepted += w.Accepted
+		closed += w.Closed
+		requests += w.Requests
+		tx += w.TX
+		rx += w.RX
+	}
+	return
+}
+
+// waitFor polls the pool's dump until ok holds, for up to 10 s.
+func waitFor(t testing.TB, p *observer.Pool, what string, ok func(*observer.Stats) error) *observer.Stats {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := p.Snapshot(context.Background())
+		if err == nil {
+			err = ok(st)
+		}
+		if err == nil {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestConnectionTablesFull: with room for 48 connections, 64 held open at
+// once leave 16 untracked, said in the dump; the 48 tracked are counted
+// exactly, a request and its bytes each; once they close, new connections
+// are tracked again and counted exactly.
+func TestConnectionTablesFull(t *testing.T) {
+	testutil.RequireEBPF(t)
+	const room, held, size = 48, 64, 700
+	for _, hooks := range hookSets(t) {
+		t.Run(hooks, func(t *testing.T) {
+			pool := forkpool.Start(t, 2, "")
+			k, err := Load(Options{Hooks: hooks, MaxConnections: room, Log: testutil.NewLog(t).Logger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { k.Unwatch(pool.Master); k.Close() })
+			p := watch(t, k, pool)
+
+			var first forkpool.Tallies
+			conns := holdConns(t, pool, held, size, &first)
+			reqLen := uint64(len(fmt.Sprintf("%d 0 0\n", size)))
+			respLen := func(pid int) uint64 { return uint64(len(fmt.Sprintf("%d %d\n", pid, size))) + size }
+			waitFor(t, p, "the full tables' counts", func(st *observer.Stats) error {
+				accepted, _, requests, _, rx := sums(st)
+				untracked := st.Observer.Dropped["connections_untracked"]
+				if accepted != room || untracked != held-room || requests != room || rx != room*reqLen {
+					return fmt.Errorf("accepted %d, untracked %d, requests %d, rx %d; want %d, %d, %d, %d",
+						accepted, untracked, requests, rx, room, held-room, room, room*reqLen)
+				}
+				for _, w := range st.Workers {
+					if w.Requests != w.Accepted || w.TX != w.Accepted*respLen(w.PID) {
+						return fmt.Errorf("pid %d: %d requests and %d bytes sent on %d tracked connections", w.PID, w.Requests, w.TX, w.Accepted)
+					}
+				}
+				return nil
+			})
+
+			forkpool.CloseAll(conns)
+			before := waitFor(t, p, "the tracked connections' closes", func(st *observer.Stats) error {
+				if _, closed, _, _, _ := sums(st); closed != room {
+					return fmt.Errorf("%d closed, want %d", closed, room)
+				}
+				return nil
+			})
+			var next forkpool.Tallies
+			holdConns(t, pool, room, size, &next)
+			waitFor(t, p, "the connections after the full ones", func(st *observer.Stats) error {
+				return agreeSince(before, st, &next)
+			})
+		})
+	}
+}
+
+// agreeSince is agree for what st counts since before.
+func agreeSince(before, st *observer.Stats, ts *forkpool.Tallies) error {
+	was := map[int]observer.Worker{}
+	for _, w := range before.Workers {
+		was[w.PID] = w
+	}
+	now := map[int]observer.Worker{}
+	for _, w := range st.Workers {
+		now[w.PID] = w
+	}
+	for pid, want := range ts.ByPID() {
+		a, b := was[pid], now[pid]
+		if got := (forkpool.Tally{Requests: b.Requests - a.Requests, TX: b.TX - a.TX, RX: b.RX - a.RX}); got != want {
+			return fmt.Errorf("pid %d: %+v since, clients %+v", pid, got, want)
+		}
+	}
+	if n := st.Observer.Dropped["connections_untracked"]; n != before.Observer.Dropped["connections_untracked"] {
+		return fmt.Errorf("%d more connections untracked", n-before.Observer.Dropped["connections_untracked"])
+	}
+	return nil
+}

@@ -1,0 +1,97 @@
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/workerstats/workerstats/bpf"
+)
+
+// EmptyHooks are programs that return at once, attached where a hook set's
+// programs attach: what the attachment points cost by themselves, which
+// make bench measures ours against. Nothing of the daemon uses them.
+type EmptyHooks struct {
+	progs map[ebpf.ProgramType]*ebpf.Program
+	links []link.Link
+}
+
+// AttachEmpty attaches an empty program to every attachment point of hooks
+// (sock, syscall or raw).
+func AttachEmpty(hooks string) (*EmptyHooks, error) {
+	if err := CheckHooks(hooks); err != nil || hooks == "" || hooks == HooksAuto {
+		return nil, fmt.Errorf("empty programs need a hook set by name, not %q", hooks)
+	}
+	if err := ensureTracefs(); err != nil {
+		return nil, err
+	}
+	spec, err := bpf.LoadObserver()
+	if err != nil {
+		return nil, fmt.Errorf("read the programs' spec: %w", err)
+	}
+	k := &Kernel{hooks: hooks}
+	e := &EmptyHooks{progs: map[ebpf.ProgramType]*ebpf.Program{}}
+	for _, h := range k.hookList() {
+		if err := e.attach(h, spec.Programs[h.name].Type); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// attach attaches the empty program of type typ to h.
+func (e *EmptyHooks) attach(h hook, typ ebpf.ProgramType) error {
+	p := e.progs[typ]
+	if p == nil {
+		var err error
+		p, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "empty", Type: typ, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		})
+		if err != nil {
+			return fmt.Errorf("load an empty %s program: %w", typ, err)
+		}
+		e.progs[typ] = p
+	}
+	l, err := h.attach(p)
+	if err != nil {
+		return err
+	}
+	e.links = append(e.links, l)
+	return nil
+}
+
+// NsPerRun is the empty programs' average run time from bpf_stats (0
+// without runs, or while kernel.bpf_stats_enabled is off).
+func (e *EmptyHooks) NsPerRun() (float64, error) {
+	var runs, ns uint64
+	for _, p := range e.progs {
+		s, err := p.Stats()
+		if err != nil {
+			return 0, fmt.Errorf("empty program statistics: %w", err)
+		}
+		runs += s.RunCount
+		ns += uint64(s.Runtime.Nanoseconds())
+	}
+	if runs == 0 {
+		return 0, nil
+	}
+	return float64(ns) / float64(runs), nil
+}
+
+// Close detaches and unloads the programs.
+func (e *EmptyHooks) Close() error {
+	var errs []error
+	for _, l := range e.links {
+		errs = append(errs, l.Close())
+	}
+	for _, p := range e.progs {
+		errs = append(errs, p.Close())
+	}
+	e.links, e.progs = nil, nil
+	return errors.Join(errs...)
+}
