@@ -19,7 +19,14 @@
  *
  * Bytes come from one of three attachment sets, picked by userspace:
  *  - the sock_recv_length / sock_send_length raw tracepoints (kernel >=
- *    6.3), which hand us the socket directly;
+ *    6.3), which hand us the socket directly. There a TCP pool needs no
+ *    syscall tracepoint: a connection is adopted at its worker's first
+ *    send or receive on a socket whose local port the pool listens on
+ *    (`listen_ports`), and ends at the TCP state change its close makes
+ *    (inet_sock_set_state). A pool on a Unix socket still needs accept
+ *    and close from their syscall tracepoints, which userspace attaches
+ *    only while such a pool is watched (and then leaves listen_ports
+ *    empty, so nothing is adopted twice);
  *  - syscall enter/exit tracepoints of read/write/send/recv and friends,
  *    finding the socket from the fd recorded at accept (any kernel with BTF);
  *  - the same work from the raw sys_exit tracepoint (and sys_enter for
@@ -147,6 +154,26 @@ struct {
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct inflight);
 } inflight SEC(".maps");
+
+/* Sock hooks without accept and close syscall tracepoints: the TCP ports
+ * (host order) the watched pools listen on, each with its master's tgid.
+ * Written by userspace only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} listen_ports SEC(".maps");
+
+/* Sock hooks without accept: the connections adoption found no room for,
+ * so that each is counted untracked once, not at every send. A hint
+ * only, hence an LRU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* struct sock * */
+	__type(value, __u8);
+} untracked SEC(".maps");
 
 /* PID_MAX_LIMIT on 64-bit: no tgid reaches it. */
 #define PID_LIMIT (4 * 1024 * 1024)
@@ -293,11 +320,8 @@ static __always_inline void finish_request(struct worker *w, struct conn *c)
 	c->state = CONN_IDLE;
 }
 
-static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
+static __always_inline void conn_bytes(struct conn *c, __u32 dir, long n, __u32 tgid, struct worker *cur)
 {
-	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (!c)
-		return; /* not an accepted connection: outbound, pipe, file... */
 	struct worker *w = owner_of(c, tgid, cur);
 	if (!w)
 		return;
@@ -322,6 +346,13 @@ static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, st
 	__sync_fetch_and_add(&w->awaiting, 1);
 	c->req_start_ns = bpf_ktime_get_ns();
 	c->state = CONN_RECEIVING;
+}
+
+static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (c) /* else not an accepted connection: outbound, pipe, file... */
+		conn_bytes(c, dir, n, tgid, cur);
 }
 
 /* ---- process lifecycle ---- */
@@ -469,6 +500,36 @@ int on_close_enter(struct sys_enter_ctx *ctx)
  * arguments (struct sock *sk, int ret, int flags) come as they are, where
  * the tracepoint interface would first copy them into a trace record. */
 
+/* Worker tgid (entry w) moves bytes on, or closes, socket sk, which is not
+ * in conns: a TCP connection on a port its pool listens on is one it
+ * accepted (an outbound connection's local port is never a listener's).
+ * Tracks it and returns its entry; NULL for anything else, or when conns
+ * is full (*full set). Only userspace fills listen_ports, and only while
+ * accept is not hooked. */
+static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w, int *full)
+{
+	struct sock *s = (struct sock *)sk;
+	__u32 port = BPF_CORE_READ(s, __sk_common.skc_num);
+	__u32 *master = bpf_map_lookup_elem(&listen_ports, &port);
+	if (!master || *master != w->master)
+		return 0;
+	__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
+	if ((family != AF_INET && family != AF_INET6) || BPF_CORE_READ(s, sk_socket, type) != SOCK_STREAM)
+		return 0; /* a UDP socket on the same port */
+	struct conn c = { .owner = tgid };
+	if (bpf_map_update_elem(&conns, &sk, &c, BPF_NOEXIST)) {
+		struct conn *raced = bpf_map_lookup_elem(&conns, &sk);
+		__u8 one = 1;
+		if (!raced && !bpf_map_update_elem(&untracked, &sk, &one, BPF_NOEXIST))
+			count(CNT_CONN_FULL); /* full: counted once per connection */
+		*full = !raced;
+		return raced; /* another thread adopted it first, or full */
+	}
+	count(CNT_CONN_TRACKED);
+	__sync_fetch_and_add(&w->accepts, 1);
+	return bpf_map_lookup_elem(&conns, &sk);
+}
+
 static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
 {
 	int ret = (int)ctx->args[1];
@@ -477,8 +538,52 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 		return 0;
 	__u32 tgid;
 	struct worker *cur = current_worker(&tgid);
-	if (cur)
-		on_bytes(ctx->args[0], dir, ret, tgid, cur);
+	if (!cur)
+		return 0;
+	__u64 sk = ctx->args[0];
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	int full = 0;
+	if (!c)
+		c = adopt(sk, tgid, cur, &full);
+	if (c)
+		conn_bytes(c, dir, ret, tgid, cur);
+	return 0;
+}
+
+/* A TCP socket's state changes: a close ends its connection. The worker's
+ * close makes FIN_WAIT1 (it closed first) or LAST_ACK (after the peer's
+ * FIN), in its own context; a reset or the end of TIME_WAIT makes CLOSE,
+ * in any. A half-close by the peer (CLOSE_WAIT) ends nothing: the response
+ * may follow. Runs once or twice per TCP connection of the host, not per
+ * send or receive. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_tcp_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	int state = (int)ctx->args[2];
+	if (state != TCP_FIN_WAIT1 && state != TCP_LAST_ACK && state != TCP_CLOSE)
+		return 0;
+	__u64 sk = ctx->args[0];
+	if (bpf_map_lookup_elem(&conns, &sk)) {
+		close_conn(0, 0, sk);
+		return 0;
+	}
+	if (state == TCP_CLOSE)
+		return 0;
+	/* A worker closes a connection it never read or wrote: an idle one,
+	 * accepted all the same. */
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (!cur)
+		return 0;
+	if (bpf_map_lookup_elem(&untracked, &sk)) {
+		bpf_map_delete_elem(&untracked, &sk); /* counted untracked, now over */
+		return 0;
+	}
+	int full = 0;
+	if (adopt(sk, tgid, cur, &full))
+		close_conn(tgid, cur, sk);
+	else if (full)
+		bpf_map_delete_elem(&untracked, &sk);
 	return 0;
 }
 

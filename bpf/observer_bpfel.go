@@ -76,6 +76,8 @@ const (
 	ObserverMapCounters         = "counters"
 	ObserverMapFds              = "fds"
 	ObserverMapInflight         = "inflight"
+	ObserverMapListenPorts      = "listen_ports"
+	ObserverMapUntracked        = "untracked"
 	ObserverMapWatched          = "watched"
 	ObserverMapWorkers          = "workers"
 	ObserverProgOnAcceptExit    = "on_accept_exit"
@@ -91,6 +93,7 @@ const (
 	ObserverProgOnSendEnter     = "on_send_enter"
 	ObserverProgOnSockRecv      = "on_sock_recv"
 	ObserverProgOnSockSend      = "on_sock_send"
+	ObserverProgOnTcpState      = "on_tcp_state"
 )
 
 // LoadObserver returns the embedded CollectionSpec for Observer.
@@ -148,18 +151,21 @@ type ObserverProgramSpecs struct {
 	OnSendEnter     *ebpf.ProgramSpec `ebpf:"on_send_enter"`
 	OnSockRecv      *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnTcpState      *ebpf.ProgramSpec `ebpf:"on_tcp_state"`
 }
 
 // ObserverMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverMapSpecs struct {
-	Conns    *ebpf.MapSpec `ebpf:"conns"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Fds      *ebpf.MapSpec `ebpf:"fds"`
-	Inflight *ebpf.MapSpec `ebpf:"inflight"`
-	Watched  *ebpf.MapSpec `ebpf:"watched"`
-	Workers  *ebpf.MapSpec `ebpf:"workers"`
+	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Fds         *ebpf.MapSpec `ebpf:"fds"`
+	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
+	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
+	Untracked   *ebpf.MapSpec `ebpf:"untracked"`
+	Watched     *ebpf.MapSpec `ebpf:"watched"`
+	Workers     *ebpf.MapSpec `ebpf:"workers"`
 }
 
 // ObserverVariableSpecs contains global variables before they are loaded into the kernel.
@@ -188,12 +194,14 @@ func (o *ObserverObjects) Close() error {
 //
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverMaps struct {
-	Conns    *ebpf.Map `ebpf:"conns"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Fds      *ebpf.Map `ebpf:"fds"`
-	Inflight *ebpf.Map `ebpf:"inflight"`
-	Watched  *ebpf.Map `ebpf:"watched"`
-	Workers  *ebpf.Map `ebpf:"workers"`
+	Conns       *ebpf.Map `ebpf:"conns"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Fds         *ebpf.Map `ebpf:"fds"`
+	Inflight    *ebpf.Map `ebpf:"inflight"`
+	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
+	Untracked   *ebpf.Map `ebpf:"untracked"`
+	Watched     *ebpf.Map `ebpf:"watched"`
+	Workers     *ebpf.Map `ebpf:"workers"`
 }
 
 func (m *ObserverMaps) Close() error {
@@ -202,6 +210,8 @@ func (m *ObserverMaps) Close() error {
 		m.Counters,
 		m.Fds,
 		m.Inflight,
+		m.ListenPorts,
+		m.Untracked,
 		m.Watched,
 		m.Workers,
 	)
@@ -230,6 +240,7 @@ type ObserverPrograms struct {
 	OnSendEnter     *ebpf.Program `ebpf:"on_send_enter"`
 	OnSockRecv      *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.Program `ebpf:"on_sock_send"`
+	OnTcpState      *ebpf.Program `ebpf:"on_tcp_state"`
 }
 
 func (p *ObserverPrograms) Close() error {
@@ -247,6 +258,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnSendEnter,
 		p.OnSockRecv,
 		p.OnSockSend,
+		p.OnTcpState,
 	)
 }
 

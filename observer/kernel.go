@@ -59,6 +59,15 @@ type Kernel interface {
 	Info() ObserverInfo
 }
 
+// ListenerAware is a Kernel that wants to know each pool's listening
+// sockets (the eBPF observer's sock hooks follow a TCP-only pool's
+// connections without syscall tracepoints). The pool says them when it
+// finds its master, and again when they change; none known is an empty
+// slice.
+type ListenerAware interface {
+	Listening(master int, sockets []Socket) error
+}
+
 // ticksPerSecond is USER_HZ, the unit of /proc/PID/stat start times. It is
 // 100 on every Linux architecture workerstats targets.
 const ticksPerSecond = 100

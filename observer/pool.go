@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -53,9 +54,12 @@ type Pool struct {
 	// slots' history (Kernel.Remember): known, not to be folded again.
 	history map[Proc]bool
 	live    map[Proc]*slot // live slots by process
-	last    *Stats
-	lastAt  time.Time
-	gauges  gauges
+	// announced is what a ListenerAware kernel was last told of the
+	// master's listening sockets (socketNames).
+	announced []string
+	last      *Stats
+	lastAt    time.Time
+	gauges    gauges
 }
 
 // GaugeMaxAge is how long procfs and sock_diag figures (memory, owner,
@@ -207,7 +211,39 @@ func (p *Pool) adopt(m Proc) error {
 	}
 	p.settled = true
 	p.Log.Info("watching pool", "target", p.Target.String(), "master", m.PID, "workers", len(kids))
+	var socks []Socket
+	if len(kids) > 0 {
+		var err error
+		if socks, err = p.Proc.ListeningSockets(m.PID, kids[0].PID); err != nil {
+			p.Log.Debug("master's listening sockets unknown", "error", err)
+		}
+	}
+	p.announce(socks)
 	return nil
+}
+
+// announce tells a ListenerAware kernel the master's listening sockets,
+// when they are not what it was last told.
+func (p *Pool) announce(socks []Socket) {
+	la, ok := p.Kernel.(ListenerAware)
+	if !ok || (p.announced != nil && slices.Equal(socketNames(socks), p.announced)) {
+		return
+	}
+	if err := la.Listening(p.master.PID, socks); err != nil {
+		p.Log.Warn("cannot tell the kernel side the pool's listening sockets", "error", err)
+		return
+	}
+	p.announced = socketNames(socks)
+}
+
+// socketNames lists sockets' protocols and names, in order.
+func socketNames(socks []Socket) []string {
+	names := make([]string, 0, len(socks))
+	for _, s := range socks {
+		names = append(names, s.Proto+" "+s.Name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 // replay rebuilds the slots from what the kernel holds for master m, in
@@ -623,6 +659,7 @@ func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
 		for _, s := range socks {
 			g.listenQueue = max(g.listenQueue, s.Queue)
 		}
+		p.announce(socks)
 	}
 	if g.boot, err = p.Proc.BootTime(); err != nil {
 		return gauges{}, err

@@ -36,6 +36,16 @@ enum {
 };
 
 #define MSG_PEEK 2
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+
+/* TCP states (include/net/tcp_states.h). */
+enum {
+	TCP_FIN_WAIT1 = 4,
+	TCP_CLOSE = 7,
+	TCP_LAST_ACK = 9,
+};
 
 /* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), for the
  * raw sys_enter/sys_exit programs. */
@@ -75,9 +85,22 @@ struct file {
 	void *private_data;
 };
 
-struct sock;
+struct socket;
+
+/* skc_num is the local port in host order; CO-RE finds both fields
+ * inside the anonymous unions that hold them. */
+struct sock_common {
+	unsigned short skc_family;
+	__u16 skc_num;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	struct socket *sk_socket;
+};
 
 struct socket {
+	short type;
 	struct sock *sk;
 };
 

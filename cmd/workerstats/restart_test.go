@@ -125,16 +125,18 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 	return names, progs, maps
 }
 
-// wantPins is what a daemon with hooks pins: its maps (the C file's six),
-// its links, and the distinct programs those links run.
+// wantPins is what a daemon with hooks pins for a pool whose listeners
+// are unknown (a master with no worker): its maps (the C file's eight),
+// its links, and the distinct programs those links run. The sock set
+// keeps accept and close hooked for such a pool.
 func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 6, 7, 6 // fork, exit, accept4, accept, close, send, recv
+		return 8, 8, 7 // fork, exit, accept4, accept, close, send, recv, TCP state
 	case ebpfkernel.HooksRaw:
-		return 6, 4, 4 // fork, exit, sys_enter (close), sys_exit
+		return 8, 4, 4 // fork, exit, sys_enter (close), sys_exit
 	}
-	return 6, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
+	return 8, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is

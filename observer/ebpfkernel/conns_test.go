@@ -3,6 +3,7 @@ package ebpfkernel
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -127,4 +128,53 @@ func agreeSince(before, st *observer.Stats, ts *forkpool.Tallies) error {
 		return fmt.Errorf("%d more connections untracked", n-before.Observer.Dropped["connections_untracked"])
 	}
 	return nil
+}
+
+// TestTCPPoolNeedsNoSyscallTracepoint: with the sock hooks, a pool that
+// listens on TCP only is counted without accept's and close's syscall
+// tracepoints, whose mere presence slows every syscall of the host; a
+// pool on a Unix socket, or one whose listeners are unknown, gets them.
+func TestTCPPoolNeedsNoSyscallTracepoint(t *testing.T) {
+	testutil.RequireEBPF(t)
+	if !slices.Contains(hookSets(t), HooksSock) {
+		t.Skip("this kernel has no sock hooks")
+	}
+	pool := forkpool.Start(t, 2, "")
+	k, p := loadFor(t, HooksSock, pool)
+	hooked := func() bool {
+		k.listenMu.Lock()
+		defer k.listenMu.Unlock()
+		for _, h := range k.connHooks() {
+			if k.linkOf[h.pin] != nil {
+				return true
+			}
+		}
+		return false
+	}
+	if hooked() {
+		t.Fatal("a TCP-only pool left accept and close hooked")
+	}
+	var ts forkpool.Tallies
+	if err := pool.Session(&ts, 5, func(int) int { return 300 }, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	settleOn(t, p, &ts)
+
+	other := 4242 // a second pool, on a Unix socket
+	if err := k.Listening(other, []observer.Socket{{Proto: "tcp", Name: ":8000"}, {Proto: "unix", Name: "/run/app.sock"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !hooked() {
+		t.Error("a pool on a Unix socket did not get accept and close hooked")
+	}
+	if err := k.Unwatch(other); err != nil {
+		t.Fatal(err)
+	}
+	if hooked() {
+		t.Error("accept and close still hooked once the Unix pool went")
+	}
+	if err := pool.Session(&ts, 5, func(int) int { return 300 }, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	settleOn(t, p, &ts)
 }

@@ -20,7 +20,8 @@ type EmptyHooks struct {
 }
 
 // AttachEmpty attaches an empty program to every attachment point of hooks
-// (sock, syscall or raw).
+// (sock, syscall or raw) for a pool that listens on TCP: the sock set's
+// without accept's and close's syscall tracepoints (listen.go).
 func AttachEmpty(hooks string) (*EmptyHooks, error) {
 	if err := CheckHooks(hooks); err != nil || hooks == "" || hooks == HooksAuto {
 		return nil, fmt.Errorf("empty programs need a hook set by name, not %q", hooks)
@@ -33,8 +34,13 @@ func AttachEmpty(hooks string) (*EmptyHooks, error) {
 		return nil, fmt.Errorf("read the programs' spec: %w", err)
 	}
 	k := &Kernel{hooks: hooks}
+	list := k.hookList()
+	if hooks == HooksSock {
+		k.connHooksOff = true
+		list = k.tcpOnly(list)
+	}
 	e := &EmptyHooks{progs: map[ebpf.ProgramType]*ebpf.Program{}}
-	for _, h := range k.hookList() {
+	for _, h := range list {
 		if err := e.attach(h, spec.Programs[h.name].Type); err != nil {
 			e.Close()
 			return nil, err

@@ -135,12 +135,12 @@ func (k *Kernel) hookList() []hook {
 			rawTracepointHook("sys_enter", bpf.ObserverProgOnRawSysEnter, &p.OnRawSysEnter),
 			rawTracepointHook("sys_exit", bpf.ObserverProgOnRawSysExit, &p.OnRawSysExit))
 	}
-	hooks = syscallHooks(hooks, "exit", []string{"accept4", "accept"}, bpf.ObserverProgOnAcceptExit, &p.OnAcceptExit)
-	hooks = syscallHooks(hooks, "enter", []string{"close"}, bpf.ObserverProgOnCloseEnter, &p.OnCloseEnter)
+	hooks = append(hooks, k.connHooks()...)
 	if k.hooks == HooksSock {
 		return append(hooks,
 			rawTracepointHook("sock_recv_length", bpf.ObserverProgOnSockRecv, &p.OnSockRecv),
-			rawTracepointHook("sock_send_length", bpf.ObserverProgOnSockSend, &p.OnSockSend))
+			rawTracepointHook("sock_send_length", bpf.ObserverProgOnSockSend, &p.OnSockSend),
+			rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpState, &p.OnTcpState))
 	}
 	hooks = syscallHooks(hooks, "enter", []string{"read", "readv"}, bpf.ObserverProgOnRecvEnter, &p.OnRecvEnter)
 	hooks = syscallHooks(hooks, "enter", []string{"recvfrom"}, bpf.ObserverProgOnRecvfromEnter, &p.OnRecvfromEnter)
@@ -148,6 +148,15 @@ func (k *Kernel) hookList() []hook {
 	hooks = syscallHooks(hooks, "enter", sendSyscalls, bpf.ObserverProgOnSendEnter, &p.OnSendEnter)
 	hooks = syscallHooks(hooks, "exit", recvSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)
 	return syscallHooks(hooks, "exit", sendSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)
+}
+
+// connHooks are accept's and close's syscall tracepoints: part of the
+// syscall hook set, and of the sock set only while a watched pool listens
+// on something other than TCP (see listen.go).
+func (k *Kernel) connHooks() []hook {
+	p := &k.objs.ObserverPrograms
+	hooks := syscallHooks(nil, "exit", []string{"accept4", "accept"}, bpf.ObserverProgOnAcceptExit, &p.OnAcceptExit)
+	return syscallHooks(hooks, "enter", []string{"close"}, bpf.ObserverProgOnCloseEnter, &p.OnCloseEnter)
 }
 
 // attached lists, by name, the programs the hook set in use runs.
@@ -165,7 +174,10 @@ func (k *Kernel) attach() error {
 	if err := ensureTracefs(); err != nil {
 		return err
 	}
-	hooks := k.hookList()
+	hooks, err := k.startHooks()
+	if err != nil {
+		return err
+	}
 	if k.pins != nil {
 		return k.keepOrReplace(hooks)
 	}
@@ -174,7 +186,16 @@ func (k *Kernel) attach() error {
 		if err != nil {
 			return err
 		}
-		k.links = append(k.links, l)
+		k.addLink(h, l)
 	}
 	return nil
+}
+
+// addLink records l, h's attachment.
+func (k *Kernel) addLink(h hook, l link.Link) {
+	k.links = append(k.links, l)
+	if k.linkOf == nil {
+		k.linkOf = map[string]link.Link{}
+	}
+	k.linkOf[h.pin] = l
 }

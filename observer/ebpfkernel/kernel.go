@@ -48,12 +48,22 @@ type Kernel struct {
 	// what lists every map (pins, compatibility) follows the C file.
 	maps  map[string]*ebpf.Map
 	links []link.Link
-	hooks string
-	stats io.Closer
-	log   *slog.Logger
-	pins  *pinDir // nil when not pinning
+	// linkOf is each hook's link by its pin name, for the hooks attached
+	// and detached while running (listen.go).
+	linkOf map[string]link.Link
+	hooks  string
+	stats  io.Closer
+	log    *slog.Logger
+	pins   *pinDir // nil when not pinning
 
 	bitsMu sync.Mutex // userspace's writes to the watched bitmap
+
+	listenMu sync.Mutex
+	// listening is each watched pool's listeners as Listening last said,
+	// by master; connHooksOff says the sock set's accept and close
+	// tracepoints are detached, TCP connections adopted instead.
+	listening    map[int]listeners
+	connHooksOff bool
 }
 
 // Load checks the kernel, loads the programs and attaches them.

@@ -126,7 +126,7 @@ func (r *relinking) relink(h hook) error {
 		return err
 	}
 	r.attachedLoaded[h.prog] = true
-	r.k.links = append(r.k.links, l)
+	r.k.addLink(h, l)
 	if err := l.Pin(path); err != nil {
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			return fmt.Errorf("pin link %s: %w", path, err)
@@ -155,7 +155,7 @@ func (r *relinking) keep(h hook, path string) (bool, error) {
 			prev.Close()
 		}
 		r.running[h.prog] = running
-		r.k.links = append(r.k.links, old)
+		r.k.addLink(h, old)
 		r.kept++
 		return true, nil
 	}

@@ -159,7 +159,7 @@ func (k *Kernel) Forget(pid int) error {
 // Unwatch removes a master and its workers from the kernel map.
 func (k *Kernel) Unwatch(master int) error {
 	_, err := k.prune(func(owner int) bool { return owner == master })
-	return err
+	return errors.Join(err, k.forgetListening(master))
 }
 
 // Prune removes from the kernel map every master not in watched, and its

@@ -1,0 +1,223 @@
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/workerstats/workerstats/bpf"
+	"github.com/workerstats/workerstats/observer"
+)
+
+// The sock hook set sees every send and receive from the sock tracepoints
+// and a TCP connection's close from inet_sock_set_state, none of them a
+// syscall tracepoint. Only accept, and the close of a Unix socket, have no
+// other hook: attaching their syscall tracepoints would put every thread
+// of the host on the kernel's slow syscall path (make bench measures it).
+// So while every watched pool listens on TCP only, they stay detached: the
+// pools' ports are in listen_ports, and a connection is adopted at its
+// worker's first send, receive or close on one of them. While any pool
+// listens on a Unix socket, or its listeners are unknown, they are
+// attached and listen_ports is empty.
+
+// startHooks is what to attach at load. The sock set starts as its pins
+// left it: TCP-only (accept and close unhooked, listen_ports as pinned)
+// when the last daemon left it so, so a restart changes nothing in the
+// kernel; else with accept and close hooked and no port adopted, until the
+// pools say what they listen on.
+func (k *Kernel) startHooks() ([]hook, error) {
+	all := k.hookList()
+	if k.hooks == HooksSock && k.pins != nil {
+		pinned, err := k.pins.pinnedLinks()
+		if err != nil {
+			return nil, err
+		}
+		conn := map[string]bool{}
+		for _, h := range k.connHooks() {
+			conn[h.pin] = true
+		}
+		connPinned := slices.ContainsFunc(pinned, func(name string) bool { return conn[name] })
+		if !connPinned && slices.Contains(pinned, tcpStatePin) {
+			k.connHooksOff = true
+			return k.tcpOnly(all), nil
+		}
+	}
+	return all, syncPorts(k.objs.ListenPorts, nil)
+}
+
+// tcpOnly is hooks without accept's and close's syscall tracepoints.
+func (k *Kernel) tcpOnly(hooks []hook) []hook {
+	conn := map[string]bool{}
+	for _, h := range k.connHooks() {
+		conn[h.pin] = true
+	}
+	return slices.DeleteFunc(hooks, func(h hook) bool { return conn[h.pin] })
+}
+
+// tcpStatePin is the pinned link of the TCP state program.
+var tcpStatePin = linkPinPrefix + bpf.ObserverProgOnTcpState + "_inet_sock_set_state"
+
+// listeners is one pool's listening sockets as the kernel side needs them.
+type listeners struct {
+	ports []uint32 // TCP ports
+	other bool     // a listener that is not TCP, or none known
+}
+
+// Listening implements observer.ListenerAware: it records master's
+// listening sockets, and attaches or detaches accept's and close's syscall
+// tracepoints as the watched pools now need.
+func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
+	if k.hooks != HooksSock {
+		return nil // the syscall and raw sets see accept and close anyway
+	}
+	l := listeners{other: len(sockets) == 0}
+	for _, s := range sockets {
+		port, ok := tcpPort(s)
+		if !ok {
+			l.other = true
+			continue
+		}
+		l.ports = append(l.ports, port)
+	}
+	k.listenMu.Lock()
+	defer k.listenMu.Unlock()
+	if k.listening == nil {
+		k.listening = map[int]listeners{}
+	}
+	k.listening[master] = l
+	return k.applyListening()
+}
+
+// forgetListening drops master's listeners, when it is no longer watched.
+func (k *Kernel) forgetListening(master int) error {
+	k.listenMu.Lock()
+	defer k.listenMu.Unlock()
+	if _, ok := k.listening[master]; !ok {
+		return nil
+	}
+	delete(k.listening, master)
+	return k.applyListening()
+}
+
+// tcpPort is a TCP listener's port.
+func tcpPort(s observer.Socket) (uint32, bool) {
+	if s.Proto != "tcp" {
+		return 0, false
+	}
+	i := strings.LastIndexByte(s.Name, ':')
+	port, err := strconv.ParseUint(s.Name[i+1:], 10, 16)
+	return uint32(port), err == nil && i >= 0
+}
+
+// applyListening puts the kernel side in the state k.listening needs.
+// Accept and close are hooked before listen_ports is emptied, and
+// unhooked before it is filled, so no connection is tracked both ways.
+func (k *Kernel) applyListening() error {
+	ports := map[uint32]uint32{}
+	need := len(k.listening) == 0
+	for master, l := range k.listening {
+		need = need || l.other
+		for _, p := range l.ports {
+			ports[p] = uint32(master)
+		}
+	}
+	if need {
+		if err := k.hookConns(true); err != nil {
+			return err
+		}
+		ports = nil
+	} else if err := k.hookConns(false); err != nil {
+		return err
+	}
+	return syncPorts(k.objs.ListenPorts, ports)
+}
+
+// hookConns attaches (on) or detaches accept's and close's syscall
+// tracepoints, pinning or unpinning their links.
+func (k *Kernel) hookConns(on bool) error {
+	if k.connHooksOff == !on {
+		return nil
+	}
+	for _, h := range k.connHooks() {
+		var err error
+		if on {
+			err = k.attachHook(h)
+		} else {
+			err = k.detachHook(h)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	k.connHooksOff = !on
+	k.log.Info("accept and close syscall tracepoints", "attached", on, "why", map[bool]string{
+		true:  "a watched pool listens on a Unix socket, or its listeners are unknown",
+		false: "every watched pool listens on TCP only: its connections are followed from the sock and TCP state tracepoints",
+	}[on])
+	return nil
+}
+
+func (k *Kernel) attachHook(h hook) error {
+	if k.linkOf[h.pin] != nil {
+		return nil
+	}
+	l, err := h.attach(*h.prog)
+	if err != nil {
+		return err
+	}
+	k.addLink(h, l)
+	if k.pins == nil {
+		return nil
+	}
+	if err := l.Pin(k.pins.file(h.pin)); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("pin link %s: %w", k.pins.file(h.pin), err)
+	}
+	return nil
+}
+
+func (k *Kernel) detachHook(h hook) error {
+	l := k.linkOf[h.pin]
+	if l == nil {
+		return nil
+	}
+	if k.pins != nil {
+		if err := os.Remove(k.pins.file(h.pin)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unpin link %s: %w", k.pins.file(h.pin), err)
+		}
+	}
+	delete(k.linkOf, h.pin)
+	k.links = slices.DeleteFunc(k.links, func(x link.Link) bool { return x == l })
+	return l.Close()
+}
+
+// syncPorts makes m hold exactly want.
+func syncPorts(m *ebpf.Map, want map[uint32]uint32) error {
+	var (
+		port, master uint32
+		stale        []uint32
+	)
+	it := m.Iterate()
+	for it.Next(&port, &master) {
+		if w, ok := want[port]; !ok || w != master {
+			stale = append(stale, port)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read listen_ports: %w", err)
+	}
+	for _, p := range stale {
+		m.Delete(p)
+	}
+	for p, master := range want {
+		if err := m.Put(p, master); err != nil {
+			return fmt.Errorf("listen_ports: port %d: %w", p, err)
+		}
+	}
+	return nil
+}
