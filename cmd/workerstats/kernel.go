@@ -35,6 +35,7 @@ type loadedKernel interface {
 	observer.Kernel
 	Prune(watched map[int]bool) (int, error)
 	CheckAccess() error
+	FixHooks(everyPoolFound bool) error
 	Sweep() error
 	Close() error
 }

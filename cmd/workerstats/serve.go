@@ -275,12 +275,25 @@ func serveDaemon(ctx context.Context, o daemonOptions) error {
 	}
 	if k != nil {
 		pruneUnwatched(k, pools, log)
+		if err := k.FixHooks(everyPoolFound(pools)); err != nil {
+			return fmt.Errorf("attach the eBPF programs: %w", err)
+		}
 	}
 	// Attached and bound: keep only what the running daemon needs.
 	if err := dropPrivileges(o.user, k, log); err != nil {
 		return err
 	}
 	return serveAndMaintain(ctx, pools, k, defaultMaintenance, log)
+}
+
+// everyPoolFound says whether every pool has found its master.
+func everyPoolFound(pools []*servedPool) bool {
+	for _, sp := range pools {
+		if sp.pool.Waiting() != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // bindSockets binds every pool's stats socket, or none.

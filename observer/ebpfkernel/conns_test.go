@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,16 +142,7 @@ func TestTCPPoolNeedsNoSyscallTracepoint(t *testing.T) {
 	}
 	pool := forkpool.Start(t, 2, "")
 	k, p := loadFor(t, HooksSock, pool)
-	hooked := func() bool {
-		k.listenMu.Lock()
-		defer k.listenMu.Unlock()
-		for _, h := range k.connHooks() {
-			if k.linkOf[h.pin] != nil {
-				return true
-			}
-		}
-		return false
-	}
+	hooked := func() bool { return connHooked(k) }
 	if hooked() {
 		t.Fatal("a TCP-only pool left accept and close hooked")
 	}
@@ -177,4 +169,56 @@ func TestTCPPoolNeedsNoSyscallTracepoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	settleOn(t, p, &ts)
+}
+
+// connHooked says accept's and close's syscall tracepoints are attached.
+func connHooked(k *Kernel) bool {
+	k.listenMu.Lock()
+	defer k.listenMu.Unlock()
+	for _, h := range k.connHooks() {
+		if k.linkOf[h.pin] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// TestHooksFixedAtStartup: once the daemon fixes its hooks (just before
+// it drops the privileges that attaching takes), a pool on a Unix socket
+// found later is said, once, not to be counted, instead of failing; and
+// a pool still waiting for its master at that moment keeps accept and
+// close hooked, whatever it turns out to listen on.
+func TestHooksFixedAtStartup(t *testing.T) {
+	testutil.RequireEBPF(t)
+	if !slices.Contains(hookSets(t), HooksSock) {
+		t.Skip("this kernel has no sock hooks")
+	}
+	tcp := []observer.Socket{{Proto: "tcp", Name: "127.0.0.1:8000"}}
+	unixSock := []observer.Socket{{Proto: "unix", Name: "/run/app.sock"}}
+	for _, waiting := range []bool{false, true} {
+		log := testutil.NewLog(t)
+		k, err := Load(Options{Hooks: HooksSock, Log: log.Logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Listening(1, tcp); err != nil {
+			t.Fatal(err)
+		}
+		if err := k.FixHooks(!waiting); err != nil {
+			t.Fatal(err)
+		}
+		if got := connHooked(k); got != waiting {
+			t.Errorf("waiting pool %v: accept and close hooked %v", waiting, got)
+		}
+		for range 2 {
+			if err := k.Listening(2, unixSock); err != nil {
+				t.Errorf("a Unix pool after start-up: %v", err)
+			}
+		}
+		warned := strings.Count(log.String(), "found after start-up listens on a Unix socket")
+		if want := map[bool]int{false: 1, true: 0}[waiting]; warned != want {
+			t.Errorf("waiting pool %v: warned %d times, want %d:\n%s", waiting, warned, want, log.String())
+		}
+		k.Close()
+	}
 }

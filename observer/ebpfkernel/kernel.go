@@ -64,6 +64,8 @@ type Kernel struct {
 	// tracepoints are detached, TCP connections adopted instead.
 	listening    map[int]listeners
 	connHooksOff bool
+	hooksFixed   bool // FixHooks was called: attachments no longer change
+	warnedFixed  bool
 }
 
 // Load checks the kernel, loads the programs and attaches them.

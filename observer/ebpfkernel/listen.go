@@ -94,6 +94,30 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 	return k.applyListening()
 }
 
+// FixHooks is the last moment the attachments may change: the daemon drops
+// the privileges that attaching and detaching take right after. With a
+// pool still waiting for its master (everyPoolFound false) accept and
+// close are hooked, since what it will listen on is unknown. From then on
+// Listening only keeps listen_ports up to date, and says so once when a
+// pool would need accept and close hooked and they are not.
+func (k *Kernel) FixHooks(everyPoolFound bool) error {
+	if k.hooks != HooksSock {
+		return nil
+	}
+	k.listenMu.Lock()
+	defer k.listenMu.Unlock()
+	if !everyPoolFound {
+		if err := k.hookConns(true); err != nil {
+			return err
+		}
+		if err := syncPorts(k.objs.ListenPorts, nil); err != nil {
+			return err
+		}
+	}
+	k.hooksFixed = true
+	return nil
+}
+
 // forgetListening drops master's listeners, when it is no longer watched.
 func (k *Kernel) forgetListening(master int) error {
 	k.listenMu.Lock()
@@ -127,6 +151,9 @@ func (k *Kernel) applyListening() error {
 			ports[p] = uint32(master)
 		}
 	}
+	if k.hooksFixed {
+		return k.fixedListening(need, ports)
+	}
 	if need {
 		if err := k.hookConns(true); err != nil {
 			return err
@@ -134,6 +161,19 @@ func (k *Kernel) applyListening() error {
 		ports = nil
 	} else if err := k.hookConns(false); err != nil {
 		return err
+	}
+	return syncPorts(k.objs.ListenPorts, ports)
+}
+
+// fixedListening is applyListening once the attachments are fixed: only
+// the ports change, and only while accept and close are unhooked.
+func (k *Kernel) fixedListening(need bool, ports map[uint32]uint32) error {
+	if !k.connHooksOff {
+		return nil // every connection is tracked from accept
+	}
+	if need && !k.warnedFixed {
+		k.warnedFixed = true
+		k.log.Warn("a pool found after start-up listens on a Unix socket (or its listeners cannot be read): its connections are not counted until the daemon restarts, since accept and close are hooked only at start-up")
 	}
 	return syncPorts(k.objs.ListenPorts, ports)
 }
