@@ -552,23 +552,27 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 
 /* A TCP socket's state changes: a close ends its connection. The worker's
  * close makes FIN_WAIT1 (it closed first) or LAST_ACK (after the peer's
- * FIN), in its own context; a reset or the end of TIME_WAIT makes CLOSE,
- * in any. A half-close by the peer (CLOSE_WAIT) ends nothing: the response
- * may follow. Runs once or twice per TCP connection of the host, not per
- * send or receive. */
+ * FIN), always in its own context; a reset or the end of TIME_WAIT makes
+ * CLOSE, in any context, softirq included. A half-close by the peer
+ * (CLOSE_WAIT) ends nothing: the response may follow. Each runs once or
+ * twice per TCP connection of the host, not per send or receive.
+ *
+ * Two programs on the one tracepoint, because the kernel skips a program
+ * that fires again on a CPU where it is already running (a softirq's state
+ * change landing inside the worker's close): on_tcp_close, for the
+ * worker's own close, has nothing to do in a softirq, so what it misses
+ * there costs nothing, and on_tcp_done still runs. */
 SEC("raw_tracepoint/inet_sock_set_state")
-int on_tcp_state(struct bpf_raw_tracepoint_args *ctx)
+int on_tcp_close(struct bpf_raw_tracepoint_args *ctx)
 {
 	int state = (int)ctx->args[2];
-	if (state != TCP_FIN_WAIT1 && state != TCP_LAST_ACK && state != TCP_CLOSE)
+	if (state != TCP_FIN_WAIT1 && state != TCP_LAST_ACK)
 		return 0;
 	__u64 sk = ctx->args[0];
 	if (bpf_map_lookup_elem(&conns, &sk)) {
 		close_conn(0, 0, sk);
 		return 0;
 	}
-	if (state == TCP_CLOSE)
-		return 0;
 	/* A worker closes a connection it never read or wrote: an idle one,
 	 * accepted all the same. */
 	__u32 tgid;
@@ -584,6 +588,17 @@ int on_tcp_state(struct bpf_raw_tracepoint_args *ctx)
 		close_conn(tgid, cur, sk);
 	else if (full)
 		bpf_map_delete_elem(&untracked, &sk);
+	return 0;
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_tcp_done(struct bpf_raw_tracepoint_args *ctx)
+{
+	if ((int)ctx->args[2] != TCP_CLOSE)
+		return 0;
+	__u64 sk = ctx->args[0];
+	if (bpf_map_lookup_elem(&conns, &sk))
+		close_conn(0, 0, sk);
 	return 0;
 }
 

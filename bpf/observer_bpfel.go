@@ -93,7 +93,8 @@ const (
 	ObserverProgOnSendEnter     = "on_send_enter"
 	ObserverProgOnSockRecv      = "on_sock_recv"
 	ObserverProgOnSockSend      = "on_sock_send"
-	ObserverProgOnTcpState      = "on_tcp_state"
+	ObserverProgOnTcpClose      = "on_tcp_close"
+	ObserverProgOnTcpDone       = "on_tcp_done"
 )
 
 // LoadObserver returns the embedded CollectionSpec for Observer.
@@ -151,7 +152,8 @@ type ObserverProgramSpecs struct {
 	OnSendEnter     *ebpf.ProgramSpec `ebpf:"on_send_enter"`
 	OnSockRecv      *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.ProgramSpec `ebpf:"on_sock_send"`
-	OnTcpState      *ebpf.ProgramSpec `ebpf:"on_tcp_state"`
+	OnTcpClose      *ebpf.ProgramSpec `ebpf:"on_tcp_close"`
+	OnTcpDone       *ebpf.ProgramSpec `ebpf:"on_tcp_done"`
 }
 
 // ObserverMapSpecs contains maps before they are loaded into the kernel.
@@ -240,7 +242,8 @@ type ObserverPrograms struct {
 	OnSendEnter     *ebpf.Program `ebpf:"on_send_enter"`
 	OnSockRecv      *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.Program `ebpf:"on_sock_send"`
-	OnTcpState      *ebpf.Program `ebpf:"on_tcp_state"`
+	OnTcpClose      *ebpf.Program `ebpf:"on_tcp_close"`
+	OnTcpDone       *ebpf.Program `ebpf:"on_tcp_done"`
 }
 
 func (p *ObserverPrograms) Close() error {
@@ -258,7 +261,8 @@ func (p *ObserverPrograms) Close() error {
 		p.OnSendEnter,
 		p.OnSockRecv,
 		p.OnSockSend,
-		p.OnTcpState,
+		p.OnTcpClose,
+		p.OnTcpDone,
 	)
 }
 

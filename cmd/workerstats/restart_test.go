@@ -132,7 +132,7 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 8, 8, 7 // fork, exit, accept4, accept, close, send, recv, TCP state
+		return 8, 9, 8 // fork, exit, accept4, accept, close, send, recv, TCP close, TCP done
 	case ebpfkernel.HooksRaw:
 		return 8, 4, 4 // fork, exit, sys_enter (close), sys_exit
 	}

@@ -60,8 +60,8 @@ func (k *Kernel) tcpOnly(hooks []hook) []hook {
 	return slices.DeleteFunc(hooks, func(h hook) bool { return conn[h.pin] })
 }
 
-// tcpStatePin is the pinned link of the TCP state program.
-var tcpStatePin = linkPinPrefix + bpf.ObserverProgOnTcpState + "_inet_sock_set_state"
+// tcpStatePin is the pinned link of a TCP state program.
+var tcpStatePin = linkPinPrefix + bpf.ObserverProgOnTcpDone + "_inet_sock_set_state"
 
 // listeners is one pool's listening sockets as the kernel side needs them.
 type listeners struct {
