@@ -226,8 +226,8 @@ func (p *Pool) adopt(m Proc) error {
 // when they are not what it was last told.
 func (p *Pool) announce(socks []Socket) {
 	la, ok := p.Kernel.(ListenerAware)
-	if !ok || (p.announced != nil && slices.Equal(socketNames(socks), p.announced)) {
-		return
+	if !ok || (p.announced != nil && (len(socks) == 0 || slices.Equal(socketNames(socks), p.announced))) {
+		return // none read is not none there: a reload's exiting worker, say
 	}
 	if err := la.Listening(p.master.PID, socks); err != nil {
 		p.Log.Warn("cannot tell the kernel side the pool's listening sockets", "error", err)

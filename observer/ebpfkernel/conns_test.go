@@ -210,6 +210,15 @@ func TestHooksFixedAtStartup(t *testing.T) {
 		if got := connHooked(k); got != waiting {
 			t.Errorf("waiting pool %v: accept and close hooked %v", waiting, got)
 		}
+		// Listeners read as none in the middle of a reload leave the
+		// pool's ports as they were, and say nothing.
+		if err := k.Listening(1, nil); err != nil {
+			t.Fatal(err)
+		}
+		var master uint32
+		if err := k.objs.ListenPorts.Lookup(uint32(8000), &master); !waiting && (err != nil || master != 1) {
+			t.Errorf("port 8000 after an empty read: master %d, %v", master, err)
+		}
 		for range 2 {
 			if err := k.Listening(2, unixSock); err != nil {
 				t.Errorf("a Unix pool after start-up: %v", err)

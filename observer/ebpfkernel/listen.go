@@ -76,6 +76,13 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 	if k.hooks != HooksSock {
 		return nil // the syscall and raw sets see accept and close anyway
 	}
+	k.listenMu.Lock()
+	defer k.listenMu.Unlock()
+	if _, known := k.listening[master]; known && len(sockets) == 0 {
+		// Read in the middle of a reload (the worker asked about was
+		// exiting, say): not knowing now is not having none.
+		return nil
+	}
 	l := listeners{other: len(sockets) == 0}
 	for _, s := range sockets {
 		port, ok := tcpPort(s)
@@ -85,8 +92,6 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 		}
 		l.ports = append(l.ports, port)
 	}
-	k.listenMu.Lock()
-	defer k.listenMu.Unlock()
 	if k.listening == nil {
 		k.listening = map[int]listeners{}
 	}
