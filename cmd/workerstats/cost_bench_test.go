@@ -117,7 +117,7 @@ func runState(b *testing.B, wrk string, c costCase, hooks string, master int, ur
 	b.Helper()
 	switch state {
 	case 1:
-		e, err := ebpfkernel.AttachEmpty(hooks)
+		e, err := ebpfkernel.AttachEmpty(hooks, false) // every server here listens on TCP
 		if err != nil {
 			b.Fatal(err)
 		}

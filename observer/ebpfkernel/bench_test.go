@@ -37,7 +37,7 @@ func benchWatched(b *testing.B, hooks string, keepAlive bool) {
 	defer k.Close()
 	p := watch(b, k, pool)
 	defer k.Unwatch(pool.Master)
-	empty, err := AttachEmpty(hooks)
+	empty, err := AttachEmpty(hooks, false) // the pool listens on TCP
 	if err != nil {
 		b.Fatal(err)
 	}

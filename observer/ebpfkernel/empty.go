@@ -20,9 +20,10 @@ type EmptyHooks struct {
 }
 
 // AttachEmpty attaches an empty program to every attachment point of hooks
-// (sock, syscall or raw) for a pool that listens on TCP: the sock set's
-// without accept's and close's syscall tracepoints (listen.go).
-func AttachEmpty(hooks string) (*EmptyHooks, error) {
+// (sock, syscall or raw); for the sock set, with accept's and close's
+// syscall tracepoints only when unixPool says a watched pool listens on a
+// Unix socket (listen.go).
+func AttachEmpty(hooks string, unixPool bool) (*EmptyHooks, error) {
 	if err := CheckHooks(hooks); err != nil || hooks == "" || hooks == HooksAuto {
 		return nil, fmt.Errorf("empty programs need a hook set by name, not %q", hooks)
 	}
@@ -35,8 +36,7 @@ func AttachEmpty(hooks string) (*EmptyHooks, error) {
 	}
 	k := &Kernel{hooks: hooks}
 	list := k.hookList()
-	if hooks == HooksSock {
-		k.connHooksOff = true
+	if hooks == HooksSock && !unixPool {
 		list = k.tcpOnly(list)
 	}
 	e := &EmptyHooks{progs: map[ebpf.ProgramType]*ebpf.Program{}}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer"
 )
 
 // unwatchedLoops is the loop iterations per state and round of
@@ -30,35 +31,53 @@ const unwatchedLoops = 100_000
 func BenchmarkUnwatchedEvents(b *testing.B) {
 	testutil.RequireEBPF(b)
 	for _, hooks := range hookSets(b) {
-		b.Run(hooks, func(b *testing.B) {
-			var bare, empty, ours []float64
-			for r := range testutil.EnvInt(b, "WORKERSTATS_BENCH_ROUNDS", 7) {
-				states := []func(){
-					func() { bare = append(bare, eventLoop(b)) },
-					func() { empty = append(empty, withEmptyPrograms(b, hooks, eventLoop)) },
-					func() { ours = append(ours, withOurPrograms(b, hooks, eventLoop)) },
-				}
-				for i := range states {
-					states[(i+r)%len(states)]()
-				}
+		unix := []bool{false}
+		if hooks == HooksSock {
+			unix = append(unix, true) // accept and close hooked too
+		}
+		for _, unixPool := range unix {
+			name := hooks
+			if unixPool {
+				name += "+unix-pool"
 			}
-			mb, me, mo := testutil.Median(bare), testutil.Median(empty), testutil.Median(ours)
-			b.ReportMetric(mb, "bare-ns/loop")
-			b.ReportMetric(me-mb, "empty-added-ns/loop")
-			b.ReportMetric(mo-mb, "ours-added-ns/loop")
-			if me > mb {
-				b.ReportMetric((mo-mb)/(me-mb), "x-empty")
-			}
-			b.Logf("%s: bare %.0f ns/loop (spread %s), empty programs %.0f (%s), ours %.0f (%s)",
-				hooks, mb, testutil.Spread(bare, "%.0f"), me, testutil.Spread(empty, "%.0f"), mo, testutil.Spread(ours, "%.0f"))
-			ratio := 0.0
-			if me > mb {
-				ratio = (mo - mb) / (me - mb)
-			}
-			testutil.BenchRow(b, "unwatched send+recv+close, added by ours / by empty programs: "+hooks+" hooks", "<= 1.5",
-				fmt.Sprintf("%.2f (ours %.0f ns, empty %.0f ns per loop over bare %.0f ns)", ratio, mo-mb, me-mb, mb), ratio <= 1.5)
-		})
+			b.Run(name, func(b *testing.B) { benchUnwatched(b, hooks, unixPool) })
+		}
 	}
+}
+
+// benchUnwatched is BenchmarkUnwatchedEvents for one hook set, with the
+// daemon watching a TCP pool or (unixPool) also one on a Unix socket.
+func benchUnwatched(b *testing.B, hooks string, unixPool bool) {
+	var bare, empty, ours []float64
+	for r := range testutil.EnvInt(b, "WORKERSTATS_BENCH_ROUNDS", 7) {
+		states := []func(){
+			func() { bare = append(bare, eventLoop(b)) },
+			func() { empty = append(empty, withEmptyPrograms(b, hooks, unixPool, eventLoop)) },
+			func() { ours = append(ours, withOurPrograms(b, hooks, unixPool, eventLoop)) },
+		}
+		for i := range states {
+			states[(i+r)%len(states)]()
+		}
+	}
+	mb, me, mo := testutil.Median(bare), testutil.Median(empty), testutil.Median(ours)
+	b.ReportMetric(mb, "bare-ns/loop")
+	b.ReportMetric(me-mb, "empty-added-ns/loop")
+	b.ReportMetric(mo-mb, "ours-added-ns/loop")
+	if me > mb {
+		b.ReportMetric((mo-mb)/(me-mb), "x-empty")
+	}
+	b.Logf("%s: bare %.0f ns/loop (spread %s), empty programs %.0f (%s), ours %.0f (%s)",
+		hooks, mb, testutil.Spread(bare, "%.0f"), me, testutil.Spread(empty, "%.0f"), mo, testutil.Spread(ours, "%.0f"))
+	ratio := 0.0
+	if me > mb {
+		ratio = (mo - mb) / (me - mb)
+	}
+	what := hooks + " hooks"
+	if hooks == HooksSock {
+		what += map[bool]string{false: ", TCP pools", true: ", a pool on a Unix socket"}[unixPool]
+	}
+	testutil.BenchRow(b, "unwatched send+recv+close, added by ours / by empty programs: "+what, "<= 1.5",
+		fmt.Sprintf("%.2f (ours %.0f ns, empty %.0f ns per loop over bare %.0f ns)", ratio, mo-mb, me-mb, mb), ratio <= 1.5)
 }
 
 // eventLoop returns the ns per loop of a send, a receive and a close on
@@ -90,20 +109,28 @@ func eventLoop(b *testing.B) float64 {
 	return float64(time.Since(start).Nanoseconds()) / unwatchedLoops
 }
 
-// withOurPrograms runs f with our programs attached with hooks.
-func withOurPrograms(b *testing.B, hooks string, f func(*testing.B) float64) float64 {
+// withOurPrograms runs f with our programs attached with hooks, as for a
+// pool on TCP, or also one on a Unix socket.
+func withOurPrograms(b *testing.B, hooks string, unixPool bool, f func(*testing.B) float64) float64 {
 	k, err := Load(Options{Hooks: hooks, Log: testutil.NewLog(b).Logger})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer k.Close()
+	socks := []observer.Socket{{Proto: "tcp", Name: "127.0.0.1:1"}}
+	if unixPool {
+		socks = append(socks, observer.Socket{Proto: "unix", Name: "/run/bench.sock"})
+	}
+	if err := k.Listening(1, socks); err != nil {
+		b.Fatal(err)
+	}
 	return f(b)
 }
 
 // withEmptyPrograms runs f with a program that returns at once attached
 // where each of our programs is, for hooks.
-func withEmptyPrograms(b *testing.B, hooks string, f func(*testing.B) float64) float64 {
-	e, err := AttachEmpty(hooks)
+func withEmptyPrograms(b *testing.B, hooks string, unixPool bool, f func(*testing.B) float64) float64 {
+	e, err := AttachEmpty(hooks, unixPool)
 	if err != nil {
 		b.Fatal(err)
 	}
