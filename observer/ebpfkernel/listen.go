@@ -38,10 +38,7 @@ func (k *Kernel) startHooks() ([]hook, error) {
 		if err != nil {
 			return nil, err
 		}
-		conn := map[string]bool{}
-		for _, h := range k.connHooks() {
-			conn[h.pin] = true
-		}
+		conn := k.connPins()
 		connPinned := slices.ContainsFunc(pinned, func(name string) bool { return conn[name] })
 		if !connPinned && slices.Contains(pinned, tcpStatePin) {
 			k.connHooksOff = true
@@ -53,11 +50,17 @@ func (k *Kernel) startHooks() ([]hook, error) {
 
 // tcpOnly is hooks without accept's and close's syscall tracepoints.
 func (k *Kernel) tcpOnly(hooks []hook) []hook {
-	conn := map[string]bool{}
-	for _, h := range k.connHooks() {
-		conn[h.pin] = true
-	}
+	conn := k.connPins()
 	return slices.DeleteFunc(hooks, func(h hook) bool { return conn[h.pin] })
+}
+
+// connPins are the pin names of accept's and close's links.
+func (k *Kernel) connPins() map[string]bool {
+	pins := map[string]bool{}
+	for _, h := range k.connHooks() {
+		pins[h.pin] = true
+	}
+	return pins
 }
 
 // tcpStatePin is the pinned link of a TCP state program.
