@@ -55,11 +55,12 @@ type Pool struct {
 	history map[Proc]bool
 	live    map[Proc]*slot // live slots by process
 	// announced is what a ListenerAware kernel was last told of the
-	// master's listening sockets (socketNames).
-	announced []string
-	last      *Stats
-	lastAt    time.Time
-	gauges    gauges
+	// listening sockets (socketNames) of master announcedOf.
+	announced   []string
+	announcedOf int
+	last        *Stats
+	lastAt      time.Time
+	gauges      gauges
 }
 
 // GaugeMaxAge is how long procfs and sock_diag figures (memory, owner,
@@ -226,14 +227,17 @@ func (p *Pool) adopt(m Proc) error {
 // when they are not what it was last told.
 func (p *Pool) announce(socks []Socket) {
 	la, ok := p.Kernel.(ListenerAware)
-	if !ok || (p.announced != nil && (len(socks) == 0 || slices.Equal(socketNames(socks), p.announced))) {
+	if !ok {
+		return
+	}
+	if p.announcedOf == p.master.PID && (len(socks) == 0 || slices.Equal(socketNames(socks), p.announced)) {
 		return // none read is not none there: a reload's exiting worker, say
 	}
 	if err := la.Listening(p.master.PID, socks); err != nil {
 		p.Log.Warn("cannot tell the kernel side the pool's listening sockets", "error", err)
 		return
 	}
-	p.announced = socketNames(socks)
+	p.announced, p.announcedOf = socketNames(socks), p.master.PID
 }
 
 // socketNames lists sockets' protocols and names, in order.

@@ -231,3 +231,28 @@ func TestHooksFixedAtStartup(t *testing.T) {
 		k.Close()
 	}
 }
+
+// TestListenPortGoesToNewMaster: a pool whose master was replaced (found
+// again through its pidfile, on the same port) has its port counted for
+// the new master's workers, not the old one's.
+func TestListenPortGoesToNewMaster(t *testing.T) {
+	testutil.RequireEBPF(t)
+	if !slices.Contains(hookSets(t), HooksSock) {
+		t.Skip("this kernel has no sock hooks")
+	}
+	k, err := Load(Options{Hooks: HooksSock, Log: testutil.NewLog(t).Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	tcp := []observer.Socket{{Proto: "tcp", Name: ":8000"}}
+	for _, master := range []int{100, 200} {
+		if err := k.Listening(master, tcp); err != nil {
+			t.Fatal(err)
+		}
+		var got uint32
+		if err := k.objs.ListenPorts.Lookup(uint32(8000), &got); err != nil || got != uint32(master) {
+			t.Errorf("after master %d: port 8000 is master %d's (%v)", master, got, err)
+		}
+	}
+}

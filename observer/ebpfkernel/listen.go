@@ -98,6 +98,12 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 	if k.listening == nil {
 		k.listening = map[int]listeners{}
 	}
+	// A port is its newest master's: a pool's new master (a restart
+	// followed through its pidfile) takes over the old one's.
+	for m, old := range k.listening {
+		old.ports = slices.DeleteFunc(old.ports, func(p uint32) bool { return slices.Contains(l.ports, p) })
+		k.listening[m] = old
+	}
 	k.listening[master] = l
 	return k.applyListening()
 }
