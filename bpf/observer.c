@@ -397,8 +397,11 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	__u64 id = (__u64)tgid << 32 | pid;
 	bpf_map_delete_elem(&inflight, &id); /* died inside a send or recv */
-	if (pid != tgid)
-		return 0; /* a thread; the process lives on */
+	/* The process has exited when its last thread does, whichever that
+	 * is: a killed multi-threaded worker's leader may go first while
+	 * another thread is still leaving a send, whose bytes count. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
 	if (!w->exit_ns) {
 		unmark_forked(tgid);
 		w->exit_ns = bpf_ktime_get_ns();

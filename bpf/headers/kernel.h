@@ -74,11 +74,22 @@ struct files_struct {
 	struct fdtable *fdt;
 };
 
+typedef struct {
+	int counter;
+} atomic_t;
+
+/* live: threads of the group not yet past do_exit's group_dead test,
+ * which comes before the sched_process_exit tracepoint. */
+struct signal_struct {
+	atomic_t live;
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
 	__u64 start_boottime;
 	struct files_struct *files;
+	struct signal_struct *signal;
 };
 
 struct file {
