@@ -70,6 +70,7 @@ fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAddr$$' -fuzztime $(FUZZTIME) ./statsock/
 	$(GO) test -run '^$$' -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./statsock/
 	$(GO) test -run '^$$' -fuzz '^FuzzIndentLikeUWSGI$$' -fuzztime $(FUZZTIME) ./observer/
+	$(GO) test -run '^$$' -fuzz '^FuzzMarshalStatsStrings$$' -fuzztime $(FUZZTIME) ./observer/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./observer/proto/
 
 # The cmd tests that load eBPF or run the real servers.

@@ -23,7 +23,7 @@ const dumpWorkers = 1024
 // (MaxAge 0; a fake kernel, a procfs fixture tree whose per-worker memory
 // figures are real file reads), MarshalStats in uWSGI's layout, and the
 // bytes written to a loopback TCP connection whose other end reads and
-// discards them. The goal is under 5 ms per dump.
+// discards them. The goal is under 2 ms per dump.
 //
 // "procfs" is the fixture alone: the master has no fd table there, so the
 // listening sockets are not looked up. "sock_diag" gives the master and

@@ -12,44 +12,42 @@ import (
 // one key per line, tab-indented, no space after the colon, keys in uWSGI's
 // order. minified gives the compact form. Unlike uWSGI, strings are always
 // escaped, so the output is valid JSON whatever a path or name holds.
+//
+// The workers, nearly all of a big pool's dump, are written field by field
+// (layout.go); the rest goes through encoding/json. Either way the bytes
+// are encoding/json's compact form, laid out (TestMarshalStatsLikeEncodingJSON).
 func MarshalStats(st *Stats, minified bool) ([]byte, error) {
-	compact := compactBuffers.Get().(*bytes.Buffer)
-	defer compactBuffers.Put(compact)
-	compact.Reset()
-	enc := json.NewEncoder(compact)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(st); err != nil {
-		return nil, fmt.Errorf("encode stats: %w", err)
+	l := layout{b: make([]byte, 0, 4096+900*len(st.Workers)), minified: minified}
+	l.stats(st)
+	if l.err != nil {
+		return nil, fmt.Errorf("encode stats: %w", l.err)
 	}
-	src := bytes.TrimSuffix(compact.Bytes(), []byte("\n"))
-	if minified {
-		return bytes.Clone(src), nil
-	}
-	return indentLikeUWSGI(src), nil
+	return l.b, nil
 }
 
-// compactBuffers keep the compact encoding's buffer between dumps: a big
-// pool's is hundreds of KB, grown anew on every dump otherwise.
+// compactBuffers keep encoding/json's scratch buffer between values.
 var compactBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// indentLikeUWSGI lays out compact JSON one value per line, indented with
-// tabs, with "key":value and no space, as uWSGI's stats server does. Empty
-// arrays and objects stay on one line. Runs of plain bytes (numbers, and
-// strings, which hold no raw control bytes) are copied whole.
-func indentLikeUWSGI(src []byte) []byte {
-	lines := bytes.Count(src, []byte{','}) + 2*bytes.Count(src, []byte{'{'}) + 2*bytes.Count(src, []byte{'['})
-	out := make([]byte, 0, len(src)+lines*8)
-	depth := 0
-	newline := func() {
-		if depth < len(newlineTabs) {
-			out = append(out, newlineTabs[:depth+1]...)
-			return
-		}
-		out = append(out, '\n')
-		for range depth {
-			out = append(out, '\t')
-		}
+// appendJSON appends v's compact encoding/json form to out, HTML left
+// unescaped as uWSGI leaves it.
+func appendJSON(out []byte, v any) ([]byte, error) {
+	buf := compactBuffers.Get().(*bytes.Buffer)
+	defer compactBuffers.Put(buf)
+	buf.Reset()
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return out, err
 	}
+	return append(out, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...), nil
+}
+
+// appendIndented appends compact JSON src laid out one value per line,
+// indented with tabs, with "key":value and no space, as uWSGI's stats
+// server does, as a value nested depth levels deep. Empty arrays and
+// objects stay on one line. Runs of plain bytes (numbers, and strings,
+// which hold no raw control bytes) are copied whole.
+func appendIndented(out, src []byte, depth int) []byte {
 	for i := 0; i < len(src); {
 		if n := plainRun(src[i:]); n > 0 {
 			out = append(out, src[i:i+n]...)
@@ -71,16 +69,28 @@ func indentLikeUWSGI(src []byte) []byte {
 			}
 			out = append(out, c)
 			depth++
-			newline()
+			out = appendNewline(out, depth)
 		case '}', ']':
 			depth--
-			newline()
+			out = appendNewline(out, depth)
 			out = append(out, c)
 		case ',':
 			out = append(out, c)
-			newline()
+			out = appendNewline(out, depth)
 		}
 		i++
+	}
+	return out
+}
+
+// appendNewline appends a newline and depth tabs.
+func appendNewline(out []byte, depth int) []byte {
+	if depth < len(newlineTabs) {
+		return append(out, newlineTabs[:depth+1]...)
+	}
+	out = append(out, '\n')
+	for range depth {
+		out = append(out, '\t')
 	}
 	return out
 }
