@@ -413,12 +413,10 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 
 /* ---- connections ---- */
 
-/* End tracked connection sk, which worker tgid (entry cur) had open. */
-static __always_inline void close_conn(__u32 tgid, struct worker *cur, __u64 sk)
+/* End tracked connection sk (its entry c), which worker tgid (entry cur)
+ * had open. */
+static __always_inline void end_conn(__u32 tgid, struct worker *cur, __u64 sk, struct conn *c)
 {
-	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (!c)
-		return;
 	struct worker *w = owner_of(c, tgid, cur);
 	if (w) {
 		if (c->state != CONN_IDLE)
@@ -427,6 +425,14 @@ static __always_inline void close_conn(__u32 tgid, struct worker *cur, __u64 sk)
 	}
 	bpf_map_delete_elem(&conns, &sk);
 	count(CNT_CONN_CLOSED);
+}
+
+/* End connection sk if it is tracked. */
+static __always_inline void close_conn(__u32 tgid, struct worker *cur, __u64 sk)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (c)
+		end_conn(tgid, cur, sk, c);
 }
 
 /* A worker's accept returned fd (or an error): track the connection. */
@@ -444,11 +450,12 @@ static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 	__u64 *old = bpf_map_lookup_elem(&fds, &key);
 	if (old)
 		close_conn(tgid, w, *old);
-	if (bpf_map_lookup_elem(&conns, &sk)) {
+	struct conn *stale = bpf_map_lookup_elem(&conns, &sk);
+	if (stale) {
 		/* A socket address still in conns under another fd: its close
 		 * was missed. End it before it is replaced. */
 		count(CNT_CONN_STALE);
-		close_conn(tgid, w, sk);
+		end_conn(tgid, w, sk, stale);
 	}
 	struct conn c = { .owner = tgid };
 	if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
@@ -572,8 +579,9 @@ int on_tcp_close(struct bpf_raw_tracepoint_args *ctx)
 	if (state != TCP_FIN_WAIT1 && state != TCP_LAST_ACK)
 		return 0;
 	__u64 sk = ctx->args[0];
-	if (bpf_map_lookup_elem(&conns, &sk)) {
-		close_conn(0, 0, sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (c) {
+		end_conn(0, 0, sk, c);
 		return 0;
 	}
 	/* A worker closes a connection it never read or wrote: an idle one,
@@ -587,8 +595,9 @@ int on_tcp_close(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	}
 	int full = 0;
-	if (adopt(sk, tgid, cur, &full))
-		close_conn(tgid, cur, sk);
+	c = adopt(sk, tgid, cur, &full);
+	if (c)
+		end_conn(tgid, cur, sk, c);
 	else if (full)
 		bpf_map_delete_elem(&untracked, &sk);
 	return 0;
@@ -600,8 +609,9 @@ int on_tcp_done(struct bpf_raw_tracepoint_args *ctx)
 	if ((int)ctx->args[2] != TCP_CLOSE)
 		return 0;
 	__u64 sk = ctx->args[0];
-	if (bpf_map_lookup_elem(&conns, &sk))
-		close_conn(0, 0, sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (c)
+		end_conn(0, 0, sk, c);
 	return 0;
 }
 
