@@ -94,7 +94,8 @@ enum counter {
 	CNT_WORKER_FULL = 4,   /* new worker not tracked: workers insert failed */
 	CNT_WORKER_REUSED = 5, /* a dead worker's unread entry overwritten by a reused pid */
 	CNT_INFLIGHT_FULL = 6, /* syscall path: a send/recv not tracked */
-	CNT_MAX = 7,
+	CNT_HEAD_LOST = 7,     /* a request's or response's first bytes not captured: heads full */
+	CNT_MAX = 8,
 };
 
 struct {
@@ -140,8 +141,9 @@ struct {
 /* Syscall path: socket of a send/recv between its enter and exit, by thread. */
 struct inflight {
 	__u64 sk;
-	__u32 dir; /* DIR_RECV or DIR_SEND */
-	__u32 pad;
+	__u32 dir;  /* DIR_RECV or DIR_SEND */
+	__u32 nr;   /* the syscall */
+	__u64 arg1; /* its second argument: the buffer, iovec or msghdr */
 };
 
 enum { DIR_RECV = 0, DIR_SEND = 1 };
@@ -200,6 +202,38 @@ struct {
 	__type(key, enum counter);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/*
+ * Request capture: the first HEAD_MAX bytes of each request a watched
+ * worker receives and of each response it sends, once per request and
+ * per response, never more of a body than fits in those bytes. Userspace
+ * parses them (observer/proto). capture_heads is set at load: while it
+ * is CAPTURE_OFF the verifier drops the capture code (and userspace makes
+ * the ring one page); the sock programs capture only with CAPTURE_SOCK,
+ * since they need bpf_task_pt_regs (5.15+) and are loaded on every kernel.
+ */
+#define HEAD_MAX 512
+
+struct head {
+	__u64 sk;
+	__u64 ts_ns;
+	__u32 tgid;
+	__u32 dir;   /* DIR_RECV: a request's first bytes; DIR_SEND: its response's */
+	__u32 len;   /* bytes in data */
+	__u32 total; /* bytes the syscall moved: more than len when cut short */
+	__u8 data[HEAD_MAX];
+};
+
+#define HEADS_RING (1 << 20)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, HEADS_RING);
+} heads SEC(".maps");
+
+enum capture_mode { CAPTURE_OFF = 0, CAPTURE_SYSCALLS = 1, CAPTURE_SOCK = 2 };
+
+volatile const enum capture_mode capture_heads = CAPTURE_OFF;
 
 /* Tracepoint contexts: layouts of /sys/kernel/tracing/events/.../format. */
 struct sys_enter_ctx {
@@ -320,39 +354,104 @@ static __always_inline void finish_request(struct worker *w, struct conn *c)
 	c->state = CONN_IDLE;
 }
 
-static __always_inline void conn_bytes(struct conn *c, __u32 dir, long n, __u32 tgid, struct worker *cur)
+/* Counts n bytes moved on c; returns 1 when they begin a request (a
+ * receive) or its response (a send), the bytes to capture. */
+static __always_inline int conn_bytes(struct conn *c, __u32 dir, long n, __u32 tgid, struct worker *cur)
 {
 	struct worker *w = owner_of(c, tgid, cur);
 	if (!w)
-		return;
+		return 0;
 	if (dir == DIR_SEND) {
 		__u64 now = bpf_ktime_get_ns();
 		__sync_fetch_and_add(&w->tx, n);
 		c->last_tx_ns = now;
 		w->last_tx_ns = now;
-		if (c->state == CONN_RECEIVING) {
-			c->state = CONN_RESPONDING;
-			__sync_fetch_and_add(&w->requests, 1);
-			__sync_fetch_and_add(&w->awaiting, -1);
-		}
-		return;
+		if (c->state != CONN_RECEIVING)
+			return 0;
+		c->state = CONN_RESPONDING;
+		__sync_fetch_and_add(&w->requests, 1);
+		__sync_fetch_and_add(&w->awaiting, -1);
+		return 1;
 	}
 	__sync_fetch_and_add(&w->rx, n);
 	if (c->state == CONN_RECEIVING)
-		return; /* more of the same request */
+		return 0; /* more of the same request */
 	if (c->state == CONN_RESPONDING)
 		finish_request(w, c); /* keep-alive: the previous one is answered */
 	__sync_fetch_and_add(&w->in_progress, 1);
 	__sync_fetch_and_add(&w->awaiting, 1);
 	c->req_start_ns = bpf_ktime_get_ns();
 	c->state = CONN_RECEIVING;
+	return 1;
 }
 
-static __always_inline void on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
+static __always_inline int on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
 {
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (c) /* else not an accepted connection: outbound, pipe, file... */
-		conn_bytes(c, dir, n, tgid, cur);
+	if (!c) /* not an accepted connection: outbound, pipe, file... */
+		return 0;
+	return conn_bytes(c, dir, n, tgid, cur);
+}
+
+struct user_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+/* The first user buffer of syscall nr, whose second argument is arg1, and
+ * its length in *len: the buffer of a read, write, recvfrom or sendto; the
+ * first iovec of a readv, writev, recvmsg or sendmsg (msg_iov is 16 bytes
+ * into a msghdr). 0 for anything else: sendfile's bytes come from a file. */
+static __always_inline __u64 user_buf(long nr, __u64 arg1, __u64 *len)
+{
+	struct user_iovec iov;
+	__u64 iovp = arg1;
+	switch (nr) {
+	case NR_read: case NR_write: case NR_recvfrom: case NR_sendto:
+		*len = HEAD_MAX;
+		return arg1;
+	case NR_recvmsg: case NR_sendmsg:
+		if (bpf_probe_read_user(&iovp, sizeof(iovp), (void *)(arg1 + 16)))
+			return 0;
+		/* fallthrough */
+	case NR_readv: case NR_writev:
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iovp))
+			return 0;
+		*len = iov.len;
+		return iov.base;
+	}
+	return 0;
+}
+
+/* Sends the first bytes syscall nr (second argument arg1) moved, n in all,
+ * on connection sk of worker tgid, to userspace. */
+static __always_inline void capture(__u64 sk, __u32 tgid, __u32 dir, long n, long nr, __u64 arg1)
+{
+	__u64 room = 0;
+	__u64 buf = user_buf(nr, arg1, &room);
+	if (!buf)
+		return;
+	struct head *h = bpf_ringbuf_reserve(&heads, sizeof(*h), 0);
+	if (!h) {
+		count(CNT_HEAD_LOST);
+		return;
+	}
+	__u64 len = (__u64)n < room ? (__u64)n : room;
+	if (len > HEAD_MAX)
+		len = HEAD_MAX;
+	if (bpf_probe_read_user(h->data, len, (void *)buf))
+		len = 0;
+	h->sk = sk;
+	h->ts_ns = bpf_ktime_get_ns();
+	h->tgid = tgid;
+	h->dir = dir;
+	h->len = len;
+	h->total = n;
+	/* Waking the reader for each head would cost more than all the rest
+	 * (an interrupt and a wakeup): it polls, and is woken only when the
+	 * ring is half full. */
+	__u64 pending = bpf_ringbuf_query(&heads, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(h, pending > HEADS_RING / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* ---- process lifecycle ---- */
@@ -555,8 +654,11 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 	int full = 0;
 	if (!c)
 		c = adopt(sk, tgid, cur, &full);
-	if (c)
-		conn_bytes(c, dir, ret, tgid, cur);
+	if (c && conn_bytes(c, dir, ret, tgid, cur) && capture_heads == CAPTURE_SOCK) {
+		/* No buffer here: the syscall's own saved registers hold it. */
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+		capture(sk, tgid, dir, ret, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+	}
 	return 0;
 }
 
@@ -603,8 +705,7 @@ int on_tcp_close(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-SEC("raw_tracepoint/inet_sock_set_state")
-int on_tcp_done(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int tcp_done(struct bpf_raw_tracepoint_args *ctx)
 {
 	if ((int)ctx->args[2] != TCP_CLOSE)
 		return 0;
@@ -613,6 +714,23 @@ int on_tcp_done(struct bpf_raw_tracepoint_args *ctx)
 	if (c)
 		end_conn(0, 0, sk, c);
 	return 0;
+}
+
+/* CLOSE comes in any context, so it may come inside a run of on_tcp_done
+ * on the same CPU (a softirq's reset landing in a worker's abortive
+ * close), and the kernel skips that nested run. Its twin, the same code
+ * attached after it, is then not running and sees it; a CLOSE that both
+ * see is ended once, as the first leaves no entry for the second. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_tcp_done(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tcp_done(ctx);
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_tcp_done_twin(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tcp_done(ctx);
 }
 
 SEC("raw_tracepoint/sock_recv_length")
@@ -631,25 +749,25 @@ int on_sock_send(struct bpf_raw_tracepoint_args *ctx)
 
 /* A worker starts a send or receive on fd: remember the connection for
  * the syscall's exit, by thread. */
-static __always_inline void data_enter(__u32 tgid, unsigned long fd, __u32 dir)
+static __always_inline void data_enter(__u32 tgid, unsigned long fd, __u32 dir, long nr, __u64 arg1)
 {
 	__u64 key = fd_key(tgid, fd);
 	__u64 *sk = bpf_map_lookup_elem(&fds, &key);
 	if (!sk)
 		return; /* not an accepted connection: nothing to do at exit */
 	__u64 id = bpf_get_current_pid_tgid();
-	struct inflight f = { .sk = *sk, .dir = dir };
+	struct inflight f = { .sk = *sk, .dir = dir, .nr = nr, .arg1 = arg1 };
 	if (bpf_map_update_elem(&inflight, &id, &f, BPF_ANY))
 		count(CNT_INFLIGHT_FULL);
 }
 
 /* A worker starts a receive on fd; one with MSG_PEEK in flags leaves its
  * bytes to be read again, and is not counted. */
-static __always_inline int recv_enter(unsigned long fd, unsigned long flags)
+static __always_inline int recv_enter(struct sys_enter_ctx *ctx, unsigned long flags)
 {
 	__u32 tgid;
 	if (current_worker(&tgid) && !(flags & MSG_PEEK))
-		data_enter(tgid, fd, DIR_RECV);
+		data_enter(tgid, ctx->args[0], DIR_RECV, ctx->id, ctx->args[1]);
 	return 0;
 }
 
@@ -659,19 +777,19 @@ static __always_inline int recv_enter(unsigned long fd, unsigned long flags)
 SEC("tracepoint/syscalls/sys_enter_read")
 int on_recv_enter(struct sys_enter_ctx *ctx)
 {
-	return recv_enter(ctx->args[0], 0);
+	return recv_enter(ctx, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int on_recvfrom_enter(struct sys_enter_ctx *ctx)
 {
-	return recv_enter(ctx->args[0], ctx->args[3]);
+	return recv_enter(ctx, ctx->args[3]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int on_recvmsg_enter(struct sys_enter_ctx *ctx)
 {
-	return recv_enter(ctx->args[0], ctx->args[2]);
+	return recv_enter(ctx, ctx->args[2]);
 }
 
 /* Attached to sys_enter_{write,writev,sendto,sendmsg,sendfile64}: args[0] is the (out) fd. */
@@ -680,7 +798,7 @@ int on_send_enter(struct sys_enter_ctx *ctx)
 {
 	__u32 tgid;
 	if (current_worker(&tgid))
-		data_enter(tgid, ctx->args[0], DIR_SEND);
+		data_enter(tgid, ctx->args[0], DIR_SEND, ctx->id, ctx->args[1]);
 	return 0;
 }
 
@@ -691,15 +809,14 @@ static __always_inline void data_exit(__u64 id, long ret)
 	struct inflight *f = bpf_map_lookup_elem(&inflight, &id);
 	if (!f)
 		return;
-	__u64 sk = f->sk;
-	__u32 dir = f->dir;
+	struct inflight done = *f;
 	bpf_map_delete_elem(&inflight, &id);
 	if (ret <= 0)
 		return;
 	__u32 tgid = id >> 32;
 	struct worker *cur = bpf_map_lookup_elem(&workers, &tgid);
-	if (cur)
-		on_bytes(sk, dir, ret, tgid, cur);
+	if (cur && on_bytes(done.sk, done.dir, ret, tgid, cur) && capture_heads)
+		capture(done.sk, tgid, done.dir, ret, done.nr, done.arg1);
 }
 
 /* Attached to the sys_exit of every syscall above. */
@@ -791,8 +908,12 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (ret <= 0 || (kind == RAW_RECV && (raw_recv_flags(regs, nr) & MSG_PEEK)))
 		return 0;
 	__u64 key = fd_key(tgid, fd);
-	__u64 *sk = bpf_map_lookup_elem(&fds, &key);
-	if (sk)
-		on_bytes(*sk, kind == RAW_SEND ? DIR_SEND : DIR_RECV, ret, tgid, w);
+	__u64 *skp = bpf_map_lookup_elem(&fds, &key);
+	if (!skp)
+		return 0;
+	__u64 sk = *skp;
+	__u32 dir = kind == RAW_SEND ? DIR_SEND : DIR_RECV;
+	if (on_bytes(sk, dir, ret, tgid, w) && capture_heads)
+		capture(sk, tgid, dir, ret, nr, BPF_CORE_READ(regs, si));
 	return 0;
 }

@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ObserverCaptureMode uint32
+
+const (
+	ObserverCaptureModeCAPTURE_OFF      ObserverCaptureMode = 0
+	ObserverCaptureModeCAPTURE_SYSCALLS ObserverCaptureMode = 1
+	ObserverCaptureModeCAPTURE_SOCK     ObserverCaptureMode = 2
+)
+
 type ObserverConn struct {
 	_          structs.HostLayout
 	Owner      uint32
@@ -31,14 +39,16 @@ const (
 	ObserverCounterCNT_WORKER_FULL   ObserverCounter = 4
 	ObserverCounterCNT_WORKER_REUSED ObserverCounter = 5
 	ObserverCounterCNT_INFLIGHT_FULL ObserverCounter = 6
-	ObserverCounterCNT_MAX           ObserverCounter = 7
+	ObserverCounterCNT_HEAD_LOST     ObserverCounter = 7
+	ObserverCounterCNT_MAX           ObserverCounter = 8
 )
 
 type ObserverInflight struct {
-	_   structs.HostLayout
-	Sk  uint64
-	Dir uint32
-	Pad uint32
+	_    structs.HostLayout
+	Sk   uint64
+	Dir  uint32
+	Nr   uint32
+	Arg1 uint64
 }
 
 type ObserverRole uint32
@@ -75,6 +85,7 @@ const (
 	ObserverMapConns            = "conns"
 	ObserverMapCounters         = "counters"
 	ObserverMapFds              = "fds"
+	ObserverMapHeads            = "heads"
 	ObserverMapInflight         = "inflight"
 	ObserverMapListenPorts      = "listen_ports"
 	ObserverMapUntracked        = "untracked"
@@ -95,6 +106,8 @@ const (
 	ObserverProgOnSockSend      = "on_sock_send"
 	ObserverProgOnTcpClose      = "on_tcp_close"
 	ObserverProgOnTcpDone       = "on_tcp_done"
+	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
+	ObserverVarCaptureHeads     = "capture_heads"
 )
 
 // LoadObserver returns the embedded CollectionSpec for Observer.
@@ -154,6 +167,7 @@ type ObserverProgramSpecs struct {
 	OnSockSend      *ebpf.ProgramSpec `ebpf:"on_sock_send"`
 	OnTcpClose      *ebpf.ProgramSpec `ebpf:"on_tcp_close"`
 	OnTcpDone       *ebpf.ProgramSpec `ebpf:"on_tcp_done"`
+	OnTcpDoneTwin   *ebpf.ProgramSpec `ebpf:"on_tcp_done_twin"`
 }
 
 // ObserverMapSpecs contains maps before they are loaded into the kernel.
@@ -163,6 +177,7 @@ type ObserverMapSpecs struct {
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Fds         *ebpf.MapSpec `ebpf:"fds"`
+	Heads       *ebpf.MapSpec `ebpf:"heads"`
 	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Untracked   *ebpf.MapSpec `ebpf:"untracked"`
@@ -174,6 +189,7 @@ type ObserverMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverVariableSpecs struct {
+	CaptureHeads *ebpf.VariableSpec `ebpf:"capture_heads"`
 }
 
 // ObserverObjects contains all objects after they have been loaded into the kernel.
@@ -199,6 +215,7 @@ type ObserverMaps struct {
 	Conns       *ebpf.Map `ebpf:"conns"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Fds         *ebpf.Map `ebpf:"fds"`
+	Heads       *ebpf.Map `ebpf:"heads"`
 	Inflight    *ebpf.Map `ebpf:"inflight"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Untracked   *ebpf.Map `ebpf:"untracked"`
@@ -211,6 +228,7 @@ func (m *ObserverMaps) Close() error {
 		m.Conns,
 		m.Counters,
 		m.Fds,
+		m.Heads,
 		m.Inflight,
 		m.ListenPorts,
 		m.Untracked,
@@ -223,6 +241,7 @@ func (m *ObserverMaps) Close() error {
 //
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverVariables struct {
+	CaptureHeads *ebpf.Variable `ebpf:"capture_heads"`
 }
 
 // ObserverPrograms contains all programs after they have been loaded into the kernel.
@@ -244,6 +263,7 @@ type ObserverPrograms struct {
 	OnSockSend      *ebpf.Program `ebpf:"on_sock_send"`
 	OnTcpClose      *ebpf.Program `ebpf:"on_tcp_close"`
 	OnTcpDone       *ebpf.Program `ebpf:"on_tcp_done"`
+	OnTcpDoneTwin   *ebpf.Program `ebpf:"on_tcp_done_twin"`
 }
 
 func (p *ObserverPrograms) Close() error {
@@ -263,6 +283,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnSockSend,
 		p.OnTcpClose,
 		p.OnTcpDone,
+		p.OnTcpDoneTwin,
 	)
 }
 

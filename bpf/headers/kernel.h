@@ -28,11 +28,19 @@ enum {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_RINGBUF = 27,
 };
 enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
+};
+enum {
+	BPF_RB_NO_WAKEUP = 1,
+	BPF_RB_FORCE_WAKEUP = 2,
+};
+enum {
+	BPF_RB_AVAIL_DATA = 0,
 };
 
 #define MSG_PEEK 2
@@ -119,6 +127,7 @@ struct socket {
  * tracepoints hand us these, not the syscall's arguments. */
 struct pt_regs {
 	unsigned long di;      /* first argument */
+	unsigned long si;      /* second argument */
 	unsigned long dx;      /* third argument */
 	unsigned long r10;     /* fourth argument */
 	unsigned long orig_ax; /* syscall number */

@@ -126,17 +126,17 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 }
 
 // wantPins is what a daemon with hooks pins for a pool whose listeners
-// are unknown (a master with no worker): its maps (the C file's eight),
+// are unknown (a master with no worker): its maps (the C file's nine),
 // its links, and the distinct programs those links run. The sock set
 // keeps accept and close hooked for such a pool.
 func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 8, 9, 8 // fork, exit, accept4, accept, close, send, recv, TCP close, TCP done
+		return 9, 10, 9 // fork, exit, accept4, accept, close, send, recv, TCP close, TCP done and its twin
 	case ebpfkernel.HooksRaw:
-		return 8, 4, 4 // fork, exit, sys_enter (close), sys_exit
+		return 9, 4, 4 // fork, exit, sys_enter (close), sys_exit
 	}
-	return 8, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
+	return 9, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is

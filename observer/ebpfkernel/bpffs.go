@@ -198,6 +198,9 @@ func (p *pinDir) pinnedLinks() ([]string, error) {
 // creates them afresh. Their counts are lost, and it says so.
 func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logger) error {
 	for name, ms := range spec.Maps {
+		if ms.Pinning == ebpf.PinNone {
+			continue
+		}
 		m, err := ebpf.LoadPinnedMap(p.file(name), nil)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue

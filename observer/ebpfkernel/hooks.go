@@ -141,7 +141,8 @@ func (k *Kernel) hookList() []hook {
 			rawTracepointHook("sock_recv_length", bpf.ObserverProgOnSockRecv, &p.OnSockRecv),
 			rawTracepointHook("sock_send_length", bpf.ObserverProgOnSockSend, &p.OnSockSend),
 			rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpClose, &p.OnTcpClose),
-			rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpDone, &p.OnTcpDone))
+			rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpDone, &p.OnTcpDone),
+			rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpDoneTwin, &p.OnTcpDoneTwin))
 	}
 	hooks = syscallHooks(hooks, "enter", []string{"read", "readv"}, bpf.ObserverProgOnRecvEnter, &p.OnRecvEnter)
 	hooks = syscallHooks(hooks, "enter", []string{"recvfrom"}, bpf.ObserverProgOnRecvfromEnter, &p.OnRecvfromEnter)

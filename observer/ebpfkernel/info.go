@@ -23,16 +23,14 @@ func (k *Kernel) Info() observer.ObserverInfo {
 			"workers_untracked":     k.counter(bpf.ObserverCounterCNT_WORKER_FULL),
 			"workers_pid_reused":    k.counter(bpf.ObserverCounterCNT_WORKER_REUSED),
 			"transfers_untracked":   k.counter(bpf.ObserverCounterCNT_INFLIGHT_FULL),
+			"heads_lost":            k.counter(bpf.ObserverCounterCNT_HEAD_LOST),
 		},
 	}
 	stats := k.programStats()
 	for _, ps := range stats {
-		if ps.Name == bpf.ObserverProgOnTcpClose {
-			// What it misses are softirqs' state changes inside a
-			// close, where it has nothing to do (see the C file).
-			continue
+		if !missesHarmless(ps.Name) {
+			info.Dropped[recursionPrefix+ps.Name] = ps.recursionMisses
 		}
-		info.Dropped[recursionPrefix+ps.Name] = ps.recursionMisses
 	}
 	if k.stats != nil {
 		for _, ps := range stats {
@@ -66,4 +64,16 @@ func (k *Kernel) programStats() []programStat {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// missesHarmless says whether what program name's recursion misses lose
+// nothing (see the C file): on_tcp_close's are softirqs' state changes
+// inside a close, where it has nothing to do; what one of on_tcp_done and
+// its twin misses, nested in its own run, the other sees.
+func missesHarmless(name string) bool {
+	switch name {
+	case bpf.ObserverProgOnTcpClose, bpf.ObserverProgOnTcpDone, bpf.ObserverProgOnTcpDoneTwin:
+		return true
+	}
+	return false
 }

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -38,7 +40,11 @@ type Options struct {
 	// file's CONN_MAX). A connection accepted while they are full is not
 	// counted, and Info says how many were not.
 	MaxConnections int
-	Log            *slog.Logger
+	// CaptureHeads has the programs capture the first bytes of each
+	// request and response of a watched worker, for Heads to read.
+	// Without it the capture code is left out at load.
+	CaptureHeads bool
+	Log          *slog.Logger
 }
 
 // Kernel counts per worker in the kernel. It implements observer.Kernel.
@@ -46,8 +52,11 @@ type Kernel struct {
 	objs bpf.ObserverObjects
 	// maps are the objects' maps by their names in the C file, so that
 	// what lists every map (pins, compatibility) follows the C file.
-	maps  map[string]*ebpf.Map
-	links []link.Link
+	maps map[string]*ebpf.Map
+	// consts are the programs' constants as loaded (.rodata): a pinned
+	// program with others is not the one we would run.
+	consts []byte
+	links  []link.Link
 	// linkOf is each hook's link by its pin name, for the hooks attached
 	// and detached while running (listen.go).
 	linkOf map[string]link.Link
@@ -103,7 +112,7 @@ func (k *Kernel) open(opts Options) error {
 			return fmt.Errorf("enable eBPF run-time statistics: %w", err)
 		}
 	}
-	if err := k.load(opts.MaxConnections); err != nil {
+	if err := k.load(opts.MaxConnections, captureMode(opts.CaptureHeads, k.hooks)); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			k.log.Error("the kernel's verifier refused a program", "log", fmt.Sprintf("%+v", ve))
@@ -115,10 +124,17 @@ func (k *Kernel) open(opts Options) error {
 
 // load loads the programs and creates the maps, or with pinning reuses the
 // pinned maps (replacing those whose layout changed) and pins new ones.
-func (k *Kernel) load(maxConns int) error {
+func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
 	spec, err := bpf.LoadObserver()
 	if err != nil {
 		return err
+	}
+	if capture != bpf.ObserverCaptureModeCAPTURE_OFF {
+		if err := spec.Variables[bpf.ObserverVarCaptureHeads].Set(capture); err != nil {
+			return fmt.Errorf("turn on request capture: %w", err)
+		}
+	} else {
+		spec.Maps["heads"].MaxEntries = uint32(os.Getpagesize()) // the least a ring takes
 	}
 	if maxConns < 0 || maxConns > MaxConnectionsLimit {
 		return fmt.Errorf("%d connections: the connection tables hold 1 to %d", maxConns, MaxConnectionsLimit)
@@ -130,8 +146,11 @@ func (k *Kernel) load(maxConns int) error {
 	}
 	var opts ebpf.CollectionOptions
 	if k.pins != nil {
-		for _, ms := range spec.Maps {
-			ms.Pinning = ebpf.PinByName
+		for name, ms := range spec.Maps {
+			// Not the constants (.rodata): they are the programs'.
+			if !strings.HasPrefix(name, ".") {
+				ms.Pinning = ebpf.PinByName
+			}
 		}
 		if err := k.pins.dropIncompatibleMaps(spec, k.log); err != nil {
 			return err
@@ -144,14 +163,36 @@ func (k *Kernel) load(maxConns int) error {
 	}
 	k.maps = make(map[string]*ebpf.Map, len(coll.Maps))
 	for name, m := range coll.Maps {
-		k.maps[name] = m
+		if !strings.HasPrefix(name, ".") { // the constants are the programs'
+			k.maps[name] = m
+		}
+	}
+	if consts := coll.Maps[".rodata"]; consts != nil {
+		k.consts = make([]byte, consts.ValueSize())
+		if err := consts.Lookup(uint32(0), k.consts); err != nil {
+			coll.Close()
+			return fmt.Errorf("read the programs' constants: %w", err)
+		}
 	}
 	if err := coll.Assign(&k.objs); err != nil {
 		coll.Close()
 		return err
 	}
-	coll.Close() // what Assign did not take: nothing, by bpf2go's contract
+	coll.Close() // what Assign did not take: the constants, which the programs hold
 	return nil
+}
+
+// captureMode is the C file's capture_heads for Options.CaptureHeads with
+// hooks: the sock programs' capture is compiled in only when they are the
+// ones attached, since it needs a helper older kernels lack.
+func captureMode(on bool, hooks string) bpf.ObserverCaptureMode {
+	switch {
+	case !on:
+		return bpf.ObserverCaptureModeCAPTURE_OFF
+	case hooks == HooksSock:
+		return bpf.ObserverCaptureModeCAPTURE_SOCK
+	}
+	return bpf.ObserverCaptureModeCAPTURE_SYSCALLS
 }
 
 // connMaps are the maps sized by Options.MaxConnections.

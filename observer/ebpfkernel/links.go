@@ -1,10 +1,12 @@
 package ebpfkernel
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -145,7 +147,7 @@ func (r *relinking) keep(h hook, path string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("load pinned link %s: %w", path, err)
 	}
-	running, err := sameProgram(old, r.loaded[h.prog], r.mapIDs)
+	running, err := sameProgram(old, r.loaded[h.prog], r.mapIDs, r.k.consts)
 	if err != nil {
 		old.Close()
 		return false, fmt.Errorf("pinned link %s: %w", path, err)
@@ -186,9 +188,9 @@ func (r *relinking) report() {
 }
 
 // sameProgram returns the program a pinned link runs when it is the one
-// we loaded (same tag, so the same instructions) working on our maps, and
-// nil when it is not.
-func sameProgram(l link.Link, ours *ebpf.Program, mapIDs map[ebpf.MapID]bool) (*ebpf.Program, error) {
+// we loaded (same tag, so the same instructions) working on our maps with
+// our constants (consts, .rodata), and nil when it is not.
+func sameProgram(l link.Link, ours *ebpf.Program, mapIDs map[ebpf.MapID]bool, consts []byte) (*ebpf.Program, error) {
 	li, err := l.Info()
 	if err != nil {
 		return nil, err
@@ -213,7 +215,7 @@ func sameProgram(l link.Link, ours *ebpf.Program, mapIDs map[ebpf.MapID]bool) (*
 		same = false
 	}
 	for _, id := range ids {
-		if !mapIDs[id] {
+		if !mapIDs[id] && !sameConstants(id, consts) {
 			same = false
 		}
 	}
@@ -222,6 +224,22 @@ func sameProgram(l link.Link, ours *ebpf.Program, mapIDs map[ebpf.MapID]bool) (*
 		return nil, nil
 	}
 	return running, nil
+}
+
+// sameConstants says whether map id is a program's constants (.rodata,
+// which the kernel may name without its dot) holding consts.
+func sameConstants(id ebpf.MapID, consts []byte) bool {
+	m, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		return false
+	}
+	defer m.Close()
+	info, err := m.Info()
+	if err != nil || strings.TrimPrefix(info.Name, ".") != "rodata" || int(info.ValueSize) != len(consts) {
+		return false
+	}
+	v := make([]byte, len(consts))
+	return m.Lookup(uint32(0), v) == nil && bytes.Equal(v, consts)
 }
 
 // mapIDs returns the kernel ids of the maps in use.

@@ -1,0 +1,94 @@
+package ebpfkernel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// HeadMax is how many first bytes of a request or response are captured
+// (the C file's HEAD_MAX).
+const HeadMax = 512
+
+// headFixed is the size of struct head before its data.
+const headFixed = 32
+
+// Head is the first bytes of a request a watched worker received, or of
+// the response it began to send, as the kernel captured them
+// (Options.CaptureHeads).
+type Head struct {
+	Socket   uint64 // the connection: its kernel socket address
+	PID      int    // the worker
+	Response bool   // a response's first bytes, else a request's
+	TimeNs   uint64 // bpf_ktime_get_ns() at the capture
+	Total    int    // bytes the syscall moved
+	Data     []byte // the first of them, at most HeadMax
+}
+
+// Truncated says the syscall moved more than Data holds: the head may go on.
+func (h Head) Truncated() bool { return h.Total > len(h.Data) }
+
+// HeadReader reads captured heads as the kernel writes them.
+type HeadReader struct{ r *ringbuf.Reader }
+
+// ErrHeadsClosed is returned by Read once the reader is closed.
+var ErrHeadsClosed = errors.New("head reader closed")
+
+// Heads opens a reader of the captured heads. Only one reader should be
+// open at a time: each head goes to one of them.
+func (k *Kernel) Heads() (*HeadReader, error) {
+	r, err := ringbuf.NewReader(k.objs.Heads)
+	if err != nil {
+		return nil, fmt.Errorf("open the captured heads: %w", err)
+	}
+	return &HeadReader{r: r}, nil
+}
+
+// HeadPoll is how often Read looks for heads: the kernel wakes the
+// reader only when its ring is half full, since waking it for each head
+// would cost more than capturing it.
+const HeadPoll = 20 * time.Millisecond
+
+// Read waits for the next head.
+func (hr *HeadReader) Read() (Head, error) {
+	for {
+		hr.r.SetDeadline(time.Now().Add(HeadPoll))
+		rec, err := hr.r.Read()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return Head{}, ErrHeadsClosed
+		case err != nil:
+			return Head{}, fmt.Errorf("read a captured head: %w", err)
+		}
+		return decodeHead(rec.RawSample)
+	}
+}
+
+// Close ends Read, at once.
+func (hr *HeadReader) Close() error { return hr.r.Close() }
+
+// decodeHead decodes a struct head (little-endian, as bpf2go builds).
+func decodeHead(b []byte) (Head, error) {
+	if len(b) < headFixed {
+		return Head{}, fmt.Errorf("a captured head of %d bytes, shorter than its header", len(b))
+	}
+	le := binary.LittleEndian
+	n := int(le.Uint32(b[24:]))
+	if n > HeadMax || headFixed+n > len(b) {
+		return Head{}, fmt.Errorf("a captured head claims %d bytes in a record of %d", n, len(b))
+	}
+	return Head{
+		Socket:   le.Uint64(b[0:]),
+		TimeNs:   le.Uint64(b[8:]),
+		PID:      int(le.Uint32(b[16:])),
+		Response: le.Uint32(b[20:]) == 1,
+		Total:    int(le.Uint32(b[28:])),
+		Data:     append([]byte(nil), b[headFixed:headFixed+n]...),
+	}, nil
+}
