@@ -205,14 +205,17 @@ struct {
 
 /*
  * Request capture: the first HEAD_MAX bytes of each request a watched
- * worker receives and of each response it sends, once per request and
- * per response, never more of a body than fits in those bytes. Userspace
+ * worker receives and the first RESPONSE_HEAD_MAX of each response it
+ * sends (its status is at the start: the status line, or FastCGI's Status
+ * header, which PHP writes first), once per request and per response,
+ * never more of a body than fits in those bytes. Userspace
  * parses them (observer/proto). capture_heads is set at load: while it
  * is CAPTURE_OFF the verifier drops the capture code (and userspace makes
  * the ring one page); the sock programs capture only with CAPTURE_SOCK,
  * since they need bpf_task_pt_regs (5.15+) and are loaded on every kernel.
  */
 #define HEAD_MAX 512
+#define RESPONSE_HEAD_MAX 128
 
 struct head {
 	__u64 sk;
@@ -221,7 +224,7 @@ struct head {
 	__u32 dir;   /* DIR_RECV: a request's first bytes; DIR_SEND: its response's */
 	__u32 len;   /* bytes in data */
 	__u32 total; /* bytes the syscall moved: more than len when cut short */
-	__u8 data[HEAD_MAX];
+	__u8 data[HEAD_MAX]; /* a response's record ends after RESPONSE_HEAD_MAX */
 };
 
 #define HEADS_RING (1 << 20)
@@ -354,9 +357,9 @@ static __always_inline void finish_request(struct worker *w, struct conn *c)
 	c->state = CONN_IDLE;
 }
 
-/* Counts n bytes moved on c; returns 1 when they begin a request (a
- * receive) or its response (a send), the bytes to capture. */
-static __always_inline int conn_bytes(struct conn *c, __u32 dir, long n, __u32 tgid, struct worker *cur)
+/* Counts n bytes moved on c; when they begin a request (a receive) or its
+ * response (a send), the bytes to capture, returns when (else 0). */
+static __always_inline __u64 conn_bytes(struct conn *c, __u32 dir, long n, __u32 tgid, struct worker *cur)
 {
 	struct worker *w = owner_of(c, tgid, cur);
 	if (!w)
@@ -371,7 +374,7 @@ static __always_inline int conn_bytes(struct conn *c, __u32 dir, long n, __u32 t
 		c->state = CONN_RESPONDING;
 		__sync_fetch_and_add(&w->requests, 1);
 		__sync_fetch_and_add(&w->awaiting, -1);
-		return 1;
+		return now;
 	}
 	__sync_fetch_and_add(&w->rx, n);
 	if (c->state == CONN_RECEIVING)
@@ -380,12 +383,13 @@ static __always_inline int conn_bytes(struct conn *c, __u32 dir, long n, __u32 t
 		finish_request(w, c); /* keep-alive: the previous one is answered */
 	__sync_fetch_and_add(&w->in_progress, 1);
 	__sync_fetch_and_add(&w->awaiting, 1);
-	c->req_start_ns = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns();
+	c->req_start_ns = now;
 	c->state = CONN_RECEIVING;
-	return 1;
+	return now;
 }
 
-static __always_inline int on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
+static __always_inline __u64 on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
 {
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
 	if (!c) /* not an accepted connection: outbound, pipe, file... */
@@ -423,30 +427,45 @@ static __always_inline __u64 user_buf(long nr, __u64 arg1, __u64 *len)
 	return 0;
 }
 
+/* Fills h, a record with room for max bytes of data, from user buffer buf
+ * (room bytes long) of a syscall that moved n. */
+static __always_inline void fill_head(struct head *h, __u64 max, __u64 buf, __u64 room, long n)
+{
+	__u64 len = (__u64)n < room ? (__u64)n : room;
+	if (len > max)
+		len = max;
+	if (bpf_probe_read_user(h->data, len, (void *)buf))
+		len = 0;
+	h->len = len;
+	h->total = n;
+}
+
 /* Sends the first bytes syscall nr (second argument arg1) moved, n in all,
- * on connection sk of worker tgid, to userspace. */
-static __always_inline void capture(__u64 sk, __u32 tgid, __u32 dir, long n, long nr, __u64 arg1)
+ * on connection sk of worker tgid at time at, to userspace. */
+static __always_inline void capture(__u64 sk, __u32 tgid, __u32 dir, long n, __u64 at, long nr, __u64 arg1)
 {
 	__u64 room = 0;
 	__u64 buf = user_buf(nr, arg1, &room);
 	if (!buf)
 		return;
-	struct head *h = bpf_ringbuf_reserve(&heads, sizeof(*h), 0);
+	struct head *h;
+	if (dir == DIR_SEND) {
+		h = bpf_ringbuf_reserve(&heads, sizeof(*h) - HEAD_MAX + RESPONSE_HEAD_MAX, 0);
+		if (h)
+			fill_head(h, RESPONSE_HEAD_MAX, buf, room, n);
+	} else {
+		h = bpf_ringbuf_reserve(&heads, sizeof(*h), 0);
+		if (h)
+			fill_head(h, HEAD_MAX, buf, room, n);
+	}
 	if (!h) {
 		count(CNT_HEAD_LOST);
 		return;
 	}
-	__u64 len = (__u64)n < room ? (__u64)n : room;
-	if (len > HEAD_MAX)
-		len = HEAD_MAX;
-	if (bpf_probe_read_user(h->data, len, (void *)buf))
-		len = 0;
 	h->sk = sk;
-	h->ts_ns = bpf_ktime_get_ns();
+	h->ts_ns = at;
 	h->tgid = tgid;
 	h->dir = dir;
-	h->len = len;
-	h->total = n;
 	/* Waking the reader for each head would cost more than all the rest
 	 * (an interrupt and a wakeup): it polls, and is woken only when the
 	 * ring is half full. */
@@ -654,10 +673,13 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 	int full = 0;
 	if (!c)
 		c = adopt(sk, tgid, cur, &full);
-	if (c && conn_bytes(c, dir, ret, tgid, cur) && capture_heads == CAPTURE_SOCK) {
+	if (!c)
+		return 0;
+	__u64 at = conn_bytes(c, dir, ret, tgid, cur);
+	if (at && capture_heads == CAPTURE_SOCK) {
 		/* No buffer here: the syscall's own saved registers hold it. */
 		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-		capture(sk, tgid, dir, ret, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+		capture(sk, tgid, dir, ret, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
 	return 0;
 }
@@ -815,8 +837,11 @@ static __always_inline void data_exit(__u64 id, long ret)
 		return;
 	__u32 tgid = id >> 32;
 	struct worker *cur = bpf_map_lookup_elem(&workers, &tgid);
-	if (cur && on_bytes(done.sk, done.dir, ret, tgid, cur) && capture_heads)
-		capture(done.sk, tgid, done.dir, ret, done.nr, done.arg1);
+	if (!cur)
+		return;
+	__u64 at = on_bytes(done.sk, done.dir, ret, tgid, cur);
+	if (at && capture_heads)
+		capture(done.sk, tgid, done.dir, ret, at, done.nr, done.arg1);
 }
 
 /* Attached to the sys_exit of every syscall above. */
@@ -913,7 +938,8 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	__u64 sk = *skp;
 	__u32 dir = kind == RAW_SEND ? DIR_SEND : DIR_RECV;
-	if (on_bytes(sk, dir, ret, tgid, w) && capture_heads)
-		capture(sk, tgid, dir, ret, nr, BPF_CORE_READ(regs, si));
+	__u64 at = on_bytes(sk, dir, ret, tgid, w);
+	if (at && capture_heads)
+		capture(sk, tgid, dir, ret, at, nr, BPF_CORE_READ(regs, si));
 	return 0;
 }

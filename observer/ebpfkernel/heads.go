@@ -10,9 +10,13 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 )
 
-// HeadMax is how many first bytes of a request or response are captured
-// (the C file's HEAD_MAX).
-const HeadMax = 512
+// HeadMax and ResponseHeadMax are how many first bytes of a request and
+// of a response are captured (the C file's HEAD_MAX, RESPONSE_HEAD_MAX): a
+// response's status is at its start.
+const (
+	HeadMax         = 512
+	ResponseHeadMax = 128
+)
 
 // headFixed is the size of struct head before its data.
 const headFixed = 32
@@ -26,7 +30,7 @@ type Head struct {
 	Response bool   // a response's first bytes, else a request's
 	TimeNs   uint64 // bpf_ktime_get_ns() at the capture
 	Total    int    // bytes the syscall moved
-	Data     []byte // the first of them, at most HeadMax
+	Data     []byte // the first of them, at most HeadMax (ResponseHeadMax)
 }
 
 // Truncated says the syscall moved more than Data holds: the head may go on.

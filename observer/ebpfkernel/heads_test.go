@@ -15,8 +15,8 @@ import (
 // TestCapturedHeads: with capture on, each request a watched worker
 // receives and each response it begins give one head, on every hook set,
 // on the worker's pid and its connection, in order: a request's bytes
-// whole (these are short), a response's first bytes, cut at HeadMax and
-// said to be. A response's later writes and a request's later reads
+// whole (these are short), a response's first bytes, cut at
+// ResponseHeadMax and said to be. A response's later writes and a request's later reads
 // capture nothing.
 func TestCapturedHeads(t *testing.T) {
 	testutil.RequireEBPF(t)
@@ -101,9 +101,9 @@ func checkHeadPair(t *testing.T, sk uint64, i int, req, resp Head, size int) {
 	}
 	line := fmt.Sprintf("%d %d\n", resp.PID, size)
 	total := len(line) + size
-	want := min(total, HeadMax)
+	want := min(total, ResponseHeadMax)
 	if !resp.Response || resp.PID != req.PID || resp.Total != total || len(resp.Data) != want ||
-		!bytes.HasPrefix(resp.Data, []byte(line)) || resp.Truncated() != (total > HeadMax) {
+		!bytes.HasPrefix(resp.Data, []byte(line)) || resp.Truncated() != (total > ResponseHeadMax) {
 		t.Errorf("connection %x, request %d: response head of pid %d (request's %d), %d of %d bytes, starting %q; want %d of %d starting %q",
 			sk, i, resp.PID, req.PID, len(resp.Data), resp.Total, resp.Data[:min(len(resp.Data), 16)], want, total, line)
 	}
