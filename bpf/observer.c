@@ -217,13 +217,20 @@ struct {
 #define HEAD_MAX 512
 #define RESPONSE_HEAD_MAX 128
 
+/* What a record says of its connection: a request began (and so the
+ * previous one on the connection, answered, is over), its response began,
+ * or the connection closed with a request on it. */
+enum head_kind { HEAD_REQUEST = 0, HEAD_RESPONSE = 1, HEAD_CLOSE = 2 };
+
 struct head {
 	__u64 sk;
-	__u64 ts_ns;
+	__u64 ts_ns;      /* when the request or response began, or the close */
+	__u64 last_tx_ns; /* the connection's last response byte before this */
 	__u32 tgid;
-	__u32 dir;   /* DIR_RECV: a request's first bytes; DIR_SEND: its response's */
-	__u32 len;   /* bytes in data */
-	__u32 total; /* bytes the syscall moved: more than len when cut short */
+	__u32 kind;  /* enum head_kind; HEAD_REQUEST is DIR_RECV, HEAD_RESPONSE DIR_SEND */
+	__u32 len;   /* bytes in data; none for HEAD_CLOSE */
+	__u32 total; /* bytes the syscall moved (more than len when cut short);
+		      * for HEAD_CLOSE the request's state, enum conn_state */
 	__u8 data[HEAD_MAX]; /* a response's record ends after RESPONSE_HEAD_MAX */
 };
 
@@ -389,12 +396,14 @@ static __always_inline __u64 conn_bytes(struct conn *c, __u32 dir, long n, __u32
 	return now;
 }
 
-static __always_inline __u64 on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur)
+/* Counts n bytes moved on sk if it is a tracked connection, and returns
+ * its entry; *at as conn_bytes returns it. */
+static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur, __u64 *at)
 {
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (!c) /* not an accepted connection: outbound, pipe, file... */
-		return 0;
-	return conn_bytes(c, dir, n, tgid, cur);
+	if (c) /* else not an accepted connection: outbound, pipe, file... */
+		*at = conn_bytes(c, dir, n, tgid, cur);
+	return c;
 }
 
 struct user_iovec {
@@ -440,9 +449,18 @@ static __always_inline void fill_head(struct head *h, __u64 max, __u64 buf, __u6
 	h->total = n;
 }
 
+/* Hands h to userspace. Waking the reader for each head would cost more
+ * than all the rest (an interrupt and a wakeup): it polls, and is woken
+ * only when the ring is half full. */
+static __always_inline void submit_head(struct head *h)
+{
+	__u64 pending = bpf_ringbuf_query(&heads, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(h, pending > HEADS_RING / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 /* Sends the first bytes syscall nr (second argument arg1) moved, n in all,
- * on connection sk of worker tgid at time at, to userspace. */
-static __always_inline void capture(__u64 sk, __u32 tgid, __u32 dir, long n, __u64 at, long nr, __u64 arg1)
+ * on connection sk (entry c) of worker tgid at time at, to userspace. */
+static __always_inline void capture(__u64 sk, struct conn *c, __u32 tgid, __u32 dir, long n, __u64 at, long nr, __u64 arg1)
 {
 	__u64 room = 0;
 	__u64 buf = user_buf(nr, arg1, &room);
@@ -464,13 +482,32 @@ static __always_inline void capture(__u64 sk, __u32 tgid, __u32 dir, long n, __u
 	}
 	h->sk = sk;
 	h->ts_ns = at;
+	h->last_tx_ns = c->last_tx_ns;
 	h->tgid = tgid;
-	h->dir = dir;
-	/* Waking the reader for each head would cost more than all the rest
-	 * (an interrupt and a wakeup): it polls, and is woken only when the
-	 * ring is half full. */
-	__u64 pending = bpf_ringbuf_query(&heads, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(h, pending > HEADS_RING / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	h->kind = dir;
+	submit_head(h);
+}
+
+/* Tells userspace that connection sk (entry c, of worker tgid) closes in
+ * the middle of a request: answered or not, it is over. Once per
+ * connection. */
+static __always_inline void capture_close(__u64 sk, struct conn *c, __u32 tgid)
+{
+	if (capture_heads == CAPTURE_OFF || c->state == CONN_IDLE)
+		return;
+	struct head *h = bpf_ringbuf_reserve(&heads, sizeof(*h) - HEAD_MAX, 0);
+	if (!h) {
+		count(CNT_HEAD_LOST);
+		return;
+	}
+	h->sk = sk;
+	h->ts_ns = bpf_ktime_get_ns();
+	h->last_tx_ns = c->last_tx_ns;
+	h->tgid = tgid;
+	h->kind = HEAD_CLOSE;
+	h->len = 0;
+	h->total = c->state;
+	submit_head(h);
 }
 
 /* ---- process lifecycle ---- */
@@ -535,6 +572,7 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
  * had open. */
 static __always_inline void end_conn(__u32 tgid, struct worker *cur, __u64 sk, struct conn *c)
 {
+	capture_close(sk, c, c->owner);
 	struct worker *w = owner_of(c, tgid, cur);
 	if (w) {
 		if (c->state != CONN_IDLE)
@@ -679,7 +717,7 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 	if (at && capture_heads == CAPTURE_SOCK) {
 		/* No buffer here: the syscall's own saved registers hold it. */
 		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-		capture(sk, tgid, dir, ret, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+		capture(sk, c, tgid, dir, ret, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
 	return 0;
 }
@@ -839,9 +877,10 @@ static __always_inline void data_exit(__u64 id, long ret)
 	struct worker *cur = bpf_map_lookup_elem(&workers, &tgid);
 	if (!cur)
 		return;
-	__u64 at = on_bytes(done.sk, done.dir, ret, tgid, cur);
-	if (at && capture_heads)
-		capture(done.sk, tgid, done.dir, ret, at, done.nr, done.arg1);
+	__u64 at = 0;
+	struct conn *c = on_bytes(done.sk, done.dir, ret, tgid, cur, &at);
+	if (c && at && capture_heads)
+		capture(done.sk, c, tgid, done.dir, ret, at, done.nr, done.arg1);
 }
 
 /* Attached to the sys_exit of every syscall above. */
@@ -938,8 +977,9 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	__u64 sk = *skp;
 	__u32 dir = kind == RAW_SEND ? DIR_SEND : DIR_RECV;
-	__u64 at = on_bytes(sk, dir, ret, tgid, w);
-	if (at && capture_heads)
-		capture(sk, tgid, dir, ret, at, nr, BPF_CORE_READ(regs, si));
+	__u64 at = 0;
+	struct conn *c = on_bytes(sk, dir, ret, tgid, w, &at);
+	if (c && at && capture_heads)
+		capture(sk, c, tgid, dir, ret, at, nr, BPF_CORE_READ(regs, si));
 	return 0;
 }

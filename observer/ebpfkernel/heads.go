@@ -19,16 +19,38 @@ const (
 )
 
 // headFixed is the size of struct head before its data.
-const headFixed = 32
+const headFixed = 40
+
+// HeadKind is what a Head says of its connection (the C file's enum
+// head_kind).
+type HeadKind uint32
+
+const (
+	// HeadRequest: a request began, and so the previous one on the
+	// connection, answered, is over (its last byte went at LastTxNs).
+	HeadRequest HeadKind = 0
+	// HeadResponse: the request's response began.
+	HeadResponse HeadKind = 1
+	// HeadClose: the connection closed in the middle of a request,
+	// answered (Answered) or not.
+	HeadClose HeadKind = 2
+)
+
+// connResponding is the C file's CONN_RESPONDING: a close's request was
+// answered.
+const connResponding = 2
 
 // Head is the first bytes of a request a watched worker received, or of
-// the response it began to send, as the kernel captured them
-// (Options.CaptureHeads).
+// the response it began to send, or a close in the middle of a request,
+// as the kernel captured them (Options.CaptureHeads). A connection's heads
+// come in the order they happened.
 type Head struct {
 	Socket   uint64 // the connection: its kernel socket address
 	PID      int    // the worker
-	Response bool   // a response's first bytes, else a request's
-	TimeNs   uint64 // bpf_ktime_get_ns() at the capture
+	Kind     HeadKind
+	TimeNs   uint64 // bpf_ktime_get_ns() when the request or response began, or at the close
+	LastTxNs uint64 // the connection's last response byte before this head, 0 if none
+	Answered bool   // HeadClose: the request's response had begun
 	Total    int    // bytes the syscall moved
 	Data     []byte // the first of them, at most HeadMax (ResponseHeadMax)
 }
@@ -83,16 +105,23 @@ func decodeHead(b []byte) (Head, error) {
 		return Head{}, fmt.Errorf("a captured head of %d bytes, shorter than its header", len(b))
 	}
 	le := binary.LittleEndian
-	n := int(le.Uint32(b[24:]))
+	n := int(le.Uint32(b[32:]))
 	if n > HeadMax || headFixed+n > len(b) {
 		return Head{}, fmt.Errorf("a captured head claims %d bytes in a record of %d", n, len(b))
 	}
-	return Head{
+	h := Head{
 		Socket:   le.Uint64(b[0:]),
 		TimeNs:   le.Uint64(b[8:]),
-		PID:      int(le.Uint32(b[16:])),
-		Response: le.Uint32(b[20:]) == 1,
-		Total:    int(le.Uint32(b[28:])),
+		LastTxNs: le.Uint64(b[16:]),
+		PID:      int(le.Uint32(b[24:])),
+		Kind:     HeadKind(le.Uint32(b[28:])),
 		Data:     append([]byte(nil), b[headFixed:headFixed+n]...),
-	}, nil
+	}
+	total := le.Uint32(b[36:])
+	if h.Kind == HeadClose {
+		h.Answered = total == connResponding
+	} else {
+		h.Total = int(total)
+	}
+	return h, nil
 }

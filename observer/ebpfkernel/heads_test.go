@@ -13,10 +13,12 @@ import (
 )
 
 // TestCapturedHeads: with capture on, each request a watched worker
-// receives and each response it begins give one head, on every hook set,
-// on the worker's pid and its connection, in order: a request's bytes
-// whole (these are short), a response's first bytes, cut at
-// ResponseHeadMax and said to be. A response's later writes and a request's later reads
+// receives and each response it begins give one head, and a connection
+// closed with a request on it one more, on every hook set, on the
+// worker's pid and its connection, in order: a request's bytes whole
+// (these are short), a response's first bytes, cut at ResponseHeadMax and
+// said to be, each request saying when the one before it was last
+// answered. A response's later writes and a request's later reads
 // capture nothing.
 func TestCapturedHeads(t *testing.T) {
 	testutil.RequireEBPF(t)
@@ -34,22 +36,7 @@ func testCapturedHeads(t *testing.T, hooks string) {
 	defer k.Close()
 	p := watch(t, k, pool)
 	defer k.Unwatch(pool.Master)
-	hr, err := k.Heads()
-	if err != nil {
-		t.Fatal(err)
-	}
-	heads := make(chan Head, 256)
-	go func() {
-		defer close(heads)
-		for {
-			h, err := hr.Read()
-			if err != nil {
-				return
-			}
-			heads <- h
-		}
-	}()
-	defer hr.Close()
+	heads := readHeads(t, k)
 
 	size := func(i int) int { return []int{100, 2000, 0}[i%3] }
 	const sessions, reqs = 3, 6
@@ -62,32 +49,77 @@ func testCapturedHeads(t *testing.T, hooks string) {
 	st := settleOn(t, p, &ts)
 	noDrops(t, st)
 
-	// The sessions ran one after another, so their heads come in order;
-	// a connection's socket address may be a closed one's again.
-	var got []Head
+	// A connection's heads come in order; its socket address may be a
+	// closed one's again, but only after that one's close.
+	const perSession = 2*reqs + 1
+	bySocket := map[uint64][]Head{}
 	deadline := time.After(10 * time.Second)
-	for len(got) < sessions*reqs*2 {
+	for n := 0; n < sessions*perSession; n++ {
 		select {
 		case h := <-heads:
-			got = append(got, h)
+			bySocket[h.Socket] = append(bySocket[h.Socket], h)
 		case <-deadline:
-			t.Fatalf("%d heads of %d captured", len(got), sessions*reqs*2)
+			t.Fatalf("%d heads of %d captured", n, sessions*perSession)
 		}
 	}
 	select {
 	case h := <-heads:
-		t.Fatalf("one head more than two per request: %+v", h)
+		t.Fatalf("a head more than two per request and one per close: %+v", h)
 	case <-time.After(200 * time.Millisecond):
 	}
-	for s := range sessions {
-		hs := got[s*reqs*2 : (s+1)*reqs*2]
-		for i := range reqs {
-			if hs[2*i].Socket != hs[0].Socket || hs[2*i+1].Socket != hs[0].Socket {
-				t.Errorf("session %d, request %d: heads on connections %x and %x, the session's first on %x",
-					s, i, hs[2*i].Socket, hs[2*i+1].Socket, hs[0].Socket)
+	seen := 0
+	for sk, hs := range bySocket {
+		for len(hs) > 0 {
+			if len(hs) < perSession {
+				t.Fatalf("connection %x: %d heads left, a session has %d", sk, len(hs), perSession)
 			}
-			checkHeadPair(t, hs[0].Socket, i, hs[2*i], hs[2*i+1], size(i))
+			checkSession(t, sk, hs[:perSession], size)
+			hs = hs[perSession:]
+			seen++
 		}
+	}
+	if seen != sessions {
+		t.Errorf("heads of %d sessions, want %d", seen, sessions)
+	}
+}
+
+// readHeads reads k's heads into a channel until t ends.
+func readHeads(t *testing.T, k *Kernel) <-chan Head {
+	hr, err := k.Heads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	heads := make(chan Head, 256)
+	go func() {
+		for {
+			h, err := hr.Read()
+			if err != nil {
+				return
+			}
+			heads <- h
+		}
+	}()
+	t.Cleanup(func() { hr.Close() })
+	return heads
+}
+
+// checkSession checks one session's heads on connection sk: its requests'
+// and responses', then the close after its last answer.
+func checkSession(t *testing.T, sk uint64, hs []Head, size func(int) int) {
+	t.Helper()
+	var lastTx uint64
+	for i := range (len(hs) - 1) / 2 {
+		req, resp := hs[2*i], hs[2*i+1]
+		checkHeadPair(t, sk, i, req, resp, size(i))
+		if i > 0 && (req.LastTxNs < hs[2*i-1].TimeNs || req.LastTxNs > req.TimeNs) {
+			t.Errorf("connection %x, request %d: the one before was last answered at %d, its response began at %d, this one at %d",
+				sk, i, req.LastTxNs, hs[2*i-1].TimeNs, req.TimeNs)
+		}
+		lastTx = resp.TimeNs
+	}
+	c := hs[len(hs)-1]
+	if c.Kind != HeadClose || !c.Answered || c.PID != hs[0].PID || c.LastTxNs < lastTx || c.TimeNs < c.LastTxNs || len(c.Data) != 0 {
+		t.Errorf("connection %x: last head %+v, want an answered close by pid %d after %d", sk, c, hs[0].PID, lastTx)
 	}
 }
 
@@ -95,17 +127,17 @@ func testCapturedHeads(t *testing.T, hooks string) {
 func checkHeadPair(t *testing.T, sk uint64, i int, req, resp Head, size int) {
 	t.Helper()
 	wantReq := fmt.Sprintf("%d 0 0\n", size)
-	if req.Response || string(req.Data) != wantReq || req.Truncated() {
-		t.Errorf("connection %x, request %d: head %q (response %v, %d of %d bytes), want the request %q",
-			sk, i, req.Data, req.Response, len(req.Data), req.Total, wantReq)
+	if req.Kind != HeadRequest || string(req.Data) != wantReq || req.Truncated() {
+		t.Errorf("connection %x, request %d: head %q (kind %d, %d of %d bytes), want the request %q",
+			sk, i, req.Data, req.Kind, len(req.Data), req.Total, wantReq)
 	}
 	line := fmt.Sprintf("%d %d\n", resp.PID, size)
 	total := len(line) + size
 	want := min(total, ResponseHeadMax)
-	if !resp.Response || resp.PID != req.PID || resp.Total != total || len(resp.Data) != want ||
+	if resp.Kind != HeadResponse || resp.PID != req.PID || resp.Total != total || len(resp.Data) != want ||
 		!bytes.HasPrefix(resp.Data, []byte(line)) || resp.Truncated() != (total > ResponseHeadMax) {
-		t.Errorf("connection %x, request %d: response head of pid %d (request's %d), %d of %d bytes, starting %q; want %d of %d starting %q",
-			sk, i, resp.PID, req.PID, len(resp.Data), resp.Total, resp.Data[:min(len(resp.Data), 16)], want, total, line)
+		t.Errorf("connection %x, request %d: response head (kind %d) of pid %d (request's %d), %d of %d bytes, starting %q; want %d of %d starting %q",
+			sk, i, resp.Kind, resp.PID, req.PID, len(resp.Data), resp.Total, resp.Data[:min(len(resp.Data), 16)], want, total, line)
 	}
 	if resp.TimeNs < req.TimeNs {
 		t.Errorf("connection %x, request %d: response captured before its request", sk, i)
