@@ -72,6 +72,7 @@ fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
 	$(GO) test -run '^$$' -fuzz '^FuzzIndentLikeUWSGI$$' -fuzztime $(FUZZTIME) ./observer/
 	$(GO) test -run '^$$' -fuzz '^FuzzMarshalStatsStrings$$' -fuzztime $(FUZZTIME) ./observer/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./observer/proto/
+	$(GO) test -run '^$$' -fuzz '^FuzzTracker$$' -fuzztime $(FUZZTIME) ./observer/requests/
 
 # The cmd tests that load eBPF or run the real servers.
 PRIVILEGED_CMD_TESTS := UWSGI|Gunicorn|Nginx|PHPFPM|Golden|Restart|SIGTERM|Cleanup|NoPin|Daemon|Systemd|Demo|Pidfile|NameFinds|ConfigServes

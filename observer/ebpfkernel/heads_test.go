@@ -10,6 +10,7 @@ import (
 
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/internal/testutil/forkpool"
+	"github.com/workerstats/workerstats/observer/requests"
 )
 
 // TestCapturedHeads: with capture on, each request a watched worker
@@ -52,12 +53,12 @@ func testCapturedHeads(t *testing.T, hooks string) {
 	// A connection's heads come in order; its socket address may be a
 	// closed one's again, but only after that one's close.
 	const perSession = 2*reqs + 1
-	bySocket := map[uint64][]Head{}
+	bySocket := map[uint64][]requests.Head{}
 	deadline := time.After(10 * time.Second)
 	for n := 0; n < sessions*perSession; n++ {
 		select {
 		case h := <-heads:
-			bySocket[h.Socket] = append(bySocket[h.Socket], h)
+			bySocket[h.Conn] = append(bySocket[h.Conn], h)
 		case <-deadline:
 			t.Fatalf("%d heads of %d captured", n, sessions*perSession)
 		}
@@ -81,15 +82,36 @@ func testCapturedHeads(t *testing.T, hooks string) {
 	if seen != sessions {
 		t.Errorf("heads of %d sessions, want %d", seen, sessions)
 	}
+
+	// Followed by a tracker, every request ended answered, with no
+	// status to read (this pool's protocol is none of proto's).
+	var tr requests.Tracker
+	var ended uint64
+	for _, hs := range bySocket {
+		for _, h := range hs {
+			tr.Add(h)
+		}
+	}
+	for pid, tally := range ts.ByPID() {
+		w := tr.Worker(pid)
+		ended += w.Ended[requests.StatusOther]
+		if w.Ended[requests.StatusOther] != tally.Requests || w.Durations.Count != tally.Requests || len(w.InFlight) != 0 {
+			t.Errorf("pid %d: tracker ended %v with %d durations, %d in flight; the clients had %d requests answered",
+				pid, w.Ended, w.Durations.Count, len(w.InFlight), tally.Requests)
+		}
+	}
+	if ended != sessions*reqs {
+		t.Errorf("tracker ended %d requests, want %d", ended, sessions*reqs)
+	}
 }
 
 // readHeads reads k's heads into a channel until t ends.
-func readHeads(t *testing.T, k *Kernel) <-chan Head {
+func readHeads(t *testing.T, k *Kernel) <-chan requests.Head {
 	hr, err := k.Heads()
 	if err != nil {
 		t.Fatal(err)
 	}
-	heads := make(chan Head, 256)
+	heads := make(chan requests.Head, 256)
 	go func() {
 		for {
 			h, err := hr.Read()
@@ -105,7 +127,7 @@ func readHeads(t *testing.T, k *Kernel) <-chan Head {
 
 // checkSession checks one session's heads on connection sk: its requests'
 // and responses', then the close after its last answer.
-func checkSession(t *testing.T, sk uint64, hs []Head, size func(int) int) {
+func checkSession(t *testing.T, sk uint64, hs []requests.Head, size func(int) int) {
 	t.Helper()
 	var lastTx uint64
 	for i := range (len(hs) - 1) / 2 {
@@ -118,24 +140,24 @@ func checkSession(t *testing.T, sk uint64, hs []Head, size func(int) int) {
 		lastTx = resp.TimeNs
 	}
 	c := hs[len(hs)-1]
-	if c.Kind != HeadClose || !c.Answered || c.PID != hs[0].PID || c.LastTxNs < lastTx || c.TimeNs < c.LastTxNs || len(c.Data) != 0 {
+	if c.Kind != requests.Close || !c.Answered || c.PID != hs[0].PID || c.LastTxNs < lastTx || c.TimeNs < c.LastTxNs || len(c.Data) != 0 {
 		t.Errorf("connection %x: last head %+v, want an answered close by pid %d after %d", sk, c, hs[0].PID, lastTx)
 	}
 }
 
 // checkHeadPair checks request i's two heads on connection sk.
-func checkHeadPair(t *testing.T, sk uint64, i int, req, resp Head, size int) {
+func checkHeadPair(t *testing.T, sk uint64, i int, req, resp requests.Head, size int) {
 	t.Helper()
 	wantReq := fmt.Sprintf("%d 0 0\n", size)
-	if req.Kind != HeadRequest || string(req.Data) != wantReq || req.Truncated() {
+	if req.Kind != requests.Request || string(req.Data) != wantReq || req.Truncated {
 		t.Errorf("connection %x, request %d: head %q (kind %d, %d of %d bytes), want the request %q",
 			sk, i, req.Data, req.Kind, len(req.Data), req.Total, wantReq)
 	}
 	line := fmt.Sprintf("%d %d\n", resp.PID, size)
 	total := len(line) + size
 	want := min(total, ResponseHeadMax)
-	if resp.Kind != HeadResponse || resp.PID != req.PID || resp.Total != total || len(resp.Data) != want ||
-		!bytes.HasPrefix(resp.Data, []byte(line)) || resp.Truncated() != (total > ResponseHeadMax) {
+	if resp.Kind != requests.Response || resp.PID != req.PID || resp.Total != total || len(resp.Data) != want ||
+		!bytes.HasPrefix(resp.Data, []byte(line)) || resp.Truncated != (total > ResponseHeadMax) {
 		t.Errorf("connection %x, request %d: response head (kind %d) of pid %d (request's %d), %d of %d bytes, starting %q; want %d of %d starting %q",
 			sk, i, resp.Kind, resp.PID, req.PID, len(resp.Data), resp.Total, resp.Data[:min(len(resp.Data), 16)], want, total, line)
 	}

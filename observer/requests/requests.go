@@ -1,0 +1,265 @@
+// Package requests follows a pool's requests from the heads the kernel
+// side captures on its workers' connections (a request's first bytes, its
+// response's, a close in the middle of a request): what each worker is
+// serving now, how its requests ended, and how long they took.
+//
+// The bytes come from anyone who can reach the observed server: they are
+// parsed by observer/proto, and everything kept here is bounded, by
+// connections (MaxConns) and by the vars of one request head.
+package requests
+
+import (
+	"slices"
+	"sync"
+
+	"github.com/workerstats/workerstats/observer/proto"
+)
+
+// Kind is what a Head says of its connection.
+type Kind uint8
+
+const (
+	// Request: a request began, so the one before it on the connection,
+	// answered, is over; its last response byte went at LastTxNs.
+	Request Kind = iota
+	// Response: the request's response began.
+	Response
+	// Close: the connection closed in the middle of a request, answered
+	// (Answered) or not.
+	Close
+)
+
+// Head is one captured head.
+type Head struct {
+	Conn      uint64 // the connection (the kernel's socket address)
+	PID       int    // the worker
+	Kind      Kind
+	TimeNs    uint64 // when the request or response began, or at the close
+	LastTxNs  uint64 // the connection's last response byte before this head
+	Answered  bool   // Close: the request's response had begun
+	Data      []byte // Request, Response: the first bytes
+	Total     int    // Request, Response: the bytes the syscall moved
+	Truncated bool   // the syscall moved more than Data holds
+}
+
+// Class is how a request ended: its status class, or unanswered.
+type Class uint8
+
+const (
+	Status2xx Class = iota
+	Status3xx
+	Status4xx
+	Status5xx
+	// StatusOther: answered, with no status to read (traffic of no
+	// protocol here, or a 1xx).
+	StatusOther
+	// Unanswered: the connection closed before any response byte.
+	Unanswered
+	classes
+)
+
+// Names of the classes, as the dump and /metrics show them.
+var classNames = [classes]string{"2xx", "3xx", "4xx", "5xx", "other", "unanswered"}
+
+func (c Class) String() string { return classNames[c] }
+
+// InFlight is a request a worker is serving now.
+type InFlight struct {
+	Conn     uint64
+	Kind     proto.Kind
+	Vars     []proto.Var // credentials left out (proto.Secret)
+	StartNs  uint64
+	Answered bool // its response began
+	Status   int  // the status it began with, 0 if none could be read
+}
+
+// Worker is what the tracker knows of one worker's requests.
+type Worker struct {
+	Ended     [classes]uint64 // requests ended, by class
+	Durations Histogram       // answered requests, first request byte to last response byte
+	InFlight  []InFlight      // by start
+}
+
+// Exceptions are uWSGI's: requests answered with a 5xx, or never answered.
+func (w Worker) Exceptions() uint64 { return w.Ended[Status5xx] + w.Ended[Unanswered] }
+
+// DefaultMaxConns bounds the connections a Tracker follows at once.
+const DefaultMaxConns = 1 << 17
+
+// Tracker follows requests from heads. Its zero value is ready, holding
+// DefaultMaxConns connections at most.
+type Tracker struct {
+	MaxConns int
+
+	mu      sync.Mutex
+	conns   map[uint64]*conn
+	workers map[int]*Worker
+	lost    uint64
+}
+
+// conn is one connection's state.
+type conn struct {
+	pid  int
+	kind proto.Kind
+	cur  *InFlight
+}
+
+// Add takes the next head.
+func (t *Tracker) Add(h Head) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.conns[h.Conn]
+	if c != nil && c.pid != h.PID {
+		// The socket address is a new connection's, of another worker:
+		// the old one's close was not seen. What it had is dropped.
+		delete(t.conns, h.Conn)
+		c = nil
+	}
+	switch h.Kind {
+	case Request:
+		t.request(c, h)
+	case Response:
+		if c != nil && c.cur != nil && !c.cur.Answered {
+			c.cur.Answered = true
+			c.cur.Status, _ = proto.Status(c.kind, h.Data)
+		}
+	case Close:
+		if c != nil {
+			if c.cur != nil {
+				end := h.TimeNs
+				if h.Answered {
+					end = h.LastTxNs
+				}
+				t.end(c, end, h.Answered)
+			}
+			delete(t.conns, h.Conn)
+		}
+	}
+}
+
+// request starts a request on c (nil: a connection not followed yet).
+func (t *Tracker) request(c *conn, h Head) {
+	if c == nil {
+		if t.conns == nil {
+			t.conns = map[uint64]*conn{}
+		}
+		if len(t.conns) >= t.maxConns() {
+			t.lost++
+			return
+		}
+		c = &conn{pid: h.PID, kind: proto.Detect(h.Data)}
+		t.conns[h.Conn] = c
+	}
+	if c.cur != nil {
+		t.end(c, h.LastTxNs, c.cur.Answered)
+	}
+	r := proto.ParseRequest(c.kind, h.Data, h.Truncated)
+	vars := make([]proto.Var, 0, len(r.Vars))
+	for _, v := range r.Vars {
+		if !proto.Secret(v.Key) {
+			vars = append(vars, v)
+		}
+	}
+	c.cur = &InFlight{Conn: h.Conn, Kind: c.kind, Vars: vars, StartNs: h.TimeNs}
+}
+
+// end ends c's request at endNs.
+func (t *Tracker) end(c *conn, endNs uint64, answered bool) {
+	w := t.worker(c.pid)
+	r := c.cur
+	c.cur = nil
+	if !answered {
+		w.Ended[Unanswered]++
+		return
+	}
+	w.Ended[classOf(r.Status)]++
+	if endNs >= r.StartNs {
+		w.Durations.Observe(endNs - r.StartNs)
+	}
+}
+
+func classOf(status int) Class {
+	switch status / 100 {
+	case 2:
+		return Status2xx
+	case 3:
+		return Status3xx
+	case 4:
+		return Status4xx
+	case 5:
+		return Status5xx
+	}
+	return StatusOther
+}
+
+func (t *Tracker) worker(pid int) *Worker {
+	if t.workers == nil {
+		t.workers = map[int]*Worker{}
+	}
+	w := t.workers[pid]
+	if w == nil {
+		w = &Worker{}
+		t.workers[pid] = w
+	}
+	return w
+}
+
+func (t *Tracker) maxConns() int {
+	if t.MaxConns > 0 {
+		return t.MaxConns
+	}
+	return DefaultMaxConns
+}
+
+// Worker returns what the tracker knows of pid's requests: a copy.
+func (t *Tracker) Worker(pid int) Worker {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out Worker
+	if w := t.workers[pid]; w != nil {
+		out.Ended, out.Durations = w.Ended, w.Durations
+	}
+	for _, c := range t.conns {
+		if c.pid == pid && c.cur != nil {
+			out.InFlight = append(out.InFlight, *c.cur)
+		}
+	}
+	slices.SortFunc(out.InFlight, func(a, b InFlight) int {
+		if a.StartNs != b.StartNs {
+			return compare(a.StartNs, b.StartNs)
+		}
+		return compare(a.Conn, b.Conn)
+	})
+	return out
+}
+
+func compare(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Forget drops what the tracker holds for pid, a worker gone: its
+// connections closed with it.
+func (t *Tracker) Forget(pid int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.workers, pid)
+	for k, c := range t.conns {
+		if c.pid == pid {
+			delete(t.conns, k)
+		}
+	}
+}
+
+// Lost is how many requests were not followed because MaxConns
+// connections already were.
+func (t *Tracker) Lost() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lost
+}

@@ -1,0 +1,148 @@
+package requests
+
+import (
+	"testing"
+
+	"github.com/workerstats/workerstats/observer/proto"
+)
+
+const ms = uint64(1e6)
+
+func httpGet(path string) []byte {
+	return []byte("GET " + path + " HTTP/1.1\r\nHost: app.example\r\nCookie: session=secret\r\n\r\n")
+}
+
+func httpStatus(code string) []byte {
+	return []byte("HTTP/1.1 " + code + " X\r\nContent-Length: 0\r\n\r\n")
+}
+
+// TestKeepAliveRequestsEnd: two requests on one kept-alive connection, a
+// 200 and a 500, then the close: each ends by its class, the first when
+// the second began (at its last response byte), the second at the close;
+// their durations are first request byte to last response byte.
+func TestKeepAliveRequestsEnd(t *testing.T) {
+	var tr Tracker
+	tr.Add(Head{Conn: 1, PID: 10, Kind: Request, TimeNs: 100 * ms, Data: httpGet("/a")})
+	tr.Add(Head{Conn: 1, PID: 10, Kind: Response, TimeNs: 103 * ms, Data: httpStatus("200")})
+	tr.Add(Head{Conn: 1, PID: 10, Kind: Request, TimeNs: 200 * ms, LastTxNs: 104 * ms, Data: httpGet("/b")})
+	tr.Add(Head{Conn: 1, PID: 10, Kind: Response, TimeNs: 260 * ms, LastTxNs: 104 * ms, Data: httpStatus("500")})
+	if w := tr.Worker(10); len(w.InFlight) != 1 || !w.InFlight[0].Answered || w.InFlight[0].Status != 500 {
+		t.Fatalf("before the close: in flight %+v, want /b answered 500", w.InFlight)
+	}
+	tr.Add(Head{Conn: 1, PID: 10, Kind: Close, TimeNs: 300 * ms, LastTxNs: 270 * ms, Answered: true})
+	w := tr.Worker(10)
+	if w.Ended[Status2xx] != 1 || w.Ended[Status5xx] != 1 || w.Exceptions() != 1 || len(w.InFlight) != 0 {
+		t.Errorf("ended %v, exceptions %d, in flight %d; want one 2xx, one 5xx, 1 exception, none in flight", w.Ended, w.Exceptions(), len(w.InFlight))
+	}
+	if w.Durations.Count != 2 || w.Durations.SumNs != 4*ms+70*ms || w.Durations.Counts[0] != 1 || w.Durations.Counts[4] != 1 {
+		t.Errorf("durations %+v, want 4 ms (bucket 5 ms) and 70 ms (bucket 100 ms)", w.Durations)
+	}
+}
+
+// TestInFlightShowsVars: a request not answered yet is in flight with its
+// vars as uWSGI names them, credentials left out.
+func TestInFlightShowsVars(t *testing.T) {
+	var tr Tracker
+	tr.Add(Head{Conn: 7, PID: 11, Kind: Request, TimeNs: 5 * ms, Data: httpGet("/slow?x=1")})
+	w := tr.Worker(11)
+	if len(w.InFlight) != 1 {
+		t.Fatalf("in flight %+v, want one", w.InFlight)
+	}
+	r := proto.Request{Vars: w.InFlight[0].Vars}
+	if r.Var("REQUEST_METHOD") != "GET" || r.Var("PATH_INFO") != "/slow" || r.Var("QUERY_STRING") != "x=1" || r.Var("HTTP_HOST") != "app.example" {
+		t.Errorf("vars %v", w.InFlight[0].Vars)
+	}
+	if r.Var("HTTP_COOKIE") != "" {
+		t.Errorf("the cookie is shown: %v", w.InFlight[0].Vars)
+	}
+	if w.InFlight[0].StartNs != 5*ms || w.InFlight[0].Kind != proto.HTTP || w.InFlight[0].Answered {
+		t.Errorf("in flight %+v", w.InFlight[0])
+	}
+}
+
+// TestUnansweredIsAnException: a connection closed before any response
+// byte (an app that raised, under uWSGI) ends its request unanswered.
+func TestUnansweredIsAnException(t *testing.T) {
+	var tr Tracker
+	tr.Add(Head{Conn: 3, PID: 12, Kind: Request, TimeNs: 1 * ms, Data: httpGet("/boom")})
+	tr.Add(Head{Conn: 3, PID: 12, Kind: Close, TimeNs: 9 * ms})
+	w := tr.Worker(12)
+	if w.Ended[Unanswered] != 1 || w.Exceptions() != 1 || w.Durations.Count != 0 || len(w.InFlight) != 0 {
+		t.Errorf("ended %v, exceptions %d, durations %d, in flight %d", w.Ended, w.Exceptions(), w.Durations.Count, len(w.InFlight))
+	}
+}
+
+// TestUnknownProtocolIsCountedNotParsed: TLS bytes are a request of no
+// protocol, with no vars, answered with no status to read.
+func TestUnknownProtocolIsCountedNotParsed(t *testing.T) {
+	var tr Tracker
+	tls := []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc}
+	tr.Add(Head{Conn: 4, PID: 13, Kind: Request, TimeNs: 1 * ms, Data: tls})
+	if w := tr.Worker(13); len(w.InFlight) != 1 || w.InFlight[0].Kind != proto.Unknown || len(w.InFlight[0].Vars) != 0 {
+		t.Fatalf("in flight %+v", w.InFlight)
+	}
+	tr.Add(Head{Conn: 4, PID: 13, Kind: Response, TimeNs: 2 * ms, Data: []byte{0x16, 0x03, 0x03}})
+	tr.Add(Head{Conn: 4, PID: 13, Kind: Close, TimeNs: 3 * ms, LastTxNs: 2 * ms, Answered: true})
+	if w := tr.Worker(13); w.Ended[StatusOther] != 1 || w.Exceptions() != 0 {
+		t.Errorf("ended %v", w.Ended)
+	}
+}
+
+// TestTrackerBounded: connections beyond MaxConns are not followed, and
+// said; a socket address taken by another worker's connection starts
+// afresh; a worker forgotten leaves nothing.
+func TestTrackerBounded(t *testing.T) {
+	tr := Tracker{MaxConns: 2}
+	for c := range uint64(3) {
+		tr.Add(Head{Conn: c, PID: 20, Kind: Request, TimeNs: c, Data: httpGet("/")})
+	}
+	if n := len(tr.Worker(20).InFlight); n != 2 || tr.Lost() != 1 {
+		t.Errorf("%d in flight, %d lost; want 2 and 1", n, tr.Lost())
+	}
+	tr.Add(Head{Conn: 0, PID: 21, Kind: Request, TimeNs: 9, Data: httpGet("/new")})
+	if n, m := len(tr.Worker(20).InFlight), len(tr.Worker(21).InFlight); n != 1 || m != 1 {
+		t.Errorf("after the address is reused: %d and %d in flight, want 1 and 1", n, m)
+	}
+	tr.Forget(20)
+	tr.Forget(21)
+	if len(tr.conns) != 0 || len(tr.workers) != 0 {
+		t.Errorf("left %d connections, %d workers", len(tr.conns), len(tr.workers))
+	}
+}
+
+// FuzzTracker: any sequence of heads, with any bytes, neither panics nor
+// follows more than MaxConns connections, and every request ends once.
+func FuzzTracker(f *testing.F) {
+	f.Add([]byte("\x00\x01\x0aGET / HTTP/1.1\r\n\r\n\x01\x01\x0aHTTP/1.1 200 OK\r\n\x02\x01\x01"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		tr := Tracker{MaxConns: 4}
+		started := 0
+		for len(in) >= 3 {
+			kind, conn, n := Kind(in[0]%3), uint64(in[1]%8), int(in[2])
+			in = in[3:]
+			n = min(n, len(in))
+			data := in[:n]
+			in = in[n:]
+			before := tr.Lost()
+			tr.Add(Head{Conn: conn, PID: int(conn % 3), Kind: kind, TimeNs: uint64(len(in)), Data: data, Answered: n%2 == 0})
+			if kind == Request && tr.Lost() == before {
+				started++
+			}
+			if len(tr.conns) > 4 {
+				t.Fatalf("%d connections followed", len(tr.conns))
+			}
+		}
+		ended, inFlight := uint64(0), 0
+		for pid := range 3 {
+			w := tr.Worker(pid)
+			for _, n := range w.Ended {
+				ended += n
+			}
+			inFlight += len(w.InFlight)
+		}
+		dropped := started - int(ended) - inFlight // reused addresses drop theirs
+		if dropped < 0 {
+			t.Fatalf("%d requests started, %d ended, %d in flight", started, ended, inFlight)
+		}
+	})
+}
