@@ -1,5 +1,7 @@
 package observer
 
+import "time"
+
 // Counters are one worker process's totals as the kernel counted them since
 // the process was first watched.
 type Counters struct {
@@ -66,6 +68,19 @@ type Kernel interface {
 // slice.
 type ListenerAware interface {
 	Listening(master int, sockets []Socket) error
+}
+
+// RequestAware is a Kernel that sees each request (the eBPF kernel with
+// request capture on): Serving lists the requests worker pid is in now,
+// which the dump shows as its cores.
+type RequestAware interface {
+	Serving(pid int) []Serving
+}
+
+// Serving is one request a worker is in, its response not begun.
+type Serving struct {
+	Vars  []string  // as uWSGI writes a core's vars: "KEY=VALUE"
+	Start time.Time // its first byte
 }
 
 // ticksPerSecond is USER_HZ, the unit of /proc/PID/stat start times. It is

@@ -628,8 +628,13 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		w := s.worker(g.boot)
 		if s.alive {
 			w.RSS, w.VSZ = s.rss, s.vsz
+			if ra, ok := p.Kernel.(RequestAware); ok {
+				serving(&w, ra.Serving(s.proc.PID))
+			}
 		}
-		st.Load += uint64(w.Cores[0].InRequest)
+		for _, c := range w.Cores {
+			st.Load += uint64(c.InRequest)
+		}
 		st.Workers = append(st.Workers, w)
 	}
 	p.last, p.lastAt = st, time.Now()
@@ -671,6 +676,21 @@ func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
 	g.at = time.Now()
 	p.gauges = g
 	return g, nil
+}
+
+// serving shows the requests a worker is in as its cores, one each, as a
+// threaded uWSGI worker's are; the worker's requests are the first's.
+func serving(w *Worker, reqs []Serving) {
+	if len(reqs) == 0 {
+		return
+	}
+	w.Status = "busy"
+	cores := make([]Core, len(reqs))
+	for i, r := range reqs {
+		cores[i] = Core{ID: i, InRequest: 1, Vars: r.Vars, ReqInfo: map[string]any{"request_start": r.Start.Unix()}}
+	}
+	cores[0].Requests = w.Cores[0].Requests
+	w.Cores = cores
 }
 
 // worker renders a slot as uWSGI's worker object.

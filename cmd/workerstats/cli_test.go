@@ -51,6 +51,7 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"bad mode", []string{"serve", "--pid", "1", "--mode", "kernel"}, `--mode "kernel" is not one of auto, ebpf, procfs`},
 		{"bad hooks", []string{"serve", "--pid", "1", "--hooks", "kprobe"}, `--hooks "kprobe" is not one of auto, sock, syscall, raw`},
 		{"bad max connections", []string{"serve", "--pid", "1", "--max-connections", "0"}, "--max-connections 0: give 1 to 16777216"},
+		{"requests without eBPF", []string{"serve", "--pid", "1", "--mode", "procfs", "--requests"}, "--requests needs eBPF: procfs mode sees no request; drop --mode procfs or --requests"},
 		{"bad stats address", []string{"serve", "--pid", "1", "--stats", "localhost"}, "neither host:port nor a socket path"},
 		{"address in use", []string{"serve", "--pid", "1", "--stats", busy.Addr().String()}, "already in use"},
 		{"read nothing there", []string{"read", deadAddr}, "connect to stats socket " + deadAddr},

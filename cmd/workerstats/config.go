@@ -80,6 +80,7 @@ type configFile struct {
 	Mode          string        `toml:"mode"`
 	Hooks         string        `toml:"hooks"`
 	BPFStats      bool          `toml:"bpf-stats"`
+	Requests      bool          `toml:"requests"`
 	MaxConns      int           `toml:"max-connections"`
 	StatsMaxConns int           `toml:"stats-max-conns"`
 	StatsTimeout  tomlDuration  `toml:"stats-timeout"`
@@ -119,7 +120,7 @@ func loadConfig(path string) (configFile, error) {
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return c, fmt.Errorf("config %s: unknown key %s (known: mode, hooks, bpf-stats, max-connections, stats-max-conns, stats-timeout, stats-max-age, and in [[pool]]: pid, pidfile, name, stats, stats-http, stats-minified, stats-chmod, stats-chown)",
+		return c, fmt.Errorf("config %s: unknown key %s (known: mode, hooks, bpf-stats, requests, max-connections, stats-max-conns, stats-timeout, stats-max-age, and in [[pool]]: pid, pidfile, name, stats, stats-http, stats-minified, stats-chmod, stats-chown)",
 			path, strings.Join(keys, ", "))
 	}
 	if len(c.Pools) == 0 {

@@ -33,9 +33,11 @@ import (
 
 // gunicornApp answers /N with an N-byte body and /f/N with the first N bytes
 // of data.bin through wsgi.file_wrapper, which gunicorn sends with
-// sendfile(2). Every response names the worker pid that served it.
+// sendfile(2); /sleep/MS answers an empty body after MS ms. Every response
+// names the worker pid that served it.
 const gunicornApp = `
 import os
+import time
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data.bin")
 
@@ -44,6 +46,9 @@ def application(env, start_response):
     try:
         n = int(path.rsplit("/", 1)[-1] or "0")
     except ValueError:
+        n = 0
+    if path.startswith("/sleep/"):
+        time.sleep(n / 1000.0)
         n = 0
     start_response("200 OK", [
         ("Content-Type", "text/plain"),

@@ -46,7 +46,14 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 	if o.mode == modeProcfs {
 		return nil, "--mode procfs", nil
 	}
-	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath, MaxConnections: o.maxConns, Log: log.With("component", "ebpf")})
+	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
+		MaxConnections: o.maxConns, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
+	if err == nil && o.requests {
+		if err := k.Follow(); err != nil {
+			k.Close()
+			return nil, "", fmt.Errorf("follow the captured requests: %w", err)
+		}
+	}
 	if err == nil {
 		return k, "", nil
 	}

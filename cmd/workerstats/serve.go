@@ -45,6 +45,7 @@ type serveFlags struct {
 	mode     string
 	hooks    string
 	bpfStats bool
+	requests bool
 	maxConns int
 	procRoot string
 	config   string
@@ -64,7 +65,8 @@ type daemonOptions struct {
 	mode     string // modeAuto, modeEBPF or modeProcfs
 	hooks    string
 	bpfStats bool
-	maxConns int // --max-connections
+	requests bool // --requests: capture request heads
+	maxConns int  // --max-connections
 	proc     observer.Procfs
 	pools    []poolSpec
 	// poolsFromConfig: a pool that cannot start (two masters of one
@@ -124,6 +126,7 @@ several pools, each with its own stats socket. It needs root.`,
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
 	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit; what auto picks without sock)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
+	f.BoolVar(&o.requests, "requests", false, "capture the first bytes of each request and response (eBPF mode) to show in each worker's cores what it is serving now; costs about 1 µs of kernel time per request")
 	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
@@ -140,7 +143,7 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 		return daemonOptions{}, err
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, maxConns: o.maxConns, proc: proc,
+		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, maxConns: o.maxConns, proc: proc,
 		pools: specs, poolsFromConfig: o.config != "",
 		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
 	}
@@ -202,6 +205,7 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 	set("mode", c.Mode != "", func() { o.mode = c.Mode })
 	set("hooks", c.Hooks != "", func() { o.hooks = c.Hooks })
 	set("bpf-stats", c.BPFStats, func() { o.bpfStats = true })
+	set("requests", c.Requests, func() { o.requests = true })
 	set("max-connections", c.MaxConns != 0, func() { o.maxConns = c.MaxConns })
 	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
 	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
@@ -221,6 +225,9 @@ func (d *daemonOptions) check() error {
 	}
 	if err := checkMaxConns(d.maxConns); err != nil {
 		return err
+	}
+	if d.requests && d.mode == modeProcfs {
+		return errors.New("--requests needs eBPF: procfs mode sees no request; drop --mode procfs or --requests")
 	}
 	if d.statsMaxConns <= 0 || d.statsTimeout <= 0 || d.statsMaxAge < 0 {
 		return errors.New("--stats-max-conns and --stats-timeout must be positive, --stats-max-age not negative")

@@ -75,6 +75,8 @@ type Kernel struct {
 	connHooksOff bool
 	hooksFixed   bool // FixHooks was called: attachments no longer change
 	warnedFixed  bool
+
+	following *following // the requests the captured heads show, if captured
 }
 
 // Load checks the kernel, loads the programs and attaches them.
@@ -213,7 +215,8 @@ func (k *Kernel) Pinned() bool { return k.pins != nil }
 // Pinned links and maps stay, and the programs go on counting: only
 // RemovePins removes them.
 func (k *Kernel) Close() error {
-	var errs []error
+	errs := []error{k.following.stop()}
+	k.following = nil
 	for _, l := range k.links {
 		errs = append(errs, l.Close())
 	}

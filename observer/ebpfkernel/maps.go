@@ -144,11 +144,13 @@ func (k *Kernel) Remember(master int, h observer.Counters) error {
 	if err := k.objs.Workers.Update(uint32(h.PID), &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write worker %d's slot history: %w", h.PID, err)
 	}
+	k.following.forget(h.PID)
 	return k.markWatched(h.PID, false) // it exited
 }
 
 // Forget implements observer.Kernel.
 func (k *Kernel) Forget(pid int) error {
+	k.following.forget(pid)
 	err := k.objs.Workers.Delete(uint32(pid))
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err

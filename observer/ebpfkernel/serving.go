@@ -1,0 +1,111 @@
+package ebpfkernel
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/requests"
+)
+
+// following is the requests the captured heads show (Options.CaptureHeads):
+// a reader of the kernel's heads feeding a tracker, until Close.
+type following struct {
+	tracker *requests.Tracker
+	heads   *HeadReader
+	done    chan struct{}
+}
+
+// Follow starts reading the captured heads (Options.CaptureHeads) into a
+// tracker of as many connections as the kernel's table holds, until
+// Close: Serving answers from it. It takes the heads Heads would read.
+func (k *Kernel) Follow() error {
+	if k.following != nil {
+		return nil
+	}
+	hr, err := k.Heads()
+	if err != nil {
+		return err
+	}
+	tr := &requests.Tracker{MaxConns: int(k.objs.Conns.MaxEntries())}
+	f := &following{tracker: tr, heads: hr, done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		for {
+			h, err := hr.Read()
+			if errors.Is(err, ErrHeadsClosed) {
+				return
+			}
+			if err != nil {
+				k.log.Warn("a captured head could not be read", "error", err)
+				continue
+			}
+			f.tracker.Add(h)
+		}
+	}()
+	k.following = f
+	return nil
+}
+
+// stop ends the reader; nothing is read after it returns.
+func (f *following) stop() error {
+	if f == nil {
+		return nil
+	}
+	err := f.heads.Close()
+	<-f.done
+	return err
+}
+
+// forget drops a worker gone from the tracker.
+func (f *following) forget(pid int) {
+	if f != nil {
+		f.tracker.Forget(pid)
+	}
+}
+
+// Serving implements observer.RequestAware: the requests pid is in now,
+// with their vars as uWSGI writes them ("KEY=VALUE"): those whose response
+// has not begun. One whose response has begun may be over: the kernel
+// cannot see where a response ends, and a kept-alive connection then waits
+// for its next request.
+func (k *Kernel) Serving(pid int) []observer.Serving {
+	if k.following == nil {
+		return nil
+	}
+	inFlight := k.following.tracker.Worker(pid).InFlight
+	if len(inFlight) == 0 {
+		return nil
+	}
+	toUnix, err := monoToUnix()
+	if err != nil {
+		k.log.Debug("request start times unknown", "error", err)
+	}
+	var out []observer.Serving
+	for _, r := range inFlight {
+		if r.Answered {
+			continue
+		}
+		vars := make([]string, len(r.Vars))
+		for i, v := range r.Vars {
+			vars[i] = v.Key + "=" + v.Value
+		}
+		out = append(out, observer.Serving{Vars: vars, Start: toUnix(r.StartNs)})
+	}
+	return out
+}
+
+// monoToUnix converts bpf_ktime_get_ns() times to wall-clock times.
+func monoToUnix() (func(uint64) time.Time, error) {
+	var mono unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
+		return func(uint64) time.Time { return time.Time{} }, fmt.Errorf("read the monotonic clock: %w", err)
+	}
+	now, monoNow := time.Now(), uint64(mono.Nano())
+	return func(ns uint64) time.Time {
+		return now.Add(-time.Duration(monoNow - min(ns, monoNow)))
+	}, nil
+}
