@@ -86,6 +86,22 @@ func (l *layout) string(v string) {
 	l.b = append(l.b, '"')
 }
 
+// array appends member k, an array of n elements written by each (null
+// for a nil slice, as encoding/json writes it).
+func (l *layout) array(k string, isNil bool, n int, each func(i int)) {
+	l.key(k)
+	if isNil {
+		l.b = append(l.b, "null"...)
+		return
+	}
+	l.open('[')
+	for i := range n {
+		l.elem()
+		each(i)
+	}
+	l.close(']')
+}
+
 // value appends member k with v encoded by encoding/json.
 func (l *layout) value(k string, v any) {
 	l.key(k)
@@ -127,17 +143,7 @@ func (l *layout) stats(st *Stats) {
 	l.str("cwd", st.CWD)
 	l.value("locks", st.Locks)
 	l.value("sockets", st.Sockets)
-	l.key("workers")
-	if st.Workers == nil {
-		l.b = append(l.b, "null"...)
-	} else {
-		l.open('[')
-		for i := range st.Workers {
-			l.elem()
-			l.worker(&st.Workers[i])
-		}
-		l.close(']')
-	}
+	l.array("workers", st.Workers == nil, len(st.Workers), func(i int) { l.worker(&st.Workers[i]) })
 	l.value("observer", st.Observer)
 	l.close('}')
 }
@@ -161,28 +167,8 @@ func (l *layout) worker(w *Worker) {
 	l.uint("respawn_count", w.RespawnCount)
 	l.uint("tx", w.TX)
 	l.uint("avg_rt", w.AvgRT)
-	l.key("apps")
-	if w.Apps == nil {
-		l.b = append(l.b, "null"...)
-	} else {
-		l.open('[')
-		for i := range w.Apps {
-			l.elem()
-			l.app(&w.Apps[i])
-		}
-		l.close(']')
-	}
-	l.key("cores")
-	if w.Cores == nil {
-		l.b = append(l.b, "null"...)
-	} else {
-		l.open('[')
-		for i := range w.Cores {
-			l.elem()
-			l.core(&w.Cores[i])
-		}
-		l.close(']')
-	}
+	l.array("apps", w.Apps == nil, len(w.Apps), func(i int) { l.app(&w.Apps[i]) })
+	l.array("cores", w.Cores == nil, len(w.Cores), func(i int) { l.core(&w.Cores[i]) })
 	l.uint("rx", w.RX)
 	l.uint("accepted", w.Accepted)
 	l.uint("closed", w.Closed)
@@ -211,17 +197,7 @@ func (l *layout) core(c *Core) {
 	l.uint("write_errors", c.WriteErrors)
 	l.uint("read_errors", c.ReadErrors)
 	l.int("in_request", int64(c.InRequest))
-	l.key("vars")
-	if c.Vars == nil {
-		l.b = append(l.b, "null"...)
-	} else {
-		l.open('[')
-		for _, v := range c.Vars {
-			l.elem()
-			l.string(v)
-		}
-		l.close(']')
-	}
+	l.array("vars", c.Vars == nil, len(c.Vars), func(i int) { l.string(c.Vars[i]) })
 	l.value("req_info", c.ReqInfo)
 	l.close('}')
 }

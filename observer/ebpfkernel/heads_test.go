@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 	"github.com/workerstats/workerstats/observer/requests"
@@ -187,16 +185,7 @@ func TestPinnedProgramsFollowCapture(t *testing.T) {
 		t.Fatal(err)
 	}
 	withConsts := 0
-	for _, id := range pinnedProgramIDs(t, dir) {
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pi, err := p.Info()
-		p.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for id, pi := range pinnedPrograms(t, dir) {
 		ids, _ := pi.MapIDs()
 		for _, m := range ids {
 			if mapIDs[m] {

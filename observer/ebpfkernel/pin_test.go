@@ -32,6 +32,26 @@ func loadPinned(t testing.TB, hooks, dir string, log *testutil.Log) *Kernel {
 	return k
 }
 
+// pinnedPrograms returns the info of the program each link pinned in dir
+// runs, by id.
+func pinnedPrograms(t testing.TB, dir string) map[ebpf.ProgramID]*ebpf.ProgramInfo {
+	t.Helper()
+	out := map[ebpf.ProgramID]*ebpf.ProgramInfo{}
+	for _, id := range pinnedProgramIDs(t, dir) {
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pi, err := p.Info()
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[id] = pi
+	}
+	return out
+}
+
 // linkIDs returns the ids of the kernel links an observer holds.
 func linkIDs(t testing.TB, k *Kernel) []link.ID {
 	t.Helper()
@@ -234,16 +254,7 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range pinnedProgramIDs(t, dir) {
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pi, err := p.Info()
-		p.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for id, pi := range pinnedPrograms(t, dir) {
 		if !ours[pi.Tag] {
 			t.Errorf("pinned program %d (%s, tag %s) is not one of ours", id, pi.Name, pi.Tag)
 		}
