@@ -34,13 +34,16 @@ func (k *Kernel) Follow() error {
 	f := &following{tracker: tr, heads: hr, done: make(chan struct{})}
 	go func() {
 		defer close(f.done)
+		bad := 0
 		for {
 			h, err := hr.Read()
 			if errors.Is(err, ErrHeadsClosed) {
 				return
 			}
 			if err != nil {
-				k.log.Warn("a captured head could not be read", "error", err)
+				if bad++; bad == 1 { // said once: the next would say the same
+					k.log.Warn("a captured head could not be read; its request is not followed", "error", err)
+				}
 				continue
 			}
 			f.tracker.Add(h)
