@@ -9,6 +9,7 @@
 package requests
 
 import (
+	"cmp"
 	"slices"
 	"sync"
 
@@ -93,6 +94,7 @@ type Tracker struct {
 
 	mu      sync.Mutex
 	conns   map[uint64]*conn
+	byPID   map[int]map[uint64]*conn // conns again, by worker: a dump asks by worker
 	workers map[int]*Worker
 	lost    uint64
 }
@@ -112,7 +114,7 @@ func (t *Tracker) Add(h Head) {
 	if c != nil && c.pid != h.PID {
 		// The socket address is a new connection's, of another worker:
 		// the old one's close was not seen. What it had is dropped.
-		delete(t.conns, h.Conn)
+		t.drop(h.Conn, c)
 		c = nil
 	}
 	switch h.Kind {
@@ -132,7 +134,7 @@ func (t *Tracker) Add(h Head) {
 				}
 				t.end(c, end, h.Answered)
 			}
-			delete(t.conns, h.Conn)
+			t.drop(h.Conn, c)
 		}
 	}
 }
@@ -140,15 +142,12 @@ func (t *Tracker) Add(h Head) {
 // request starts a request on c (nil: a connection not followed yet).
 func (t *Tracker) request(c *conn, h Head) {
 	if c == nil {
-		if t.conns == nil {
-			t.conns = map[uint64]*conn{}
-		}
 		if len(t.conns) >= t.maxConns() {
 			t.lost++
 			return
 		}
 		c = &conn{pid: h.PID, kind: proto.Detect(h.Data)}
-		t.conns[h.Conn] = c
+		t.add(h.Conn, c)
 	}
 	if c.cur != nil {
 		t.end(c, h.LastTxNs, c.cur.Answered)
@@ -192,6 +191,31 @@ func classOf(status int) Class {
 	return StatusOther
 }
 
+// add follows connection k, c.
+func (t *Tracker) add(k uint64, c *conn) {
+	if t.conns == nil {
+		t.conns, t.byPID = map[uint64]*conn{}, map[int]map[uint64]*conn{}
+	}
+	t.conns[k] = c
+	mine := t.byPID[c.pid]
+	if mine == nil {
+		mine = map[uint64]*conn{}
+		t.byPID[c.pid] = mine
+	}
+	mine[k] = c
+}
+
+// drop stops following connection k, c.
+func (t *Tracker) drop(k uint64, c *conn) {
+	delete(t.conns, k)
+	if mine := t.byPID[c.pid]; mine != nil {
+		delete(mine, k)
+		if len(mine) == 0 {
+			delete(t.byPID, c.pid)
+		}
+	}
+}
+
 func (t *Tracker) worker(pid int) *Worker {
 	if t.workers == nil {
 		t.workers = map[int]*Worker{}
@@ -219,28 +243,15 @@ func (t *Tracker) Worker(pid int) Worker {
 	if w := t.workers[pid]; w != nil {
 		out.Ended, out.Durations = w.Ended, w.Durations
 	}
-	for _, c := range t.conns {
-		if c.pid == pid && c.cur != nil {
+	for _, c := range t.byPID[pid] {
+		if c.cur != nil {
 			out.InFlight = append(out.InFlight, *c.cur)
 		}
 	}
 	slices.SortFunc(out.InFlight, func(a, b InFlight) int {
-		if a.StartNs != b.StartNs {
-			return compare(a.StartNs, b.StartNs)
-		}
-		return compare(a.Conn, b.Conn)
+		return cmp.Or(cmp.Compare(a.StartNs, b.StartNs), cmp.Compare(a.Conn, b.Conn))
 	})
 	return out
-}
-
-func compare(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Forget drops what the tracker holds for pid, a worker gone: its
@@ -249,10 +260,8 @@ func (t *Tracker) Forget(pid int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.workers, pid)
-	for k, c := range t.conns {
-		if c.pid == pid {
-			delete(t.conns, k)
-		}
+	for k, c := range t.byPID[pid] {
+		t.drop(k, c)
 	}
 }
 

@@ -105,8 +105,8 @@ func TestTrackerBounded(t *testing.T) {
 	}
 	tr.Forget(20)
 	tr.Forget(21)
-	if len(tr.conns) != 0 || len(tr.workers) != 0 {
-		t.Errorf("left %d connections, %d workers", len(tr.conns), len(tr.workers))
+	if len(tr.conns) != 0 || len(tr.byPID) != 0 || len(tr.workers) != 0 {
+		t.Errorf("left %d connections (%d workers of them), %d workers", len(tr.conns), len(tr.byPID), len(tr.workers))
 	}
 }
 
@@ -130,6 +130,13 @@ func FuzzTracker(f *testing.F) {
 			}
 			if len(tr.conns) > 4 {
 				t.Fatalf("%d connections followed", len(tr.conns))
+			}
+			byPID := 0
+			for _, mine := range tr.byPID {
+				byPID += len(mine)
+			}
+			if byPID != len(tr.conns) {
+				t.Fatalf("%d connections, %d by worker", len(tr.conns), byPID)
 			}
 		}
 		ended, inFlight := uint64(0), 0
