@@ -80,7 +80,7 @@ type RequestAware interface {
 // Serving is one request a worker is in, its response not begun.
 type Serving struct {
 	Vars  []string  // as uWSGI writes a core's vars: "KEY=VALUE"
-	Start time.Time // its first byte
+	Start time.Time // its first byte; zero if unknown
 }
 
 // ticksPerSecond is USER_HZ, the unit of /proc/PID/stat start times. It is

@@ -687,7 +687,10 @@ func serving(w *Worker, reqs []Serving) {
 	w.Status = "busy"
 	cores := make([]Core, len(reqs))
 	for i, r := range reqs {
-		cores[i] = Core{ID: i, InRequest: 1, Vars: r.Vars, ReqInfo: map[string]any{"request_start": r.Start.Unix()}}
+		cores[i] = Core{ID: i, InRequest: 1, Vars: r.Vars, ReqInfo: map[string]any{}}
+		if !r.Start.IsZero() { // else unknown: left out rather than 1970
+			cores[i].ReqInfo["request_start"] = r.Start.Unix()
+		}
 	}
 	cores[0].Requests = w.Cores[0].Requests
 	w.Cores = cores
