@@ -64,7 +64,11 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 	if o.mode == modeEBPF || setting {
 		return nil, "", err
 	}
-	log.Warn("eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)", "reason", err)
+	msg := "eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0)"
+	if o.requests {
+		msg = "eBPF cannot load: serving what procfs shows (pids, memory, status, sockets; request counters stay 0, and --requests shows nothing)"
+	}
+	log.Warn(msg, "reason", err)
 	return nil, err.Error(), nil
 }
 
