@@ -56,7 +56,7 @@ struct worker {
 	__u64 start_ns;     /* task start_boottime, ns: (pid, start) identifies a process */
 	__u64 exit_ns;      /* 0 while alive; bpf_ktime_get_ns() at exit */
 	__u64 accepts;      /* connections accepted */
-	__u64 requests;     /* requests answered (whose response started) */
+	__u64 requests;     /* requests answered (whose response started); see unanswered */
 	__u64 closes;       /* accepted connections closed */
 	__u64 rx;           /* bytes received on accepted connections */
 	__u64 tx;           /* bytes sent on accepted connections */
@@ -70,6 +70,11 @@ struct worker {
 	 * slot's history, its counters the slot's sums and spawns the
 	 * processes the slot has had, so a restarted daemon finds them. */
 	__u64 spawns;
+	/* Requests received and never answered: the connection closed (or
+	 * the worker exited) with inbound data after its last response and
+	 * no response byte sent. uWSGI counts such a request, and an
+	 * exception. */
+	__u64 unanswered;
 };
 
 enum conn_state {
@@ -245,6 +250,11 @@ enum capture_mode { CAPTURE_OFF = 0, CAPTURE_SYSCALLS = 1, CAPTURE_SOCK = 2 };
 
 volatile const enum capture_mode capture_heads = CAPTURE_OFF;
 
+/* Set at load when the sock hooks are the ones attached: only then may
+ * their programs call bpf_task_pt_regs (5.15+), as they are loaded on
+ * every kernel. */
+volatile const __u8 sock_hooks = 0;
+
 /* Tracepoint contexts: layouts of /sys/kernel/tracing/events/.../format. */
 struct sys_enter_ctx {
 	__u64 common;
@@ -349,12 +359,16 @@ static __always_inline struct worker *owner_of(struct conn *c, __u32 tgid, struc
 }
 
 /* End the request on c. An answered one adds its time, first inbound byte
- * to last response byte; one never answered only leaves progress. */
+ * to last response byte; one never answered counts as such, unless its
+ * worker has exited (on_exit counted it then). */
 static __always_inline void finish_request(struct worker *w, struct conn *c)
 {
 	__sync_fetch_and_add(&w->in_progress, -1);
-	if (c->state == CONN_RECEIVING)
+	if (c->state == CONN_RECEIVING) {
 		__sync_fetch_and_add(&w->awaiting, -1);
+		if (!w->exit_ns)
+			__sync_fetch_and_add(&w->unanswered, 1);
+	}
 	if (c->state == CONN_RESPONDING) {
 		__u64 rt = c->last_tx_ns > c->req_start_ns ? c->last_tx_ns - c->req_start_ns : 0;
 		__sync_fetch_and_add(&w->rt_ns, rt);
@@ -365,8 +379,10 @@ static __always_inline void finish_request(struct worker *w, struct conn *c)
 }
 
 /* Counts n bytes moved on c; when they begin a request (a receive) or its
- * response (a send), the bytes to capture, returns when (else 0). */
-static __always_inline __u64 conn_bytes(struct conn *c, __u32 dir, long n, __u32 tgid, struct worker *cur)
+ * response (a send), the bytes to capture, returns when (else 0). same:
+ * the protocol says a receive is more of the request being answered (see
+ * same_request). */
+static __always_inline __u64 conn_bytes(struct conn *c, __u32 dir, long n, __u32 tgid, struct worker *cur, int same)
 {
 	struct worker *w = owner_of(c, tgid, cur);
 	if (!w)
@@ -384,7 +400,7 @@ static __always_inline __u64 conn_bytes(struct conn *c, __u32 dir, long n, __u32
 		return now;
 	}
 	__sync_fetch_and_add(&w->rx, n);
-	if (c->state == CONN_RECEIVING)
+	if (c->state == CONN_RECEIVING || same)
 		return 0; /* more of the same request */
 	if (c->state == CONN_RESPONDING)
 		finish_request(w, c); /* keep-alive: the previous one is answered */
@@ -394,16 +410,6 @@ static __always_inline __u64 conn_bytes(struct conn *c, __u32 dir, long n, __u32
 	c->req_start_ns = now;
 	c->state = CONN_RECEIVING;
 	return now;
-}
-
-/* Counts n bytes moved on sk if it is a tracked connection, and returns
- * its entry; *at as conn_bytes returns it. */
-static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur, __u64 *at)
-{
-	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (c) /* else not an accepted connection: outbound, pipe, file... */
-		*at = conn_bytes(c, dir, n, tgid, cur);
-	return c;
 }
 
 struct user_iovec {
@@ -434,6 +440,35 @@ static __always_inline __u64 user_buf(long nr, __u64 arg1, __u64 *len)
 		return iov.base;
 	}
 	return 0;
+}
+
+/* Whether n bytes received on c by syscall nr (second argument arg1)
+ * are more of the request being answered rather than the next one: the
+ * protocol says so for a FastCGI record other than BEGIN_REQUEST, such as
+ * the empty STDIN record that ends a request's input, which PHP-FPM reads
+ * only after answering. Reads the record's first two bytes, only where a
+ * request would otherwise begin: once per request. (A uwsgi packet of
+ * modifier1 1 and a size of 2 to 11 looks the same: no server sends one.) */
+static __always_inline int same_request(struct conn *c, __u32 dir, long n, long nr, __u64 arg1)
+{
+	if (dir != DIR_RECV || c->state != CONN_RESPONDING || n < 8)
+		return 0;
+	__u64 room = 0;
+	__u64 buf = user_buf(nr, arg1, &room);
+	__u8 rec[2];
+	if (!buf || room < sizeof(rec) || bpf_probe_read_user(rec, sizeof(rec), (void *)buf))
+		return 0;
+	return rec[0] == 1 && rec[1] >= 2 && rec[1] <= 11;
+}
+
+/* Counts n bytes syscall nr (second argument arg1) moved on sk if it is a
+ * tracked connection, and returns its entry; *at as conn_bytes returns it. */
+static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur, long nr, __u64 arg1, __u64 *at)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (c) /* else not an accepted connection: outbound, pipe, file... */
+		*at = conn_bytes(c, dir, n, tgid, cur, same_request(c, dir, n, nr, arg1));
+	return c;
 }
 
 /* Fills h, a record with room for max bytes of data, from user buffer buf
@@ -559,6 +594,9 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	if (!w->exit_ns) {
 		unmark_forked(tgid);
+		/* What it received and did not answer, it never will. */
+		if (w->awaiting > 0)
+			__sync_fetch_and_add(&w->unanswered, w->awaiting);
 		w->exit_ns = bpf_ktime_get_ns();
 		w->in_progress = 0;
 		w->awaiting = 0;
@@ -713,10 +751,18 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 		c = adopt(sk, tgid, cur, &full);
 	if (!c)
 		return 0;
-	__u64 at = conn_bytes(c, dir, ret, tgid, cur);
+	/* No buffer here: the syscall's own saved registers hold it, read
+	 * only where a request or response may begin. */
+	struct pt_regs *regs = 0;
+	int same = 0;
+	if (sock_hooks && dir == DIR_RECV && c->state == CONN_RESPONDING) {
+		regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+		same = same_request(c, dir, ret, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+	}
+	__u64 at = conn_bytes(c, dir, ret, tgid, cur, same);
 	if (at && capture_heads == CAPTURE_SOCK) {
-		/* No buffer here: the syscall's own saved registers hold it. */
-		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+		if (!regs)
+			regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 		capture(sk, c, tgid, dir, ret, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
 	return 0;
@@ -878,7 +924,7 @@ static __always_inline void data_exit(__u64 id, long ret)
 	if (!cur)
 		return;
 	__u64 at = 0;
-	struct conn *c = on_bytes(done.sk, done.dir, ret, tgid, cur, &at);
+	struct conn *c = on_bytes(done.sk, done.dir, ret, tgid, cur, done.nr, done.arg1, &at);
 	if (c && at && capture_heads)
 		capture(done.sk, c, tgid, done.dir, ret, at, done.nr, done.arg1);
 }
@@ -977,9 +1023,15 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	__u64 sk = *skp;
 	__u32 dir = kind == RAW_SEND ? DIR_SEND : DIR_RECV;
-	__u64 at = 0;
-	struct conn *c = on_bytes(sk, dir, ret, tgid, w, &at);
-	if (c && at && capture_heads)
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c)
+		return 0;
+	/* The buffer's address only where a request may begin. */
+	int same = 0;
+	if (dir == DIR_RECV && c->state == CONN_RESPONDING)
+		same = same_request(c, dir, ret, nr, BPF_CORE_READ(regs, si));
+	__u64 at = conn_bytes(c, dir, ret, tgid, w, same);
+	if (at && capture_heads)
 		capture(sk, c, tgid, dir, ret, at, nr, BPF_CORE_READ(regs, si));
 	return 0;
 }

@@ -76,6 +76,7 @@ type ObserverWorker struct {
 	Awaiting   int64
 	LastTxNs   uint64
 	Spawns     uint64
+	Unanswered uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -108,6 +109,7 @@ const (
 	ObserverProgOnTcpDone       = "on_tcp_done"
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
 	ObserverVarCaptureHeads     = "capture_heads"
+	ObserverVarSockHooks        = "sock_hooks"
 )
 
 // LoadObserver returns the embedded CollectionSpec for Observer.
@@ -190,6 +192,7 @@ type ObserverMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverVariableSpecs struct {
 	CaptureHeads *ebpf.VariableSpec `ebpf:"capture_heads"`
+	SockHooks    *ebpf.VariableSpec `ebpf:"sock_hooks"`
 }
 
 // ObserverObjects contains all objects after they have been loaded into the kernel.
@@ -242,6 +245,7 @@ func (m *ObserverMaps) Close() error {
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverVariables struct {
 	CaptureHeads *ebpf.Variable `ebpf:"capture_heads"`
+	SockHooks    *ebpf.Variable `ebpf:"sock_hooks"`
 }
 
 // ObserverPrograms contains all programs after they have been loaded into the kernel.

@@ -91,6 +91,9 @@ func fill(v reflect.Value, n int, seq *int) {
 		for i := range v.NumField() {
 			fill(v.Field(i), n, seq)
 		}
+	case reflect.Pointer:
+		v.Set(reflect.New(v.Type().Elem()))
+		fill(v.Elem(), n, seq)
 	case reflect.Slice:
 		v.Set(reflect.MakeSlice(v.Type(), n, n))
 		for i := range n {

@@ -1,6 +1,10 @@
 package observer
 
-import "time"
+import (
+	"time"
+
+	"github.com/workerstats/workerstats/observer/requests"
+)
 
 // Counters are one worker process's totals as the kernel counted them since
 // the process was first watched.
@@ -21,14 +25,22 @@ type Counters struct {
 
 	Accepts  uint64 // connections accepted
 	Requests uint64 // requests answered (whose response started)
-	Closes   uint64 // accepted connections closed
-	RX       uint64 // bytes received on accepted connections
-	TX       uint64 // bytes sent on accepted connections
+	// Unanswered are requests received and never answered: the
+	// connection closed, or the worker died, before any response byte.
+	// uWSGI counts each as a request and an exception.
+	Unanswered uint64
+	Closes     uint64 // accepted connections closed
+	RX         uint64 // bytes received on accepted connections
+	TX         uint64 // bytes sent on accepted connections
 	// RunNs is the summed duration of finished requests, AvgRTNs uWSGI's
 	// running average of it (avg = (avg + rt) / 2), both in nanoseconds.
 	RunNs      uint64
 	AvgRTNs    uint64
 	InProgress int64 // requests in progress: received and not answered, or being answered (see ResponseIdle in observer/ebpfkernel)
+	// Followed is how the requests the kernel's request capture followed
+	// ended (nil without capture): since the daemon started, for a
+	// process it saw.
+	Followed *requests.Summary
 }
 
 // Proc is a process as procfs shows it.

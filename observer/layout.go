@@ -172,6 +172,34 @@ func (l *layout) worker(w *Worker) {
 	l.uint("rx", w.RX)
 	l.uint("accepted", w.Accepted)
 	l.uint("closed", w.Closed)
+	if w.Statuses != nil {
+		l.statuses(w.Statuses)
+	}
+	if w.Durations != nil {
+		l.durations(w.Durations)
+	}
+	l.close('}')
+}
+
+func (l *layout) statuses(s *Statuses) {
+	l.key("statuses")
+	l.open('{')
+	l.uint("2xx", s.S2xx)
+	l.uint("3xx", s.S3xx)
+	l.uint("4xx", s.S4xx)
+	l.uint("5xx", s.S5xx)
+	l.uint("other", s.Other)
+	l.uint("unanswered", s.Unanswered)
+	l.close('}')
+}
+
+func (l *layout) durations(d *Durations) {
+	l.key("request_durations")
+	l.open('{')
+	l.uint("count", d.Count)
+	l.uint("sum_us", d.SumUs)
+	l.array("bounds_us", d.BoundsUs == nil, len(d.BoundsUs), func(i int) { l.b = strconv.AppendUint(l.b, d.BoundsUs[i], 10) })
+	l.array("counts", d.Counts == nil, len(d.Counts), func(i int) { l.b = strconv.AppendUint(l.b, d.Counts[i], 10) })
 	l.close('}')
 }
 

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/workerstats/workerstats/observer/requests"
 )
 
 // Version is reported in the dump's "version" key.
@@ -422,6 +424,7 @@ func (p *Pool) retire(s *slot, final Counters) {
 // add sums a process's final counters into a slot's past.
 func (c *Counters) add(final Counters) {
 	c.Requests += final.Requests
+	c.Unanswered += final.Unanswered
 	c.TX += final.TX
 	c.RX += final.RX
 	c.Accepts += final.Accepts
@@ -429,6 +432,12 @@ func (c *Counters) add(final Counters) {
 	c.RunNs += final.RunNs
 	if final.AvgRTNs != 0 {
 		c.AvgRTNs = final.AvgRTNs
+	}
+	if final.Followed != nil {
+		if c.Followed == nil {
+			c.Followed = &requests.Summary{}
+		}
+		c.Followed.Add(*final.Followed)
 	}
 }
 
@@ -696,14 +705,50 @@ func serving(w *Worker, reqs []Serving) {
 	w.Cores = cores
 }
 
+// followed adds to w what request capture saw of the slot's requests:
+// their status classes and durations, and its 5xx answers to exceptions.
+// Unanswered requests are the kernel's count, which capture's cannot miss.
+func (s *slot) followed(w *Worker) {
+	if s.past.Followed == nil && s.cur.Followed == nil {
+		return
+	}
+	var sum requests.Summary
+	for _, f := range []*requests.Summary{s.past.Followed, s.cur.Followed} {
+		if f != nil {
+			sum.Add(*f)
+		}
+	}
+	sum.Ended[requests.Unanswered] = s.past.Unanswered + s.cur.Unanswered
+	w.Exceptions = sum.Exceptions()
+	w.Statuses = &Statuses{
+		S2xx: sum.Ended[requests.Status2xx], S3xx: sum.Ended[requests.Status3xx],
+		S4xx: sum.Ended[requests.Status4xx], S5xx: sum.Ended[requests.Status5xx],
+		Other: sum.Ended[requests.StatusOther], Unanswered: sum.Ended[requests.Unanswered],
+	}
+	h := sum.Durations
+	w.Durations = &Durations{Count: h.Count, SumUs: h.SumNs / 1000, Counts: h.Counts[:]}
+	w.Durations.BoundsUs = durationBoundsUs
+}
+
+// durationBoundsUs are requests.Bounds in µs, as every dump shows them.
+var durationBoundsUs = func() []uint64 {
+	out := make([]uint64, len(requests.Bounds))
+	for i, b := range requests.Bounds {
+		out[i] = b / 1000
+	}
+	return out
+}()
+
 // worker renders a slot as uWSGI's worker object.
 func (s *slot) worker(bootUnix int64) Worker {
 	c := s.cur
+	// A request never answered is one, and an exception, as in uWSGI.
 	w := Worker{
 		ID:            s.id,
 		PID:           s.proc.PID,
-		Requests:      s.past.Requests + c.Requests,
-		DeltaRequests: c.Requests,
+		Requests:      s.past.Requests + s.past.Unanswered + c.Requests + c.Unanswered,
+		DeltaRequests: c.Requests + c.Unanswered,
+		Exceptions:    s.past.Unanswered + c.Unanswered,
 		Status:        "idle",
 		RunningTime:   (s.past.RunNs + c.RunNs) / 1000,
 		LastSpawn:     bootUnix + int64(s.proc.StartTicks/ticksPerSecond),
@@ -732,7 +777,8 @@ func (s *slot) worker(bootUnix int64) Worker {
 	default:
 		w.Accepting = 1
 	}
-	w.Apps = []App{{Requests: w.Requests}}
+	s.followed(&w)
+	w.Apps = []App{{Requests: w.Requests, Exceptions: w.Exceptions}}
 	w.Cores = []Core{{
 		Requests:  w.Requests,
 		InRequest: inRequest,

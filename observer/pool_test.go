@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer/requests"
 )
 
 // fakeKernel is an in-memory Kernel: tests set what the kernel counted and
@@ -346,13 +347,14 @@ func TestPoolRespawnKeepsSlot(t *testing.T) {
 
 	// 4001 served two more requests and exited; the master respawned it
 	// as 4007.
+	// Three requests it received it never answered (say it died in one).
 	k.update(4001, func(c *Counters) {
 		c.Requests, c.TX, c.RX, c.RunNs, c.Accepts, c.Closes = 12, 1200, 120, 5_000_000, 12, 12
-		c.Exited = true
+		c.Unanswered, c.Exited = 3, true
 	})
 	addProc(t, p.Proc.Root, worker(4007, 9000, 1100, 39000))
 	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000),
-		Requests: 5, TX: 300, RX: 50, RunNs: 1_000_000, Accepts: 5, Closes: 4, InProgress: 1})
+		Requests: 5, Unanswered: 1, TX: 300, RX: 50, RunNs: 1_000_000, Accepts: 5, Closes: 4, InProgress: 1})
 
 	for _, round := range []string{"after respawn", "next snapshot"} {
 		st := snapshot(t, p)
@@ -360,12 +362,13 @@ func TestPoolRespawnKeepsSlot(t *testing.T) {
 			t.Fatalf("%s: %d workers, want 3 (the new process reuses slot 1)", round, len(st.Workers))
 		}
 		w := workerBySlot(t, st, 1)
-		got := []any{w.PID, w.RespawnCount, w.Requests, w.DeltaRequests, w.TX, w.RX, w.RunningTime, w.Accepted, w.Closed, w.Status, w.Accepting,
-			w.Apps[0].Requests, w.Cores[0].Requests, w.RSS}
-		want := []any{4007, uint64(2), uint64(17), uint64(5), uint64(1500), uint64(170), uint64(6000), uint64(17), uint64(16), "busy", 1,
-			uint64(17), uint64(17), 1100 * uint64(os.Getpagesize())}
+		// Unanswered requests are requests, and exceptions.
+		got := []any{w.PID, w.RespawnCount, w.Requests, w.DeltaRequests, w.Exceptions, w.TX, w.RX, w.RunningTime, w.Accepted, w.Closed, w.Status, w.Accepting,
+			w.Apps[0].Requests, w.Apps[0].Exceptions, w.Cores[0].Requests, w.RSS}
+		want := []any{4007, uint64(2), uint64(21), uint64(6), uint64(4), uint64(1500), uint64(170), uint64(6000), uint64(17), uint64(16), "busy", 1,
+			uint64(21), uint64(4), uint64(21), 1100 * uint64(os.Getpagesize())}
 		if !reflect.DeepEqual(got, want) {
-			t.Errorf("%s: slot 1 [pid respawn_count requests delta_requests tx rx running_time accepted closed status accepting apps cores rss]\n got %v\nwant %v",
+			t.Errorf("%s: slot 1 [pid respawn_count requests delta_requests exceptions tx rx running_time accepted closed status accepting apps apps.exceptions cores rss]\n got %v\nwant %v",
 				round, got, want)
 		}
 		if d := w.LastSpawn - workerBySlot(t, before, 1).LastSpawn; d != (9000-1000)/100 {
@@ -386,8 +389,47 @@ func TestPoolRespawnKeepsSlot(t *testing.T) {
 	k.mu.Lock()
 	h := k.counters[4001]
 	k.mu.Unlock()
-	if !h.Exited || h.Spawns != 1 || h.Requests != 12 || h.TX != 1200 || h.Closes != 12 {
-		t.Errorf("4001's entry = %+v, want slot 1's history: spawns 1, requests 12, tx 1200", h)
+	if !h.Exited || h.Spawns != 1 || h.Requests != 12 || h.Unanswered != 3 || h.TX != 1200 || h.Closes != 12 {
+		t.Errorf("4001's entry = %+v, want slot 1's history: spawns 1, requests 12, unanswered 3, tx 1200", h)
+	}
+}
+
+// TestPoolShowsFollowedRequests: with request capture, a slot shows its
+// requests by status class and their durations, summed across the
+// processes it had; its exceptions are the 5xx answers and the requests
+// never answered, the latter as the kernel counted them.
+func TestPoolShowsFollowedRequests(t *testing.T) {
+	p, k := testPool(t)
+	if w := workerBySlot(t, snapshot(t, p), 1); w.Statuses != nil || w.Durations != nil {
+		t.Fatalf("without capture: statuses %+v durations %+v, want neither", w.Statuses, w.Durations)
+	}
+	followed := func(s2xx, s5xx uint64, ms ...uint64) *requests.Summary {
+		var f requests.Summary
+		f.Ended[requests.Status2xx], f.Ended[requests.Status5xx] = s2xx, s5xx
+		for _, d := range ms {
+			f.Durations.Observe(d * 1e6)
+		}
+		return &f
+	}
+	k.update(4001, func(c *Counters) {
+		c.Requests, c.Unanswered, c.Exited = 6, 1, true
+		c.Followed = followed(5, 1, 3, 3, 3, 3, 3, 700)
+	})
+	addProc(t, p.Proc.Root, worker(4007, 9000, 1100, 39000))
+	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000), Requests: 2, Unanswered: 2,
+		Followed: followed(2, 0, 40, 40)})
+	w := workerBySlot(t, snapshot(t, p), 1)
+	want := Statuses{S2xx: 7, S5xx: 1, Unanswered: 3}
+	if w.Statuses == nil || *w.Statuses != want || w.Exceptions != 4 || w.Apps[0].Exceptions != 4 || w.Requests != 11 {
+		t.Errorf("slot 1: statuses %+v exceptions %d (app %d) requests %d; want %+v, 4 exceptions, 11 requests",
+			w.Statuses, w.Exceptions, w.Apps[0].Exceptions, w.Requests, want)
+	}
+	d := w.Durations
+	// 5 of 3 ms (≤ 5 ms), 2 of 40 ms (≤ 50 ms), 1 of 700 ms (≤ 1 s).
+	wantCounts := make([]uint64, len(requests.Bounds)+1)
+	wantCounts[0], wantCounts[3], wantCounts[7] = 5, 2, 1
+	if d == nil || d.Count != 8 || d.SumUs != 795_000 || !reflect.DeepEqual(d.Counts, wantCounts) || len(d.BoundsUs) != len(requests.Bounds) || d.BoundsUs[0] != 5000 {
+		t.Errorf("slot 1's durations %+v, want 8 requests, 795 ms, counts %v", d, wantCounts)
 	}
 }
 

@@ -65,6 +65,34 @@ type Worker struct {
 	RX       uint64 `json:"rx"`
 	Accepted uint64 `json:"accepted"`
 	Closed   uint64 `json:"closed"`
+	// workerstats, with request capture (serve --requests): how the slot's
+	// requests ended, and how long the answered ones took, since the
+	// daemon started.
+	Statuses  *Statuses  `json:"statuses,omitempty"`
+	Durations *Durations `json:"request_durations,omitempty"`
+}
+
+// Statuses counts requests by how they ended: the class of the status
+// they were answered with, "other" for an answer with none to read (a
+// protocol workerstats does not parse), or never answered.
+type Statuses struct {
+	S2xx       uint64 `json:"2xx"`
+	S3xx       uint64 `json:"3xx"`
+	S4xx       uint64 `json:"4xx"`
+	S5xx       uint64 `json:"5xx"`
+	Other      uint64 `json:"other"`
+	Unanswered uint64 `json:"unanswered"`
+}
+
+// Durations is a histogram of answered requests' durations, first request
+// byte to last response byte, in µs as uWSGI's times are: Counts[i] are
+// those of at most BoundsUs[i] (and above the bound before), the last
+// count those above every bound.
+type Durations struct {
+	Count    uint64   `json:"count"`
+	SumUs    uint64   `json:"sum_us"`
+	BoundsUs []uint64 `json:"bounds_us"`
+	Counts   []uint64 `json:"counts"`
 }
 
 // App is one application loaded in a worker. An observer from outside cannot

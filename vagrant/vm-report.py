@@ -8,6 +8,7 @@ usage: vm-report.py RESULTS_DIR KERNEL...
 """
 import json
 import os
+import re
 import sys
 
 BINARIES = ("observer", "ebpfkernel", "workerstats")
@@ -30,6 +31,19 @@ def read_events(path):
     return result, output
 
 
+ASSERTION = re.compile(r"^\s*\w+_test\.go:\d+: ")
+
+
+def failure_lines(out):
+    """What to show of a failed test: what it asserted (its t.Error and
+    t.Fatal lines, which a long log would push out of a tail), then the
+    last lines of its output; long lines cut."""
+    lines = "".join(out).splitlines()
+    said = [l for l in lines if ASSERTION.match(l)][-6:]
+    shown = said + ["..."] + lines[-8:] if said else lines[-12:]
+    return [l if len(l) <= 600 else l[:600] + " [cut]" for l in shown]
+
+
 def binary(res, kernel, name, failures):
     path = os.path.join(res, name + ".json")
     rc = open(os.path.join(res, name + ".rc")).read().split() if os.path.exists(os.path.join(res, name + ".rc")) else None
@@ -43,8 +57,7 @@ def binary(res, kernel, name, failures):
     for t, a in sorted(tests.items()):
         if a == "fail":
             failures.append(f"{kernel}: {name}: {t}")
-            tail = "".join(output.get(t, []))[-1500:]
-            print(f"    FAIL {t}\n" + "".join("      " + l + "\n" for l in tail.splitlines()[-12:]))
+            print(f"    FAIL {t}\n" + "".join("      " + l + "\n" for l in failure_lines(output.get(t, []))))
         elif a == "skip" and "/" not in t:
             said = "".join(output.get(t, [])).strip().splitlines()
             print(f"    skip {t}: {said[-2] if len(said) > 1 else ''}".rstrip())

@@ -91,11 +91,15 @@ type daemon struct {
 // socket answers.
 func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
-	addr := ""
+	addr, http := "", false
 	for i, a := range args {
 		if a == "--stats" && i+1 < len(args) {
 			addr = args[i+1]
 		}
+		http = http || a == "--stats-http"
+	}
+	if http { // read as http://ADDR/, which statsock.Read speaks
+		addr = "http://" + addr + "/"
 	}
 	return startDaemonAt(t, addr, args...)
 }

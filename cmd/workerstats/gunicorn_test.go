@@ -33,8 +33,8 @@ import (
 
 // gunicornApp answers /N with an N-byte body and /f/N with the first N bytes
 // of data.bin through wsgi.file_wrapper, which gunicorn sends with
-// sendfile(2); /sleep/MS answers an empty body after MS ms. Every response
-// names the worker pid that served it.
+// sendfile(2); /sleep/MS answers an empty body after MS ms, /status/CODE
+// one with status CODE. Every response names the worker pid that served it.
 const gunicornApp = `
 import os
 import time
@@ -47,10 +47,13 @@ def application(env, start_response):
         n = int(path.rsplit("/", 1)[-1] or "0")
     except ValueError:
         n = 0
+    status = "200 OK"
     if path.startswith("/sleep/"):
         time.sleep(n / 1000.0)
         n = 0
-    start_response("200 OK", [
+    elif path.startswith("/status/"):
+        status, n = "%d Test" % n, 0
+    start_response(status, [
         ("Content-Type", "text/plain"),
         ("Content-Length", str(n)),
         ("X-Worker", str(os.getpid())),

@@ -2,16 +2,21 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
+	"github.com/workerstats/workerstats/statsock"
 )
 
 // TestGunicornShowsWhatWorkersServe: with --requests, a worker in a slow
@@ -76,4 +81,236 @@ func TestGunicornShowsWhatWorkersServe(t *testing.T) {
 			t.Logf("worker %d (hooks %s) showed %q, started %v", busy.PID, hooks, core.Vars, core.ReqInfo["request_start"])
 		})
 	}
+}
+
+// TestGunicornRequestsByStatusAndDuration: with --requests, each worker
+// counts its answers by status class, as the clients received them from
+// it, and a 5xx answer is an exception; requests of known durations land
+// in the right buckets of the duration histogram, in the dump and in
+// /metrics.
+func TestGunicornRequestsByStatusAndDuration(t *testing.T) {
+	testutil.RequireEBPF(t)
+	// By path: the statuses the clients will get, and requests slow enough
+	// that a bucket's lower bound leaves room for any machine's overhead.
+	paths := map[string]int{"/status/200": 12, "/status/302": 4, "/status/404": 6, "/status/503": 3}
+	slow := map[int]int{150: 3, 700: 2, 1500: 1} // ms: requests
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			p := startGunicorn(t, 2)
+			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+				"--hooks", hooks, "--requests", "--stats-http")
+			var jobs []string
+			for path, n := range paths {
+				for range n {
+					jobs = append(jobs, path)
+				}
+			}
+			for ms, n := range slow {
+				for range n {
+					jobs = append(jobs, fmt.Sprintf("/sleep/%d", ms))
+				}
+			}
+			got := map[int]*observer.Statuses{} // what the clients got, by pid
+			var mu sync.Mutex
+			parallel(t, len(jobs), 4, func(i int) error {
+				r, err := getOnce(p.addr, jobs[i])
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if got[r.int("x-worker")] == nil {
+					got[r.int("x-worker")] = &observer.Statuses{}
+				}
+				countStatus(got[r.int("x-worker")], r.status)
+				return nil
+			})
+			var st *observer.Stats
+			waitStats(t, d.addr, 10*time.Second, "the workers' statuses to be what the clients got", func(s *observer.Stats) error {
+				st = s
+				for _, w := range s.Workers {
+					want := got[w.PID]
+					if want == nil {
+						want = &observer.Statuses{}
+					}
+					if w.Statuses == nil || *w.Statuses != *want || w.Exceptions != want.S5xx {
+						return fmt.Errorf("pid %d: statuses %+v exceptions %d; clients got %+v from it", w.PID, w.Statuses, w.Exceptions, *want)
+					}
+				}
+				return nil
+			})
+			checkDurations(t, st, len(jobs), slow)
+			checkDurationMetrics(t, d, len(jobs))
+			for _, w := range st.Workers {
+				t.Logf("pid %d: statuses %+v exceptions %d; durations %+v", w.PID, *w.Statuses, w.Exceptions, *w.Durations)
+			}
+		})
+	}
+}
+
+// getOnce sends GET path on a connection of its own and reads the answer.
+func getOnce(addr, path string) (*httpReply, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: test\r\n\r\n", path); err != nil {
+		return nil, err
+	}
+	r, err := readHTTPResponse(bufio.NewReader(c))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	return r, nil
+}
+
+func countStatus(s *observer.Statuses, status int) {
+	switch status / 100 {
+	case 2:
+		s.S2xx++
+	case 3:
+		s.S3xx++
+	case 4:
+		s.S4xx++
+	case 5:
+		s.S5xx++
+	default:
+		s.Other++
+	}
+}
+
+// checkDurations fails t unless the pool's histogram holds n requests,
+// slow's in the buckets of their durations, every other in a bucket
+// below the fastest of them.
+func checkDurations(t *testing.T, st *observer.Stats, n int, slow map[int]int) {
+	t.Helper()
+	var counts []uint64
+	var bounds []uint64
+	var total uint64
+	for _, w := range st.Workers {
+		d := w.Durations
+		if counts == nil {
+			counts, bounds = make([]uint64, len(d.Counts)), d.BoundsUs
+		}
+		for i, c := range d.Counts {
+			counts[i] += c
+		}
+		total += d.Count
+	}
+	want := make([]uint64, len(bounds)+1)
+	fastest, fast := 0, n
+	for ms, k := range slow {
+		want[bucketOf(bounds, uint64(ms)*1000)] += uint64(k)
+		if fastest == 0 || ms < fastest {
+			fastest = ms
+		}
+		fast -= k
+	}
+	below := bucketOf(bounds, uint64(fastest)*1000)
+	var fastSeen uint64
+	for i := range below {
+		fastSeen += counts[i]
+	}
+	if total != uint64(n) || fastSeen != uint64(fast) || !slices.Equal(counts[below:], want[below:]) {
+		t.Errorf("durations: %d requests, by bucket (bounds %v µs) %v; want %d, %d below %d µs and then %v",
+			total, bounds, counts, n, fast, bounds[below], want[below:])
+	}
+}
+
+// bucketOf is the bucket a duration of us falls in.
+func bucketOf(bounds []uint64, us uint64) int {
+	i := 0
+	for i < len(bounds) && us > bounds[i] {
+		i++
+	}
+	return i
+}
+
+// checkDurationMetrics fails t unless /metrics has the pool's histogram of
+// n requests and its requests by status class.
+func checkDurationMetrics(t *testing.T, d *daemon, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b, err := statsock.Read(ctx, d.addr+"metrics") // d.addr is http://ADDR/
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(b)
+	want := fmt.Sprintf("workerstats_request_duration_seconds_count %d\n", n)
+	if !strings.Contains(body, want) || !strings.Contains(body, `workerstats_requests_total{class="4xx"}`) {
+		t.Errorf("/metrics lacks %q or requests by class:\n%s", want, body)
+	}
+}
+
+// TestUWSGIShowsWhatWorkersServe: with --requests, during a slow request
+// the busy worker's core shows the vars uWSGI's own stats show for it, in
+// uWSGI's order, and the same request_start. Over http-socket uWSGI adds
+// vars that are not in the request's bytes (SCRIPT_NAME, SERVER_NAME,
+// SERVER_PORT, REMOTE_ADDR); over the uwsgi protocol the vars are the
+// packet's, every one. Either way the cookie is never shown.
+func TestUWSGIShowsWhatWorkersServe(t *testing.T) {
+	testutil.RequireEBPF(t)
+	notInBytes := map[string]bool{"SCRIPT_NAME": true, "SERVER_NAME": true, "SERVER_PORT": true, "REMOTE_ADDR": true, "REMOTE_PORT": true}
+	for _, unix := range []bool{false, true} {
+		for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+			name := "http-socket/" + hooks
+			if unix {
+				name = "unix/" + hooks
+			}
+			t.Run(name, func(t *testing.T) {
+				p := startUWSGI(t, uwsgiOptions{processes: 2, unix: unix})
+				d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks, "--requests")
+				req := uwsgiRequest(7, "sleep=3000&who=test")
+				if !unix {
+					req = []byte("GET /7?sleep=3000&who=test HTTP/1.1\r\nHost: app.test\r\nUser-Agent: workerstats-test\r\nCookie: s=secret\r\n\r\n")
+				}
+				c, err := p.dial()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				if _, err := c.Write(req); err != nil {
+					t.Fatal(err)
+				}
+				theirs := busyCore(t, p.stats, "uWSGI")
+				ours := busyCore(t, d.addr, "workerstats")
+				var want []string
+				for _, v := range theirs.Vars {
+					key, _, _ := strings.Cut(v, "=")
+					if v != "" && (unix || !notInBytes[key]) && key != "HTTP_COOKIE" {
+						want = append(want, v)
+					}
+				}
+				if !slices.Equal(ours.Vars, want) {
+					t.Errorf("vars\n ours  %q\n want  %q\n(uWSGI's %q)", ours.Vars, want, theirs.Vars)
+				}
+				if o, u := ours.ReqInfo["request_start"], theirs.ReqInfo["request_start"]; o == nil || u == nil || math.Abs(o.(float64)-u.(float64)) > 1 {
+					t.Errorf("request_start %v, uWSGI's %v", o, u)
+				}
+				t.Logf("vars %q (uWSGI's %q), request_start %v (uWSGI's %v)", ours.Vars, theirs.Vars, ours.ReqInfo["request_start"], theirs.ReqInfo["request_start"])
+			})
+		}
+	}
+}
+
+// busyCore waits until the stats at addr show a core in a request, and
+// returns it.
+func busyCore(t *testing.T, addr, who string) observer.Core {
+	t.Helper()
+	var core observer.Core
+	waitStats(t, addr, 2500*time.Millisecond, who+" to show a core in a request", func(st *observer.Stats) error {
+		for _, w := range st.Workers {
+			for _, c := range w.Cores {
+				if c.InRequest == 1 && len(c.Vars) > 0 {
+					core = c
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no core in a request")
+	})
+	return core
 }

@@ -241,16 +241,16 @@ func slotOf(t testing.TB, st *observer.Stats, id int) observer.Worker {
 // dead one's counts; then it passes to the new process, and everything the
 // clients got a response to is counted once.
 //
-// What counts for the request the worker dies in: a request counts once its
-// response starts (its first byte is sent), and on loopback every byte sent
-// before the kill reaches the client. So a request cut before its response
-// ("before-response": the client reads EOF and nothing else) is not a
-// request, as for any connection closed without an answer, while one cut
+// What counts for the request the worker dies in: it is a request either
+// way, and on loopback every byte sent before the kill reaches the client.
+// Cut before its response ("before-response": the client reads EOF and
+// nothing else) it is a request never answered, so also an exception; cut
 // halfway through its response ("mid-response": the client got the headers
-// and half the body) is one, with the bytes that were sent. uWSGI counts a
-// request only after writing its whole response, and its tx after closing
-// the connection, so it misses exactly that cut response; every other count,
-// the killed process's earlier requests included, equals uWSGI's.
+// and half the body) it is an answered one, with the bytes that were sent.
+// uWSGI counts a request only after writing its whole response, and its tx
+// after closing the connection, so it misses exactly that cut request; every
+// other count, the killed process's earlier requests included, equals
+// uWSGI's.
 func TestUWSGIWorkerKilledUnderLoad(t *testing.T) {
 	testutil.RequireEBPF(t)
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
@@ -441,17 +441,19 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 		t.Fatalf("the respawned worker pid %d served none of the requests after the kill", fresh)
 	}
 	// Exactly the test's request was cut: the killed worker was in it. Cut
-	// mid-response it is a request (partial), cut before it is none (lost).
+	// mid-response it is answered (partial), cut before it unanswered (lost,
+	// and an exception).
 	var wantPartial, wantMissedTX int64
-	how := "before its response"
+	wantUnanswered, how := int64(1), "before its response"
 	if midResponse {
 		wantPartial, wantMissedTX, how = 1, res.partialReceived, "mid-response"
+		wantUnanswered = 0
 	}
 	if res.partial != wantPartial || res.lost != 1-wantPartial || old.partial != wantPartial {
 		t.Errorf("clients: %d responses cut short (%d from the killed worker), %d requests without a response; want only the request the worker was killed in",
 			res.partial, old.partial, res.lost)
 	}
-	wantReq := uint64(res.ok + res.partial)
+	wantReq := uint64(res.ok + res.partial + res.lost)
 	wantTX := uint64(res.received + res.partialReceived)
 	wantConns := uint64(res.ok + res.partial + res.lost + res.idle)
 
@@ -474,7 +476,7 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 			c := res.tally(w.PID)
 			want := pidTally{ok: c.ok, received: c.received}
 			if w.ID == victim.ID {
-				want = pidTally{ok: old.ok + old.partial + newer.ok, received: old.received + newer.received}
+				want = pidTally{ok: old.ok + old.partial + wantUnanswered + newer.ok, received: old.received + newer.received}
 			}
 			if w.Requests != uint64(want.ok) || w.TX != uint64(want.received) || w.DeltaRequests != uint64(c.ok) {
 				return fmt.Errorf("slot %d pid %d: requests %d delta %d tx %d; clients got %d responses (%d from this pid), %d bytes",
@@ -484,10 +486,10 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 		// uWSGI's slot is cumulative too: the killed process's part is
 		// its requests minus the new process's.
 		u := slotOf(t, theirs, victim.ID)
-		missed = old.ok + old.partial - int64(u.Requests-u.DeltaRequests)
+		missed = old.ok + old.partial + wantUnanswered - int64(u.Requests-u.DeltaRequests)
 		missedTX = old.received + newer.received - int64(u.TX)
 		return compareWorkers(ours, theirs, map[int]observer.Worker{
-			victim.ID: {Requests: uint64(missed), TX: uint64(missedTX)},
+			victim.ID: {Requests: uint64(missed), TX: uint64(missedTX), Exceptions: uint64(wantUnanswered)},
 		})
 	})
 	watch.check(t)
@@ -516,19 +518,19 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 	e := k.emptied
 	t.Logf("between the kill and the respawn: slot %d pid %d status %q requests %d delta_requests %d tx %d respawn_count %d",
 		e.ID, e.PID, e.Status, e.Requests, e.DeltaRequests, e.TX, e.RespawnCount)
-	if e.PID != 0 || e.Status != "cheap" || e.Requests != uint64(old.ok+old.partial) || e.TX != uint64(old.received) || e.RespawnCount != victim.RespawnCount {
+	if e.PID != 0 || e.Status != "cheap" || e.Requests != uint64(old.ok+old.partial+wantUnanswered) || e.TX != uint64(old.received) || e.RespawnCount != victim.RespawnCount {
 		t.Errorf("slot %d with its worker dead and not respawned yet: pid %d status %q requests %d tx %d respawn_count %d; want pid 0, \"cheap\", the dead process's %d requests and %d bytes, respawn_count %d",
-			e.ID, e.PID, e.Status, e.Requests, e.TX, e.RespawnCount, old.ok+old.partial, old.received, victim.RespawnCount)
+			e.ID, e.PID, e.Status, e.Requests, e.TX, e.RespawnCount, old.ok+old.partial+wantUnanswered, old.received, victim.RespawnCount)
 	}
 	checkLastSpawn(t, ours)
 	checkDropped(t, ours, 1)
 	if len(ours.Workers) != workers {
 		t.Errorf("%d slots, the pool has %d workers", len(ours.Workers), workers)
 	}
-	// uWSGI missed the cut response, and only it.
-	if missed != wantPartial || missedTX != wantMissedTX {
-		t.Errorf("uWSGI counted %d requests and %d bytes fewer than the clients got from the killed worker; want %d and %d",
-			missed, missedTX, wantPartial, wantMissedTX)
+	// uWSGI missed the cut request, and only it.
+	if missed != 1 || missedTX != wantMissedTX {
+		t.Errorf("uWSGI counted %d requests and %d bytes fewer than the killed worker received and the clients got from it; want 1 and %d",
+			missed, missedTX, wantMissedTX)
 	}
 }
 

@@ -69,6 +69,8 @@ def application(env, start_response):
             s.close()
         if "sleep" in q:
             time.sleep(int(q["sleep"][0]) / 1000.0)
+        if "raise" in q:
+            raise RuntimeError("the test asked this request to fail")
         try:
             n = int(env.get("PATH_INFO", "/").strip("/") or "0")
         except ValueError:
@@ -100,6 +102,9 @@ type uwsgiPool struct {
 	addr    string
 	// request builds the bytes of request i.
 	request func(i int) []byte
+	// raises says request i makes the app raise (uwsgiOptions.raiseEvery):
+	// uWSGI closes its connection without a response.
+	raises func(i int) bool
 }
 
 // dial connects to the app's socket.
@@ -112,6 +117,9 @@ type uwsgiOptions struct {
 	slowEvery int      // every slowEvery-th request takes slowTime in the app
 	env       []string // extra environment for the app
 	pidfile   bool     // --pidfile, for uwsgi --reload
+	// raiseEvery: the app raises in every raiseEvery-th request (offset
+	// by one from slowEvery's).
+	raiseEvery int
 }
 
 // slowTime is how long a slow request (uwsgiOptions.slowEvery) takes.
@@ -141,9 +149,13 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 		p.pidfile = filepath.Join(dir, "uwsgi.pid")
 		args = append(args, "--pidfile", p.pidfile)
 	}
+	p.raises = func(i int) bool { return o.raiseEvery > 0 && i%o.raiseEvery == 1 }
 	query := func(i int) string {
-		if o.slowEvery > 0 && i%o.slowEvery == 0 {
+		switch {
+		case o.slowEvery > 0 && i%o.slowEvery == 0:
 			return fmt.Sprintf("sleep=%d", slowTime.Milliseconds())
+		case p.raises(i):
+			return "raise=1"
 		}
 		return ""
 	}
@@ -229,7 +241,10 @@ type loadResult struct {
 	// ones not a byte of it.
 	partial, lost   int64
 	partialReceived int64
-	byPID           map[int]*pidTally // by the X-Worker pid that answered
+	// Requests the app raised in (uwsgiPool.raises), which got no
+	// response, and their bytes.
+	raised, raisedSent int64
+	byPID              map[int]*pidTally // by the X-Worker pid that answered
 }
 
 // pidTally is what the clients got from one worker process.
@@ -367,6 +382,13 @@ func driveLoad(t testing.TB, p *uwsgiPool, spec loadSpec, res *loadResult) {
 		if err == nil {
 			resp, err = io.ReadAll(c)
 		}
+		if err == nil && len(resp) == 0 && p.raises(i) {
+			res.mu.Lock()
+			res.raised++
+			res.raisedSent += int64(len(req))
+			res.mu.Unlock()
+			return nil
+		}
 		r := parseResponse(resp, responseSize(i))
 		// A worker killed mid-request: the kernel closed its side, with
 		// a reset if it had not read the whole request yet.
@@ -398,9 +420,11 @@ func compareWorkers(ours, theirs *observer.Stats, base map[int]observer.Worker) 
 		switch {
 		case !ok:
 			diffs = append(diffs, fmt.Sprintf("pid %d (uWSGI worker %d) missing", u.PID, u.ID))
-		case o.Requests != b.Requests+u.Requests || o.TX != b.TX+u.TX || o.DeltaRequests != u.DeltaRequests:
-			diffs = append(diffs, fmt.Sprintf("pid %d: requests %d/%d delta %d/%d tx %d/%d (ours/uWSGI's%s)",
-				u.PID, o.Requests, b.Requests+u.Requests, o.DeltaRequests, u.DeltaRequests, o.TX, b.TX+u.TX, plusBase(b)))
+		case o.Requests != b.Requests+u.Requests || o.TX != b.TX+u.TX || o.DeltaRequests != u.DeltaRequests ||
+			o.Exceptions != b.Exceptions+u.Exceptions:
+			diffs = append(diffs, fmt.Sprintf("pid %d: requests %d/%d delta %d/%d exceptions %d/%d tx %d/%d (ours/uWSGI's%s)",
+				u.PID, o.Requests, b.Requests+u.Requests, o.DeltaRequests, u.DeltaRequests, o.Exceptions, b.Exceptions+u.Exceptions,
+				o.TX, b.TX+u.TX, plusBase(b)))
 		case o.ID != u.ID || o.RespawnCount != b.RespawnCount+u.RespawnCount:
 			diffs = append(diffs, fmt.Sprintf("pid %d: id %d/%d respawn_count %d/%d (ours/uWSGI's%s)",
 				u.PID, o.ID, u.ID, o.RespawnCount, b.RespawnCount+u.RespawnCount, plusBase(b)))
@@ -416,10 +440,10 @@ func compareWorkers(ours, theirs *observer.Stats, base map[int]observer.Worker) 
 }
 
 func plusBase(b observer.Worker) string {
-	if b.Requests == 0 && b.TX == 0 && b.RespawnCount == 0 {
+	if b.Requests == 0 && b.TX == 0 && b.RespawnCount == 0 && b.Exceptions == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" + %d requests, %d tx, %d respawns uWSGI no longer counts", b.Requests, b.TX, b.RespawnCount)
+	return fmt.Sprintf(" + %d requests, %d exceptions, %d tx, %d respawns uWSGI no longer counts", b.Requests, b.Exceptions, b.TX, b.RespawnCount)
 }
 
 func sumRequests(st *observer.Stats) (req, tx, rx uint64) {
@@ -544,6 +568,44 @@ func TestUWSGIHTTPSocketMatchesOwnStats(t *testing.T) {
 
 func TestUWSGIUnixSocketMatchesOwnStats(t *testing.T) {
 	comparePool(t, uwsgiOptions{processes: 4, unix: true}, 10000, 250)
+}
+
+// TestUWSGIAppExceptionsMatchOwnStats: an app that raises in one request
+// in five, over uWSGI's http-socket and the uwsgi protocol on a Unix
+// socket. uWSGI closes such a request's connection without a byte of
+// response and counts it as a request and an exception; so does
+// workerstats, worker by worker, and across workers they are exactly the
+// requests the clients got no answer to.
+func TestUWSGIAppExceptionsMatchOwnStats(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, unix := range []bool{false, true} {
+		for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+			name := "http-socket/" + hooks
+			if unix {
+				name = "unix/" + hooks
+			}
+			t.Run(name, func(t *testing.T) {
+				p := startUWSGI(t, uwsgiOptions{processes: 4, unix: unix, raiseEvery: 5})
+				d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
+				res := drive(t, p, 5000, 16, 100)
+				ours, theirs := settle(t, p, d, uint64(res.ok+res.raised))
+				logComparison(t, ours, theirs)
+				var req, exc, appExc, rx uint64
+				for _, w := range ours.Workers {
+					req, exc, appExc, rx = req+w.Requests, exc+w.Exceptions, appExc+w.Apps[0].Exceptions, rx+w.RX
+				}
+				if exc != uint64(res.raised) || appExc != exc || req != uint64(res.ok+res.raised) || rx != uint64(res.sent+res.raisedSent) {
+					t.Errorf("workers: requests %d exceptions %d (apps' %d) rx %d; clients: %d answered, %d without a response, %d bytes sent",
+						req, exc, appExc, rx, res.ok, res.raised, res.sent+res.raisedSent)
+				}
+				if res.raised == 0 {
+					t.Error("no request raised")
+				}
+				checkDropped(t, ours, 0)
+				t.Logf("%d requests answered and %d that raised: requests and exceptions equal uWSGI's for all %d workers", res.ok, res.raised, len(theirs.Workers))
+			})
+		}
+	}
 }
 
 // TestUWSGIOutboundNotCounted: every request makes the worker open its own

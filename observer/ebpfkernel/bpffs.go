@@ -195,8 +195,12 @@ func (p *pinDir) pinnedLinks() ([]string, error) {
 
 // dropIncompatibleMaps removes the pins of maps whose layout no longer
 // matches spec (an upgrade changed a key, a value or a size), so loading
-// creates them afresh. Their counts are lost, and it says so.
-func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logger) error {
+// creates them afresh. A hash map whose values only grew (an upgrade added
+// counters at their end) has its entries carried over, the new fields
+// zero: restore writes them into the new map. Any other map's counts are
+// lost, and it says so.
+func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logger) (carried, error) {
+	out := carried{}
 	for name, ms := range spec.Maps {
 		if ms.Pinning == ebpf.PinNone {
 			continue
@@ -206,16 +210,68 @@ func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logge
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("load pinned map %s: %w", p.file(name), err)
+			return nil, fmt.Errorf("load pinned map %s: %w", p.file(name), err)
 		}
 		incompatible := ms.Compatible(m)
+		var entries []entry
+		if incompatible != nil && grownValues(ms, m) {
+			entries, err = readEntries(m, ms.ValueSize)
+		}
 		m.Close()
-		if incompatible == nil {
+		switch {
+		case incompatible == nil:
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("read pinned map %s to carry it over: %w", p.file(name), err)
+		case entries != nil:
+			log.Info("a pinned map's values grew in this version: carrying its entries over", "map", name, "entries", len(entries))
+			out[name] = entries
+		default:
+			log.Warn("a pinned map does not fit this version's layout: replacing it, its counts are lost", "map", name, "change", incompatible.Error())
+		}
+		if err := os.Remove(p.file(name)); err != nil {
+			return nil, fmt.Errorf("remove incompatible pinned map %s: %w", p.file(name), err)
+		}
+	}
+	return out, nil
+}
+
+// carried are the entries of pinned maps replaced by dropIncompatibleMaps,
+// by map name, to write into their new maps.
+type carried map[string][]entry
+
+type entry struct{ key, value []byte }
+
+// grownValues says pinned map m is spec's but for smaller values.
+func grownValues(spec *ebpf.MapSpec, m *ebpf.Map) bool {
+	return spec.Type == ebpf.Hash && m.Type() == ebpf.Hash && m.KeySize() == spec.KeySize &&
+		m.ValueSize() < spec.ValueSize && m.MaxEntries() <= spec.MaxEntries
+}
+
+// readEntries reads every entry of m, its values zero-extended to size.
+func readEntries(m *ebpf.Map, size uint32) ([]entry, error) {
+	entries := []entry{}
+	var k, v []byte
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		e := entry{key: slices.Clone(k), value: make([]byte, size)}
+		copy(e.value, v)
+		entries = append(entries, e)
+	}
+	return entries, it.Err()
+}
+
+// restore writes the carried entries into the maps just created.
+func (c carried) restore(maps map[string]*ebpf.Map) error {
+	for name, entries := range c {
+		m := maps[name]
+		if m == nil {
 			continue
 		}
-		log.Warn("a pinned map does not fit this version's layout: replacing it, its counts are lost", "map", name, "change", incompatible.Error())
-		if err := os.Remove(p.file(name)); err != nil {
-			return fmt.Errorf("remove incompatible pinned map %s: %w", p.file(name), err)
+		for _, e := range entries {
+			if err := m.Update(e.key, e.value, ebpf.UpdateNoExist); err != nil {
+				return fmt.Errorf("carry an entry of pinned map %s over: %w", name, err)
+			}
 		}
 	}
 	return nil

@@ -131,6 +131,11 @@ func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
 	if err != nil {
 		return err
 	}
+	if k.hooks == HooksSock {
+		if err := spec.Variables[bpf.ObserverVarSockHooks].Set(uint8(1)); err != nil {
+			return fmt.Errorf("set the sock hooks' constant: %w", err)
+		}
+	}
 	if capture != bpf.ObserverCaptureModeCAPTURE_OFF {
 		if err := spec.Variables[bpf.ObserverVarCaptureHeads].Set(capture); err != nil {
 			return fmt.Errorf("turn on request capture: %w", err)
@@ -147,6 +152,7 @@ func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
 		}
 	}
 	var opts ebpf.CollectionOptions
+	var carry carried
 	if k.pins != nil {
 		for name, ms := range spec.Maps {
 			// Not the constants (.rodata): they are the programs'.
@@ -154,7 +160,8 @@ func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
 				ms.Pinning = ebpf.PinByName
 			}
 		}
-		if err := k.pins.dropIncompatibleMaps(spec, k.log); err != nil {
+		var err error
+		if carry, err = k.pins.dropIncompatibleMaps(spec, k.log); err != nil {
 			return err
 		}
 		opts.Maps.PinPath = k.pins.path
@@ -168,6 +175,10 @@ func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
 		if !strings.HasPrefix(name, ".") { // the constants are the programs'
 			k.maps[name] = m
 		}
+	}
+	if err := carry.restore(k.maps); err != nil {
+		coll.Close()
+		return err
 	}
 	if consts := coll.Maps[".rodata"]; consts != nil {
 		k.consts = make([]byte, consts.ValueSize())

@@ -82,6 +82,7 @@ func (k *Kernel) Workers() ([]observer.Counters, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate workers map: %w", err)
 	}
+	k.following.summarize(out)
 	return out, nil
 }
 
@@ -96,6 +97,7 @@ func counters(pid uint32, v *bpf.ObserverWorker, now, suspended uint64) observer
 		Spawns:     v.Spawns,
 		Accepts:    v.Accepts,
 		Requests:   v.Requests,
+		Unanswered: v.Unanswered,
 		Closes:     v.Closes,
 		RX:         v.Rx,
 		TX:         v.Tx,
@@ -138,7 +140,7 @@ func (k *Kernel) Remember(master int, h observer.Counters) error {
 		return fmt.Errorf("worker %d has not exited", h.PID)
 	}
 	v.Master = uint32(master)
-	v.Accepts, v.Requests, v.Closes = h.Accepts, h.Requests, h.Closes
+	v.Accepts, v.Requests, v.Unanswered, v.Closes = h.Accepts, h.Requests, h.Unanswered, h.Closes
 	v.Rx, v.Tx, v.RtNs, v.AvgRtNs = h.RX, h.TX, h.RunNs, h.AvgRTNs
 	v.InProgress, v.Awaiting, v.Spawns = 0, 0, h.Spawns
 	if err := k.objs.Workers.Update(uint32(h.PID), &v, ebpf.UpdateExist); err != nil {

@@ -1,6 +1,7 @@
 package ebpfkernel
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -10,12 +11,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/workerstats/workerstats/bpf"
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 )
@@ -183,12 +186,13 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// An "old version": inflight with another size, and on_fork's link
+	// An "old version": inflight with other sizes (values that shrank
+	// cannot be carried over), and on_fork's link
 	// running another program.
 	if err := os.Remove(filepath.Join(dir, "inflight")); err != nil {
 		t.Fatal(err)
 	}
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "inflight", Type: ebpf.Hash, KeySize: 8, ValueSize: 16, MaxEntries: 128})
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "inflight", Type: ebpf.Hash, KeySize: 8, ValueSize: 32, MaxEntries: 128})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,6 +268,56 @@ func TestPinnedUpgradeReplacesChangedObjects(t *testing.T) {
 				t.Errorf("pinned program %d (%s) uses map %d, neither one of ours nor our constants", id, pi.Name, m)
 			}
 		}
+	}
+}
+
+// TestPinnedUpgradeCarriesGrownWorkers: an upgrade that adds a counter at
+// the end of a worker's entry keeps the slots' history a pinned workers
+// map holds: every entry is carried into the new map, the new counter zero,
+// and it is said once. (The pinned programs, on the old map, are replaced
+// as in any upgrade.)
+func TestPinnedUpgradeCarriesGrownWorkers(t *testing.T) {
+	testutil.RequireEBPF(t)
+	dir := testPinPath(t)
+	k1 := loadPinned(t, pinnable(t), dir, nil)
+	if err := k1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// An "old version": a workers map whose values end before unanswered.
+	size := uint32(unsafe.Offsetof(bpf.ObserverWorker{}.Unanswered))
+	if err := os.Remove(filepath.Join(dir, "workers")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "workers", Type: ebpf.Hash, KeySize: 4, ValueSize: size, MaxEntries: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bpf.ObserverWorker{Role: roleWorker, Master: 7, StartNs: 11, ExitNs: 13, Requests: 300, Tx: 4500, Spawns: 2}
+	value := make([]byte, unsafe.Sizeof(want))
+	if _, err := binary.Encode(value, binary.NativeEndian, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Put(uint32(4242), value[:size]); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "workers")); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	log := testutil.NewLog(t)
+	k2 := loadPinned(t, pinnable(t), dir, log)
+	t.Cleanup(func() { k2.Close() })
+	logs := log.String()
+	if !strings.Contains(logs, "carrying its entries over") || !strings.Contains(logs, "map=workers") || strings.Contains(logs, "counts are lost") {
+		t.Errorf("want one line that the workers map was carried over, and none that counts are lost:\n%s", logs)
+	}
+	var got bpf.ObserverWorker
+	if err := k2.objs.Workers.Lookup(uint32(4242), &got); err != nil {
+		t.Fatalf("the old version's worker is gone: %v", err)
+	}
+	if got != want {
+		t.Errorf("carried over as %+v, want %+v", got, want)
 	}
 }
 

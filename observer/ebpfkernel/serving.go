@@ -70,6 +70,20 @@ func (f *following) forget(pid int) {
 	}
 }
 
+// summarize sets each process's Followed: how the requests the tracker
+// followed ended. A slot's history entry (Spawns set) has none of its own.
+func (f *following) summarize(cs []observer.Counters) {
+	if f == nil {
+		return
+	}
+	for i := range cs {
+		if cs[i].Spawns == 0 {
+			s := f.tracker.Summary(cs[i].PID)
+			cs[i].Followed = &s
+		}
+	}
+}
+
 // Serving implements observer.RequestAware: the requests pid is in now,
 // with their vars as uWSGI writes them ("KEY=VALUE"): those whose response
 // has not begun. One whose response has begun may be over: the kernel

@@ -44,9 +44,12 @@ var (
 	descVSZ          = desc("worker_virtual_memory_bytes", "Virtual memory of the worker process.", "worker")
 	descRespawns     = desc("worker_respawns_total", "Processes that have held the worker slot.", "worker")
 	descLastSpawn    = desc("worker_last_spawn_timestamp_seconds", "Start time of the slot's current process.", "worker")
+	descExceptions   = desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (seen with serve --requests) or never answered.", "worker")
+	descByStatus     = desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (serve --requests; since the daemon started).", "class")
+	descDuration     = desc("request_duration_seconds", "Answered requests across the pool, first request byte to last response byte (serve --requests; since the daemon started).")
 	descAllDescribed = []*prometheus.Desc{descUp, descListenQueue, descLoad, descSocketQueue, descSocketMax, descDropped,
 		descWorkerInfo, descRequests, descTx, descRx, descAccepted, descRunning, descAvgRT, descBusy, descRSS, descVSZ,
-		descRespawns, descLastSpawn}
+		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration}
 )
 
 // Describe implements prometheus.Collector.
@@ -104,5 +107,51 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descVSZ, float64(w.VSZ), id)
 		counter(descRespawns, float64(w.RespawnCount), id)
 		gauge(descLastSpawn, float64(w.LastSpawn), id)
+		counter(descExceptions, float64(w.Exceptions), id)
 	}
+	requestSeries(ch, st.Workers)
+}
+
+// requestSeries sends the pool's requests by status class and their
+// durations, from what request capture saw; nothing without it. They are
+// per pool: per-worker histograms would multiply the series by the slots.
+func requestSeries(ch chan<- prometheus.Metric, workers []observer.Worker) {
+	var by observer.Statuses
+	var count, sumUs uint64
+	var buckets []uint64
+	var bounds []uint64
+	seen := false
+	for _, w := range workers {
+		if w.Statuses == nil || w.Durations == nil {
+			continue
+		}
+		seen = true
+		s := w.Statuses
+		by.S2xx, by.S3xx, by.S4xx, by.S5xx = by.S2xx+s.S2xx, by.S3xx+s.S3xx, by.S4xx+s.S4xx, by.S5xx+s.S5xx
+		by.Other, by.Unanswered = by.Other+s.Other, by.Unanswered+s.Unanswered
+		d := w.Durations
+		count, sumUs, bounds = count+d.Count, sumUs+d.SumUs, d.BoundsUs
+		if buckets == nil {
+			buckets = make([]uint64, len(d.Counts))
+		}
+		for i := range min(len(buckets), len(d.Counts)) {
+			buckets[i] += d.Counts[i]
+		}
+	}
+	if !seen {
+		return
+	}
+	for class, n := range map[string]uint64{"2xx": by.S2xx, "3xx": by.S3xx, "4xx": by.S4xx, "5xx": by.S5xx, "other": by.Other, "unanswered": by.Unanswered} {
+		ch <- prometheus.MustNewConstMetric(descByStatus, prometheus.CounterValue, float64(n), class)
+	}
+	// Prometheus buckets are cumulative, by upper bound in seconds.
+	cumulative := make(map[float64]uint64, len(bounds))
+	var below uint64
+	for i, b := range bounds {
+		if i < len(buckets) {
+			below += buckets[i]
+		}
+		cumulative[float64(b)/1e6] = below
+	}
+	ch <- prometheus.MustNewConstHistogram(descDuration, count, float64(sumUs)/1e6, cumulative)
 }

@@ -85,3 +85,58 @@ func TestWorkerSeriesBySlot(t *testing.T) {
 		t.Errorf("dropped: %v", d)
 	}
 }
+
+// TestRequestSeriesPerPool: with request capture, the pool's requests by
+// status class and one duration histogram across its workers, in seconds
+// and cumulative as Prometheus has them; without it, neither.
+func TestRequestSeriesPerPool(t *testing.T) {
+	bounds := []uint64{5000, 100_000, 1_000_000} // µs
+	st := &observer.Stats{Workers: []observer.Worker{
+		{ID: 1, Exceptions: 3,
+			Statuses:  &observer.Statuses{S2xx: 5, S5xx: 1, Unanswered: 2},
+			Durations: &observer.Durations{Count: 6, SumUs: 250_000, BoundsUs: bounds, Counts: []uint64{4, 1, 1, 0}}},
+		{ID: 2, Exceptions: 0,
+			Statuses:  &observer.Statuses{S2xx: 2, S4xx: 1},
+			Durations: &observer.Durations{Count: 3, SumUs: 2_010_000, BoundsUs: bounds, Counts: []uint64{1, 0, 1, 1}}},
+	}}
+	got := scrape(t, func(context.Context) (*observer.Stats, error) { return st, nil })
+	want := map[string]float64{"2xx": 7, "3xx": 0, "4xx": 1, "5xx": 1, "other": 0, "unanswered": 2}
+	by := map[string]float64{}
+	for _, m := range got["workerstats_requests_total"] {
+		by[label(m, "class")] = m.GetCounter().GetValue()
+	}
+	if len(by) != len(want) {
+		t.Errorf("requests by class %v, want %v", by, want)
+	}
+	for class, n := range want {
+		if by[class] != n {
+			t.Errorf("requests of class %s: %v, want %v", class, by[class], n)
+		}
+	}
+	if e := got["workerstats_worker_exceptions_total"]; len(e) != 2 || e[0].GetCounter().GetValue() != 3 {
+		t.Errorf("exceptions: %v, want slot 1's 3", e)
+	}
+	hs := got["workerstats_request_duration_seconds"]
+	if len(hs) != 1 {
+		t.Fatalf("%d duration histograms, want one for the pool", len(hs))
+	}
+	h := hs[0].GetHistogram()
+	if h.GetSampleCount() != 9 || h.GetSampleSum() != 2.26 {
+		t.Errorf("histogram count %d sum %v, want 9 and 2.26 s", h.GetSampleCount(), h.GetSampleSum())
+	}
+	wantCum := map[float64]uint64{0.005: 5, 0.1: 6, 1: 8}
+	for _, b := range h.GetBucket() {
+		if wantCum[b.GetUpperBound()] != b.GetCumulativeCount() {
+			t.Errorf("bucket le=%v: %d, want %d", b.GetUpperBound(), b.GetCumulativeCount(), wantCum[b.GetUpperBound()])
+		}
+	}
+	if len(h.GetBucket()) != len(wantCum) {
+		t.Errorf("buckets %v, want %v", h.GetBucket(), wantCum)
+	}
+
+	st.Workers[0].Statuses, st.Workers[0].Durations, st.Workers[1].Statuses, st.Workers[1].Durations = nil, nil, nil, nil
+	got = scrape(t, func(context.Context) (*observer.Stats, error) { return st, nil })
+	if got["workerstats_requests_total"] != nil || got["workerstats_request_duration_seconds"] != nil {
+		t.Error("request series without request capture")
+	}
+}

@@ -33,8 +33,8 @@ func parseHTTPRequest(b []byte) Request {
 	path, query, _ := strings.Cut(target, "?")
 	r.Vars = append(r.Vars,
 		Var{"REQUEST_METHOD", method},
-		Var{"REQUEST_URI", target},
 		Var{"PATH_INFO", unescapePath(path)},
+		Var{"REQUEST_URI", target},
 		Var{"QUERY_STRING", query},
 		Var{"SERVER_PROTOCOL", proto})
 	for {

@@ -50,8 +50,10 @@ type Request struct {
 	// Truncated says the capture ended inside the head.
 	Truncated bool
 	// Vars in the order the request gave them; for HTTP the CGI variables
-	// uWSGI's http-socket derives (REQUEST_METHOD, REQUEST_URI, PATH_INFO,
-	// QUERY_STRING, SERVER_PROTOCOL, then HTTP_* for each header).
+	// uWSGI's http-socket derives, in its order (REQUEST_METHOD,
+	// PATH_INFO, REQUEST_URI, QUERY_STRING, SERVER_PROTOCOL, then HTTP_*
+	// for each header), less those the bytes do not say (SCRIPT_NAME,
+	// SERVER_NAME, SERVER_PORT, REMOTE_ADDR).
 	Vars []Var
 }
 

@@ -25,3 +25,12 @@ func (h *Histogram) Observe(ns uint64) {
 	h.Count++
 	h.SumNs += ns
 }
+
+// Add adds o's counts to h's.
+func (h *Histogram) Add(o Histogram) {
+	for i, n := range o.Counts {
+		h.Counts[i] += n
+	}
+	h.Count += o.Count
+	h.SumNs += o.SumNs
+}

@@ -74,15 +74,31 @@ type InFlight struct {
 	Status   int  // the status it began with, 0 if none could be read
 }
 
-// Worker is what the tracker knows of one worker's requests.
-type Worker struct {
+// Classes is how many classes there are.
+const Classes = int(classes)
+
+// Summary is how a worker's requests ended.
+type Summary struct {
 	Ended     [classes]uint64 // requests ended, by class
 	Durations Histogram       // answered requests, first request byte to last response byte
-	InFlight  []InFlight      // by start
+}
+
+// Add adds o's counts to s's.
+func (s *Summary) Add(o Summary) {
+	for i, n := range o.Ended {
+		s.Ended[i] += n
+	}
+	s.Durations.Add(o.Durations)
 }
 
 // Exceptions are uWSGI's: requests answered with a 5xx, or never answered.
-func (w Worker) Exceptions() uint64 { return w.Ended[Status5xx] + w.Ended[Unanswered] }
+func (s Summary) Exceptions() uint64 { return s.Ended[Status5xx] + s.Ended[Unanswered] }
+
+// Worker is what the tracker knows of one worker's requests.
+type Worker struct {
+	Summary
+	InFlight []InFlight // by start
+}
 
 // DefaultMaxConns bounds the connections a Tracker follows at once.
 const DefaultMaxConns = 1 << 17
@@ -95,7 +111,7 @@ type Tracker struct {
 	mu      sync.Mutex
 	conns   map[uint64]*conn
 	byPID   map[int]map[uint64]*conn // conns again, by worker: a dump asks by worker
-	workers map[int]*Worker
+	workers map[int]*Summary
 	lost    uint64
 }
 
@@ -216,13 +232,13 @@ func (t *Tracker) drop(k uint64, c *conn) {
 	}
 }
 
-func (t *Tracker) worker(pid int) *Worker {
+func (t *Tracker) worker(pid int) *Summary {
 	if t.workers == nil {
-		t.workers = map[int]*Worker{}
+		t.workers = map[int]*Summary{}
 	}
 	w := t.workers[pid]
 	if w == nil {
-		w = &Worker{}
+		w = &Summary{}
 		t.workers[pid] = w
 	}
 	return w
@@ -241,7 +257,7 @@ func (t *Tracker) Worker(pid int) Worker {
 	defer t.mu.Unlock()
 	var out Worker
 	if w := t.workers[pid]; w != nil {
-		out.Ended, out.Durations = w.Ended, w.Durations
+		out.Summary = *w
 	}
 	for _, c := range t.byPID[pid] {
 		if c.cur != nil {
@@ -252,6 +268,16 @@ func (t *Tracker) Worker(pid int) Worker {
 		return cmp.Or(cmp.Compare(a.StartNs, b.StartNs), cmp.Compare(a.Conn, b.Conn))
 	})
 	return out
+}
+
+// Summary returns how pid's requests the tracker followed ended.
+func (t *Tracker) Summary(pid int) Summary {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if w := t.workers[pid]; w != nil {
+		return *w
+	}
+	return Summary{}
 }
 
 // Forget drops what the tracker holds for pid, a worker gone: its
