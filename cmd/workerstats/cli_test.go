@@ -52,6 +52,8 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"bad hooks", []string{"serve", "--pid", "1", "--hooks", "kprobe"}, `--hooks "kprobe" is not one of auto, sock, syscall, raw`},
 		{"bad max connections", []string{"serve", "--pid", "1", "--max-connections", "0"}, "--max-connections 0: give 1 to 16777216"},
 		{"requests without eBPF", []string{"serve", "--pid", "1", "--mode", "procfs", "--requests"}, "--requests needs eBPF: procfs mode sees no request; drop --mode procfs or --requests"},
+		{"bad request vars", []string{"serve", "--pid", "1", "--requests", "--request-vars", "some"}, `--request-vars "some" is not one of all, no-query, none`},
+		{"request vars without requests", []string{"serve", "--pid", "1", "--request-vars", "none"}, "--request-vars says which vars --requests shows: add --requests"},
 		{"bad stats address", []string{"serve", "--pid", "1", "--stats", "localhost"}, "neither host:port nor a socket path"},
 		{"address in use", []string{"serve", "--pid", "1", "--stats", busy.Addr().String()}, "already in use"},
 		{"read nothing there", []string{"read", deadAddr}, "connect to stats socket " + deadAddr},

@@ -49,7 +49,7 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
 		MaxConnections: o.maxConns, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
 	if err == nil && o.requests {
-		if err := k.Follow(); err != nil {
+		if err := k.Follow(o.requestVars); err != nil {
 			k.Close()
 			return nil, "", fmt.Errorf("follow the captured requests: %w", err)
 		}

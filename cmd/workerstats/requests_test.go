@@ -314,3 +314,47 @@ func busyCore(t *testing.T, addr, who string) observer.Core {
 	})
 	return core
 }
+
+// TestRequestVarsLeaveOutQueries: --request-vars no-query shows a busy
+// worker's request without its query string anywhere; none shows no vars,
+// only that the worker is in a request and since when.
+func TestRequestVarsLeaveOutQueries(t *testing.T) {
+	testutil.RequireEBPF(t)
+	hooks := testutil.HookSets(t, ebpfkernel.AvailableHooks)[0]
+	for _, policy := range []string{"no-query", "none"} {
+		t.Run(policy, func(t *testing.T) {
+			p := startGunicorn(t, 1)
+			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+				"--hooks", hooks, "--requests", "--request-vars", policy)
+			c, err := net.Dial("tcp", p.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := fmt.Fprintf(c, "GET /sleep/2000?token=secret HTTP/1.1\r\nHost: app.test\r\nReferer: http://app.test/?token=secret\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			var core observer.Core
+			waitStats(t, d.addr, 1500*time.Millisecond, "the worker to be in the request", func(st *observer.Stats) error {
+				for _, w := range st.Workers {
+					if w.Status == "busy" && w.Cores[0].InRequest == 1 {
+						core = w.Cores[0]
+						return nil
+					}
+				}
+				return fmt.Errorf("workers %+v", st.Workers)
+			})
+			if core.ReqInfo["request_start"] == nil {
+				t.Errorf("no request_start: %+v", core)
+			}
+			want := []string{"REQUEST_METHOD=GET", "PATH_INFO=/sleep/2000", "REQUEST_URI=/sleep/2000", "SERVER_PROTOCOL=HTTP/1.1",
+				"HTTP_HOST=app.test", "HTTP_REFERER=http://app.test/"}
+			if policy == "none" {
+				want = []string{}
+			}
+			if !slices.Equal(core.Vars, want) {
+				t.Errorf("vars %q, want %q", core.Vars, want)
+			}
+		})
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/metrics"
+	"github.com/workerstats/workerstats/observer/requests"
 	"github.com/workerstats/workerstats/statsock"
 )
 
@@ -46,6 +47,7 @@ type serveFlags struct {
 	hooks    string
 	bpfStats bool
 	requests bool
+	reqVars  string
 	maxConns int
 	procRoot string
 	config   string
@@ -62,13 +64,14 @@ type serveFlags struct {
 // defaults merged, each checked once. serveDaemon takes them; serve's RunE
 // and demo build them.
 type daemonOptions struct {
-	mode     string // modeAuto, modeEBPF or modeProcfs
-	hooks    string
-	bpfStats bool
-	requests bool // --requests: capture request heads
-	maxConns int  // --max-connections
-	proc     observer.Procfs
-	pools    []poolSpec
+	mode        string // modeAuto, modeEBPF or modeProcfs
+	hooks       string
+	bpfStats    bool
+	requests    bool          // --requests: capture request heads
+	requestVars requests.Vars // --request-vars: which of their vars to show
+	maxConns    int           // --max-connections
+	proc        observer.Procfs
+	pools       []poolSpec
 	// poolsFromConfig: a pool that cannot start (two masters of one
 	// --name, say) is logged and the config's other pools go on; the one
 	// pool a command line names ends the daemon.
@@ -127,6 +130,7 @@ several pools, each with its own stats socket. It needs root.`,
 	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit; what auto picks without sock)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.BoolVar(&o.requests, "requests", false, "capture the first bytes of each request and response (eBPF mode) to show in each worker's cores what it is serving now; costs about 1 µs of kernel time per request")
+	f.StringVar(&o.reqVars, "request-vars", requests.AllVars.String(), "with --requests, which vars of a request a core shows: all (as uWSGI, less cookies and authorization), no-query (and no query strings), or none")
 	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
@@ -142,8 +146,12 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 	if err != nil {
 		return daemonOptions{}, err
 	}
+	vars, err := requests.ParseVars(o.reqVars)
+	if err != nil {
+		return daemonOptions{}, fmt.Errorf("--request-vars %w", err)
+	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, maxConns: o.maxConns, proc: proc,
+		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, requestVars: vars, maxConns: o.maxConns, proc: proc,
 		pools: specs, poolsFromConfig: o.config != "",
 		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
 	}
@@ -206,6 +214,7 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 	set("hooks", c.Hooks != "", func() { o.hooks = c.Hooks })
 	set("bpf-stats", c.BPFStats, func() { o.bpfStats = true })
 	set("requests", c.Requests, func() { o.requests = true })
+	set("request-vars", c.RequestVars != "", func() { o.reqVars = c.RequestVars })
 	set("max-connections", c.MaxConns != 0, func() { o.maxConns = c.MaxConns })
 	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
 	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
@@ -225,6 +234,9 @@ func (d *daemonOptions) check() error {
 	}
 	if err := checkMaxConns(d.maxConns); err != nil {
 		return err
+	}
+	if d.requestVars != requests.AllVars && !d.requests {
+		return errors.New("--request-vars says which vars --requests shows: add --requests")
 	}
 	if d.requests && d.mode == modeProcfs {
 		return errors.New("--requests needs eBPF: procfs mode sees no request; drop --mode procfs or --requests")

@@ -20,9 +20,10 @@ type following struct {
 }
 
 // Follow starts reading the captured heads (Options.CaptureHeads) into a
-// tracker of as many connections as the kernel's table holds, until
-// Close: Serving answers from it. It takes the heads Heads would read.
-func (k *Kernel) Follow() error {
+// tracker of as many connections as the kernel's table holds, keeping
+// vars of each request, until Close: Serving answers from it. It takes the
+// heads Heads would read.
+func (k *Kernel) Follow(vars requests.Vars) error {
 	if k.following != nil {
 		return nil
 	}
@@ -30,7 +31,7 @@ func (k *Kernel) Follow() error {
 	if err != nil {
 		return err
 	}
-	tr := &requests.Tracker{MaxConns: int(k.objs.Conns.MaxEntries())}
+	tr := &requests.Tracker{MaxConns: int(k.objs.Conns.MaxEntries()), Vars: vars}
 	f := &following{tracker: tr, heads: hr, done: make(chan struct{})}
 	go func() {
 		defer close(f.done)

@@ -68,7 +68,7 @@ func (c Class) String() string { return classNames[c] }
 type InFlight struct {
 	Conn     uint64
 	Kind     proto.Kind
-	Vars     []proto.Var // credentials left out (proto.Secret)
+	Vars     []proto.Var // as Tracker.Vars keeps them: credentials never
 	StartNs  uint64
 	Answered bool // its response began
 	Status   int  // the status it began with, 0 if none could be read
@@ -107,6 +107,7 @@ const DefaultMaxConns = 1 << 17
 // DefaultMaxConns connections at most.
 type Tracker struct {
 	MaxConns int
+	Vars     Vars // which of a request's vars to keep; credentials never
 
 	mu      sync.Mutex
 	conns   map[uint64]*conn
@@ -169,13 +170,7 @@ func (t *Tracker) request(c *conn, h Head) {
 		t.end(c, h.LastTxNs, c.cur.Answered)
 	}
 	r := proto.ParseRequest(c.kind, h.Data, h.Truncated)
-	vars := make([]proto.Var, 0, len(r.Vars))
-	for _, v := range r.Vars {
-		if !proto.Secret(v.Key) {
-			vars = append(vars, v)
-		}
-	}
-	c.cur = &InFlight{Conn: h.Conn, Kind: c.kind, Vars: vars, StartNs: h.TimeNs}
+	c.cur = &InFlight{Conn: h.Conn, Kind: c.kind, Vars: t.Vars.keep(r.Vars), StartNs: h.TimeNs}
 }
 
 // end ends c's request at endNs.

@@ -1,6 +1,7 @@
 package requests
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/workerstats/workerstats/observer/proto"
@@ -152,4 +153,36 @@ func FuzzTracker(f *testing.F) {
 			t.Fatalf("%d requests started, %d ended, %d in flight", started, ended, inFlight)
 		}
 	})
+}
+
+// TestVarsPolicy: NoQuery leaves out query strings wherever they are
+// (QUERY_STRING, the URI's, a referer's), NoVars every var; credentials
+// are never kept, whatever the policy.
+func TestVarsPolicy(t *testing.T) {
+	head := []byte("GET /search?q=private HTTP/1.1\r\nHost: app.example\r\nReferer: https://app.example/a?token=x\r\n" +
+		"Authorization: Basic c2VjcmV0\r\nCookie: s=1\r\n\r\n")
+	for _, tc := range []struct {
+		vars Vars
+		want []proto.Var
+	}{
+		{AllVars, []proto.Var{{Key: "REQUEST_METHOD", Value: "GET"}, {Key: "PATH_INFO", Value: "/search"}, {Key: "REQUEST_URI", Value: "/search?q=private"},
+			{Key: "QUERY_STRING", Value: "q=private"}, {Key: "SERVER_PROTOCOL", Value: "HTTP/1.1"}, {Key: "HTTP_HOST", Value: "app.example"},
+			{Key: "HTTP_REFERER", Value: "https://app.example/a?token=x"}}},
+		{NoQuery, []proto.Var{{Key: "REQUEST_METHOD", Value: "GET"}, {Key: "PATH_INFO", Value: "/search"}, {Key: "REQUEST_URI", Value: "/search"},
+			{Key: "SERVER_PROTOCOL", Value: "HTTP/1.1"}, {Key: "HTTP_HOST", Value: "app.example"}, {Key: "HTTP_REFERER", Value: "https://app.example/a"}}},
+		{NoVars, nil},
+	} {
+		tr := Tracker{Vars: tc.vars}
+		tr.Add(Head{Conn: 1, PID: 10, Kind: Request, TimeNs: ms, Data: head})
+		w := tr.Worker(10)
+		if len(w.InFlight) != 1 || !slices.Equal(w.InFlight[0].Vars, tc.want) {
+			t.Errorf("%s: in flight %+v, want vars %v", tc.vars, w.InFlight, tc.want)
+		}
+		if got, err := ParseVars(tc.vars.String()); err != nil || got != tc.vars {
+			t.Errorf("ParseVars(%q) = %v, %v", tc.vars.String(), got, err)
+		}
+	}
+	if _, err := ParseVars("some"); err == nil {
+		t.Error("ParseVars took \"some\"")
+	}
 }
