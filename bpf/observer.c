@@ -88,6 +88,8 @@ struct conn {
 	__u32 state;
 	__u64 req_start_ns;
 	__u64 last_tx_ns;
+	__u32 captured; /* request capture: bytes of the request's head sent so far */
+	__u32 pad;
 };
 
 /* Global per-CPU counters, indexed by enum counter: what was tracked, and what could not be. */
@@ -225,14 +227,17 @@ struct {
 /* What a record says of its connection: a request began (and so the
  * previous one on the connection, answered, is over), its response began,
  * or the connection closed with a request on it. */
-enum head_kind { HEAD_REQUEST = 0, HEAD_RESPONSE = 1, HEAD_CLOSE = 2 };
+enum head_kind { HEAD_REQUEST = 0, HEAD_RESPONSE = 1, HEAD_CLOSE = 2, HEAD_MORE = 3 };
 
 struct head {
 	__u64 sk;
 	__u64 ts_ns;      /* when the request or response began, or the close */
 	__u64 last_tx_ns; /* the connection's last response byte before this */
 	__u32 tgid;
-	__u32 kind;  /* enum head_kind; HEAD_REQUEST is DIR_RECV, HEAD_RESPONSE DIR_SEND */
+	__u32 kind;  /* enum head_kind; HEAD_REQUEST is DIR_RECV, HEAD_RESPONSE DIR_SEND;
+		      * HEAD_MORE the next bytes of a request whose head came in
+		      * several reads (PHP-FPM reads each FastCGI record's header
+		      * apart), until HEAD_MAX in all */
 	__u32 len;   /* bytes in data; none for HEAD_CLOSE */
 	__u32 total; /* bytes the syscall moved (more than len when cut short);
 		      * for HEAD_CLOSE the request's state, enum conn_state */
@@ -442,6 +447,14 @@ static __always_inline __u64 user_buf(long nr, __u64 arg1, __u64 *len)
 	return 0;
 }
 
+/* Whether a receive of n bytes on c (no request begun by it) brings more
+ * of a request head to capture: one still being received whose first
+ * bytes came short of HEAD_MAX. */
+static __always_inline int head_continues(struct conn *c, __u32 dir)
+{
+	return capture_heads && dir == DIR_RECV && c->state == CONN_RECEIVING && c->captured < HEAD_MAX;
+}
+
 /* Whether n bytes received on c by syscall nr (second argument arg1)
  * are more of the request being answered rather than the next one: the
  * protocol says so for a FastCGI record other than BEGIN_REQUEST, such as
@@ -462,12 +475,16 @@ static __always_inline int same_request(struct conn *c, __u32 dir, long n, long 
 }
 
 /* Counts n bytes syscall nr (second argument arg1) moved on sk if it is a
- * tracked connection, and returns its entry; *at as conn_bytes returns it. */
-static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur, long nr, __u64 arg1, __u64 *at)
+ * tracked connection, and returns its entry; *at as conn_bytes returns it,
+ * *more as head_continues says before them. */
+static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 tgid, struct worker *cur, long nr, __u64 arg1,
+					      __u64 *at, int *more)
 {
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (c) /* else not an accepted connection: outbound, pipe, file... */
-		*at = conn_bytes(c, dir, n, tgid, cur, same_request(c, dir, n, nr, arg1));
+	if (!c) /* not an accepted connection: outbound, pipe, file... */
+		return 0;
+	*more = head_continues(c, dir);
+	*at = conn_bytes(c, dir, n, tgid, cur, same_request(c, dir, n, nr, arg1));
 	return c;
 }
 
@@ -494,7 +511,8 @@ static __always_inline void submit_head(struct head *h)
 }
 
 /* Sends the first bytes syscall nr (second argument arg1) moved, n in all,
- * on connection sk (entry c) of worker tgid at time at, to userspace. */
+ * on connection sk (entry c) of worker tgid, to userspace: at, when they
+ * begin a request or response; 0 for more of a request's head. */
 static __always_inline void capture(__u64 sk, struct conn *c, __u32 tgid, __u32 dir, long n, __u64 at, long nr, __u64 arg1)
 {
 	__u64 room = 0;
@@ -507,19 +525,22 @@ static __always_inline void capture(__u64 sk, struct conn *c, __u32 tgid, __u32 
 		if (h)
 			fill_head(h, RESPONSE_HEAD_MAX, buf, room, n);
 	} else {
+		__u32 had = at ? 0 : c->captured;
 		h = bpf_ringbuf_reserve(&heads, sizeof(*h), 0);
-		if (h)
-			fill_head(h, HEAD_MAX, buf, room, n);
+		if (h) {
+			fill_head(h, had < HEAD_MAX ? HEAD_MAX - had : 0, buf, room, n);
+			c->captured = had + h->len;
+		}
 	}
 	if (!h) {
 		count(CNT_HEAD_LOST);
 		return;
 	}
 	h->sk = sk;
-	h->ts_ns = at;
+	h->ts_ns = at ? at : bpf_ktime_get_ns();
 	h->last_tx_ns = c->last_tx_ns;
 	h->tgid = tgid;
-	h->kind = dir;
+	h->kind = at ? dir : HEAD_MORE;
 	submit_head(h);
 }
 
@@ -759,8 +780,9 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 		regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 		same = same_request(c, dir, ret, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
+	int more = head_continues(c, dir);
 	__u64 at = conn_bytes(c, dir, ret, tgid, cur, same);
-	if (at && capture_heads == CAPTURE_SOCK) {
+	if ((at || more) && capture_heads == CAPTURE_SOCK) {
 		if (!regs)
 			regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 		capture(sk, c, tgid, dir, ret, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
@@ -924,8 +946,9 @@ static __always_inline void data_exit(__u64 id, long ret)
 	if (!cur)
 		return;
 	__u64 at = 0;
-	struct conn *c = on_bytes(done.sk, done.dir, ret, tgid, cur, done.nr, done.arg1, &at);
-	if (c && at && capture_heads)
+	int more = 0;
+	struct conn *c = on_bytes(done.sk, done.dir, ret, tgid, cur, done.nr, done.arg1, &at, &more);
+	if (c && (at || more) && capture_heads)
 		capture(done.sk, c, tgid, done.dir, ret, at, done.nr, done.arg1);
 }
 
@@ -1030,8 +1053,9 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	int same = 0;
 	if (dir == DIR_RECV && c->state == CONN_RESPONDING)
 		same = same_request(c, dir, ret, nr, BPF_CORE_READ(regs, si));
+	int more = head_continues(c, dir);
 	__u64 at = conn_bytes(c, dir, ret, tgid, w, same);
-	if (at && capture_heads)
+	if ((at || more) && capture_heads)
 		capture(sk, c, tgid, dir, ret, at, nr, BPF_CORE_READ(regs, si));
 	return 0;
 }

@@ -27,6 +27,8 @@ type ObserverConn struct {
 	State      uint32
 	ReqStartNs uint64
 	LastTxNs   uint64
+	Captured   uint32
+	Pad        uint32
 }
 
 type ObserverCounter uint32

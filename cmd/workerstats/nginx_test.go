@@ -81,6 +81,12 @@ http {
 		root {{DIR}}/www;
 		location / {
 		}
+		location = /moved {
+			return 302 /small.txt;
+		}
+		location = /unavailable {
+			return 503;
+		}
 	}
 }
 `
@@ -265,6 +271,7 @@ type nginxWorkerLog struct {
 	requests uint64
 	tx, rx   uint64          // sums of $bytes_sent and $request_length
 	conns    map[string]bool // $connection serials
+	statuses observer.Statuses
 }
 
 // readAccessLog sums the access log per worker pid. Only complete lines
@@ -305,6 +312,7 @@ func (s *nginxServer) readAccessLog() (map[int]*nginxWorkerLog, uint64, error) {
 		w.conns[f[1]] = true
 		w.tx += n[4]
 		w.rx += n[5]
+		countStatus(&w.statuses, int(n[3]))
 		total++
 	}
 	return per, total, nil
@@ -579,5 +587,61 @@ func TestNginxMatchesAccessLog(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestNginxStatusClassesMatchAccessLog: with --requests, each nginx
+// worker's requests by status class (200s, 404s for missing files, a 302
+// and a 503 from the config's returns) equal its $status in nginx's access
+// log, per $pid, and its 5xx answers are its exceptions.
+func TestNginxStatusClassesMatchAccessLog(t *testing.T) {
+	testutil.RequireEBPF(t)
+	testutil.RequireCommand(t, "nginx", "nginx")
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			s := startNginx(t, false)
+			d := startDaemon(t, "--pid", strconv.Itoa(s.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+				"--hooks", hooks, "--requests")
+			load := driveNginx(t, s, 100, 8)
+			for i := range 20 {
+				path := "/moved"
+				if i%2 == 1 {
+					path = "/unavailable"
+				}
+				if _, err := getOnce(s.addr, path); err != nil {
+					t.Fatal(err)
+				}
+				load.requests++
+				load.conns++
+			}
+			ours, theirs, diff := settleNginx(t, s, d, load)
+			if diff != nil {
+				t.Fatalf("workerstats differs from nginx's access log: %v", diff)
+			}
+			err := poll(5*time.Second, func() error {
+				var err error
+				if ours, err = readStats(d.addr); err != nil {
+					return err
+				}
+				for _, pid := range s.workers {
+					o, n := workersByPID(ours)[pid], theirs[pid]
+					if n == nil {
+						n = &nginxWorkerLog{}
+					}
+					if o.Statuses == nil || *o.Statuses != n.statuses || o.Exceptions != n.statuses.S5xx {
+						return fmt.Errorf("pid %d: statuses %+v exceptions %d; nginx logged %+v", pid, o.Statuses, o.Exceptions, n.statuses)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, pid := range s.workers {
+				o := workersByPID(ours)[pid]
+				t.Logf("pid %d: statuses %+v (as nginx logged), exceptions %d", pid, *o.Statuses, o.Exceptions)
+			}
+			checkDropped(t, ours, 0)
+		})
 	}
 }

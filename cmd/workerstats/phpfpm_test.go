@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -590,6 +592,112 @@ func TestPHPFPMMatchesOwnStatus(t *testing.T) {
 			} else if dump.Observer.Hooks != hooks {
 				t.Errorf("dump says hooks %q, asked for %q", dump.Observer.Hooks, hooks)
 			}
+		})
+	}
+}
+
+// fpmProcess is one process of FPM's /status?full&json, with what it says
+// of the request a process is in.
+type fpmProcess struct {
+	PID      int    `json:"pid"`
+	State    string `json:"state"`
+	Method   string `json:"request method"`
+	URI      string `json:"request uri"`
+	Script   string `json:"script"`
+	Duration int64  `json:"request duration"` // µs
+}
+
+// TestPHPFPMShowsWhatWorkersServe: with --requests, during a slow script
+// the busy process's core shows the request method, URI and script FPM's
+// own full status shows for it, and a request_start that agrees with FPM's
+// request duration; per-pid requests still equal FPM's once it is done.
+func TestPHPFPMShowsWhatWorkersServe(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			p := startPHPFPM(t)
+			slow := filepath.Join(p.dir, "slow.php")
+			if err := os.WriteFile(slow, []byte("<?php usleep((int)$_GET['ms'] * 1000); echo 'done';\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks, "--requests")
+			tr := &fpmTraffic{}
+			done := make(chan error, 1)
+			go func() {
+				ex, err := fpmDo(p, fpmGet(p, slow, "/slow.php", "ms=3000&who=test"))
+				if err == nil {
+					tr.add(ex)
+				}
+				done <- err
+			}()
+			var theirs fpmProcess
+			waitFor(t, 2500*time.Millisecond, "FPM to show the slow request running", func() error {
+				ex, err := fpmDo(p, fpmGet(p, filepath.Join(p.dir, "status"), "/status", "full&json"))
+				if err != nil {
+					return err
+				}
+				tr.add(ex)
+				tr.status++
+				_, body, err := fpmBody(ex.stdout)
+				if err != nil {
+					return err
+				}
+				var st struct {
+					Processes []fpmProcess `json:"processes"`
+				}
+				if err := json.Unmarshal(body, &st); err != nil {
+					return err
+				}
+				for _, pr := range st.Processes {
+					if pr.State == "Running" && strings.HasPrefix(pr.URI, "/slow.php") {
+						theirs = pr
+						return nil
+					}
+				}
+				return fmt.Errorf("processes %+v", st.Processes)
+			})
+			seen := time.Now()
+			var ours observer.Worker
+			waitStats(t, d.addr, 2*time.Second, "workerstats to show the slow request", func(st *observer.Stats) error {
+				ours = workersByPID(st)[theirs.PID]
+				for _, c := range ours.Cores {
+					if c.InRequest == 1 && slices.Contains(c.Vars, "SCRIPT_FILENAME="+slow) {
+						return nil
+					}
+				}
+				return fmt.Errorf("pid %d: %+v", theirs.PID, ours)
+			})
+			var core observer.Core
+			for _, c := range ours.Cores {
+				if slices.Contains(c.Vars, "SCRIPT_FILENAME="+slow) {
+					core = c
+				}
+			}
+			for _, want := range []string{"REQUEST_METHOD=" + theirs.Method, "REQUEST_URI=" + theirs.URI, "SCRIPT_FILENAME=" + theirs.Script} {
+				if !slices.Contains(core.Vars, want) {
+					t.Errorf("pid %d's core lacks %q: %q (FPM: %+v)", theirs.PID, want, core.Vars, theirs)
+				}
+			}
+			start, _ := core.ReqInfo["request_start"].(float64)
+			fpmStart := seen.Add(-time.Duration(theirs.Duration) * time.Microsecond)
+			if math.Abs(start-float64(fpmStart.Unix())) > 1 {
+				t.Errorf("request_start %v; FPM's request duration %d µs puts it at %d", start, theirs.Duration, fpmStart.Unix())
+			}
+			if core.ReqInfo["request_start"] == nil {
+				t.Errorf("no request_start: %+v", core)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			tr.ok++
+			st := fpmStatusAfter(t, p, tr)
+			ourWorkers := fpmSettle(t, d, st, tr)
+			for pid, n := range st.requests() {
+				if o := ourWorkers[pid]; o.Requests != n {
+					t.Errorf("pid %d: requests %d, FPM's %d", pid, o.Requests, n)
+				}
+			}
+			t.Logf("pid %d: vars %q, request_start %v; FPM: %+v", theirs.PID, core.Vars, core.ReqInfo["request_start"], theirs)
 		})
 	}
 }

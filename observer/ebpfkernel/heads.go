@@ -80,7 +80,7 @@ func decodeHead(b []byte) (requests.Head, error) {
 		return requests.Head{}, fmt.Errorf("a captured head claims %d bytes in a record of %d", n, len(b))
 	}
 	kind := le.Uint32(b[28:])
-	if kind > uint32(requests.Close) {
+	if kind > uint32(requests.More) {
 		return requests.Head{}, fmt.Errorf("a captured head of kind %d", kind)
 	}
 	h := requests.Head{

@@ -28,6 +28,9 @@ const (
 	// Close: the connection closed in the middle of a request, answered
 	// (Answered) or not.
 	Close
+	// More: the next bytes of a request whose head came in several reads
+	// (PHP-FPM reads each FastCGI record's header apart).
+	More
 )
 
 // Head is one captured head.
@@ -121,7 +124,15 @@ type conn struct {
 	pid  int
 	kind proto.Kind
 	cur  *InFlight
+	// head holds the current request's head while it is incomplete and
+	// came in several reads, at most HeadMax bytes; nil once complete.
+	head      []byte
+	truncated bool
 }
+
+// HeadMax bounds the bytes of a request head a connection keeps while it
+// comes in several reads, as the kernel side bounds what it captures.
+const HeadMax = 512
 
 // Add takes the next head.
 func (t *Tracker) Add(h Head) {
@@ -137,6 +148,10 @@ func (t *Tracker) Add(h Head) {
 	switch h.Kind {
 	case Request:
 		t.request(c, h)
+	case More:
+		if c != nil && c.cur != nil && c.head != nil {
+			t.more(c, h)
+		}
 	case Response:
 		if c != nil && c.cur != nil && !c.cur.Answered {
 			c.cur.Answered = true
@@ -163,14 +178,36 @@ func (t *Tracker) request(c *conn, h Head) {
 			t.lost++
 			return
 		}
-		c = &conn{pid: h.PID, kind: proto.Detect(h.Data)}
+		c = &conn{pid: h.PID}
 		t.add(h.Conn, c)
 	}
 	if c.cur != nil {
 		t.end(c, h.LastTxNs, c.cur.Answered)
 	}
-	r := proto.ParseRequest(c.kind, h.Data, h.Truncated)
-	c.cur = &InFlight{Conn: h.Conn, Kind: c.kind, Vars: t.Vars.keep(r.Vars), StartNs: h.TimeNs}
+	c.cur = &InFlight{Conn: h.Conn, StartNs: h.TimeNs}
+	c.head, c.truncated = nil, h.Truncated
+	t.parse(c, h.Data)
+}
+
+// more takes the next bytes of c's request head.
+func (t *Tracker) more(c *conn, h Head) {
+	n := min(len(h.Data), HeadMax-len(c.head))
+	c.truncated = c.truncated || n < len(h.Data) || h.Truncated
+	t.parse(c, append(c.head, h.Data[:n]...))
+}
+
+// parse reads head, all of c's current request's head so far, into its
+// vars; a head not complete yet is kept for the next bytes.
+func (t *Tracker) parse(c *conn, head []byte) {
+	if c.kind == proto.Unknown {
+		c.kind = proto.Detect(head)
+	}
+	r := proto.ParseRequest(c.kind, head, c.truncated)
+	c.cur.Kind, c.cur.Vars = c.kind, t.Vars.keep(r.Vars)
+	c.head = nil
+	if !r.Complete && !c.truncated && len(head) < HeadMax {
+		c.head = append(make([]byte, 0, min(2*len(head)+64, HeadMax)), head...)
+	}
 }
 
 // end ends c's request at endNs.

@@ -119,7 +119,7 @@ func FuzzTracker(f *testing.F) {
 		tr := Tracker{MaxConns: 4}
 		started := 0
 		for len(in) >= 3 {
-			kind, conn, n := Kind(in[0]%3), uint64(in[1]%8), int(in[2])
+			kind, conn, n := Kind(in[0]%4), uint64(in[1]%8), int(in[2])
 			in = in[3:]
 			n = min(n, len(in))
 			data := in[:n]
@@ -131,6 +131,11 @@ func FuzzTracker(f *testing.F) {
 			}
 			if len(tr.conns) > 4 {
 				t.Fatalf("%d connections followed", len(tr.conns))
+			}
+			for k, c := range tr.conns {
+				if len(c.head) > HeadMax {
+					t.Fatalf("connection %d keeps a head of %d bytes", k, len(c.head))
+				}
 			}
 			byPID := 0
 			for _, mine := range tr.byPID {
@@ -184,5 +189,44 @@ func TestVarsPolicy(t *testing.T) {
 	}
 	if _, err := ParseVars("some"); err == nil {
 		t.Error("ParseVars took \"some\"")
+	}
+}
+
+// TestHeadInSeveralReads: PHP-FPM reads a FastCGI request record by
+// record, each header apart, so its head comes in several captures: the
+// vars are read once the head is whole, and a head that never completes
+// is kept to HeadMax bytes and no more.
+func TestHeadInSeveralReads(t *testing.T) {
+	rec := func(typ byte, content []byte) []byte {
+		return append([]byte{1, typ, 0, 1, byte(len(content) >> 8), byte(len(content)), 0, 0}, content...)
+	}
+	pair := func(k, v string) []byte { return append([]byte{byte(len(k)), byte(len(v))}, k+v...) }
+	params := append(pair("REQUEST_METHOD", "GET"), pair("SCRIPT_FILENAME", "/srv/slow.php")...)
+	params = append(params, pair("REQUEST_URI", "/slow.php?ms=3")...)
+	begin := rec(1, []byte{0, 1, 0, 0, 0, 0, 0, 0})
+	p := rec(4, params)
+	// As FPM reads them: a header, its content, and so on.
+	reads := [][]byte{begin[:8], begin[8:], p[:8], p[8:], rec(4, nil)}
+	var tr Tracker
+	tr.Add(Head{Conn: 1, PID: 10, Kind: Request, TimeNs: ms, Data: reads[0]})
+	for _, r := range reads[1:] {
+		tr.Add(Head{Conn: 1, PID: 10, Kind: More, TimeNs: 2 * ms, Data: r})
+	}
+	w := tr.Worker(10)
+	want := []proto.Var{{Key: "REQUEST_METHOD", Value: "GET"}, {Key: "SCRIPT_FILENAME", Value: "/srv/slow.php"}, {Key: "REQUEST_URI", Value: "/slow.php?ms=3"}}
+	if len(w.InFlight) != 1 || w.InFlight[0].Kind != proto.FastCGI || !slices.Equal(w.InFlight[0].Vars, want) || w.InFlight[0].StartNs != ms {
+		t.Fatalf("in flight %+v, want the FastCGI request's vars %v from its first read's time", w.InFlight, want)
+	}
+	if c := tr.conns[1]; c.head != nil {
+		t.Errorf("the complete head is still kept: %d bytes", len(c.head))
+	}
+
+	// An HTTP head that never ends: kept to HeadMax, parsed that far.
+	tr.Add(Head{Conn: 2, PID: 10, Kind: Request, TimeNs: ms, Data: []byte("GET /x HTTP/1.1\r\nHost: a\r\n")})
+	for range 40 {
+		tr.Add(Head{Conn: 2, PID: 10, Kind: More, TimeNs: ms, Data: []byte("X-Long: aaaaaaaaaaaaaaaaaaaa\r\n")})
+	}
+	if c := tr.conns[2]; c.head != nil || !c.truncated || c.cur.Vars[0].Value != "GET" {
+		t.Errorf("an endless head: kept %d bytes, truncated %v, vars %v; want none kept past %d, truncated", len(c.head), c.truncated, c.cur.Vars, HeadMax)
 	}
 }
