@@ -252,48 +252,39 @@ func checkDurationMetrics(t *testing.T, d *daemon, n int) {
 // SERVER_PORT, REMOTE_ADDR); over the uwsgi protocol the vars are the
 // packet's, every one. Either way the cookie is never shown.
 func TestUWSGIShowsWhatWorkersServe(t *testing.T) {
-	testutil.RequireEBPF(t)
 	notInBytes := map[string]bool{"SCRIPT_NAME": true, "SERVER_NAME": true, "SERVER_PORT": true, "REMOTE_ADDR": true, "REMOTE_PORT": true}
-	for _, unix := range []bool{false, true} {
-		for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
-			name := "http-socket/" + hooks
-			if unix {
-				name = "unix/" + hooks
-			}
-			t.Run(name, func(t *testing.T) {
-				p := startUWSGI(t, uwsgiOptions{processes: 2, unix: unix})
-				d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks, "--requests")
-				req := uwsgiRequest(7, "sleep=3000&who=test")
-				if !unix {
-					req = []byte("GET /7?sleep=3000&who=test HTTP/1.1\r\nHost: app.test\r\nUser-Agent: workerstats-test\r\nCookie: s=secret\r\n\r\n")
-				}
-				c, err := p.dial()
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				if _, err := c.Write(req); err != nil {
-					t.Fatal(err)
-				}
-				theirs := busyCore(t, p.stats, "uWSGI")
-				ours := busyCore(t, d.addr, "workerstats")
-				var want []string
-				for _, v := range theirs.Vars {
-					key, _, _ := strings.Cut(v, "=")
-					if v != "" && (unix || !notInBytes[key]) && key != "HTTP_COOKIE" {
-						want = append(want, v)
-					}
-				}
-				if !slices.Equal(ours.Vars, want) {
-					t.Errorf("vars\n ours  %q\n want  %q\n(uWSGI's %q)", ours.Vars, want, theirs.Vars)
-				}
-				if o, u := ours.ReqInfo["request_start"], theirs.ReqInfo["request_start"]; o == nil || u == nil || math.Abs(o.(float64)-u.(float64)) > 1 {
-					t.Errorf("request_start %v, uWSGI's %v", o, u)
-				}
-				t.Logf("vars %q (uWSGI's %q), request_start %v (uWSGI's %v)", ours.Vars, theirs.Vars, ours.ReqInfo["request_start"], theirs.ReqInfo["request_start"])
-			})
+	eachSocketAndHooks(t, func(t *testing.T, unix bool, hooks string) {
+		p := startUWSGI(t, uwsgiOptions{processes: 2, unix: unix})
+		d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks, "--requests")
+		req := uwsgiRequest(7, "sleep=3000&who=test")
+		if !unix {
+			req = []byte("GET /7?sleep=3000&who=test HTTP/1.1\r\nHost: app.test\r\nUser-Agent: workerstats-test\r\nCookie: s=secret\r\n\r\n")
 		}
-	}
+		c, err := p.dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		theirs := busyCore(t, p.stats, "uWSGI")
+		ours := busyCore(t, d.addr, "workerstats")
+		var want []string
+		for _, v := range theirs.Vars {
+			key, _, _ := strings.Cut(v, "=")
+			if v != "" && (unix || !notInBytes[key]) && key != "HTTP_COOKIE" {
+				want = append(want, v)
+			}
+		}
+		if !slices.Equal(ours.Vars, want) {
+			t.Errorf("vars\n ours  %q\n want  %q\n(uWSGI's %q)", ours.Vars, want, theirs.Vars)
+		}
+		if o, u := ours.ReqInfo["request_start"], theirs.ReqInfo["request_start"]; o == nil || u == nil || math.Abs(o.(float64)-u.(float64)) > 1 {
+			t.Errorf("request_start %v, uWSGI's %v", o, u)
+		}
+		t.Logf("vars %q (uWSGI's %q), request_start %v (uWSGI's %v)", ours.Vars, theirs.Vars, ours.ReqInfo["request_start"], theirs.ReqInfo["request_start"])
+	})
 }
 
 // busyCore waits until the stats at addr show a core in a request, and

@@ -421,15 +421,16 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 	// uWSGI's master sees the death on its next turn (up to a second), so
 	// the load may be over before the respawn: more load once it is done,
 	// for the new process to serve.
-	theirs := waitStats(t, p.stats, 30*time.Second, "uWSGI to respawn the killed worker", func(theirs *observer.Stats) error {
-		if w := slotOf(t, theirs, victim.ID); w.PID == victim.PID || w.PID == 0 {
-			return fmt.Errorf("uWSGI's worker %d is pid %d", victim.ID, w.PID)
+	// A respawned worker starts its app before it accepts (seconds under
+	// emulation): uWSGI says when it accepts.
+	theirs := waitStats(t, p.stats, 60*time.Second, "uWSGI to respawn the killed worker", func(theirs *observer.Stats) error {
+		if w := slotOf(t, theirs, victim.ID); w.PID == victim.PID || w.PID == 0 || w.Accepting == 0 {
+			return fmt.Errorf("uWSGI's worker %d is pid %d, accepting %d", victim.ID, w.PID, w.Accepting)
 		}
 		return nil
 	})
 	fresh := slotOf(t, theirs, victim.ID).PID
-	// A respawned worker starts its app before it accepts (seconds under
-	// emulation): load until it has served some, a bounded number of times.
+	// Load until it has served some, a bounded number of times.
 	for range 10 {
 		driveLoad(t, p, loadSpec{requests: after, conc: 32, idle: testutil.Scale(25)}, res)
 		if res.tally(fresh).ok > 0 {

@@ -577,6 +577,31 @@ func TestUWSGIUnixSocketMatchesOwnStats(t *testing.T) {
 // workerstats, worker by worker, and across workers they are exactly the
 // requests the clients got no answer to.
 func TestUWSGIAppExceptionsMatchOwnStats(t *testing.T) {
+	eachSocketAndHooks(t, func(t *testing.T, unix bool, hooks string) {
+		p := startUWSGI(t, uwsgiOptions{processes: 4, unix: unix, raiseEvery: 5})
+		d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
+		res := drive(t, p, 5000, 16, 100)
+		ours, theirs := settle(t, p, d, uint64(res.ok+res.raised))
+		logComparison(t, ours, theirs)
+		var req, exc, appExc, rx uint64
+		for _, w := range ours.Workers {
+			req, exc, appExc, rx = req+w.Requests, exc+w.Exceptions, appExc+w.Apps[0].Exceptions, rx+w.RX
+		}
+		if exc != uint64(res.raised) || appExc != exc || req != uint64(res.ok+res.raised) || rx != uint64(res.sent+res.raisedSent) {
+			t.Errorf("workers: requests %d exceptions %d (apps' %d) rx %d; clients: %d answered, %d without a response, %d bytes sent",
+				req, exc, appExc, rx, res.ok, res.raised, res.sent+res.raisedSent)
+		}
+		if res.raised == 0 {
+			t.Error("no request raised")
+		}
+		checkDropped(t, ours, 0)
+		t.Logf("%d requests answered and %d that raised: requests and exceptions equal uWSGI's for all %d workers", res.ok, res.raised, len(theirs.Workers))
+	})
+}
+
+// eachSocketAndHooks runs test as a subtest for uWSGI's http-socket and
+// its uwsgi protocol on a Unix socket, each on every hook set.
+func eachSocketAndHooks(t *testing.T, test func(t *testing.T, unix bool, hooks string)) {
 	testutil.RequireEBPF(t)
 	for _, unix := range []bool{false, true} {
 		for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
@@ -584,26 +609,7 @@ func TestUWSGIAppExceptionsMatchOwnStats(t *testing.T) {
 			if unix {
 				name = "unix/" + hooks
 			}
-			t.Run(name, func(t *testing.T) {
-				p := startUWSGI(t, uwsgiOptions{processes: 4, unix: unix, raiseEvery: 5})
-				d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks)
-				res := drive(t, p, 5000, 16, 100)
-				ours, theirs := settle(t, p, d, uint64(res.ok+res.raised))
-				logComparison(t, ours, theirs)
-				var req, exc, appExc, rx uint64
-				for _, w := range ours.Workers {
-					req, exc, appExc, rx = req+w.Requests, exc+w.Exceptions, appExc+w.Apps[0].Exceptions, rx+w.RX
-				}
-				if exc != uint64(res.raised) || appExc != exc || req != uint64(res.ok+res.raised) || rx != uint64(res.sent+res.raisedSent) {
-					t.Errorf("workers: requests %d exceptions %d (apps' %d) rx %d; clients: %d answered, %d without a response, %d bytes sent",
-						req, exc, appExc, rx, res.ok, res.raised, res.sent+res.raisedSent)
-				}
-				if res.raised == 0 {
-					t.Error("no request raised")
-				}
-				checkDropped(t, ours, 0)
-				t.Logf("%d requests answered and %d that raised: requests and exceptions equal uWSGI's for all %d workers", res.ok, res.raised, len(theirs.Workers))
-			})
+			t.Run(name, func(t *testing.T) { test(t, unix, hooks) })
 		}
 	}
 }
