@@ -349,3 +349,53 @@ func TestRequestVarsLeaveOutQueries(t *testing.T) {
 		})
 	}
 }
+
+// TestUWSGIThreadsShowEachRequest: a worker of 4 threads in 3 slow
+// requests at once shows 3 cores in a request, one per request with its
+// own vars, as uWSGI's own stats show 3 of its 4 cores in one.
+func TestUWSGIThreadsShowEachRequest(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			p := startUWSGI(t, uwsgiOptions{processes: 1, threads: 4})
+			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks, "--requests")
+			var want []string
+			for i := range 3 {
+				c, err := p.dial()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				uri := fmt.Sprintf("REQUEST_URI=/%d?sleep=3000", i)
+				want = append(want, uri)
+				if _, err := fmt.Fprintf(c, "GET /%d?sleep=3000 HTTP/1.0\r\nHost: test\r\n\r\n", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			inRequest := func(addr, who string) []string {
+				var uris []string
+				waitStats(t, addr, 2500*time.Millisecond, who+" to show 3 cores in a request", func(st *observer.Stats) error {
+					uris = uris[:0]
+					for _, c := range st.Workers[0].Cores {
+						if c.InRequest == 1 {
+							for _, v := range c.Vars {
+								if strings.HasPrefix(v, "REQUEST_URI=") {
+									uris = append(uris, v)
+								}
+							}
+						}
+					}
+					if len(uris) != 3 {
+						return fmt.Errorf("cores %+v", st.Workers[0].Cores)
+					}
+					return nil
+				})
+				slices.Sort(uris)
+				return uris
+			}
+			if theirs, ours := inRequest(p.stats, "uWSGI"), inRequest(d.addr, "workerstats"); !slices.Equal(ours, want) || !slices.Equal(theirs, want) {
+				t.Errorf("cores in a request: ours %q, uWSGI's %q; want %q", ours, theirs, want)
+			}
+		})
+	}
+}
