@@ -287,15 +287,16 @@ func TestUWSGIShowsWhatWorkersServe(t *testing.T) {
 	})
 }
 
-// busyCore waits until the stats at addr show a core in a request, and
-// returns it.
+// busyCore waits until the stats at addr show a core in a request with
+// its vars down to HTTP_HOST (uWSGI shows a core in a request while it is
+// still parsing it), and returns it.
 func busyCore(t *testing.T, addr, who string) observer.Core {
 	t.Helper()
 	var core observer.Core
 	waitStats(t, addr, 2500*time.Millisecond, who+" to show a core in a request", func(st *observer.Stats) error {
 		for _, w := range st.Workers {
 			for _, c := range w.Cores {
-				if c.InRequest == 1 && len(c.Vars) > 0 {
+				if c.InRequest == 1 && slices.ContainsFunc(c.Vars, func(v string) bool { return strings.HasPrefix(v, "HTTP_HOST=") }) {
 					core = c
 					return nil
 				}
