@@ -87,11 +87,11 @@ func TestGunicornShowsWhatWorkersServe(t *testing.T) {
 // counts its answers by status class, as the clients received them from
 // it, and a 5xx answer is an exception; requests of known durations land
 // in the right buckets of the duration histogram, in the dump and in
-// /metrics.
+// /metrics: each between the bucket of the time the app slept and that of
+// the time its client waited.
 func TestGunicornRequestsByStatusAndDuration(t *testing.T) {
 	testutil.RequireEBPF(t)
-	// By path: the statuses the clients will get, and requests slow enough
-	// that a bucket's lower bound leaves room for any machine's overhead.
+	// By path: the statuses the clients will get, and slow requests.
 	paths := map[string]int{"/status/200": 12, "/status/302": 4, "/status/404": 6, "/status/503": 3}
 	slow := map[int]int{150: 3, 700: 2, 1500: 1} // ms: requests
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
@@ -100,25 +100,29 @@ func TestGunicornRequestsByStatusAndDuration(t *testing.T) {
 			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 				"--hooks", hooks, "--requests", "--stats-http")
 			var jobs []string
+			var slept []time.Duration // the least each job takes
 			for path, n := range paths {
 				for range n {
-					jobs = append(jobs, path)
+					jobs, slept = append(jobs, path), append(slept, 0)
 				}
 			}
 			for ms, n := range slow {
 				for range n {
-					jobs = append(jobs, fmt.Sprintf("/sleep/%d", ms))
+					jobs, slept = append(jobs, fmt.Sprintf("/sleep/%d", ms)), append(slept, time.Duration(ms)*time.Millisecond)
 				}
 			}
 			got := map[int]*observer.Statuses{} // what the clients got, by pid
+			waited := make([]time.Duration, len(jobs))
 			var mu sync.Mutex
 			parallel(t, len(jobs), 4, func(i int) error {
+				start := time.Now()
 				r, err := getOnce(p.addr, jobs[i])
 				if err != nil {
 					return err
 				}
 				mu.Lock()
 				defer mu.Unlock()
+				waited[i] = time.Since(start)
 				if got[r.int("x-worker")] == nil {
 					got[r.int("x-worker")] = &observer.Statuses{}
 				}
@@ -139,7 +143,7 @@ func TestGunicornRequestsByStatusAndDuration(t *testing.T) {
 				}
 				return nil
 			})
-			checkDurations(t, st, len(jobs), slow)
+			checkDurations(t, st, slept, waited)
 			checkDurationMetrics(t, d, len(jobs))
 			for _, w := range st.Workers {
 				t.Logf("pid %d: statuses %+v exceptions %d; durations %+v", w.PID, *w.Statuses, w.Exceptions, *w.Durations)
@@ -181,13 +185,14 @@ func countStatus(s *observer.Statuses, status int) {
 	}
 }
 
-// checkDurations fails t unless the pool's histogram holds n requests,
-// slow's in the buckets of their durations, every other in a bucket
-// below the fastest of them.
-func checkDurations(t *testing.T, st *observer.Stats, n int, slow map[int]int) {
+// checkDurations fails t unless the pool's histogram holds every request,
+// each in a bucket no lower than that of slept[i], what the app took at
+// least, and no higher than that of waited[i], what its client waited:
+// cumulatively, at each bound, no fewer requests than the clients waited
+// for at most that long, and no more than slept at most that long.
+func checkDurations(t *testing.T, st *observer.Stats, slept, waited []time.Duration) {
 	t.Helper()
-	var counts []uint64
-	var bounds []uint64
+	var counts, bounds []uint64
 	var total uint64
 	for _, w := range st.Workers {
 		d := w.Durations
@@ -199,33 +204,26 @@ func checkDurations(t *testing.T, st *observer.Stats, n int, slow map[int]int) {
 		}
 		total += d.Count
 	}
-	want := make([]uint64, len(bounds)+1)
-	fastest, fast := 0, n
-	for ms, k := range slow {
-		want[bucketOf(bounds, uint64(ms)*1000)] += uint64(k)
-		if fastest == 0 || ms < fastest {
-			fastest = ms
+	if total != uint64(len(slept)) {
+		t.Errorf("durations: %d requests, want %d", total, len(slept))
+	}
+	var cum uint64
+	for i, b := range bounds {
+		cum += counts[i]
+		bound := time.Duration(b) * time.Microsecond
+		least, most := 0, 0
+		for j := range slept {
+			if waited[j] <= bound {
+				least++
+			}
+			if slept[j] <= bound {
+				most++
+			}
 		}
-		fast -= k
+		if cum < uint64(least) || cum > uint64(most) {
+			t.Errorf("durations by bucket (bounds %v µs) %v: %d at most %v, want %d to %d", bounds, counts, cum, bound, least, most)
+		}
 	}
-	below := bucketOf(bounds, uint64(fastest)*1000)
-	var fastSeen uint64
-	for i := range below {
-		fastSeen += counts[i]
-	}
-	if total != uint64(n) || fastSeen != uint64(fast) || !slices.Equal(counts[below:], want[below:]) {
-		t.Errorf("durations: %d requests, by bucket (bounds %v µs) %v; want %d, %d below %d µs and then %v",
-			total, bounds, counts, n, fast, bounds[below], want[below:])
-	}
-}
-
-// bucketOf is the bucket a duration of us falls in.
-func bucketOf(bounds []uint64, us uint64) int {
-	i := 0
-	for i < len(bounds) && us > bounds[i] {
-		i++
-	}
-	return i
 }
 
 // checkDurationMetrics fails t unless /metrics has the pool's histogram of
