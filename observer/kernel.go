@@ -93,6 +93,9 @@ type RequestAware interface {
 type Serving struct {
 	Vars  []string  // as uWSGI writes a core's vars: "KEY=VALUE"
 	Start time.Time // its first byte; zero if unknown
+	// Truncated: the request's head was longer than the capture, and
+	// Vars are those of its first bytes.
+	Truncated bool
 }
 
 // ticksPerSecond is USER_HZ, the unit of /proc/PID/stat start times. It is

@@ -700,6 +700,9 @@ func serving(w *Worker, reqs []Serving) {
 		if !r.Start.IsZero() { // else unknown: left out rather than 1970
 			cores[i].ReqInfo["request_start"] = r.Start.Unix()
 		}
+		if r.Truncated { // ours: the vars are a long head's first ones
+			cores[i].ReqInfo["head_truncated"] = 1
+		}
 	}
 	cores[0].Requests = w.Cores[0].Requests
 	w.Cores = cores

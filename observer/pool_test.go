@@ -7,11 +7,13 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer/requests"
@@ -430,6 +432,45 @@ func TestPoolShowsFollowedRequests(t *testing.T) {
 	wantCounts[0], wantCounts[3], wantCounts[7] = 5, 2, 1
 	if d == nil || d.Count != 8 || d.SumUs != 795_000 || !reflect.DeepEqual(d.Counts, wantCounts) || len(d.BoundsUs) != len(requests.Bounds) || d.BoundsUs[0] != 5000 {
 		t.Errorf("slot 1's durations %+v, want 8 requests, 795 ms, counts %v", d, wantCounts)
+	}
+}
+
+// servingKernel is a fakeKernel with request capture: Serving answers
+// from serving, by pid.
+type servingKernel struct {
+	*fakeKernel
+	serving map[int][]Serving
+}
+
+func (k servingKernel) Serving(pid int) []Serving { return k.serving[pid] }
+
+// TestPoolShowsServingAsCores: a worker in requests shows one core per
+// request, busy, with its vars and start in unix seconds (none when the
+// start is unknown, rather than 1970), and a head longer than the capture
+// marked; its requests stay on the first core, and each core is load.
+func TestPoolShowsServingAsCores(t *testing.T) {
+	p, k := testPool(t)
+	k.update(4001, func(c *Counters) { c.Requests = 9 })
+	start := time.Unix(1_796_000_000, 0)
+	p.Kernel = servingKernel{k, map[int][]Serving{4001: {
+		{Vars: []string{"REQUEST_METHOD=GET", "REQUEST_URI=/a"}, Start: start},
+		{Vars: []string{"REQUEST_METHOD=POST"}, Truncated: true},
+	}}}
+	st := snapshot(t, p)
+	w := workerBySlot(t, st, 1)
+	if w.Status != "busy" || len(w.Cores) != 2 {
+		t.Fatalf("slot 1: status %q, %d cores; want busy with 2", w.Status, len(w.Cores))
+	}
+	a, b := w.Cores[0], w.Cores[1]
+	if a.InRequest != 1 || a.Requests != 9 || !slices.Equal(a.Vars, []string{"REQUEST_METHOD=GET", "REQUEST_URI=/a"}) ||
+		a.ReqInfo["request_start"] != start.Unix() || a.ReqInfo["head_truncated"] != nil {
+		t.Errorf("first core %+v", a)
+	}
+	if b.ID != 1 || b.InRequest != 1 || b.ReqInfo["request_start"] != nil || b.ReqInfo["head_truncated"] != 1 {
+		t.Errorf("second core %+v, want no request_start and head_truncated 1", b)
+	}
+	if st.Load != 2 {
+		t.Errorf("load %d, want 2", st.Load)
 	}
 }
 

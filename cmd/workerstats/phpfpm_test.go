@@ -697,6 +697,21 @@ func TestPHPFPMShowsWhatWorkersServe(t *testing.T) {
 					t.Errorf("pid %d: requests %d, FPM's %d", pid, o.Requests, n)
 				}
 			}
+			// Every answer was a 200 (no Status header: FastCGI's default).
+			want := observer.Statuses{S2xx: uint64(tr.ok + tr.status)}
+			waitStats(t, d.addr, 5*time.Second, "every FastCGI answer counted as a 2xx", func(st *observer.Stats) error {
+				var sum observer.Statuses
+				for _, w := range st.Workers {
+					if w.Statuses != nil {
+						sum.S2xx, sum.S3xx, sum.S4xx, sum.S5xx = sum.S2xx+w.Statuses.S2xx, sum.S3xx+w.Statuses.S3xx, sum.S4xx+w.Statuses.S4xx, sum.S5xx+w.Statuses.S5xx
+						sum.Other, sum.Unanswered = sum.Other+w.Statuses.Other, sum.Unanswered+w.Statuses.Unanswered
+					}
+				}
+				if sum != want {
+					return fmt.Errorf("statuses %+v, want %+v", sum, want)
+				}
+				return nil
+			})
 			t.Logf("pid %d: vars %q, request_start %v; FPM: %+v", theirs.PID, core.Vars, core.ReqInfo["request_start"], theirs)
 		})
 	}

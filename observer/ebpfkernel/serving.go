@@ -111,7 +111,7 @@ func (k *Kernel) Serving(pid int) []observer.Serving {
 		for i, v := range r.Vars {
 			vars[i] = v.Key + "=" + v.Value
 		}
-		out = append(out, observer.Serving{Vars: vars, Start: toUnix(r.StartNs)})
+		out = append(out, observer.Serving{Vars: vars, Start: toUnix(r.StartNs), Truncated: r.Truncated})
 	}
 	return out
 }

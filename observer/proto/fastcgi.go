@@ -19,24 +19,24 @@ const (
 	fcgiHeader       = 8
 )
 
-// fcgiRecord is one record's type and content.
+// fcgiRecord is one record's type and content; cut says the capture ended
+// inside its content, so it has less than its header declares.
 type fcgiRecord struct {
 	typ     byte
 	content []byte
+	cut     bool
 }
 
 // nextRecord cuts the first record off b; ok is false when b does not hold
-// a whole one (or its version is not 1).
+// its header (or its version is not 1). A record the capture cut short
+// has the content there is, and nothing follows it.
 func nextRecord(b []byte) (rec fcgiRecord, rest []byte, ok bool) {
 	if len(b) < fcgiHeader || b[0] != 1 {
 		return rec, b, false
 	}
 	n := int(binary.BigEndian.Uint16(b[4:6]))
 	end := fcgiHeader + n + int(b[6])
-	if len(b) < fcgiHeader+n {
-		return rec, b, false
-	}
-	rec = fcgiRecord{typ: b[1], content: b[fcgiHeader : fcgiHeader+n]}
+	rec = fcgiRecord{typ: b[1], content: b[fcgiHeader:min(fcgiHeader+n, len(b))], cut: len(b) < fcgiHeader+n}
 	return rec, b[min(end, len(b)):], true
 }
 
@@ -65,7 +65,7 @@ func parseFastCGIParams(b []byte) Request {
 		if rec.typ != fcgiParams {
 			continue
 		}
-		if len(rec.content) == 0 {
+		if len(rec.content) == 0 && !rec.cut {
 			r.Complete = true
 			break
 		}
@@ -108,7 +108,9 @@ func pairLength(b []byte) (int, []byte, bool) {
 
 // fastCGIStatus reads the status of a FastCGI response from its STDOUT
 // headers: the Status header's code, or 200 when the headers end without
-// one.
+// one. A capture may end inside the headers: PHP writes Status first when
+// it writes one, so headers cut short after a whole first line that is not
+// Status are a 200 too; without a whole line the status is unknown.
 func fastCGIStatus(b []byte) (int, bool) {
 	var out []byte
 	for {
@@ -129,14 +131,18 @@ func fastCGIStatus(b []byte) (int, bool) {
 	if end >= 0 {
 		head = out[:end]
 	}
-	for _, line := range bytes.Split(head, []byte("\n")) {
+	lines := bytes.Split(head, []byte("\n"))
+	if end < 0 {
+		lines = lines[:len(lines)-1] // the last is cut short
+	}
+	for _, line := range lines {
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if ok && bytes.EqualFold(bytes.TrimSpace(name), []byte("Status")) {
 			v := bytes.TrimSpace(value)
 			return threeDigits(v[:min(3, len(v))])
 		}
 	}
-	if end >= 0 {
+	if end >= 0 || len(lines) > 0 {
 		return 200, true
 	}
 	return 0, false

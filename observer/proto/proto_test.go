@@ -141,6 +141,12 @@ func TestParseFastCGI(t *testing.T) {
 	if r := ParseRequest(FastCGI, req[:cut], true); r.Complete {
 		t.Errorf("complete without the empty PARAMS record")
 	}
+	// Cut by the capture inside a PARAMS record: the whole pairs before
+	// the cut, and not complete.
+	short := fcgiRequest("SCRIPT_FILENAME", "/srv/slow.php", "REQUEST_METHOD", "GET", "REQUEST_URI", "/slow.php?"+long)
+	if r := ParseRequest(FastCGI, short[:100], true); r.Complete || !r.Truncated || r.Var("SCRIPT_FILENAME") != "/srv/slow.php" || r.Var("REQUEST_URI") != "" {
+		t.Errorf("cut inside PARAMS: complete %v truncated %v vars %v", r.Complete, r.Truncated, r.Vars)
+	}
 }
 
 func TestStatus(t *testing.T) {
@@ -161,7 +167,13 @@ func TestStatus(t *testing.T) {
 		{"fastcgi status", FastCGI, stdout("Status: 404 Not Found\r\nContent-type: text/html\r\n\r\n"), 404, true},
 		{"fastcgi status split", FastCGI, append(stdout("X-Powered-By: PHP\r\nSta"), stdout("tus: 500 Oops\r\n\r\n")...), 500, true},
 		{"fastcgi stderr first", FastCGI, append(fcgiRec(7, []byte("PHP Warning")), stdout("Status: 302 Found\r\n\r\n")...), 302, true},
-		{"fastcgi headers not done", FastCGI, stdout("Content-type: text/html\r\n"), 0, false},
+		// PHP writes Status first or not at all: headers cut after a
+		// whole other first line are a 200.
+		{"fastcgi headers cut after a line", FastCGI, stdout("Expires: Thu, 01 Jan 1970 00:00:00 GMT\r\nCache-Con"), 200, true},
+		{"fastcgi status first, headers cut", FastCGI, stdout("Status: 503 Busy\r\nContent-type: te"), 503, true},
+		{"fastcgi first line cut", FastCGI, stdout("Content-ty"), 0, false},
+		// FPM's status page: one STDOUT record of 696 bytes, captured 120.
+		{"fastcgi record cut by the capture", FastCGI, stdout("Expires: Thu, 01 Jan 1970 00:00:00 GMT\r\nCache-Control: no-cache, no-store, must-revalidate, max-age=0\r\nContent-Type: application/json\r\n\r\n{}")[:120], 200, true},
 		{"fastcgi end only", FastCGI, fcgiRec(fcgiEndRequest, make([]byte, 8)), 0, false},
 		{"unknown", Unknown, []byte("HTTP/1.1 200 OK\r\n"), 0, false},
 	} {

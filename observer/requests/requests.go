@@ -75,6 +75,9 @@ type InFlight struct {
 	StartNs  uint64
 	Answered bool // its response began
 	Status   int  // the status it began with, 0 if none could be read
+	// Truncated: its head was longer than what is kept (HeadMax), so
+	// Vars hold only what fit.
+	Truncated bool
 }
 
 // Classes is how many classes there are.
@@ -203,7 +206,7 @@ func (t *Tracker) parse(c *conn, head []byte) {
 		c.kind = proto.Detect(head)
 	}
 	r := proto.ParseRequest(c.kind, head, c.truncated)
-	c.cur.Kind, c.cur.Vars = c.kind, t.Vars.keep(r.Vars)
+	c.cur.Kind, c.cur.Vars, c.cur.Truncated = c.kind, t.Vars.keep(r.Vars), r.Truncated
 	c.head = nil
 	if !r.Complete && !c.truncated && len(head) < HeadMax {
 		c.head = append(make([]byte, 0, min(2*len(head)+64, HeadMax)), head...)
