@@ -78,6 +78,7 @@ type gauges struct {
 	boot        int64
 	sockets     []Socket
 	listenQueue uint64
+	listenDrops uint64 // the listeners' Drops: uWSGI's listen_queue_errors
 }
 
 type slot struct {
@@ -623,7 +624,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		return nil, err
 	}
 	st.UID, st.GID, st.CWD = g.uid, g.gid, g.cwd
-	st.Sockets, st.ListenQueue = g.sockets, g.listenQueue
+	st.Sockets, st.ListenQueue, st.ListenQueueErrors = g.sockets, g.listenQueue, g.listenDrops
 	now := time.Now()
 	for _, s := range p.slots {
 		if s.alive && now.Sub(s.memAt) >= GaugeMaxAge {
@@ -676,6 +677,7 @@ func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
 		g.sockets = socks
 		for _, s := range socks {
 			g.listenQueue = max(g.listenQueue, s.Queue)
+			g.listenDrops += s.Drops
 		}
 		p.announce(socks)
 	}

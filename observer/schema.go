@@ -38,6 +38,10 @@ type Socket struct {
 	MaxQueue   uint64 `json:"max_queue"`
 	Shared     int    `json:"shared"`
 	CanOffload int    `json:"can_offload"`
+	// Drops are the connections a TCP listener refused with its accept
+	// queue full, since it was created: summed into the pool's
+	// listen_queue_errors, not shown per socket (uWSGI shows none).
+	Drops uint64 `json:"-"`
 }
 
 // Worker is one worker slot.

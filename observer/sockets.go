@@ -74,6 +74,7 @@ func (p Procfs) ListeningSockets(pid int, alsoHeldBy ...int) ([]Socket, error) {
 				Proto:    "tcp",
 				Queue:    uint64(s.rqueue),
 				MaxQueue: uint64(s.wqueue),
+				Drops:    uint64(s.drops),
 			})
 		}
 	}

@@ -442,8 +442,21 @@ func TestParseInetDiagMsg(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := tcpSocketName(l.family, l.addr, l.port); got != "127.0.0.1:8080" || l.rqueue != 3 || l.wqueue != 128 || l.inode != 4242 {
-		t.Errorf("parsed %s %+v, want 127.0.0.1:8080 with queue 3 of 128, inode 4242", got, l)
+	if got := tcpSocketName(l.family, l.addr, l.port); got != "127.0.0.1:8080" || l.rqueue != 3 || l.wqueue != 128 || l.inode != 4242 || l.drops != 0 {
+		t.Errorf("parsed %s %+v, want 127.0.0.1:8080 with queue 3 of 128, inode 4242, no drops", got, l)
+	}
+	// The SKMEMINFO attribute, after another one: its SK_MEMINFO_DROPS.
+	other := []byte{8, 0, 2, 0, 0, 0, 0, 0} // 8 bytes, type 2
+	mem := make([]byte, 4+4*9)
+	binary.NativeEndian.PutUint16(mem[0:2], uint16(len(mem)))
+	binary.NativeEndian.PutUint16(mem[2:4], inetDiagSKMemInfo)
+	binary.NativeEndian.PutUint32(mem[4+4*skMemInfoDrops:], 17)
+	withAttrs := append(append(append([]byte(nil), b...), other...), mem...)
+	if l, err := parseInetDiagMsg(withAttrs); err != nil || l.drops != 17 {
+		t.Errorf("with SKMEMINFO: drops %d, %v; want 17", l.drops, err)
+	}
+	if l, err := parseInetDiagMsg(append(append([]byte(nil), b...), 40, 0, 4, 0, 1)); err != nil || l.drops != 0 {
+		t.Errorf("with an attribute cut short: drops %d, %v; want 0, no error", l.drops, err)
 	}
 	if _, err := parseInetDiagMsg(b[:40]); err == nil {
 		t.Error("a 40-byte message parsed")

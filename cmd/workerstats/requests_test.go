@@ -230,13 +230,7 @@ func checkDurations(t *testing.T, st *observer.Stats, slept, waited []time.Durat
 // n requests and its requests by status class.
 func checkDurationMetrics(t *testing.T, d *daemon, n int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	b, err := statsock.Read(ctx, d.addr+"metrics") // d.addr is http://ADDR/
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := string(b)
+	body := metricsText(t, d)
 	want := fmt.Sprintf("workerstats_request_duration_seconds_count %d\n", n)
 	if !strings.Contains(body, want) || !strings.Contains(body, `workerstats_requests_total{class="4xx"}`) {
 		t.Errorf("/metrics lacks %q or requests by class:\n%s", want, body)
@@ -397,4 +391,16 @@ func TestUWSGIThreadsShowEachRequest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// metricsText reads /metrics from a daemon run with --stats-http.
+func metricsText(t *testing.T, d *daemon) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b, err := statsock.Read(ctx, d.addr+"metrics") // d.addr is http://ADDR/
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

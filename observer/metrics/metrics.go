@@ -44,12 +44,13 @@ var (
 	descVSZ          = desc("worker_virtual_memory_bytes", "Virtual memory of the worker process.", "worker")
 	descRespawns     = desc("worker_respawns_total", "Processes that have held the worker slot.", "worker")
 	descLastSpawn    = desc("worker_last_spawn_timestamp_seconds", "Start time of the slot's current process.", "worker")
+	descQueueErrors  = desc("listen_queue_errors_total", "Connections the pool's TCP listening sockets refused with their accept queue full (uWSGI's listen_queue_errors).")
 	descExceptions   = desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (seen with serve --requests) or never answered.", "worker")
 	descByStatus     = desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (serve --requests; since the daemon started).", "class")
 	descDuration     = desc("request_duration_seconds", "Answered requests across the pool, first request byte to last response byte (serve --requests; since the daemon started).")
 	descAllDescribed = []*prometheus.Desc{descUp, descListenQueue, descLoad, descSocketQueue, descSocketMax, descDropped,
 		descWorkerInfo, descRequests, descTx, descRx, descAccepted, descRunning, descAvgRT, descBusy, descRSS, descVSZ,
-		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration}
+		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration, descQueueErrors}
 )
 
 // Describe implements prometheus.Collector.
@@ -82,6 +83,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descUp, up)
 	gauge(descListenQueue, float64(st.ListenQueue))
 	gauge(descLoad, float64(st.Load))
+	counter(descQueueErrors, float64(st.ListenQueueErrors))
 	for _, s := range st.Sockets {
 		gauge(descSocketQueue, float64(s.Queue), s.Name)
 		gauge(descSocketMax, float64(s.MaxQueue), s.Name)
