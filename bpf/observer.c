@@ -495,6 +495,12 @@ static __always_inline void fill_head(struct head *h, __u64 max, __u64 buf, __u6
 	__u64 len = (__u64)n < room ? (__u64)n : room;
 	if (len > max)
 		len = max;
+	/* max varies (what a head's earlier reads left): bound len by the
+	 * buffer's size where older verifiers see it, after the barrier that
+	 * keeps the compiler from folding the test away. */
+	barrier_var(len);
+	if (len > HEAD_MAX)
+		len = HEAD_MAX;
 	if (bpf_probe_read_user(h->data, len, (void *)buf))
 		len = 0;
 	h->len = len;
