@@ -75,6 +75,15 @@ struct worker {
 	 * no response byte sent. uWSGI counts such a request, and an
 	 * exception. */
 	__u64 unanswered;
+	/* How it ended, for its slot's last_exit: its wait status (exit code
+	 * << 8, or the signal that killed it), the last fatal signal sent to
+	 * it, by whom (a tgid; 0 for the kernel: the OOM killer, say) and
+	 * when, and whether it was in a request when it exited. */
+	__u32 exit_status;
+	__u32 kill_sig;
+	__u32 killer;
+	__u32 exited_in_request;
+	__u64 kill_ns;
 };
 
 enum conn_state {
@@ -624,14 +633,55 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 		/* What it received and did not answer, it never will. */
 		if (w->awaiting > 0)
 			__sync_fetch_and_add(&w->unanswered, w->awaiting);
-		w->exit_ns = bpf_ktime_get_ns();
+		__u64 now = bpf_ktime_get_ns();
+		w->exit_status = BPF_CORE_READ(task, exit_code);
+		/* In a request: one received and not answered, or a response
+		 * being sent (a byte within 100 ms, as userspace's busy). */
+		w->exited_in_request = w->awaiting > 0 || (w->in_progress > 0 && now - w->last_tx_ns < 100000000);
+		w->exit_ns = now;
 		w->in_progress = 0;
 		w->awaiting = 0;
 	}
 	return 0;
 }
 
-/* ---- connections ---- */
+/* Signals whose default action ends a process: those a worker's death
+ * may be told by. (A worker may handle some, SIGTERM above all: then the
+ * signal is what it was asked, and its exit status what it did.) */
+static __always_inline int fatal_signal(long sig)
+{
+	switch (sig) {
+	case 1: case 2: case 3: case 4: case 6: case 7: case 8: case 9:
+	case 11: case 13: case 14: case 15: case 24: case 25: case 31:
+		return 1;
+	}
+	return 0;
+}
+
+/* A signal is generated for a task: remember the last fatal one a live
+ * worker was sent, and its sender (the current process; none when the
+ * kernel sends it, SEND_SIG_PRIV). Runs for every signal of the host,
+ * which the bitmap filters before anything else. */
+SEC("raw_tracepoint/signal_generate")
+int on_signal(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[2];
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	if (!maybe_watched(tgid))
+		return 0;
+	long sig = ctx->args[0];
+	if (!fatal_signal(sig) || (int)ctx->args[4] != 0) /* not delivered: ignored, pending... */
+		return 0;
+	struct worker *w = live_worker(tgid);
+	if (!w)
+		return 0;
+	w->kill_sig = sig;
+	w->killer = ctx->args[1] == 1 ? 0 : bpf_get_current_pid_tgid() >> 32;
+	w->kill_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* ---- connections ---- *//* ---- connections ---- */
 
 /* End tracked connection sk (its entry c), which worker tgid (entry cur)
  * had open. */

@@ -61,24 +61,29 @@ const (
 )
 
 type ObserverWorker struct {
-	_          structs.HostLayout
-	Role       ObserverRole
-	Master     uint32
-	StartNs    uint64
-	ExitNs     uint64
-	Accepts    uint64
-	Requests   uint64
-	Closes     uint64
-	Rx         uint64
-	Tx         uint64
-	RtNs       uint64
-	AvgRtNs    uint64
-	Finished   uint64
-	InProgress int64
-	Awaiting   int64
-	LastTxNs   uint64
-	Spawns     uint64
-	Unanswered uint64
+	_               structs.HostLayout
+	Role            ObserverRole
+	Master          uint32
+	StartNs         uint64
+	ExitNs          uint64
+	Accepts         uint64
+	Requests        uint64
+	Closes          uint64
+	Rx              uint64
+	Tx              uint64
+	RtNs            uint64
+	AvgRtNs         uint64
+	Finished        uint64
+	InProgress      int64
+	Awaiting        int64
+	LastTxNs        uint64
+	Spawns          uint64
+	Unanswered      uint64
+	ExitStatus      uint32
+	KillSig         uint32
+	Killer          uint32
+	ExitedInRequest uint32
+	KillNs          uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -105,6 +110,7 @@ const (
 	ObserverProgOnRecvfromEnter = "on_recvfrom_enter"
 	ObserverProgOnRecvmsgEnter  = "on_recvmsg_enter"
 	ObserverProgOnSendEnter     = "on_send_enter"
+	ObserverProgOnSignal        = "on_signal"
 	ObserverProgOnSockRecv      = "on_sock_recv"
 	ObserverProgOnSockSend      = "on_sock_send"
 	ObserverProgOnTcpClose      = "on_tcp_close"
@@ -167,6 +173,7 @@ type ObserverProgramSpecs struct {
 	OnRecvfromEnter *ebpf.ProgramSpec `ebpf:"on_recvfrom_enter"`
 	OnRecvmsgEnter  *ebpf.ProgramSpec `ebpf:"on_recvmsg_enter"`
 	OnSendEnter     *ebpf.ProgramSpec `ebpf:"on_send_enter"`
+	OnSignal        *ebpf.ProgramSpec `ebpf:"on_signal"`
 	OnSockRecv      *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.ProgramSpec `ebpf:"on_sock_send"`
 	OnTcpClose      *ebpf.ProgramSpec `ebpf:"on_tcp_close"`
@@ -265,6 +272,7 @@ type ObserverPrograms struct {
 	OnRecvfromEnter *ebpf.Program `ebpf:"on_recvfrom_enter"`
 	OnRecvmsgEnter  *ebpf.Program `ebpf:"on_recvmsg_enter"`
 	OnSendEnter     *ebpf.Program `ebpf:"on_send_enter"`
+	OnSignal        *ebpf.Program `ebpf:"on_signal"`
 	OnSockRecv      *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.Program `ebpf:"on_sock_send"`
 	OnTcpClose      *ebpf.Program `ebpf:"on_tcp_close"`
@@ -285,6 +293,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnRecvfromEnter,
 		p.OnRecvmsgEnter,
 		p.OnSendEnter,
+		p.OnSignal,
 		p.OnSockRecv,
 		p.OnSockSend,
 		p.OnTcpClose,

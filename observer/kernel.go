@@ -37,6 +37,16 @@ type Counters struct {
 	RunNs      uint64
 	AvgRTNs    uint64
 	InProgress int64 // requests in progress: received and not answered, or being answered (see ResponseIdle in observer/ebpfkernel)
+	// How an exited process ended: its wait status (ExitStatus>>8 the
+	// exit code, or the low 7 bits the signal that killed it); the last
+	// fatal signal sent to it (0 if none), by Killer (a pid; 0 for the
+	// kernel) at KillNs on ExitNs's clock; and whether it was in a
+	// request.
+	ExitStatus      uint32
+	KillSig         int
+	Killer          int
+	KillNs          uint64
+	ExitedInRequest bool
 	// Followed is how the requests the kernel's request capture followed
 	// ended (nil without capture): since the daemon started, for a
 	// process it saw.
@@ -87,6 +97,9 @@ type ListenerAware interface {
 // which the dump shows as its cores.
 type RequestAware interface {
 	Serving(pid int) []Serving
+	// LastRequest is the vars of the request pid began last, in flight
+	// or over: for a worker that died in a request, the one it died in.
+	LastRequest(pid int) []string
 }
 
 // Serving is one request a worker is in, its response not begun.

@@ -178,6 +178,9 @@ func (l *layout) worker(w *Worker) {
 	if w.Durations != nil {
 		l.durations(w.Durations)
 	}
+	if w.LastExit != nil {
+		l.value("last_exit", w.LastExit)
+	}
 	l.close('}')
 }
 

@@ -94,6 +94,8 @@ type slot struct {
 	lastSeen bool
 	rss, vsz uint64 // the current process's memory and state, read at memAt
 	memAt    time.Time
+	lastExit *exitRecord // how its last exited process ended
+	harakiri uint64      // processes its master killed in a request
 }
 
 // Start finds the master and its current workers and starts counting. An
@@ -397,12 +399,29 @@ func (p *Pool) place(proc Proc) *slot {
 	return s
 }
 
+// noteExit keeps how the slot's process ended (final's exit fields, and
+// the request it was in as capture saw it) for its last_exit.
+func (p *Pool) noteExit(s *slot, final Counters) {
+	if !final.Exited {
+		return
+	}
+	e := &exitRecord{proc: s.proc, c: final, master: p.master.PID}
+	if ra, ok := p.Kernel.(RequestAware); ok && final.ExitedInRequest {
+		e.request = requestLine(ra.LastRequest(s.proc.PID))
+	}
+	if e.harakiri() {
+		s.harakiri++
+	}
+	s.lastExit = e
+}
+
 // retire folds a slot's current process into its past and frees the slot.
 // A worker in a later extra slot then moves down into it (see Pool).
 func (p *Pool) retire(s *slot, final Counters) {
 	p.Log.Debug("a worker left its slot", "pid", s.proc.PID, "slot", s.id, "requests", final.Requests)
 	delete(p.live, s.proc)
 	s.past.add(final)
+	p.noteExit(s, final)
 	s.cur = Counters{}
 	s.alive = false
 	for i, x := range p.slots {
@@ -766,6 +785,10 @@ func (s *slot) worker(bootUnix int64) Worker {
 	}
 	if c.AvgRTNs == 0 {
 		w.AvgRT = s.past.AvgRTNs / 1000
+	}
+	w.HarakiriCount = s.harakiri
+	if s.lastExit != nil {
+		w.LastExit = s.lastExit.render(bootUnix)
 	}
 	// uWSGI's statuses: "cheap" for a slot with no process (uWSGI's
 	// cheaper mode stopped it; here it exited and was not replaced yet),

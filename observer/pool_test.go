@@ -444,6 +444,13 @@ type servingKernel struct {
 
 func (k servingKernel) Serving(pid int) []Serving { return k.serving[pid] }
 
+func (k servingKernel) LastRequest(pid int) []string {
+	if r := k.serving[pid]; len(r) > 0 {
+		return r[len(r)-1].Vars
+	}
+	return nil
+}
+
 // TestPoolShowsServingAsCores: a worker in requests shows one core per
 // request, busy, with its vars and start in unix seconds (none when the
 // start is unknown, rather than 1970), and a head longer than the capture
@@ -645,5 +652,39 @@ func TestPoolSnapshotJSONNumbersAreIntegers(t *testing.T) {
 	walk("$", v)
 	if count < 100 {
 		t.Errorf("only %d numbers in the dump: %s", count, b)
+	}
+}
+
+// TestPoolShowsHowWorkersEnded: a slot shows how its last process ended:
+// killed by a signal and by whom (the master here, in a request: a
+// harakiri, counted), or exited with a code after a signal it was asked to
+// die by; a signal it handled and survived says nothing.
+func TestPoolShowsHowWorkersEnded(t *testing.T) {
+	p, k := testPool(t)
+	k.update(4001, func(c *Counters) {
+		c.Exited, c.ExitNs, c.ExitStatus, c.ExitedInRequest = true, TicksToNs(2000), 9, true
+		c.KillSig, c.Killer = 9, testMaster
+	})
+	k.update(4003, func(c *Counters) {
+		c.Exited, c.ExitNs, c.ExitStatus = true, TicksToNs(2100), 3<<8
+		c.KillSig, c.Killer = 15, 777
+	})
+	k.update(4002, func(c *Counters) { c.KillSig, c.Killer = 1, testMaster }) // a SIGHUP it handled
+	st := snapshot(t, p)
+	boot := workerBySlot(t, st, 1).LastSpawn - 1000/100 // slot 1's process started at tick 1000
+	want := map[int]*LastExit{
+		1: {PID: 4001, At: boot + 20, Status: "killed", Signal: "SIGKILL", By: "master", ByPID: testMaster, InRequest: 1},
+		2: {PID: 4003, At: boot + 21, Status: "exited", Code: 3, Signal: "SIGTERM", By: "pid 777", ByPID: 777},
+	}
+	for id, w := range want {
+		if got := workerBySlot(t, st, id).LastExit; got == nil || *got != *w {
+			t.Errorf("slot %d: last_exit %+v, want %+v", id, got, w)
+		}
+	}
+	if h := workerBySlot(t, st, 1).HarakiriCount; h != 1 {
+		t.Errorf("slot 1: harakiri_count %d, want 1 (its master killed it in a request)", h)
+	}
+	if w := workerBySlot(t, st, 3); w.LastExit != nil || w.HarakiriCount != 0 {
+		t.Errorf("slot 3 (alive, never exited): last_exit %+v harakiri %d", w.LastExit, w.HarakiriCount)
 	}
 }

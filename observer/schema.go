@@ -74,6 +74,24 @@ type Worker struct {
 	// daemon started.
 	Statuses  *Statuses  `json:"statuses,omitempty"`
 	Durations *Durations `json:"request_durations,omitempty"`
+	// workerstats: how the slot's last exited process ended.
+	LastExit *LastExit `json:"last_exit,omitempty"`
+}
+
+// LastExit is how a process ended: exited with a code, or killed by a
+// signal; the last fatal signal it was sent and by whom ("master", "kernel"
+// for the kernel itself, the OOM killer say, "itself" for a fault or a
+// raise, else "pid N"); and the request it was in, if any.
+type LastExit struct {
+	PID       int    `json:"pid"`
+	At        int64  `json:"at"`     // unix s
+	Status    string `json:"status"` // "exited" or "killed"
+	Code      int    `json:"code"`   // the exit code, when it exited
+	Signal    string `json:"signal,omitempty"`
+	By        string `json:"by,omitempty"`
+	ByPID     int    `json:"by_pid,omitempty"`
+	InRequest int    `json:"in_request"`
+	Request   string `json:"request,omitempty"` // "METHOD URI", with request capture
 }
 
 // Statuses counts requests by how they ended: the class of the status

@@ -95,6 +95,7 @@ struct signal_struct {
 struct task_struct {
 	int pid;
 	int tgid;
+	int exit_code;
 	__u64 start_boottime;
 	struct files_struct *files;
 	struct signal_struct *signal;

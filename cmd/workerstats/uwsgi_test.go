@@ -71,6 +71,11 @@ def application(env, start_response):
             time.sleep(int(q["sleep"][0]) / 1000.0)
         if "raise" in q:
             raise RuntimeError("the test asked this request to fail")
+        if "crash" in q:
+            import ctypes
+            ctypes.string_at(0)  # a segmentation fault
+        if "exit" in q:
+            os._exit(int(q["exit"][0]))
         try:
             n = int(env.get("PATH_INFO", "/").strip("/") or "0")
         except ValueError:
@@ -120,6 +125,7 @@ type uwsgiOptions struct {
 	// raiseEvery: the app raises in every raiseEvery-th request (offset
 	// by one from slowEvery's).
 	raiseEvery int
+	extra      []string // more uWSGI options
 }
 
 // slowTime is how long a slow request (uwsgiOptions.slowEvery) takes.
@@ -145,6 +151,7 @@ func startUWSGI(t testing.TB, o uwsgiOptions) *uwsgiPool {
 	if o.threads > 1 {
 		args = append(args, "--threads", strconv.Itoa(o.threads))
 	}
+	args = append(args, o.extra...)
 	if o.pidfile {
 		p.pidfile = filepath.Join(dir, "uwsgi.pid")
 		args = append(args, "--pidfile", p.pidfile)

@@ -129,6 +129,7 @@ func (k *Kernel) hookList() []hook {
 	hooks := []hook{
 		rawTracepointHook("sched_process_fork", bpf.ObserverProgOnFork, &p.OnFork),
 		rawTracepointHook("sched_process_exit", bpf.ObserverProgOnExit, &p.OnExit),
+		rawTracepointHook("signal_generate", bpf.ObserverProgOnSignal, &p.OnSignal),
 	}
 	if k.hooks == HooksRaw {
 		return append(hooks,

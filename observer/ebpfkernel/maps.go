@@ -104,6 +104,12 @@ func counters(pid uint32, v *bpf.ObserverWorker, now, suspended uint64) observer
 		RunNs:      v.RtNs,
 		AvgRTNs:    v.AvgRtNs,
 		InProgress: inRequest(v, now),
+
+		ExitStatus:      v.ExitStatus,
+		KillSig:         int(v.KillSig),
+		Killer:          int(v.Killer),
+		KillNs:          exitBoot(v.KillNs, suspended),
+		ExitedInRequest: v.ExitedInRequest != 0,
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/proto"
 	"github.com/workerstats/workerstats/observer/requests"
 )
 
@@ -107,11 +108,28 @@ func (k *Kernel) Serving(pid int) []observer.Serving {
 		if r.Answered {
 			continue
 		}
-		vars := make([]string, len(r.Vars))
-		for i, v := range r.Vars {
-			vars[i] = v.Key + "=" + v.Value
-		}
-		out = append(out, observer.Serving{Vars: vars, Start: toUnix(r.StartNs), Truncated: r.Truncated})
+		out = append(out, observer.Serving{Vars: varStrings(r.Vars), Start: toUnix(r.StartNs), Truncated: r.Truncated})
+	}
+	return out
+}
+
+// LastRequest implements observer.RequestAware.
+func (k *Kernel) LastRequest(pid int) []string {
+	if k.following == nil {
+		return nil
+	}
+	r, ok := k.following.tracker.Latest(pid)
+	if !ok {
+		return nil
+	}
+	return varStrings(r.Vars)
+}
+
+// varStrings writes vars as uWSGI writes a core's: "KEY=VALUE".
+func varStrings(vars []proto.Var) []string {
+	out := make([]string, len(vars))
+	for i, v := range vars {
+		out[i] = v.Key + "=" + v.Value
 	}
 	return out
 }

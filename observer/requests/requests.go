@@ -119,6 +119,7 @@ type Tracker struct {
 	conns   map[uint64]*conn
 	byPID   map[int]map[uint64]*conn // conns again, by worker: a dump asks by worker
 	workers map[int]*Summary
+	latest  map[int]*InFlight // by worker, the request it began last
 	lost    uint64
 }
 
@@ -190,6 +191,10 @@ func (t *Tracker) request(c *conn, h Head) {
 	c.cur = &InFlight{Conn: h.Conn, StartNs: h.TimeNs}
 	c.head, c.truncated = nil, h.Truncated
 	t.parse(c, h.Data)
+	if t.latest == nil {
+		t.latest = map[int]*InFlight{}
+	}
+	t.latest[c.pid] = c.cur
 }
 
 // more takes the next bytes of c's request head.
@@ -315,12 +320,25 @@ func (t *Tracker) Summary(pid int) Summary {
 	return Summary{}
 }
 
+// Latest returns the request pid began last, in flight or over (a worker
+// killed in a request: the one it died in); false if none.
+func (t *Tracker) Latest(pid int) (InFlight, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.latest[pid]
+	if r == nil {
+		return InFlight{}, false
+	}
+	return *r, true
+}
+
 // Forget drops what the tracker holds for pid, a worker gone: its
 // connections closed with it.
 func (t *Tracker) Forget(pid int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.workers, pid)
+	delete(t.latest, pid)
 	for k, c := range t.byPID[pid] {
 		t.drop(k, c)
 	}

@@ -1,0 +1,90 @@
+package observer
+
+import (
+	"strconv"
+	"strings"
+)
+
+// exitRecord is what a slot keeps of its last exited process, to show as
+// its last_exit.
+type exitRecord struct {
+	proc    Proc
+	c       Counters // its final counters: ExitStatus, KillSig, Killer...
+	master  int      // the pool's master when it exited
+	request string   // "METHOD URI" of the request it was in, if captured
+}
+
+// signalNames are the fatal signals the kernel side reports, by number
+// (x86-64 and arm64 alike).
+var signalNames = map[int]string{
+	1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL",
+	11: "SIGSEGV", 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS",
+}
+
+func signalName(sig int) string {
+	if n, ok := signalNames[sig]; ok {
+		return n
+	}
+	return "signal " + strconv.Itoa(sig)
+}
+
+// killed reports the signal that ended the process, 0 if it exited.
+func (e *exitRecord) killed() int { return int(e.c.ExitStatus & 0x7f) }
+
+// harakiri says the master killed the process in a request: uWSGI's
+// harakiri, gunicorn's worker timeout (whose SIGABRT the worker handles
+// by exiting, so the status may be an exit).
+func (e *exitRecord) harakiri() bool {
+	return e.c.KillSig != 0 && e.c.Killer == e.master && e.master != 0 && e.c.ExitedInRequest
+}
+
+// sender names who sent the process's last fatal signal.
+func (e *exitRecord) sender() string {
+	switch e.c.Killer {
+	case 0:
+		return "kernel"
+	case e.master:
+		return "master"
+	case e.proc.PID:
+		return "itself"
+	}
+	return "pid " + strconv.Itoa(e.c.Killer)
+}
+
+// render shows the record as the dump's last_exit; bootUnix is the boot
+// time its exit time counts from.
+func (e *exitRecord) render(bootUnix int64) *LastExit {
+	x := &LastExit{PID: e.proc.PID, Status: "exited", Code: int(e.c.ExitStatus >> 8 & 0xff), Request: e.request}
+	if e.c.ExitNs != 0 {
+		x.At = bootUnix + int64(e.c.ExitNs/1e9)
+	}
+	if e.c.ExitedInRequest {
+		x.InRequest = 1
+	}
+	sig := e.killed()
+	if sig != 0 {
+		x.Status, x.Code, x.Signal = "killed", 0, signalName(sig)
+	}
+	// Who sent it, when the signal the kernel saw is the one that killed
+	// it, or (an exit) the last one it was asked to die by.
+	if e.c.KillSig != 0 && (sig == 0 || sig == e.c.KillSig) {
+		x.Signal, x.By = signalName(e.c.KillSig), e.sender()
+		if e.c.Killer != 0 {
+			x.ByPID = e.c.Killer
+		}
+	}
+	return x
+}
+
+// requestLine is "METHOD URI" of a request's vars, or "".
+func requestLine(vars []string) string {
+	var method, uri string
+	for _, v := range vars {
+		if m, ok := strings.CutPrefix(v, "REQUEST_METHOD="); ok {
+			method = m
+		} else if u, ok := strings.CutPrefix(v, "REQUEST_URI="); ok {
+			uri = u
+		}
+	}
+	return strings.TrimSpace(method + " " + uri)
+}
