@@ -76,6 +76,26 @@ func (e *exitRecord) render(bootUnix int64) *LastExit {
 	return x
 }
 
+// cause is how the process ended, as /metrics counts exits: "exited",
+// "exited_error" (a non-zero code), or "killed_by_" the sender's kind
+// (master, kernel, itself, other, or unknown when no fatal signal was seen).
+func (e *exitRecord) cause() string {
+	sig := e.killed()
+	switch {
+	case sig == 0 && e.c.ExitStatus == 0:
+		return "exited"
+	case sig == 0:
+		return "exited_error"
+	case e.c.KillSig != sig:
+		return "killed_by_unknown"
+	}
+	switch by := e.sender(); by {
+	case "master", "kernel", "itself":
+		return "killed_by_" + by
+	}
+	return "killed_by_other"
+}
+
 // requestLine is "METHOD URI" of a request's vars, or "".
 func requestLine(vars []string) string {
 	var method, uri string

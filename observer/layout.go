@@ -181,6 +181,9 @@ func (l *layout) worker(w *Worker) {
 	if w.LastExit != nil {
 		l.value("last_exit", w.LastExit)
 	}
+	if w.Exits != nil {
+		l.value("exits", w.Exits)
+	}
 	l.close('}')
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -94,8 +95,9 @@ type slot struct {
 	lastSeen bool
 	rss, vsz uint64 // the current process's memory and state, read at memAt
 	memAt    time.Time
-	lastExit *exitRecord // how its last exited process ended
-	harakiri uint64      // processes its master killed in a request
+	lastExit *exitRecord       // how its last exited process ended
+	harakiri uint64            // processes its master killed in a request
+	exits    map[string]uint64 // its processes' exits, by cause
 }
 
 // Start finds the master and its current workers and starts counting. An
@@ -412,6 +414,10 @@ func (p *Pool) noteExit(s *slot, final Counters) {
 	if e.harakiri() {
 		s.harakiri++
 	}
+	if s.exits == nil {
+		s.exits = map[string]uint64{}
+	}
+	s.exits[e.cause()]++
 	s.lastExit = e
 }
 
@@ -789,6 +795,7 @@ func (s *slot) worker(bootUnix int64) Worker {
 	w.HarakiriCount = s.harakiri
 	if s.lastExit != nil {
 		w.LastExit = s.lastExit.render(bootUnix)
+		w.Exits = maps.Clone(s.exits)
 	}
 	// uWSGI's statuses: "cheap" for a slot with no process (uWSGI's
 	// cheaper mode stopped it; here it exited and was not replaced yet),

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"reflect"
 	"slices"
@@ -680,6 +681,10 @@ func TestPoolShowsHowWorkersEnded(t *testing.T) {
 		if got := workerBySlot(t, st, id).LastExit; got == nil || *got != *w {
 			t.Errorf("slot %d: last_exit %+v, want %+v", id, got, w)
 		}
+	}
+	if e1, e2 := workerBySlot(t, st, 1).Exits, workerBySlot(t, st, 2).Exits; !maps.Equal(e1, map[string]uint64{"killed_by_master": 1}) ||
+		!maps.Equal(e2, map[string]uint64{"exited_error": 1}) {
+		t.Errorf("exits: slot 1 %v, slot 2 %v; want killed_by_master and exited_error", e1, e2)
 	}
 	if h := workerBySlot(t, st, 1).HarakiriCount; h != 1 {
 		t.Errorf("slot 1: harakiri_count %d, want 1 (its master killed it in a request)", h)

@@ -74,8 +74,11 @@ type Worker struct {
 	// daemon started.
 	Statuses  *Statuses  `json:"statuses,omitempty"`
 	Durations *Durations `json:"request_durations,omitempty"`
-	// workerstats: how the slot's last exited process ended.
-	LastExit *LastExit `json:"last_exit,omitempty"`
+	// workerstats: how the slot's last exited process ended, and how many
+	// of its processes ended each way (see LastExit; since the daemon
+	// started).
+	LastExit *LastExit         `json:"last_exit,omitempty"`
+	Exits    map[string]uint64 `json:"exits,omitempty"`
 }
 
 // LastExit is how a process ended: exited with a code, or killed by a

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -81,6 +82,15 @@ func TestUWSGIWorkerExitsSayWhy(t *testing.T) {
 			ours, err := readStats(d.addr)
 			if err != nil {
 				t.Fatal(err)
+			}
+			exits := map[string]uint64{}
+			for _, w := range ours.Workers {
+				for cause, n := range w.Exits {
+					exits[cause] += n
+				}
+			}
+			if want := map[string]uint64{"killed_by_other": 1, "exited_error": 2, "killed_by_master": 1}; !maps.Equal(exits, want) {
+				t.Errorf("exits by cause %v, want %v", exits, want)
 			}
 			for _, u := range theirs.Workers {
 				if o := slotOf(t, ours, u.ID); o.HarakiriCount != u.HarakiriCount {

@@ -45,12 +45,13 @@ var (
 	descRespawns     = desc("worker_respawns_total", "Processes that have held the worker slot.", "worker")
 	descLastSpawn    = desc("worker_last_spawn_timestamp_seconds", "Start time of the slot's current process.", "worker")
 	descQueueErrors  = desc("listen_queue_errors_total", "Connections the pool's TCP listening sockets refused with their accept queue full (uWSGI's listen_queue_errors).")
+	descExits        = desc("worker_exits_total", "Worker processes of the pool that ended, by cause: exited, exited_error, killed_by_master, _kernel, _itself, _other or _unknown (since the daemon started).", "cause")
 	descExceptions   = desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (seen with serve --requests) or never answered.", "worker")
 	descByStatus     = desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (serve --requests; since the daemon started).", "class")
 	descDuration     = desc("request_duration_seconds", "Answered requests across the pool, first request byte to last response byte (serve --requests; since the daemon started).")
 	descAllDescribed = []*prometheus.Desc{descUp, descListenQueue, descLoad, descSocketQueue, descSocketMax, descDropped,
 		descWorkerInfo, descRequests, descTx, descRx, descAccepted, descRunning, descAvgRT, descBusy, descRSS, descVSZ,
-		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration, descQueueErrors}
+		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration, descQueueErrors, descExits}
 )
 
 // Describe implements prometheus.Collector.
@@ -112,6 +113,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descExceptions, float64(w.Exceptions), id)
 	}
 	requestSeries(ch, st.Workers)
+	exits := map[string]uint64{}
+	for _, w := range st.Workers {
+		for cause, n := range w.Exits {
+			exits[cause] += n
+		}
+	}
+	for cause, n := range exits {
+		counter(descExits, float64(n), cause)
+	}
 }
 
 // requestSeries sends the pool's requests by status class and their

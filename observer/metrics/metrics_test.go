@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"maps"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,6 +114,9 @@ func TestRequestSeriesPerPool(t *testing.T) {
 			t.Errorf("requests of class %s: %v, want %v", class, by[class], n)
 		}
 	}
+	if e := got["workerstats_worker_exits_total"]; len(e) != 0 {
+		t.Errorf("exits %v with none", e)
+	}
 	if e := got["workerstats_worker_exceptions_total"]; len(e) != 2 || e[0].GetCounter().GetValue() != 3 {
 		t.Errorf("exceptions: %v, want slot 1's 3", e)
 	}
@@ -138,5 +142,21 @@ func TestRequestSeriesPerPool(t *testing.T) {
 	got = scrape(t, func(context.Context) (*observer.Stats, error) { return st, nil })
 	if got["workerstats_requests_total"] != nil || got["workerstats_request_duration_seconds"] != nil {
 		t.Error("request series without request capture")
+	}
+}
+
+// TestExitsPerPool: the workers' exits by cause, summed over the pool.
+func TestExitsPerPool(t *testing.T) {
+	st := &observer.Stats{Workers: []observer.Worker{
+		{ID: 1, Exits: map[string]uint64{"killed_by_master": 2, "exited": 1}},
+		{ID: 2, Exits: map[string]uint64{"killed_by_master": 1}},
+		{ID: 3},
+	}}
+	got := map[string]float64{}
+	for _, m := range scrape(t, func(context.Context) (*observer.Stats, error) { return st, nil })["workerstats_worker_exits_total"] {
+		got[label(m, "cause")] = m.GetCounter().GetValue()
+	}
+	if want := map[string]float64{"killed_by_master": 3, "exited": 1}; !maps.Equal(got, want) {
+		t.Errorf("exits %v, want %v", got, want)
 	}
 }
