@@ -497,19 +497,20 @@ static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 
 	return c;
 }
 
-/* Fills h, a record with room for max bytes of data, from user buffer buf
- * (room bytes long) of a syscall that moved n. */
-static __always_inline void fill_head(struct head *h, __u64 max, __u64 buf, __u64 room, long n)
+/* Fills h, a record with room for cap bytes of data (a constant at each
+ * call), with at most max of them, from user buffer buf (room bytes long)
+ * of a syscall that moved n. */
+static __always_inline void fill_head(struct head *h, __u64 cap, __u64 max, __u64 buf, __u64 room, long n)
 {
 	__u64 len = (__u64)n < room ? (__u64)n : room;
 	if (len > max)
 		len = max;
-	/* max varies (what a head's earlier reads left): bound len by the
-	 * buffer's size where older verifiers see it, after the barrier that
-	 * keeps the compiler from folding the test away. */
+	/* max may vary (what a head's earlier reads left): bound len by the
+	 * record's constant room where older verifiers see it, after the
+	 * barrier that keeps the compiler from folding the test away. */
 	barrier_var(len);
-	if (len > HEAD_MAX)
-		len = HEAD_MAX;
+	if (len > cap)
+		len = cap;
 	if (bpf_probe_read_user(h->data, len, (void *)buf))
 		len = 0;
 	h->len = len;
@@ -538,12 +539,12 @@ static __always_inline void capture(__u64 sk, struct conn *c, __u32 tgid, __u32 
 	if (dir == DIR_SEND) {
 		h = bpf_ringbuf_reserve(&heads, sizeof(*h) - HEAD_MAX + RESPONSE_HEAD_MAX, 0);
 		if (h)
-			fill_head(h, RESPONSE_HEAD_MAX, buf, room, n);
+			fill_head(h, RESPONSE_HEAD_MAX, RESPONSE_HEAD_MAX, buf, room, n);
 	} else {
 		__u32 had = at ? 0 : c->captured;
 		h = bpf_ringbuf_reserve(&heads, sizeof(*h), 0);
 		if (h) {
-			fill_head(h, had < HEAD_MAX ? HEAD_MAX - had : 0, buf, room, n);
+			fill_head(h, HEAD_MAX, had < HEAD_MAX ? HEAD_MAX - had : 0, buf, room, n);
 			c->captured = had + h->len;
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -128,6 +129,10 @@ func dieOnce(t *testing.T, p *uwsgiPool, tell, query string) int {
 		return err
 	})
 	if query == "" {
+		// Once answered and closed, the worker is in no request.
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatal(err)
+		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}

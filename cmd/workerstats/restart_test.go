@@ -132,11 +132,11 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 9, 10, 9 // fork, exit, accept4, accept, close, send, recv, TCP close, TCP done and its twin
+		return 9, 11, 10 // fork, exit, signal, accept4, accept, close, send, recv, TCP close, TCP done and its twin
 	case ebpfkernel.HooksRaw:
-		return 9, 4, 4 // fork, exit, sys_enter (close), sys_exit
+		return 9, 5, 5 // fork, exit, signal, sys_enter (close), sys_exit
 	}
-	return 9, 23, 9 // fork, exit, accept4, accept, close, 9 enters (3 receive programs), 9 exits
+	return 9, 24, 10 // fork, exit, signal, accept4, accept, close, 9 enters (3 receive programs), 9 exits
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is
