@@ -661,17 +661,19 @@ static __always_inline int fatal_signal(long sig)
 
 /* A signal is generated for a task: remember the last fatal one a live
  * worker was sent, and its sender (the current process; none when the
- * kernel sends it, SEND_SIG_PRIV). Runs for every signal of the host,
- * which the bitmap filters before anything else. */
+ * kernel sends it, SEND_SIG_PRIV). Runs for every signal of the host:
+ * most are not fatal (SIGCHLD, and SIGURG, which the Go runtime sends its
+ * threads to preempt them), told from the arguments alone; then the
+ * bitmap filters on the target before any lookup. */
 SEC("raw_tracepoint/signal_generate")
 int on_signal(struct bpf_raw_tracepoint_args *ctx)
 {
+	long sig = ctx->args[0];
+	if (!fatal_signal(sig) || (int)ctx->args[4] != 0) /* not delivered: ignored, pending... */
+		return 0;
 	struct task_struct *task = (struct task_struct *)ctx->args[2];
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	if (!maybe_watched(tgid))
-		return 0;
-	long sig = ctx->args[0];
-	if (!fatal_signal(sig) || (int)ctx->args[4] != 0) /* not delivered: ignored, pending... */
 		return 0;
 	struct worker *w = live_worker(tgid);
 	if (!w)

@@ -104,7 +104,7 @@ func startGunicornBin(t testing.TB, bin string, workers int, extra ...string) *g
 	cmd.Stdout, cmd.Stderr = &log, &log
 	exited := startGroup(t, cmd, syscall.SIGKILL, func() string { return "gunicorn log:\n" + log.String() })
 	p.pid = cmd.Process.Pid
-	waitFor(t, 30*time.Second, "gunicorn's workers to start", func() error {
+	waitFor(t, 60*time.Second, "gunicorn's workers to start", func() error {
 		select {
 		case <-exited:
 			t.Fatalf("gunicorn exited early:\n%s", log.String())

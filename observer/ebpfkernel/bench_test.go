@@ -87,6 +87,7 @@ func reportPerRequest(b *testing.B, k *Kernel, empty *EmptyHooks, hooks string, 
 		ns += ps.RunTimeNs
 		if ps.RunCount > 0 {
 			b.ReportMetric(float64(ps.RunTimeNs)/float64(ps.RunCount), ps.Name+"-ns/run")
+			b.ReportMetric(float64(ps.RunCount)/float64(b.N), ps.Name+"-runs/req")
 		}
 	}
 	base, err := empty.NsPerRun()
