@@ -464,17 +464,24 @@ static __always_inline int head_continues(struct conn *c, __u32 dir)
 	return capture_heads && dir == DIR_RECV && c->state == CONN_RECEIVING && c->captured < HEAD_MAX;
 }
 
-/* Whether n bytes received on c by syscall nr (second argument arg1)
- * are more of the request being answered rather than the next one: the
- * protocol says so for a FastCGI record other than BEGIN_REQUEST, such as
- * the empty STDIN record that ends a request's input, which PHP-FPM reads
- * only after answering. Reads the record's first two bytes, only where a
- * request would otherwise begin: once per request. (A uwsgi packet of
- * modifier1 1 and a size of 2 to 11 looks the same: no server sends one.) */
-static __always_inline int same_request(struct conn *c, __u32 dir, long n, long nr, __u64 arg1)
+/* Whether a receive of n bytes on c may be more of the request being
+ * answered rather than the next one, as far as can be told without its
+ * bytes: a lone FastCGI record header (8 bytes; PHP-FPM reads each one on
+ * its own) while the request is answered. An HTTP or uwsgi request is
+ * longer, so theirs pay nothing more. */
+static __always_inline int may_continue(struct conn *c, __u32 dir, long n)
 {
-	if (dir != DIR_RECV || c->state != CONN_RESPONDING || n < 8)
-		return 0;
+	return dir == DIR_RECV && n == 8 && c->state == CONN_RESPONDING;
+}
+
+/* Whether those 8 bytes, received by syscall nr (second argument arg1),
+ * are more of the request being answered: the protocol says so for a
+ * FastCGI record other than BEGIN_REQUEST, such as the empty STDIN record
+ * that ends a request's input, which PHP-FPM reads only after answering.
+ * Reads the record's first two bytes. (A uwsgi packet of modifier1 1 and
+ * a size of 2 to 11 looks the same: no server sends one.) */
+static __always_inline int same_request(long nr, __u64 arg1)
+{
 	__u64 room = 0;
 	__u64 buf = user_buf(nr, arg1, &room);
 	__u8 rec[2];
@@ -493,7 +500,7 @@ static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 
 	if (!c) /* not an accepted connection: outbound, pipe, file... */
 		return 0;
 	*more = head_continues(c, dir);
-	*at = conn_bytes(c, dir, n, tgid, cur, same_request(c, dir, n, nr, arg1));
+	*at = conn_bytes(c, dir, n, tgid, cur, may_continue(c, dir, n) && same_request(nr, arg1));
 	return c;
 }
 
@@ -835,9 +842,9 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 	 * only where a request or response may begin. */
 	struct pt_regs *regs = 0;
 	int same = 0;
-	if (sock_hooks && dir == DIR_RECV && c->state == CONN_RESPONDING) {
+	if (sock_hooks && may_continue(c, dir, ret)) {
 		regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-		same = same_request(c, dir, ret, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+		same = same_request(BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
 	int more = head_continues(c, dir);
 	__u64 at = conn_bytes(c, dir, ret, tgid, cur, same);
@@ -1110,8 +1117,8 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	/* The buffer's address only where a request may begin. */
 	int same = 0;
-	if (dir == DIR_RECV && c->state == CONN_RESPONDING)
-		same = same_request(c, dir, ret, nr, BPF_CORE_READ(regs, si));
+	if (may_continue(c, dir, ret))
+		same = same_request(nr, BPF_CORE_READ(regs, si));
 	int more = head_continues(c, dir);
 	__u64 at = conn_bytes(c, dir, ret, tgid, w, same);
 	if ((at || more) && capture_heads)
