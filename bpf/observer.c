@@ -78,11 +78,12 @@ struct worker {
 	/* How it ended, for its slot's last_exit: its wait status (exit code
 	 * << 8, or the signal that killed it), the last fatal signal sent to
 	 * it, by whom (a tgid; 0 for the kernel: the OOM killer, say) and
-	 * when, and whether it was in a request when it exited. */
+	 * when, and whether it was in a request when it exited and when that
+	 * signal came (enum in_request_at bits). */
 	__u32 exit_status;
 	__u32 kill_sig;
 	__u32 killer;
-	__u32 exited_in_request;
+	__u32 in_request_at;
 	__u64 kill_ns;
 };
 
@@ -620,6 +621,15 @@ int on_fork(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+enum in_request_at { IN_REQUEST_AT_EXIT = 1, IN_REQUEST_AT_SIGNAL = 2 };
+
+/* Whether worker w is in a request at now: one received and not answered,
+ * or a response being sent (a byte within 100 ms, as userspace's busy). */
+static __always_inline int in_request(struct worker *w, __u64 now)
+{
+	return w->awaiting > 0 || (w->in_progress > 0 && now - w->last_tx_ns < 100000000);
+}
+
 SEC("raw_tracepoint/sched_process_exit")
 int on_exit(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -643,9 +653,8 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 			__sync_fetch_and_add(&w->unanswered, w->awaiting);
 		__u64 now = bpf_ktime_get_ns();
 		w->exit_status = BPF_CORE_READ(task, exit_code);
-		/* In a request: one received and not answered, or a response
-		 * being sent (a byte within 100 ms, as userspace's busy). */
-		w->exited_in_request = w->awaiting > 0 || (w->in_progress > 0 && now - w->last_tx_ns < 100000000);
+		if (in_request(w, now))
+			w->in_request_at |= IN_REQUEST_AT_EXIT;
 		w->exit_ns = now;
 		w->in_progress = 0;
 		w->awaiting = 0;
@@ -685,9 +694,11 @@ int on_signal(struct bpf_raw_tracepoint_args *ctx)
 	struct worker *w = live_worker(tgid);
 	if (!w)
 		return 0;
+	__u64 now = bpf_ktime_get_ns();
 	w->kill_sig = sig;
 	w->killer = ctx->args[1] == 1 ? 0 : bpf_get_current_pid_tgid() >> 32;
-	w->kill_ns = bpf_ktime_get_ns();
+	w->kill_ns = now;
+	w->in_request_at = in_request(w, now) ? IN_REQUEST_AT_SIGNAL : 0;
 	return 0;
 }
 

@@ -61,29 +61,29 @@ const (
 )
 
 type ObserverWorker struct {
-	_               structs.HostLayout
-	Role            ObserverRole
-	Master          uint32
-	StartNs         uint64
-	ExitNs          uint64
-	Accepts         uint64
-	Requests        uint64
-	Closes          uint64
-	Rx              uint64
-	Tx              uint64
-	RtNs            uint64
-	AvgRtNs         uint64
-	Finished        uint64
-	InProgress      int64
-	Awaiting        int64
-	LastTxNs        uint64
-	Spawns          uint64
-	Unanswered      uint64
-	ExitStatus      uint32
-	KillSig         uint32
-	Killer          uint32
-	ExitedInRequest uint32
-	KillNs          uint64
+	_           structs.HostLayout
+	Role        ObserverRole
+	Master      uint32
+	StartNs     uint64
+	ExitNs      uint64
+	Accepts     uint64
+	Requests    uint64
+	Closes      uint64
+	Rx          uint64
+	Tx          uint64
+	RtNs        uint64
+	AvgRtNs     uint64
+	Finished    uint64
+	InProgress  int64
+	Awaiting    int64
+	LastTxNs    uint64
+	Spawns      uint64
+	Unanswered  uint64
+	ExitStatus  uint32
+	KillSig     uint32
+	Killer      uint32
+	InRequestAt uint32
+	KillNs      uint64
 }
 
 // Names of all BPF objects in the ELF.

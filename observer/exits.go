@@ -32,11 +32,20 @@ func signalName(sig int) string {
 func (e *exitRecord) killed() int { return int(e.c.ExitStatus & 0x7f) }
 
 // harakiri says the master killed the process in a request: uWSGI's
-// harakiri, gunicorn's worker timeout (whose SIGABRT the worker handles
-// by exiting, so the status may be an exit).
+// harakiri (SIGKILL), gunicorn's worker timeout (SIGABRT, which the worker
+// handles by closing the request's connection and exiting 1). A worker
+// the master asked to stop gracefully in a request finishes it and exits
+// 0: no harakiri.
 func (e *exitRecord) harakiri() bool {
-	return e.c.KillSig != 0 && e.c.Killer == e.master && e.master != 0 && e.c.ExitedInRequest
+	if e.c.KillSig == 0 || e.master == 0 || e.c.Killer != e.master {
+		return false
+	}
+	return e.c.ExitedInRequest || (e.c.SignalledInRequest && e.c.ExitStatus != 0)
 }
+
+// inRequest says the process was in a request when it exited, or when it
+// was sent the signal it ended by.
+func (e *exitRecord) inRequest() bool { return e.c.ExitedInRequest || e.c.SignalledInRequest }
 
 // sender names who sent the process's last fatal signal.
 func (e *exitRecord) sender() string {
@@ -58,7 +67,7 @@ func (e *exitRecord) render(bootUnix int64) *LastExit {
 	if e.c.ExitNs != 0 {
 		x.At = bootUnix + int64(e.c.ExitNs/1e9)
 	}
-	if e.c.ExitedInRequest {
+	if e.inRequest() {
 		x.InRequest = 1
 	}
 	sig := e.killed()

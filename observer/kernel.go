@@ -41,12 +41,13 @@ type Counters struct {
 	// exit code, or the low 7 bits the signal that killed it); the last
 	// fatal signal sent to it (0 if none), by Killer (a pid; 0 for the
 	// kernel) at KillNs on ExitNs's clock; and whether it was in a
-	// request.
-	ExitStatus      uint32
-	KillSig         int
-	Killer          int
-	KillNs          uint64
-	ExitedInRequest bool
+	// request when it exited, and when that signal came.
+	ExitStatus         uint32
+	KillSig            int
+	Killer             int
+	KillNs             uint64
+	ExitedInRequest    bool
+	SignalledInRequest bool
 	// Followed is how the requests the kernel's request capture followed
 	// ended (nil without capture): since the daemon started, for a
 	// process it saw.

@@ -407,7 +407,7 @@ func (p *Pool) noteExit(s *slot, final Counters) {
 		return
 	}
 	e := &exitRecord{proc: s.proc, c: final, master: p.master.PID}
-	if ra, ok := p.Kernel.(RequestAware); ok && final.ExitedInRequest {
+	if ra, ok := p.Kernel.(RequestAware); ok && e.inRequest() {
 		e.request = requestLine(ra.LastRequest(s.proc.PID))
 	}
 	if e.harakiri() {

@@ -147,3 +147,35 @@ func dieOnce(t *testing.T, p *uwsgiPool, tell, query string) int {
 	})
 	return pid
 }
+
+// TestGunicornTimeoutIsHarakiri: gunicorn's master kills a worker stuck in
+// a request past --timeout (SIGABRT, which the worker handles by exiting
+// 1): its slot shows that end, by the master, in the request, and counts
+// it in harakiri_count, as uWSGI counts its harakiri.
+func TestGunicornTimeoutIsHarakiri(t *testing.T) {
+	testutil.RequireEBPF(t)
+	hooks := testutil.HookSets(t, ebpfkernel.AvailableHooks)[0]
+	p := startGunicorn(t, 1, "--timeout", "2")
+	kids, err := childPIDs(p.pid)
+	if err != nil || len(kids) != 1 {
+		t.Fatalf("gunicorn's workers %v, %v", kids, err)
+	}
+	d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--hooks", hooks, "--requests")
+	if _, err := getOnce(p.addr, "/sleep/30000"); err == nil {
+		t.Fatal("a request of 30 s got an answer under --timeout 2")
+	}
+	var w observer.Worker
+	waitStats(t, d.addr, 30*time.Second, "the slot to say how its worker ended", func(st *observer.Stats) error {
+		w = st.Workers[0]
+		if w.LastExit == nil || w.LastExit.PID != kids[0] {
+			return fmt.Errorf("slot 1: last_exit %+v", w.LastExit)
+		}
+		return nil
+	})
+	got := *w.LastExit
+	got.At = 0
+	want := observer.LastExit{PID: kids[0], Status: "exited", Code: 1, Signal: "SIGABRT", By: "master", ByPID: p.pid, InRequest: 1, Request: "GET /sleep/30000"}
+	if got != want || w.HarakiriCount != 1 {
+		t.Errorf("slot 1: last_exit %+v, harakiri_count %d; want %+v and 1", got, w.HarakiriCount, want)
+	}
+}

@@ -105,13 +105,20 @@ func counters(pid uint32, v *bpf.ObserverWorker, now, suspended uint64) observer
 		AvgRTNs:    v.AvgRtNs,
 		InProgress: inRequest(v, now),
 
-		ExitStatus:      v.ExitStatus,
-		KillSig:         int(v.KillSig),
-		Killer:          int(v.Killer),
-		KillNs:          exitBoot(v.KillNs, suspended),
-		ExitedInRequest: v.ExitedInRequest != 0,
+		ExitStatus:         v.ExitStatus,
+		KillSig:            int(v.KillSig),
+		Killer:             int(v.Killer),
+		KillNs:             exitBoot(v.KillNs, suspended),
+		ExitedInRequest:    v.InRequestAt&inRequestAtExit != 0,
+		SignalledInRequest: v.InRequestAt&inRequestAtSignal != 0,
 	}
 }
+
+// The C file's enum in_request_at: bits of a worker's in_request_at.
+const (
+	inRequestAtExit   = 1
+	inRequestAtSignal = 2
+)
 
 // ResponseIdle is how long after its last response byte a connection whose
 // next request has not come is taken as idle: the kernel cannot see where a
