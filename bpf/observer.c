@@ -77,7 +77,8 @@ struct worker {
 	__u64 unanswered;
 	/* How it ended, for its slot's last_exit: its wait status (exit code
 	 * << 8, or the signal that killed it), the last fatal signal sent to
-	 * it, by whom (a tgid; 0 for the kernel: the OOM killer, say) and
+	 * it, by whom (a tgid; 0 for the kernel, KILLER_OOM for its OOM
+	 * killer) and
 	 * when, and whether it was in a request when it exited and when that
 	 * signal came (enum in_request_at bits). */
 	__u32 exit_status;
@@ -193,6 +194,50 @@ struct {
 	__type(key, __u64); /* struct sock * */
 	__type(value, __u8);
 } untracked SEC(".maps");
+
+/*
+ * Time in the listen queue. A TCP connection enters its listener's accept
+ * queue when the handshake's last ACK makes its socket (the listener's
+ * clone goes from LISTEN to SYN_RECV just before it is queued; a Fast Open
+ * one at its SYN), and leaves it when a worker accepts it. queue_waits
+ * holds, for each TCP port (host order) a watched pool listens on, the
+ * waits of the connections its workers took: userspace adds and removes
+ * the entries, the kernel adds to them. Counts[i] are the waits of at
+ * most QWAIT_FIRST_US << i µs (and above the bound before); the last, the
+ * rest.
+ */
+#define QWAIT_FIRST_US 16
+#define QWAIT_BUCKETS 22
+
+struct queue_wait {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 counts[QWAIT_BUCKETS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct queue_wait);
+} queue_waits SEC(".maps");
+
+/* The connections waiting in a watched port's accept queue: when each
+ * entered it. An LRU: one never accepted (its client gave up) is left
+ * behind and goes first when it is full. Only a watched worker's accept
+ * looks one up, of a socket that entered since. */
+struct queued {
+	__u64 at_ns;
+	__u32 port;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct queued);
+} queued SEC(".maps");
 
 /* PID_MAX_LIMIT on 64-bit: no tgid reaches it. */
 #define PID_LIMIT (4 * 1024 * 1024)
@@ -623,6 +668,9 @@ int on_fork(struct bpf_raw_tracepoint_args *ctx)
 
 enum in_request_at { IN_REQUEST_AT_EXIT = 1, IN_REQUEST_AT_SIGNAL = 2 };
 
+/* A worker's killer when the kernel's OOM killer chose it: no tgid. */
+#define KILLER_OOM 0xffffffff
+
 /* Whether worker w is in a request at now: one received and not answered,
  * or a response being sent (a byte within 100 ms, as userspace's busy). */
 static __always_inline int in_request(struct worker *w, __u64 now)
@@ -702,7 +750,88 @@ int on_signal(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* ---- connections ---- *//* ---- connections ---- */
+/* The OOM killer has sent SIGKILL to a process (signal_generate saw it,
+ * sent by the kernel) and marks it its victim. A plain tracepoint: its
+ * record's pid is at the same place on every kernel, where the raw one's
+ * arguments changed (a pid, then a task). Runs once per OOM kill. */
+struct mark_victim_ctx {
+	__u64 common;
+	int pid;
+};
+
+SEC("tracepoint/oom/mark_victim")
+int on_oom_victim(struct mark_victim_ctx *ctx)
+{
+	struct worker *w = live_worker(ctx->pid);
+	if (w && w->kill_sig == 9 && w->killer == 0)
+		w->killer = KILLER_OOM;
+	return 0;
+}
+
+/* ---- time in the listen queue ---- */
+
+/* How many bits x needs: 0 for 0. */
+static __always_inline __u32 bit_length(__u64 x)
+{
+	__u32 n = 0;
+	if (x >> 32) { x >>= 32; n += 32; }
+	if (x >> 16) { x >>= 16; n += 16; }
+	if (x >> 8) { x >>= 8; n += 8; }
+	if (x >> 4) { x >>= 4; n += 4; }
+	if (x >> 2) { x >>= 2; n += 2; }
+	if (x >> 1) { x >>= 1; n += 1; }
+	return n + (__u32)x;
+}
+
+/* The bucket of a wait of ns: the first i with ns <= QWAIT_FIRST_US << i
+ * µs, in whole µs. */
+static __always_inline __u32 wait_bucket(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 i = bit_length((us ? us - 1 : 0) / QWAIT_FIRST_US);
+	return i < QWAIT_BUCKETS - 1 ? i : QWAIT_BUCKETS - 1;
+}
+
+/* A connection's socket is made from a listener's: if its port is a
+ * watched pool's, it waits in the accept queue from now. Runs at every
+ * TCP state change of the host; the states alone tell all but the passive
+ * opens, once per connection. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_tcp_queued(struct bpf_raw_tracepoint_args *ctx)
+{
+	if ((int)ctx->args[2] != TCP_SYN_RECV || (int)ctx->args[1] != TCP_LISTEN)
+		return 0;
+	struct sock *s = (struct sock *)ctx->args[0];
+	__u32 port = BPF_CORE_READ(s, __sk_common.skc_num);
+	if (!bpf_map_lookup_elem(&queue_waits, &port))
+		return 0;
+	__u64 sk = ctx->args[0];
+	struct queued q = { .at_ns = bpf_ktime_get_ns(), .port = port };
+	bpf_map_update_elem(&queued, &sk, &q, BPF_ANY);
+	return 0;
+}
+
+/* A watched worker takes connection sk: if it waited in a watched
+ * port's accept queue, count how long. Once per connection. */
+static __always_inline void dequeued(__u64 sk)
+{
+	struct queued *q = bpf_map_lookup_elem(&queued, &sk);
+	if (!q)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	struct queue_wait *qw = bpf_map_lookup_elem(&queue_waits, &q->port);
+	if (qw && now > q->at_ns) {
+		__u64 ns = now - q->at_ns;
+		__u32 i = wait_bucket(ns);
+		__sync_fetch_and_add(&qw->count, 1);
+		__sync_fetch_and_add(&qw->sum_ns, ns);
+		if (i < QWAIT_BUCKETS)
+			__sync_fetch_and_add(&qw->counts[i], 1);
+	}
+	bpf_map_delete_elem(&queued, &sk);
+}
+
+/* ---- connections ---- */
 
 /* End tracked connection sk (its entry c), which worker tgid (entry cur)
  * had open. */
@@ -735,6 +864,7 @@ static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 	__u64 sk = socket_fd_to_sock(fd);
 	if (!sk)
 		return;
+	dequeued(sk);
 	__u64 key = fd_key(tgid, fd);
 	/* The fd number held a connection before: the fd was released, so it
 	 * is over. Its close was missed, or (raw hooks, another thread) is
@@ -829,6 +959,7 @@ static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w
 	}
 	count(CNT_CONN_TRACKED);
 	__sync_fetch_and_add(&w->accepts, 1);
+	dequeued(sk);
 	return bpf_map_lookup_elem(&conns, &sk);
 }
 

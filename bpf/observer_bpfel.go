@@ -53,6 +53,20 @@ type ObserverInflight struct {
 	Arg1 uint64
 }
 
+type ObserverQueueWait struct {
+	_      structs.HostLayout
+	Count  uint64
+	SumNs  uint64
+	Counts [22]uint64
+}
+
+type ObserverQueued struct {
+	_    structs.HostLayout
+	AtNs uint64
+	Port uint32
+	Pad  uint32
+}
+
 type ObserverRole uint32
 
 const (
@@ -96,6 +110,8 @@ const (
 	ObserverMapHeads            = "heads"
 	ObserverMapInflight         = "inflight"
 	ObserverMapListenPorts      = "listen_ports"
+	ObserverMapQueueWaits       = "queue_waits"
+	ObserverMapQueued           = "queued"
 	ObserverMapUntracked        = "untracked"
 	ObserverMapWatched          = "watched"
 	ObserverMapWorkers          = "workers"
@@ -104,6 +120,7 @@ const (
 	ObserverProgOnDataExit      = "on_data_exit"
 	ObserverProgOnExit          = "on_exit"
 	ObserverProgOnFork          = "on_fork"
+	ObserverProgOnOomVictim     = "on_oom_victim"
 	ObserverProgOnRawSysEnter   = "on_raw_sys_enter"
 	ObserverProgOnRawSysExit    = "on_raw_sys_exit"
 	ObserverProgOnRecvEnter     = "on_recv_enter"
@@ -116,6 +133,7 @@ const (
 	ObserverProgOnTcpClose      = "on_tcp_close"
 	ObserverProgOnTcpDone       = "on_tcp_done"
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
+	ObserverProgOnTcpQueued     = "on_tcp_queued"
 	ObserverVarCaptureHeads     = "capture_heads"
 	ObserverVarSockHooks        = "sock_hooks"
 )
@@ -167,6 +185,7 @@ type ObserverProgramSpecs struct {
 	OnDataExit      *ebpf.ProgramSpec `ebpf:"on_data_exit"`
 	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork          *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnOomVictim     *ebpf.ProgramSpec `ebpf:"on_oom_victim"`
 	OnRawSysEnter   *ebpf.ProgramSpec `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.ProgramSpec `ebpf:"on_raw_sys_exit"`
 	OnRecvEnter     *ebpf.ProgramSpec `ebpf:"on_recv_enter"`
@@ -179,6 +198,7 @@ type ObserverProgramSpecs struct {
 	OnTcpClose      *ebpf.ProgramSpec `ebpf:"on_tcp_close"`
 	OnTcpDone       *ebpf.ProgramSpec `ebpf:"on_tcp_done"`
 	OnTcpDoneTwin   *ebpf.ProgramSpec `ebpf:"on_tcp_done_twin"`
+	OnTcpQueued     *ebpf.ProgramSpec `ebpf:"on_tcp_queued"`
 }
 
 // ObserverMapSpecs contains maps before they are loaded into the kernel.
@@ -191,6 +211,8 @@ type ObserverMapSpecs struct {
 	Heads       *ebpf.MapSpec `ebpf:"heads"`
 	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
+	QueueWaits  *ebpf.MapSpec `ebpf:"queue_waits"`
+	Queued      *ebpf.MapSpec `ebpf:"queued"`
 	Untracked   *ebpf.MapSpec `ebpf:"untracked"`
 	Watched     *ebpf.MapSpec `ebpf:"watched"`
 	Workers     *ebpf.MapSpec `ebpf:"workers"`
@@ -230,6 +252,8 @@ type ObserverMaps struct {
 	Heads       *ebpf.Map `ebpf:"heads"`
 	Inflight    *ebpf.Map `ebpf:"inflight"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
+	QueueWaits  *ebpf.Map `ebpf:"queue_waits"`
+	Queued      *ebpf.Map `ebpf:"queued"`
 	Untracked   *ebpf.Map `ebpf:"untracked"`
 	Watched     *ebpf.Map `ebpf:"watched"`
 	Workers     *ebpf.Map `ebpf:"workers"`
@@ -243,6 +267,8 @@ func (m *ObserverMaps) Close() error {
 		m.Heads,
 		m.Inflight,
 		m.ListenPorts,
+		m.QueueWaits,
+		m.Queued,
 		m.Untracked,
 		m.Watched,
 		m.Workers,
@@ -266,6 +292,7 @@ type ObserverPrograms struct {
 	OnDataExit      *ebpf.Program `ebpf:"on_data_exit"`
 	OnExit          *ebpf.Program `ebpf:"on_exit"`
 	OnFork          *ebpf.Program `ebpf:"on_fork"`
+	OnOomVictim     *ebpf.Program `ebpf:"on_oom_victim"`
 	OnRawSysEnter   *ebpf.Program `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.Program `ebpf:"on_raw_sys_exit"`
 	OnRecvEnter     *ebpf.Program `ebpf:"on_recv_enter"`
@@ -278,6 +305,7 @@ type ObserverPrograms struct {
 	OnTcpClose      *ebpf.Program `ebpf:"on_tcp_close"`
 	OnTcpDone       *ebpf.Program `ebpf:"on_tcp_done"`
 	OnTcpDoneTwin   *ebpf.Program `ebpf:"on_tcp_done_twin"`
+	OnTcpQueued     *ebpf.Program `ebpf:"on_tcp_queued"`
 }
 
 func (p *ObserverPrograms) Close() error {
@@ -287,6 +315,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnDataExit,
 		p.OnExit,
 		p.OnFork,
+		p.OnOomVictim,
 		p.OnRawSysEnter,
 		p.OnRawSysExit,
 		p.OnRecvEnter,
@@ -299,6 +328,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnTcpClose,
 		p.OnTcpDone,
 		p.OnTcpDoneTwin,
+		p.OnTcpQueued,
 	)
 }
 

@@ -52,6 +52,8 @@ func (e *exitRecord) sender() string {
 	switch e.c.Killer {
 	case 0:
 		return "kernel"
+	case KillerOOM:
+		return "oom killer"
 	case e.master:
 		return "master"
 	case e.proc.PID:
@@ -78,7 +80,7 @@ func (e *exitRecord) render(bootUnix int64) *LastExit {
 	// it, or (an exit) the last one it was asked to die by.
 	if e.c.KillSig != 0 && (sig == 0 || sig == e.c.KillSig) {
 		x.Signal, x.By = signalName(e.c.KillSig), e.sender()
-		if e.c.Killer != 0 {
+		if e.c.Killer > 0 {
 			x.ByPID = e.c.Killer
 		}
 	}
@@ -87,7 +89,8 @@ func (e *exitRecord) render(bootUnix int64) *LastExit {
 
 // cause is how the process ended, as /metrics counts exits: "exited",
 // "exited_error" (a non-zero code), or "killed_by_" the sender's kind
-// (master, kernel, itself, other, or unknown when no fatal signal was seen).
+// (master, kernel, oom, itself, other, or unknown when no fatal signal was
+// seen).
 func (e *exitRecord) cause() string {
 	sig := e.killed()
 	switch {
@@ -101,6 +104,8 @@ func (e *exitRecord) cause() string {
 	switch by := e.sender(); by {
 	case "master", "kernel", "itself":
 		return "killed_by_" + by
+	case "oom killer":
+		return "killed_by_oom"
 	}
 	return "killed_by_other"
 }

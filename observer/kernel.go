@@ -40,7 +40,7 @@ type Counters struct {
 	// How an exited process ended: its wait status (ExitStatus>>8 the
 	// exit code, or the low 7 bits the signal that killed it); the last
 	// fatal signal sent to it (0 if none), by Killer (a pid; 0 for the
-	// kernel) at KillNs on ExitNs's clock; and whether it was in a
+	// kernel, KillerOOM for its OOM killer) at KillNs on ExitNs's clock; and whether it was in a
 	// request when it exited, and when that signal came.
 	ExitStatus         uint32
 	KillSig            int
@@ -82,6 +82,17 @@ type Kernel interface {
 	// Info describes the observer: mode, hooks, what was dropped, and the
 	// programs' own run-time statistics when enabled.
 	Info() ObserverInfo
+}
+
+// KillerOOM is Counters.Killer when the kernel's OOM killer chose the
+// process.
+const KillerOOM = -1
+
+// QueueAware is a Kernel that times connections in their listener's
+// accept queue: QueueWait is the waits of those s's workers took, nil
+// when s's are not timed.
+type QueueAware interface {
+	QueueWait(s Socket) *Durations
 }
 
 // ListenerAware is a Kernel that wants to know each pool's listening

@@ -648,7 +648,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		return nil, err
 	}
 	st.UID, st.GID, st.CWD = g.uid, g.gid, g.cwd
-	st.Sockets, st.ListenQueue, st.ListenQueueErrors = g.sockets, g.listenQueue, g.listenDrops
+	st.Sockets, st.ListenQueue, st.ListenQueueErrors = p.queueWaits(g.sockets), g.listenQueue, g.listenDrops
 	now := time.Now()
 	for _, s := range p.slots {
 		if s.alive && now.Sub(s.memAt) >= GaugeMaxAge {
@@ -711,4 +711,18 @@ func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
 	g.at = time.Now()
 	p.gauges = g
 	return g, nil
+}
+
+// queueWaits is sockets (the gauges', left as they are) with each one's
+// time in its accept queue, when the kernel side times it.
+func (p *Pool) queueWaits(sockets []Socket) []Socket {
+	qa, ok := p.Kernel.(QueueAware)
+	if !ok {
+		return sockets
+	}
+	out := slices.Clone(sockets)
+	for i := range out {
+		out[i].QueueWait = qa.QueueWait(out[i])
+	}
+	return out
 }

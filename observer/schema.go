@@ -42,6 +42,9 @@ type Socket struct {
 	// queue full, since it was created: summed into the pool's
 	// listen_queue_errors, not shown per socket (uWSGI shows none).
 	Drops uint64 `json:"-"`
+	// QueueWait is added by workerstats: how long the connections its
+	// workers took waited in its accept queue (TCP only).
+	QueueWait *Durations `json:"queue_wait,omitempty"`
 }
 
 // Worker is one worker slot.

@@ -50,9 +50,11 @@ enum {
 
 /* TCP states (include/net/tcp_states.h). */
 enum {
+	TCP_SYN_RECV = 3,
 	TCP_FIN_WAIT1 = 4,
 	TCP_CLOSE = 7,
 	TCP_LAST_ACK = 9,
+	TCP_LISTEN = 10,
 };
 
 /* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), for the

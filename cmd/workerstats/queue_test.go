@@ -3,15 +3,133 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
 )
+
+// TestGunicornQueueWaitAddsUp: one sync worker, a request that takes
+// 300 ms, 5 clients connecting at once. The worker takes them one after
+// another, so each waits in the accept queue until the worker is done with
+// the one before it: from its connect to the previous client's answer.
+// The socket's queue_wait sums those waits (within 5%), counts the 5
+// connections, and so does /metrics' workerstats_queue_wait_seconds.
+func TestGunicornQueueWaitAddsUp(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			p := startGunicorn(t, 1)
+			d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--stats-http", "--hooks", hooks)
+			before := waitQueueWait(t, d.addr, p.addr, "the pool's socket to be timed", func(*observer.Durations) error { return nil })
+			seen := queueSchedule(t, p.addr, 5, "/sleep/300")
+			want := seen.expectedWaits()
+			got := waitQueueWait(t, d.addr, p.addr, "5 more waits", func(q *observer.Durations) error {
+				if q.Count != before.Count+5 {
+					return fmt.Errorf("count %d, want %d", q.Count, before.Count+5)
+				}
+				return nil
+			})
+			sum := time.Duration(got.SumUs-before.SumUs) * time.Microsecond
+			if off := float64(sum-want) / float64(want); off < -0.05 || off > 0.05 {
+				t.Errorf("queue_wait sums %v, the clients' schedule %v (%+.1f%%)", sum, want, 100*off)
+			}
+			var inBuckets uint64
+			for i, n := range got.Counts {
+				inBuckets += n - before.Counts[i]
+			}
+			if inBuckets != 5 || len(got.Counts) != len(got.BoundsUs)+1 {
+				t.Errorf("buckets hold %d waits (bounds %d, counts %d), want 5", inBuckets, len(got.BoundsUs), len(got.Counts))
+			}
+			body := metricsText(t, d)
+			if want := fmt.Sprintf("workerstats_queue_wait_seconds_count{socket=%q} %d\n", p.addr, got.Count); !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+			t.Logf("5 clients at once, 300 ms each, one worker: waits %v (%v on average), the clients' schedule %v", sum, sum/5, want)
+		})
+	}
+}
+
+// waitQueueWait waits until the dump at addr times the socket name and ok
+// holds for its queue_wait, and returns that.
+func waitQueueWait(t *testing.T, addr, name, what string, ok func(*observer.Durations) error) *observer.Durations {
+	t.Helper()
+	var q *observer.Durations
+	waitStats(t, addr, 30*time.Second, what, func(st *observer.Stats) error {
+		for _, s := range st.Sockets {
+			if s.Name == name && s.QueueWait != nil {
+				q = s.QueueWait
+				return ok(q)
+			}
+		}
+		return fmt.Errorf("no queue_wait on socket %s in %+v", name, st.Sockets)
+	})
+	return q
+}
+
+// schedule is when each client's connection was made and its answer read.
+type schedule struct {
+	connected, answered []time.Time
+}
+
+// queueSchedule connects n clients to addr at once, then has each send GET
+// path and read its answer.
+func queueSchedule(t *testing.T, addr string, n int, path string) *schedule {
+	t.Helper()
+	s := &schedule{connected: make([]time.Time, n), answered: make([]time.Time, n)}
+	conns := make([]net.Conn, n)
+	for i := range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.connected[i] = time.Now()
+		conns[i] = c
+		defer c.Close()
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, c := range conns {
+		wg.Go(func() {
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			if _, errs[i] = fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: test\r\n\r\n", path); errs[i] == nil {
+				_, errs[i] = readHTTPResponse(bufio.NewReader(c))
+			}
+			s.answered[i] = time.Now()
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// expectedWaits is the sum of the waits the schedule implies for a single
+// worker taking the connections one at a time: each, but the first
+// answered, waited from its connect until the answer before its own.
+func (s *schedule) expectedWaits() time.Duration {
+	order := make([]int, len(s.answered))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return s.answered[a].Compare(s.answered[b]) })
+	var sum time.Duration
+	for k := 1; k < len(order); k++ {
+		sum += max(0, s.answered[order[k-1]].Sub(s.connected[order[k]]))
+	}
+	return sum
+}
 
 // TestListenQueueErrorsCountDrops: a pool of one slow worker behind an
 // accept queue of one, and 8 clients at once. The connections the full

@@ -126,17 +126,17 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 }
 
 // wantPins is what a daemon with hooks pins for a pool whose listeners
-// are unknown (a master with no worker): its maps (the C file's nine),
+// are unknown (a master with no worker): its maps (the C file's eleven),
 // its links, and the distinct programs those links run. The sock set
 // keeps accept and close hooked for such a pool.
 func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 9, 11, 10 // fork, exit, signal, accept4, accept, close, send, recv, TCP close, TCP done and its twin
+		return 11, 13, 12 // fork, exit, signal, OOM victim, TCP queued, accept4, accept, close, send, recv, TCP close, TCP done and its twin
 	case ebpfkernel.HooksRaw:
-		return 9, 5, 5 // fork, exit, signal, sys_enter (close), sys_exit
+		return 11, 7, 7 // fork, exit, signal, OOM victim, TCP queued, sys_enter (close), sys_exit
 	}
-	return 9, 24, 10 // fork, exit, signal, accept4, accept, close, 9 enters (3 receive programs), 9 exits
+	return 11, 26, 12 // fork, exit, signal, OOM victim, TCP queued, accept4, accept, close, 9 enters (3 receive programs), 9 exits
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is

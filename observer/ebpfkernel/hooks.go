@@ -130,6 +130,8 @@ func (k *Kernel) hookList() []hook {
 		rawTracepointHook("sched_process_fork", bpf.ObserverProgOnFork, &p.OnFork),
 		rawTracepointHook("sched_process_exit", bpf.ObserverProgOnExit, &p.OnExit),
 		rawTracepointHook("signal_generate", bpf.ObserverProgOnSignal, &p.OnSignal),
+		tracepointHook("oom", "mark_victim", bpf.ObserverProgOnOomVictim, &p.OnOomVictim),
+		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpQueued, &p.OnTcpQueued),
 	}
 	if k.hooks == HooksRaw {
 		return append(hooks,

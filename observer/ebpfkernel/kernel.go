@@ -76,6 +76,11 @@ type Kernel struct {
 	hooksFixed   bool // FixHooks was called: attachments no longer change
 	warnedFixed  bool
 
+	queueMu sync.Mutex
+	// queuePorts are each watched pool's TCP ports, by master, whose
+	// accept queues the kernel times (queue.go).
+	queuePorts map[int][]uint32
+
 	following *following // the requests the captured heads show, if captured
 }
 

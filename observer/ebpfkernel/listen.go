@@ -76,6 +76,11 @@ type listeners struct {
 // listening sockets, and attaches or detaches accept's and close's syscall
 // tracepoints as the watched pools now need.
 func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
+	if len(sockets) > 0 {
+		if err := k.watchQueues(master, sockets); err != nil {
+			return err
+		}
+	}
 	if k.hooks != HooksSock {
 		return nil // the syscall and raw sets see accept and close anyway
 	}
@@ -115,6 +120,11 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 // Listening only keeps listen_ports up to date, and says so once when a
 // pool would need accept and close hooked and they are not.
 func (k *Kernel) FixHooks(everyPoolFound bool) error {
+	if everyPoolFound {
+		if err := k.pruneQueues(); err != nil {
+			return err
+		}
+	}
 	if k.hooks != HooksSock {
 		return nil
 	}
@@ -134,6 +144,9 @@ func (k *Kernel) FixHooks(everyPoolFound bool) error {
 
 // forgetListening drops master's listeners, when it is no longer watched.
 func (k *Kernel) forgetListening(master int) error {
+	if err := k.forgetQueues(master); err != nil {
+		return err
+	}
 	k.listenMu.Lock()
 	defer k.listenMu.Unlock()
 	if _, ok := k.listening[master]; !ok {

@@ -107,7 +107,7 @@ func counters(pid uint32, v *bpf.ObserverWorker, now, suspended uint64) observer
 
 		ExitStatus:         v.ExitStatus,
 		KillSig:            int(v.KillSig),
-		Killer:             int(v.Killer),
+		Killer:             killer(v.Killer),
 		KillNs:             exitBoot(v.KillNs, suspended),
 		ExitedInRequest:    v.InRequestAt&inRequestAtExit != 0,
 		SignalledInRequest: v.InRequestAt&inRequestAtSignal != 0,
@@ -215,3 +215,14 @@ func (k *Kernel) prune(drop func(owner int) bool) (int, error) {
 	}
 	return len(gone), nil
 }
+
+// killer is a worker's killer as observer.Counters says it.
+func killer(k uint32) int {
+	if k == killerOOM {
+		return observer.KillerOOM
+	}
+	return int(k)
+}
+
+// killerOOM is the C file's KILLER_OOM.
+const killerOOM = 0xffffffff

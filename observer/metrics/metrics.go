@@ -49,9 +49,10 @@ var (
 	descExceptions   = desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (seen with serve --requests) or never answered.", "worker")
 	descByStatus     = desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (serve --requests; since the daemon started).", "class")
 	descDuration     = desc("request_duration_seconds", "Answered requests across the pool, first request byte to last response byte (serve --requests; since the daemon started).")
+	descQueueWait    = desc("queue_wait_seconds", "Time the connections the pool's workers accepted waited in a TCP listening socket's accept queue, from the end of the handshake to the accept.", "socket")
 	descAllDescribed = []*prometheus.Desc{descUp, descListenQueue, descLoad, descSocketQueue, descSocketMax, descDropped,
 		descWorkerInfo, descRequests, descTx, descRx, descAccepted, descRunning, descAvgRT, descBusy, descRSS, descVSZ,
-		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration, descQueueErrors, descExits}
+		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration, descQueueWait, descQueueErrors, descExits}
 )
 
 // Describe implements prometheus.Collector.
@@ -88,6 +89,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range st.Sockets {
 		gauge(descSocketQueue, float64(s.Queue), s.Name)
 		gauge(descSocketMax, float64(s.MaxQueue), s.Name)
+		if s.QueueWait != nil {
+			ch <- histogram(descQueueWait, s.QueueWait, s.Name)
+		}
 	}
 	for kind, n := range st.Observer.Dropped {
 		counter(descDropped, float64(n), kind)
@@ -156,14 +160,19 @@ func requestSeries(ch chan<- prometheus.Metric, workers []observer.Worker) {
 	for class, n := range map[string]uint64{"2xx": by.S2xx, "3xx": by.S3xx, "4xx": by.S4xx, "5xx": by.S5xx, "other": by.Other, "unanswered": by.Unanswered} {
 		ch <- prometheus.MustNewConstMetric(descByStatus, prometheus.CounterValue, float64(n), class)
 	}
-	// Prometheus buckets are cumulative, by upper bound in seconds.
-	cumulative := make(map[float64]uint64, len(bounds))
+	ch <- histogram(descDuration, &observer.Durations{Count: count, SumUs: sumUs, BoundsUs: bounds, Counts: buckets})
+}
+
+// histogram is d as a Prometheus histogram, whose buckets are cumulative,
+// by upper bound in seconds.
+func histogram(desc *prometheus.Desc, d *observer.Durations, labels ...string) prometheus.Metric {
+	cumulative := make(map[float64]uint64, len(d.BoundsUs))
 	var below uint64
-	for i, b := range bounds {
-		if i < len(buckets) {
-			below += buckets[i]
+	for i, b := range d.BoundsUs {
+		if i < len(d.Counts) {
+			below += d.Counts[i]
 		}
 		cumulative[float64(b)/1e6] = below
 	}
-	ch <- prometheus.MustNewConstHistogram(descDuration, count, float64(sumUs)/1e6, cumulative)
+	return prometheus.MustNewConstHistogram(desc, d.Count, float64(d.SumUs)/1e6, cumulative, labels...)
 }
