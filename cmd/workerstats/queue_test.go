@@ -131,12 +131,12 @@ func (s *schedule) expectedWaits() time.Duration {
 	return sum
 }
 
-// TestListenQueueErrorsCountDrops: a pool of one slow worker behind an
+// TestGunicornListenQueueErrorsCountDrops: a pool of one slow worker behind an
 // accept queue of one, and 8 clients at once. The connections the full
 // queue refused (their handshake's last ACK dropped; the clients' SYNs
 // are answered again later) are the pool's listen_queue_errors, as the
 // kernel counts them for the host (TcpExt ListenDrops), and on /metrics.
-func TestListenQueueErrorsCountDrops(t *testing.T) {
+func TestGunicornListenQueueErrorsCountDrops(t *testing.T) {
 	before := listenDrops(t)
 	p := startGunicorn(t, 1, "--backlog", "1")
 	d := startDaemon(t, "--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--stats-http")

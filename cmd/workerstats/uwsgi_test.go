@@ -76,6 +76,9 @@ def application(env, start_response):
             ctypes.string_at(0)  # a segmentation fault
         if "exit" in q:
             os._exit(int(q["exit"][0]))
+        if "alloc" in q:
+            hog = b"m" * (int(q["alloc"][0]) << 20)  # touched, page by page
+            del hog
         try:
             n = int(env.get("PATH_INFO", "/").strip("/") or "0")
         except ValueError:
