@@ -44,6 +44,9 @@ func (k *Kernel) watchQueues(master int, sockets []observer.Socket) error {
 	for _, s := range sockets {
 		if port, ok := tcpPort(s); ok {
 			ports = append(ports, port)
+		} else if _, known := k.queuePorts[master]; !known {
+			k.log.Info("listen queue wait not timed", "socket", s.Name, "proto", s.Proto, "master", master,
+				"why", "no tracepoint sees a connect to a Unix socket")
 		}
 	}
 	if k.queuePorts == nil {
