@@ -750,19 +750,19 @@ int on_signal(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* The OOM killer has sent SIGKILL to a process (signal_generate saw it,
- * sent by the kernel) and marks it its victim. A plain tracepoint: its
- * record's pid is at the same place on every kernel, where the raw one's
- * arguments changed (a pid, then a task). Runs once per OOM kill. */
-struct mark_victim_ctx {
-	__u64 common;
-	int pid;
-};
+/* Set at load: whether mark_victim's first argument is the victim's task
+ * (newer kernels) rather than its pid (5.10). */
+volatile const __u8 oom_victim_task = 0;
 
-SEC("tracepoint/oom/mark_victim")
-int on_oom_victim(struct mark_victim_ctx *ctx)
+/* The OOM killer has sent SIGKILL to a process (signal_generate saw it,
+ * sent by the kernel) and marks it its victim. Runs once per OOM kill. */
+SEC("raw_tracepoint/mark_victim")
+int on_oom_victim(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct worker *w = live_worker(ctx->pid);
+	__u32 tgid = (__u32)ctx->args[0];
+	if (oom_victim_task)
+		tgid = BPF_CORE_READ((struct task_struct *)ctx->args[0], tgid);
+	struct worker *w = live_worker(tgid);
 	if (w && w->kill_sig == 9 && w->killer == 0)
 		w->killer = KILLER_OOM;
 	return 0;
@@ -825,6 +825,9 @@ static __always_inline void dequeued(__u64 sk)
 		__u32 i = wait_bucket(ns);
 		__sync_fetch_and_add(&qw->count, 1);
 		__sync_fetch_and_add(&qw->sum_ns, ns);
+		/* Checked again in the register that indexes: older verifiers
+		 * lose the bound of wait_bucket's clamp. */
+		barrier_var(i);
 		if (i < QWAIT_BUCKETS)
 			__sync_fetch_and_add(&qw->counts[i], 1);
 	}

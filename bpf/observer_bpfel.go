@@ -135,6 +135,7 @@ const (
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
 	ObserverProgOnTcpQueued     = "on_tcp_queued"
 	ObserverVarCaptureHeads     = "capture_heads"
+	ObserverVarOomVictimTask    = "oom_victim_task"
 	ObserverVarSockHooks        = "sock_hooks"
 )
 
@@ -222,8 +223,9 @@ type ObserverMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverVariableSpecs struct {
-	CaptureHeads *ebpf.VariableSpec `ebpf:"capture_heads"`
-	SockHooks    *ebpf.VariableSpec `ebpf:"sock_hooks"`
+	CaptureHeads  *ebpf.VariableSpec `ebpf:"capture_heads"`
+	OomVictimTask *ebpf.VariableSpec `ebpf:"oom_victim_task"`
+	SockHooks     *ebpf.VariableSpec `ebpf:"sock_hooks"`
 }
 
 // ObserverObjects contains all objects after they have been loaded into the kernel.
@@ -279,8 +281,9 @@ func (m *ObserverMaps) Close() error {
 //
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverVariables struct {
-	CaptureHeads *ebpf.Variable `ebpf:"capture_heads"`
-	SockHooks    *ebpf.Variable `ebpf:"sock_hooks"`
+	CaptureHeads  *ebpf.Variable `ebpf:"capture_heads"`
+	OomVictimTask *ebpf.Variable `ebpf:"oom_victim_task"`
+	SockHooks     *ebpf.Variable `ebpf:"sock_hooks"`
 }
 
 // ObserverPrograms contains all programs after they have been loaded into the kernel.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
@@ -140,88 +141,101 @@ func wantPins(hooks string) (maps, links, programs int) {
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is
-// stopped with SIGTERM while clients load the pool, more requests are
-// served while it is down, it is started again and more load follows. For
-// every worker pid, requests, delta_requests and tx must equal uWSGI's own,
-// under every hook set.
+// stopped with SIGTERM, or killed with SIGKILL, while clients load the
+// pool, more requests are served while it is down, it is started again
+// and more load follows. For every worker pid, requests, delta_requests
+// and tx must equal uWSGI's own, under every hook set.
 func TestRestartLosesNoRequest(t *testing.T) {
 	testutil.RequireEBPF(t)
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
-		t.Run(hooks, func(t *testing.T) {
-			p := startUWSGI(t, uwsgiOptions{processes: 4})
-			pins := testPinPath(t)
-			args := []string{"--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-				"--hooks", hooks, "--pin-path", pins}
-			d1 := startDaemon(t, args...)
-
-			// SIGTERM once the load is well under way.
-			stopped := make(chan error, 1)
-			var atStop uint64 // requests uWSGI had served when the daemon was gone
-			trigger := uint64(testutil.Scale(1500))
-			go func() {
-				poll(60*time.Second, func() error {
-					st, err := readStats(p.stats)
-					if err != nil {
-						return err
-					}
-					if n, _, _ := sumRequests(st); n < trigger {
-						return fmt.Errorf("uWSGI served %d requests", n)
-					}
-					return nil
-				})
-				d1.cmd.Process.Signal(syscall.SIGTERM)
-				err := <-d1.exited
-				if st, rerr := readStats(p.stats); rerr == nil {
-					atStop, _, _ = sumRequests(st)
-				}
-				stopped <- err
-			}()
-			under := drive(t, p, 8000, 16, 0)
-			var exit error
-			select {
-			case exit = <-stopped:
-				d1.exited <- exit
-			case <-time.After(70 * time.Second):
-				t.Fatal("workerstats did not stop")
-			}
-			if exit != nil {
-				t.Fatalf("workerstats exited with %v on SIGTERM, want 0:\n%s", exit, d1.log.String())
-			}
-			if atStop == 0 || atStop >= uint64(under.ok) {
-				t.Errorf("uWSGI had served %d of %d requests when the daemon exited: the stop was not under load", atStop, under.ok)
-			}
-			t.Logf("daemon stopped under load: it was gone after %d of the %d requests", atStop, under.ok)
-
-			down := drive(t, p, 3000, 16, 0) // nobody watching but the pinned programs
-			// A worker dies while the daemon is down and uWSGI replaces it:
-			// the restarted daemon must still know the slot's history.
-			respawned := killAndRespawn(t, p, 2)
-			downAfterKill := drive(t, p, 1000, 16, 0)
-			down.ok += downAfterKill.ok
-			down.received += downAfterKill.received
-			down.sent += downAfterKill.sent
-
-			d2 := startDaemon(t, args...)
-			if !strings.Contains(d2.log.String(), "kept the pinned programs") {
-				t.Errorf("the restarted daemon did not keep the pinned programs:\n%s", d2.log.String())
-			}
-			after := drive(t, p, 3000, 16, 0)
-			total := uint64(under.ok + down.ok + after.ok)
-			ours, theirs := settle(t, p, d2, total)
-			logComparison(t, ours, theirs)
-			_, tx, rx := sumRequests(ours)
-			if tx != uint64(under.received+down.received+after.received) || rx != uint64(under.sent+down.sent+after.sent) {
-				t.Errorf("workers' tx %d rx %d, clients received %d sent %d", tx, rx,
-					under.received+down.received+after.received, under.sent+down.sent+after.sent)
-			}
-			checkDropped(t, ours, 0)
-			if len(ours.Workers) != 4 {
-				t.Errorf("%d slots after the restart, uWSGI has 4", len(ours.Workers))
-			}
-			t.Logf("%d requests (%d under load at the stop, %d while down, %d after), counts equal uWSGI's for all %d workers, slot 2 respawned while down (now pid %d)",
-				total, under.ok, down.ok, after.ok, len(theirs.Workers), respawned)
-		})
+		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+			t.Run(hooks+"/"+unix.SignalName(sig), func(t *testing.T) { restartUnderLoad(t, hooks, sig) })
+		}
 	}
+}
+
+// restartUnderLoad is one TestRestartLosesNoRequest: sig stops the daemon.
+func restartUnderLoad(t *testing.T, hooks string, sig syscall.Signal) {
+	p := startUWSGI(t, uwsgiOptions{processes: 4})
+	pins := testPinPath(t)
+	args := []string{"--pid", strconv.Itoa(p.pid), "--stats", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--hooks", hooks, "--pin-path", pins}
+	d1 := startDaemon(t, args...)
+
+	under := stopUnderLoad(t, p, d1, sig)
+
+	down := drive(t, p, 3000, 16, 0) // nobody watching but the pinned programs
+	// A worker dies while the daemon is down and uWSGI replaces it:
+	// the restarted daemon must still know the slot's history.
+	respawned := killAndRespawn(t, p, 2)
+	downAfterKill := drive(t, p, 1000, 16, 0)
+	down.ok += downAfterKill.ok
+	down.received += downAfterKill.received
+	down.sent += downAfterKill.sent
+
+	d2 := startDaemon(t, args...)
+	if !strings.Contains(d2.log.String(), "kept the pinned programs") {
+		t.Errorf("the restarted daemon did not keep the pinned programs:\n%s", d2.log.String())
+	}
+	after := drive(t, p, 3000, 16, 0)
+	total := uint64(under.ok + down.ok + after.ok)
+	ours, theirs := settle(t, p, d2, total)
+	logComparison(t, ours, theirs)
+	_, tx, rx := sumRequests(ours)
+	if tx != uint64(under.received+down.received+after.received) || rx != uint64(under.sent+down.sent+after.sent) {
+		t.Errorf("workers' tx %d rx %d, clients received %d sent %d", tx, rx,
+			under.received+down.received+after.received, under.sent+down.sent+after.sent)
+	}
+	checkDropped(t, ours, 0)
+	if len(ours.Workers) != 4 {
+		t.Errorf("%d slots after the restart, uWSGI has 4", len(ours.Workers))
+	}
+	t.Logf("%v: %d requests (%d under load at the stop, %d while down, %d after), counts equal uWSGI's for all %d workers, slot 2 respawned while down (now pid %d)",
+		sig, total, under.ok, down.ok, after.ok, len(theirs.Workers), respawned)
+}
+
+// stopUnderLoad sends sig to daemon d1 once p's clients have made it well
+// into a load, and returns that load once it is over, with d1 gone.
+func stopUnderLoad(t *testing.T, p *uwsgiPool, d1 *daemon, sig syscall.Signal) *loadResult {
+	// The signal once the load is well under way.
+	stopped := make(chan error, 1)
+	var atStop uint64 // requests uWSGI had served when the daemon was gone
+	trigger := uint64(testutil.Scale(1500))
+	go func() {
+		poll(60*time.Second, func() error {
+			st, err := readStats(p.stats)
+			if err != nil {
+				return err
+			}
+			if n, _, _ := sumRequests(st); n < trigger {
+				return fmt.Errorf("uWSGI served %d requests", n)
+			}
+			return nil
+		})
+		d1.cmd.Process.Signal(sig)
+		err := <-d1.exited
+		if st, rerr := readStats(p.stats); rerr == nil {
+			atStop, _, _ = sumRequests(st)
+		}
+		stopped <- err
+	}()
+	under := drive(t, p, 8000, 16, 0)
+	var exit error
+	select {
+	case exit = <-stopped:
+		d1.exited <- exit
+	case <-time.After(70 * time.Second):
+		t.Fatal("workerstats did not stop")
+	}
+	if killed := sig == syscall.SIGKILL; killed != (exit != nil) {
+		t.Fatalf("workerstats exited with %v on %v:\n%s", exit, sig, d1.log.String())
+	}
+	if atStop == 0 || atStop >= uint64(under.ok) {
+		t.Errorf("uWSGI had served %d of %d requests when the daemon exited: the stop was not under load", atStop, under.ok)
+	}
+	t.Logf("daemon stopped under load: it was gone after %d of the %d requests", atStop, under.ok)
+
+	return under
 }
 
 // TestSIGTERMRemovesSocketKeepsPins: on SIGTERM the daemon exits 0 and

@@ -36,23 +36,24 @@ func CheckHooks(s string) error {
 	return fmt.Errorf("%q is not one of %s, %s, %s, %s", s, HooksAuto, HooksSock, HooksSyscall, HooksRaw)
 }
 
-// resolveHooks probes the kernel and picks the hook set for want.
-func resolveHooks(want string, log *slog.Logger) (string, error) {
+// resolveHooks probes the kernel and picks the hook set for want; it
+// returns what it probed too.
+func resolveHooks(want string, log *slog.Logger) (string, features, error) {
 	if err := CheckHooks(want); err != nil {
-		return "", err
+		return "", features{}, err
 	}
 	k, err := probeKernel()
 	if err != nil {
-		return "", err
+		return "", features{}, err
 	}
 	hooks, err := chooseHooks(want, k)
 	if err != nil {
-		return "", err
+		return "", features{}, err
 	}
 	if hooks == HooksSock && !k.sendfileSeen {
 		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the raw hooks, or auto")
 	}
-	return hooks, nil
+	return hooks, k, nil
 }
 
 // chooseHooks resolves HooksAuto against what the kernel has: the sock
@@ -130,7 +131,7 @@ func (k *Kernel) hookList() []hook {
 		rawTracepointHook("sched_process_fork", bpf.ObserverProgOnFork, &p.OnFork),
 		rawTracepointHook("sched_process_exit", bpf.ObserverProgOnExit, &p.OnExit),
 		rawTracepointHook("signal_generate", bpf.ObserverProgOnSignal, &p.OnSignal),
-		tracepointHook("oom", "mark_victim", bpf.ObserverProgOnOomVictim, &p.OnOomVictim),
+		rawTracepointHook("mark_victim", bpf.ObserverProgOnOomVictim, &p.OnOomVictim),
 		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpQueued, &p.OnTcpQueued),
 	}
 	if k.hooks == HooksRaw {

@@ -61,9 +61,11 @@ type Kernel struct {
 	// and detached while running (listen.go).
 	linkOf map[string]link.Link
 	hooks  string
-	stats  io.Closer
-	log    *slog.Logger
-	pins   *pinDir // nil when not pinning
+	// oomVictimTask is the C file's oom_victim_task, as probed.
+	oomVictimTask bool
+	stats         io.Closer
+	log           *slog.Logger
+	pins          *pinDir // nil when not pinning
 
 	bitsMu sync.Mutex // userspace's writes to the watched bitmap
 
@@ -90,14 +92,14 @@ func Load(opts Options) (*Kernel, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	hooks, err := resolveHooks(opts.Hooks, log)
+	hooks, probed, err := resolveHooks(opts.Hooks, log)
 	if err != nil {
 		return nil, err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
 	}
-	k := &Kernel{hooks: hooks, log: log}
+	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask}
 	if err := k.open(opts); err != nil {
 		k.Close()
 		return nil, err
@@ -139,6 +141,11 @@ func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
 	if k.hooks == HooksSock {
 		if err := spec.Variables[bpf.ObserverVarSockHooks].Set(uint8(1)); err != nil {
 			return fmt.Errorf("set the sock hooks' constant: %w", err)
+		}
+	}
+	if k.oomVictimTask {
+		if err := spec.Variables[bpf.ObserverVarOomVictimTask].Set(uint8(1)); err != nil {
+			return fmt.Errorf("set the OOM victim's constant: %w", err)
 		}
 	}
 	if capture != bpf.ObserverCaptureModeCAPTURE_OFF {

@@ -73,6 +73,7 @@ type features struct {
 	sock            bool // the sock:sock_{send,recv}_length tracepoints (6.3+)
 	sendfileSeen    bool // sendfile's bytes pass them (6.5+)
 	tracepointLinks bool // tracepoint attachments are links, which can be pinned (5.15+)
+	oomVictimTask   bool // mark_victim's first argument is the task, not its pid
 }
 
 // probeKernel probes the features, mounting tracefs first when needed.
@@ -85,7 +86,29 @@ func probeKernel() (features, error) {
 	if err != nil {
 		return features{}, err
 	}
-	return features{sock: sock, sendfileSeen: sendfileReachesSendmsg(spec), tracepointLinks: tracepointLinksPin()}, nil
+	return features{sock: sock, sendfileSeen: sendfileReachesSendmsg(spec), tracepointLinks: tracepointLinksPin(),
+		oomVictimTask: oomVictimIsTask(spec)}, nil
+}
+
+// oomVictimIsTask reports whether the oom:mark_victim tracepoint passes
+// the victim's task_struct (as newer kernels do) rather than its pid, from
+// the raw tracepoint's prototype: (void *, struct task_struct *, uid_t)
+// against (void *, int).
+func oomVictimIsTask(spec *btf.Spec) bool {
+	var td *btf.Typedef
+	if spec.TypeByName("btf_trace_mark_victim", &td) != nil {
+		return false
+	}
+	ptr, ok := td.Type.(*btf.Pointer)
+	if !ok {
+		return false
+	}
+	proto, ok := ptr.Target.(*btf.FuncProto)
+	if !ok || len(proto.Params) < 2 {
+		return false
+	}
+	_, isPtr := btf.UnderlyingType(proto.Params[1].Type).(*btf.Pointer)
+	return isPtr
 }
 
 // tracepointLinksPin reports whether attaching a program to a tracepoint
