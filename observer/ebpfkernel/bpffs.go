@@ -210,7 +210,7 @@ func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logge
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("load pinned map %s: %w", p.file(name), err)
+			return nil, p.foreign(name, "map", err)
 		}
 		incompatible := ms.Compatible(m)
 		var entries []entry
@@ -391,4 +391,12 @@ func PinDirs() ([]string, error) {
 		}
 	}
 	return dirs, nil
+}
+
+// foreign is the error for a pin this daemon cannot have made: what is
+// at name is not the object (a map, a link) it pins there, or cannot be
+// read as one. Nothing of it is taken, and nothing replaces it: it may be
+// another program's.
+func (p *pinDir) foreign(name, want string, err error) error {
+	return &PinPathError{p.path, fmt.Errorf("%s is not a %s this daemon pinned (%w): move it away, or pin in another directory", name, want, err)}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -145,7 +146,7 @@ func (r *relinking) relink(h hook) error {
 func (r *relinking) keep(h hook, path string) (bool, error) {
 	old, err := link.LoadPinnedLink(path, nil)
 	if err != nil {
-		return false, fmt.Errorf("load pinned link %s: %w", path, err)
+		return false, r.k.pins.foreign(filepath.Base(path), "link", err)
 	}
 	running, err := sameProgram(old, r.loaded[h.prog], r.mapIDs, r.k.consts)
 	if err != nil {

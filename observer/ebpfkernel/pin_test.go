@@ -468,3 +468,54 @@ func TestBPFFSMountedWhenMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPinnedForeignObjectsRefused: where the pin directory holds, under
+// one of our names, an object of another kind (a program where a map
+// goes, a map where a link goes: another tool's, or a corrupt directory),
+// loading stops with a PinPathError that names it and says what to do,
+// and leaves it as it was: nothing of it is taken, nothing replaces it.
+func TestPinnedForeignObjectsRefused(t *testing.T) {
+	testutil.RequireEBPF(t)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "foreign", Type: ebpf.RawTracepoint, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "foreign", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, c := range []struct {
+		name string
+		pin  func(path string) error
+		kind string
+	}{
+		{"workers", prog.Pin, "map"},
+		{linkPinPrefix + "on_fork_sched_process_fork", m.Pin, "link"},
+	} {
+		dir := testPinPath(t)
+		loadPinned(t, pinnable(t), dir, nil).Close()
+		path := filepath.Join(dir, c.name)
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.pin(path); err != nil {
+			t.Fatal(err)
+		}
+		k, err := Load(Options{Hooks: pinnable(t), PinPath: dir, Log: testutil.NewLog(t).Logger})
+		if err == nil {
+			k.Close()
+			t.Fatalf("%s: loaded over a foreign object", c.name)
+		}
+		var pe *PinPathError
+		if !errors.As(err, &pe) || !strings.Contains(err.Error(), c.name+" is not a "+c.kind+" this daemon pinned") || !strings.Contains(err.Error(), "move it away") {
+			t.Errorf("%s: error %q, want a PinPathError naming it and what to do", c.name, err)
+		}
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("%s: the foreign object was removed: %v", c.name, err)
+		}
+		t.Logf("%s: %v", c.name, err)
+	}
+}
