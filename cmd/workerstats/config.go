@@ -83,6 +83,7 @@ type configFile struct {
 	Requests      bool          `toml:"requests"`
 	RequestVars   string        `toml:"request-vars"`
 	MaxConns      int           `toml:"max-connections"`
+	MaxWorkers    int           `toml:"max-workers"`
 	StatsMaxConns int           `toml:"stats-max-conns"`
 	StatsTimeout  tomlDuration  `toml:"stats-timeout"`
 	StatsMaxAge   tomlDuration  `toml:"stats-max-age"`
@@ -121,7 +122,7 @@ func loadConfig(path string) (configFile, error) {
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return c, fmt.Errorf("config %s: unknown key %s (known: mode, hooks, bpf-stats, requests, request-vars, max-connections, stats-max-conns, stats-timeout, stats-max-age, and in [[pool]]: pid, pidfile, name, stats, stats-http, stats-minified, stats-chmod, stats-chown)",
+		return c, fmt.Errorf("config %s: unknown key %s (known: mode, hooks, bpf-stats, requests, request-vars, max-connections, max-workers, stats-max-conns, stats-timeout, stats-max-age, and in [[pool]]: pid, pidfile, name, stats, stats-http, stats-minified, stats-chmod, stats-chown)",
 			path, strings.Join(keys, ", "))
 	}
 	if len(c.Pools) == 0 {

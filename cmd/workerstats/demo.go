@@ -73,7 +73,7 @@ func (o demoOptions) daemon() (daemonOptions, error) {
 		return daemonOptions{}, err
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, maxConns: defaultMaxConns, proc: observer.Procfs{Root: defaultProcRoot},
+		mode: o.mode, hooks: o.hooks, maxConns: defaultMaxConns, maxWorkers: defaultMaxWorkers, proc: observer.Procfs{Root: defaultProcRoot},
 		pools:         []poolSpec{{addr: addr, opts: p, mode: mode}},
 		statsMaxConns: statsock.DefaultMaxConns, statsTimeout: statsock.DefaultTimeout, statsMaxAge: defaultStatsMaxAge,
 	}

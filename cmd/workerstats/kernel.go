@@ -22,9 +22,15 @@ const defaultHooks = ebpfkernel.HooksAuto
 // 22 MiB of kernel memory for the two tables (make bench).
 const defaultMaxConns = 1 << 17
 
-// untrackedConns is the dump's count of connections the full tables
-// could not take.
-const untrackedConns = "connections_untracked"
+// defaultMaxWorkers is --max-workers' default: the C file's table size.
+const defaultMaxWorkers = 4096
+
+// limits are the tables the kernel side can fill: the dump's count of
+// what a full one left untracked, and the flag that sizes it.
+var limits = []struct{ dropped, what, flag string }{
+	{"connections_untracked", "connection tables", "--max-connections"},
+	{"workers_untracked", "workers table", "--max-workers"},
+}
 
 var defaultPinPath = ebpfkernel.DefaultPinPath
 
@@ -47,7 +53,7 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 		return nil, "--mode procfs", nil
 	}
 	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
-		MaxConnections: o.maxConns, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
+		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
 	if err == nil && o.requests {
 		if err := k.Follow(o.requestVars); err != nil {
 			k.Close()
@@ -89,21 +95,27 @@ func settingError(err error) (setting bool, _ error) {
 	return false, err
 }
 
-// checkMaxConns is --max-connections' one validator.
-func checkMaxConns(n int) error {
-	if n < 1 || n > ebpfkernel.MaxConnectionsLimit {
-		return fmt.Errorf("--max-connections %d: give 1 to %d", n, ebpfkernel.MaxConnectionsLimit)
+// checkLimits is --max-connections' and --max-workers' one validator.
+func checkLimits(conns, workers int) error {
+	if conns < 1 || conns > ebpfkernel.MaxConnectionsLimit {
+		return fmt.Errorf("--max-connections %d: give 1 to %d", conns, ebpfkernel.MaxConnectionsLimit)
+	}
+	if workers < 2 || workers > ebpfkernel.MaxWorkersLimit {
+		return fmt.Errorf("--max-workers %d: give 2 to %d", workers, ebpfkernel.MaxWorkersLimit)
 	}
 	return nil
 }
 
-// warnUntracked says, once per sweep in which it grew, that the
-// connection tables were full: which limit to raise. It returns the count
-// now.
-func warnUntracked(info observer.ObserverInfo, before uint64, log *slog.Logger) uint64 {
-	now := info.Dropped[untrackedConns]
-	if now > before {
-		log.Warn("the kernel's connection tables are full: connections accepted since are not counted; raise --max-connections", "untracked", now-before, "untracked_total", now)
+// warnUntracked says, once per sweep in which it grew, that a kernel
+// table was full, and which limit to raise. It returns the counts now.
+func warnUntracked(info observer.ObserverInfo, before map[string]uint64, log *slog.Logger) map[string]uint64 {
+	now := map[string]uint64{}
+	for _, l := range limits {
+		now[l.dropped] = info.Dropped[l.dropped]
+		if before != nil && now[l.dropped] > before[l.dropped] {
+			log.Warn("the kernel's "+l.what+" is full: what it could not hold since is not counted; raise "+l.flag,
+				"untracked", now[l.dropped]-before[l.dropped], "untracked_total", now[l.dropped])
+		}
 	}
 	return now
 }

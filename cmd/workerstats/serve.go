@@ -49,6 +49,7 @@ type serveFlags struct {
 	requests bool
 	reqVars  string
 	maxConns int
+	maxProcs int
 	procRoot string
 	config   string
 	host     hostOptions // --pin-path, --no-pin, --user: privileges.go
@@ -70,6 +71,7 @@ type daemonOptions struct {
 	requests    bool          // --requests: capture request heads
 	requestVars requests.Vars // --request-vars: which of their vars to show
 	maxConns    int           // --max-connections
+	maxWorkers  int           // --max-workers
 	proc        observer.Procfs
 	pools       []poolSpec
 	// poolsFromConfig: a pool that cannot start (two masters of one
@@ -132,6 +134,7 @@ several pools, each with its own stats socket. It needs root.`,
 	f.BoolVar(&o.requests, "requests", false, "capture the first bytes of each request and response (eBPF mode) to show in each worker's cores what it is serving now; costs about 1 µs of kernel time per request")
 	f.StringVar(&o.reqVars, "request-vars", requests.AllVars.String(), "with --requests, which vars of a request a core shows: all (as uWSGI, less cookies and authorization), no-query (and no query strings), or none")
 	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
+	f.IntVar(&o.maxProcs, "max-workers", defaultMaxWorkers, "processes the kernel tracks, every pool together: masters, workers and each slot's last exited process; more are not counted, and the dump says how many")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
 	return cmd
@@ -151,7 +154,7 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 		return daemonOptions{}, fmt.Errorf("--request-vars %w", err)
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, requestVars: vars, maxConns: o.maxConns, proc: proc,
+		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, requestVars: vars, maxConns: o.maxConns, maxWorkers: o.maxProcs, proc: proc,
 		pools: specs, poolsFromConfig: o.config != "",
 		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
 	}
@@ -216,6 +219,7 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 	set("requests", c.Requests, func() { o.requests = true })
 	set("request-vars", c.RequestVars != "", func() { o.reqVars = c.RequestVars })
 	set("max-connections", c.MaxConns != 0, func() { o.maxConns = c.MaxConns })
+	set("max-workers", c.MaxWorkers != 0, func() { o.maxProcs = c.MaxWorkers })
 	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
 	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
 	set("stats-max-age", c.StatsMaxAge.set, func() { o.statsMaxAge = c.StatsMaxAge.Duration })
@@ -232,7 +236,7 @@ func (d *daemonOptions) check() error {
 	if err := checkHooks(d.hooks); err != nil {
 		return err
 	}
-	if err := checkMaxConns(d.maxConns); err != nil {
+	if err := checkLimits(d.maxConns, d.maxWorkers); err != nil {
 		return err
 	}
 	if d.requestVars != requests.AllVars && !d.requests {
@@ -451,9 +455,9 @@ func maintain(ctx context.Context, pools []*servedPool, k sweeper, every mainten
 	defer refresh.Stop()
 	sweep := time.NewTicker(every.sweep)
 	defer sweep.Stop()
-	var untracked uint64
+	var untracked map[string]uint64
 	if k != nil {
-		untracked = k.Info().Dropped[untrackedConns]
+		untracked = warnUntracked(k.Info(), nil, log)
 	}
 	for {
 		select {

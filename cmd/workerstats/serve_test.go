@@ -181,22 +181,24 @@ func TestDaemonShutdownWaitsForSweep(t *testing.T) {
 	}
 }
 
-// TestFullConnectionTablesSaidOnce: when the kernel's connection tables
-// were full since the last sweep, the daemon says so in one line naming
-// the flag to raise; while nothing more is dropped it says nothing.
-func TestFullConnectionTablesSaidOnce(t *testing.T) {
-	log := testutil.NewLog(t)
-	info := func(n uint64) observer.ObserverInfo {
-		return observer.ObserverInfo{Dropped: map[string]uint64{untrackedConns: n}}
-	}
-	n := warnUntracked(info(0), 0, log.Logger)
-	n = warnUntracked(info(5), n, log.Logger)
-	n = warnUntracked(info(5), n, log.Logger)
-	if n != 5 {
-		t.Errorf("count now %d, want 5", n)
-	}
-	got := log.String()
-	if strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "raise --max-connections") || !strings.Contains(got, "untracked=5") {
-		t.Errorf("want one warning naming --max-connections and the 5 untracked, got:\n%s", got)
+// TestFullTablesSaidOnce: when a kernel table (connections, workers) was
+// full since the last sweep, the daemon says so in one line naming the
+// flag to raise; while nothing more is dropped it says nothing.
+func TestFullTablesSaidOnce(t *testing.T) {
+	for _, l := range limits {
+		log := testutil.NewLog(t)
+		info := func(n uint64) observer.ObserverInfo {
+			return observer.ObserverInfo{Dropped: map[string]uint64{l.dropped: n}}
+		}
+		n := warnUntracked(info(0), nil, log.Logger)
+		n = warnUntracked(info(5), n, log.Logger)
+		n = warnUntracked(info(5), n, log.Logger)
+		if n[l.dropped] != 5 {
+			t.Errorf("%s: count now %d, want 5", l.dropped, n[l.dropped])
+		}
+		got := log.String()
+		if strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "raise "+l.flag) || !strings.Contains(got, "untracked=5") {
+			t.Errorf("want one warning naming %s and the 5 untracked, got:\n%s", l.flag, got)
+		}
 	}
 }

@@ -195,9 +195,10 @@ func (p *pinDir) pinnedLinks() ([]string, error) {
 
 // dropIncompatibleMaps removes the pins of maps whose layout no longer
 // matches spec (an upgrade changed a key, a value or a size), so loading
-// creates them afresh. A hash map whose values only grew (an upgrade added
-// counters at their end) has its entries carried over, the new fields
-// zero: restore writes them into the new map. Any other map's counts are
+// creates them afresh. A hash map whose values or size only grew (an
+// upgrade added counters at their end, a larger table was asked for) has
+// its entries carried over, any new fields zero: restore writes them into
+// the new map. Any other map's counts are
 // lost, and it says so.
 func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logger) (carried, error) {
 	out := carried{}
@@ -224,7 +225,7 @@ func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logge
 		case err != nil:
 			return nil, fmt.Errorf("read pinned map %s to carry it over: %w", p.file(name), err)
 		case entries != nil:
-			log.Info("a pinned map's values grew in this version: carrying its entries over", "map", name, "entries", len(entries))
+			log.Info("a pinned map grew (larger values in this version, or more entries asked for): carrying its entries over", "map", name, "entries", len(entries))
 			out[name] = entries
 		default:
 			log.Warn("a pinned map does not fit this version's layout: replacing it, its counts are lost", "map", name, "change", incompatible.Error())
@@ -242,10 +243,12 @@ type carried map[string][]entry
 
 type entry struct{ key, value []byte }
 
-// grownValues says pinned map m is spec's but for smaller values.
+// grownValues says pinned hash map m fits in spec's: its values no
+// larger (an upgrade added fields), its entries no more (a larger table
+// asked for: --max-workers, say).
 func grownValues(spec *ebpf.MapSpec, m *ebpf.Map) bool {
 	return spec.Type == ebpf.Hash && m.Type() == ebpf.Hash && m.KeySize() == spec.KeySize &&
-		m.ValueSize() < spec.ValueSize && m.MaxEntries() <= spec.MaxEntries
+		m.ValueSize() <= spec.ValueSize && m.MaxEntries() <= spec.MaxEntries
 }
 
 // readEntries reads every entry of m, its values zero-extended to size.

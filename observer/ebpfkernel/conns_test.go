@@ -256,3 +256,55 @@ func TestListenPortGoesToNewMaster(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkersTableFull: with room for a master and 2 workers, a pool of 4
+// has 2 workers left untracked, said in the dump; the 2 tracked are
+// counted exactly, the others not at all.
+func TestWorkersTableFull(t *testing.T) {
+	testutil.RequireEBPF(t)
+	hooks := hookSets(t)[0]
+	pool := forkpool.Start(t, 4, "")
+	k, err := Load(Options{Hooks: hooks, MaxWorkers: 3, Log: testutil.NewLog(t).Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Unwatch(pool.Master); k.Close() })
+	p := watch(t, k, pool)
+	var ts forkpool.Tallies
+	for range 40 {
+		if err := pool.Session(&ts, 5, func(int) int { return 300 }, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, p, "2 workers counted exactly and 2 untracked", func(st *observer.Stats) error {
+		if n := st.Observer.Dropped["workers_untracked"]; n != 2 {
+			return fmt.Errorf("workers_untracked %d, want 2", n)
+		}
+		counted := 0
+		for pid, want := range ts.ByPID() {
+			w := workerOf(st, pid)
+			got := forkpool.Tally{Requests: w.Requests, TX: w.TX, RX: w.RX}
+			switch got {
+			case want:
+				counted++
+			case forkpool.Tally{}:
+			default:
+				return fmt.Errorf("pid %d: %+v, clients %+v", pid, got, want)
+			}
+		}
+		if counted != 2 || len(ts.ByPID()) < 3 {
+			return fmt.Errorf("%d workers counted, want 2; the clients reached %d, want an untracked one too", counted, len(ts.ByPID()))
+		}
+		return nil
+	})
+}
+
+// workerOf is pid's worker in st; zero if it has none.
+func workerOf(st *observer.Stats, pid int) observer.Worker {
+	for _, w := range st.Workers {
+		if w.PID == pid {
+			return w
+		}
+	}
+	return observer.Worker{}
+}

@@ -20,7 +20,7 @@ func (k *Kernel) Info() observer.ObserverInfo {
 		Dropped: map[string]uint64{
 			"connections_untracked": k.counter(bpf.ObserverCounterCNT_CONN_FULL),
 			"connections_stale":     k.counter(bpf.ObserverCounterCNT_CONN_STALE),
-			"workers_untracked":     k.counter(bpf.ObserverCounterCNT_WORKER_FULL),
+			"workers_untracked":     k.counter(bpf.ObserverCounterCNT_WORKER_FULL) + k.unfitWorkers(),
 			"workers_pid_reused":    k.counter(bpf.ObserverCounterCNT_WORKER_REUSED),
 			"transfers_untracked":   k.counter(bpf.ObserverCounterCNT_INFLIGHT_FULL),
 			"heads_lost":            k.counter(bpf.ObserverCounterCNT_HEAD_LOST),

@@ -40,6 +40,11 @@ type Options struct {
 	// file's CONN_MAX). A connection accepted while they are full is not
 	// counted, and Info says how many were not.
 	MaxConnections int
+	// MaxWorkers sizes the table of processes (0: the C file's 4096):
+	// every watched master, its live workers, and each slot's last exited
+	// process. A worker that finds it full is not counted, and Info says
+	// how many were not.
+	MaxWorkers int
 	// CaptureHeads has the programs capture the first bytes of each
 	// request and response of a watched worker, for Heads to read.
 	// Without it the capture code is left out at load.
@@ -68,6 +73,10 @@ type Kernel struct {
 	pins          *pinDir // nil when not pinning
 
 	bitsMu sync.Mutex // userspace's writes to the watched bitmap
+	// unfit are the workers userspace found no room for in the workers
+	// table, by pid (the kernel counts those it saw fork).
+	unfitMu sync.Mutex
+	unfit   map[int]bool
 
 	listenMu sync.Mutex
 	// listening is each watched pool's listeners as Listening last said,
@@ -121,7 +130,7 @@ func (k *Kernel) open(opts Options) error {
 			return fmt.Errorf("enable eBPF run-time statistics: %w", err)
 		}
 	}
-	if err := k.load(opts.MaxConnections, captureMode(opts.CaptureHeads, k.hooks)); err != nil {
+	if err := k.load(opts, captureMode(opts.CaptureHeads, k.hooks)); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			k.log.Error("the kernel's verifier refused a program", "log", fmt.Sprintf("%+v", ve))
@@ -133,7 +142,7 @@ func (k *Kernel) open(opts Options) error {
 
 // load loads the programs and creates the maps, or with pinning reuses the
 // pinned maps (replacing those whose layout changed) and pins new ones.
-func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
+func (k *Kernel) load(o Options, capture bpf.ObserverCaptureMode) error {
 	spec, err := bpf.LoadObserver()
 	if err != nil {
 		return err
@@ -155,13 +164,8 @@ func (k *Kernel) load(maxConns int, capture bpf.ObserverCaptureMode) error {
 	} else {
 		spec.Maps["heads"].MaxEntries = uint32(os.Getpagesize()) // the least a ring takes
 	}
-	if maxConns < 0 || maxConns > MaxConnectionsLimit {
-		return fmt.Errorf("%d connections: the connection tables hold 1 to %d", maxConns, MaxConnectionsLimit)
-	}
-	if maxConns > 0 {
-		for _, name := range connMaps {
-			spec.Maps[name].MaxEntries = uint32(maxConns)
-		}
+	if err := sizeTables(spec, o); err != nil {
+		return err
 	}
 	var opts ebpf.CollectionOptions
 	var carry carried
@@ -226,6 +230,29 @@ var connMaps = []string{"conns", "fds"}
 // MaxConnectionsLimit is the largest Options.MaxConnections: 16M entries,
 // some 2.8 GiB of kernel memory for the two tables.
 const MaxConnectionsLimit = 1 << 24
+
+// MaxWorkersLimit is the largest Options.MaxWorkers: 4M processes, as many
+// as a pid can number (PID_MAX_LIMIT), some 800 MiB of kernel memory.
+const MaxWorkersLimit = 1 << 22
+
+// sizeTables sizes the connection tables and the workers table as o says.
+func sizeTables(spec *ebpf.CollectionSpec, o Options) error {
+	if o.MaxConnections < 0 || o.MaxConnections > MaxConnectionsLimit {
+		return fmt.Errorf("%d connections: the connection tables hold 1 to %d", o.MaxConnections, MaxConnectionsLimit)
+	}
+	if o.MaxWorkers < 0 || o.MaxWorkers == 1 || o.MaxWorkers > MaxWorkersLimit {
+		return fmt.Errorf("%d workers: the workers table holds 2 to %d", o.MaxWorkers, MaxWorkersLimit)
+	}
+	if o.MaxConnections > 0 {
+		for _, name := range connMaps {
+			spec.Maps[name].MaxEntries = uint32(o.MaxConnections)
+		}
+	}
+	if o.MaxWorkers > 0 {
+		spec.Maps["workers"].MaxEntries = uint32(o.MaxWorkers)
+	}
+	return nil
+}
 
 // Hooks reports the hook set in use: HooksSock, HooksSyscall or HooksRaw.
 func (k *Kernel) Hooks() string { return k.hooks }

@@ -25,11 +25,18 @@ func (k *Kernel) Watch(master observer.Proc, workers []observer.Proc) error {
 	// makes the pid this master's.
 	m := bpf.ObserverWorker{Role: roleMaster, StartNs: observer.TicksToNs(master.StartTicks)}
 	if err := k.objs.Workers.Put(uint32(master.PID), &m); err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			err = ErrWorkersFull
+		}
 		return fmt.Errorf("add master %d to the kernel map: %w", master.PID, err)
 	}
 	for _, w := range workers {
-		if err := k.watchWorker(master.PID, w); err != nil {
+		added, err := k.watchWorker(master.PID, w)
+		if err != nil {
 			return fmt.Errorf("add worker %d to the kernel map: %w", w.PID, err)
+		}
+		if !added {
+			continue
 		}
 		if err := k.markWatched(w.PID, true); err != nil {
 			return fmt.Errorf("add worker %d: %w", w.PID, err)
@@ -38,21 +45,42 @@ func (k *Kernel) Watch(master observer.Proc, workers []observer.Proc) error {
 	return nil
 }
 
-// watchWorker adds a worker the master already had.
-func (k *Kernel) watchWorker(master int, w observer.Proc) error {
+// ErrWorkersFull says the workers table has no room for a master: the
+// table's size is the limit to raise.
+var ErrWorkersFull = errors.New("the workers table is full")
+
+// watchWorker adds a worker the master already had; false when the
+// workers table has no room for it (counted, once per pid, as untracked).
+func (k *Kernel) watchWorker(master int, w observer.Proc) (bool, error) {
 	v := bpf.ObserverWorker{Role: roleWorker, Master: uint32(master), StartNs: observer.TicksToNs(w.StartTicks)}
 	// NoExist: a worker the kernel saw fork meanwhile keeps its counts.
 	err := k.objs.Workers.Update(uint32(w.PID), &v, ebpf.UpdateNoExist)
+	if errors.Is(err, unix.E2BIG) {
+		k.unfitMu.Lock()
+		defer k.unfitMu.Unlock()
+		if k.unfit == nil {
+			k.unfit = map[int]bool{}
+		}
+		k.unfit[w.PID] = true
+		return false, nil
+	}
 	if !errors.Is(err, ebpf.ErrKeyExist) {
-		return err
+		return err == nil, err
 	}
 	// Kept from before a restart (pinned maps) when it is this process;
 	// another process's under a reused pid is replaced.
 	var old bpf.ObserverWorker
 	if k.objs.Workers.Lookup(uint32(w.PID), &old) == nil && observer.NsToTicks(old.StartNs) != w.StartTicks {
-		return k.objs.Workers.Put(uint32(w.PID), &v)
+		return true, k.objs.Workers.Put(uint32(w.PID), &v)
 	}
-	return nil
+	return true, nil
+}
+
+// unfitWorkers is how many workers watchWorker found no room for.
+func (k *Kernel) unfitWorkers() uint64 {
+	k.unfitMu.Lock()
+	defer k.unfitMu.Unlock()
+	return uint64(len(k.unfit))
 }
 
 // Workers implements observer.Kernel.

@@ -321,6 +321,43 @@ func TestPinnedUpgradeCarriesGrownWorkers(t *testing.T) {
 	}
 }
 
+// TestPinnedLargerWorkersTableCarries: a restart with a larger workers
+// table (--max-workers raised) carries every entry of the pinned one over;
+// a smaller one, which they might not fit, replaces it and says so.
+func TestPinnedLargerWorkersTableCarries(t *testing.T) {
+	testutil.RequireEBPF(t)
+	dir := testPinPath(t)
+	load := func(maxWorkers int, log *testutil.Log) *Kernel {
+		k, err := Load(Options{Hooks: pinnable(t), PinPath: dir, MaxWorkers: maxWorkers, Log: log.Logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k1 := load(100, testutil.NewLog(t))
+	want := bpf.ObserverWorker{Role: roleWorker, Master: 7, StartNs: 11, ExitNs: 13, Requests: 300, Tx: 4500, Spawns: 2}
+	if err := k1.objs.Workers.Put(uint32(4242), &want); err != nil {
+		t.Fatal(err)
+	}
+	k1.Close()
+	log := testutil.NewLog(t)
+	k2 := load(200, log)
+	var got bpf.ObserverWorker
+	if err := k2.objs.Workers.Lookup(uint32(4242), &got); err != nil || got != want {
+		t.Errorf("after growing the table: %+v (%v), want %+v", got, err, want)
+	}
+	if !strings.Contains(log.String(), "carrying its entries over") {
+		t.Errorf("no line that the workers map was carried over:\n%s", log.String())
+	}
+	k2.Close()
+	log = testutil.NewLog(t)
+	k3 := load(50, log)
+	defer k3.Close()
+	if !strings.Contains(log.String(), "counts are lost") || !strings.Contains(log.String(), "map=workers") {
+		t.Errorf("no warning that the smaller workers map replaced the pinned one:\n%s", log.String())
+	}
+}
+
 // TestPinnedHookSetChange: restarting with another hook set removes the
 // links of the old set and pins the new one's: on 5.10, from the syscall
 // hooks (whose attachments cannot be pinned there) to the raw ones.
