@@ -136,14 +136,15 @@ func (s *schedule) expectedWaits() time.Duration {
 
 // checkWaitBuckets checks that the waits added to the histogram from
 // before to after are in the buckets of waits: each in its own, but for
-// the short ones (up to 2 ms, where the clients' view and the kernel's may
-// differ by a bucket), which are anywhere up to 2 ms.
+// the short ones (up to 32 ms), which are anywhere up to 32 ms: the
+// clients cannot see how long the worker took from its wake-up to its
+// accept, several ms under emulation.
 func checkWaitBuckets(t *testing.T, before, after *observer.Durations, waits []time.Duration) {
 	t.Helper()
 	if len(after.Counts) != len(after.BoundsUs)+1 {
 		t.Fatalf("queue_wait has %d bounds and %d counts", len(after.BoundsUs), len(after.Counts))
 	}
-	const shortUs = 2048
+	const shortUs = 32768
 	want := make([]uint64, len(after.Counts))
 	var wantShort, gotShort uint64
 	for _, w := range waits {
