@@ -78,9 +78,9 @@ func logHandler(level, format string) (slog.Handler, error) {
 	opts := &slog.HandlerOptions{Level: lvl}
 	switch format {
 	case logFormatText:
-		return slog.NewTextHandler(os.Stderr, opts), nil
+		return slog.NewTextHandler(logOutput, opts), nil
 	case logFormatJSON:
-		return slog.NewJSONHandler(os.Stderr, opts), nil
+		return slog.NewJSONHandler(logOutput, opts), nil
 	default:
 		return nil, fmt.Errorf("--log-format %q is not one of text, json", format)
 	}
