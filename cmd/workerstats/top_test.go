@@ -22,7 +22,7 @@ import (
 // topRow is one worker's row as the screen shows it.
 type topRow struct {
 	slot, pid int
-	fields    []string // slot pid status req/s avg p99 5xx rss [running request...]
+	fields    []string // slot pid status req/s, then as wide as the terminal: avg p99 5xx rss [running request...]
 }
 
 // topRows reads the worker rows off a screen of top's, in screen order.
@@ -35,7 +35,7 @@ func topRows(screen string) []topRow {
 			inTable = true
 			continue
 		}
-		if !inTable || len(f) < 8 {
+		if !inTable || len(f) < 4 {
 			continue
 		}
 		slot, err1 := strconv.Atoi(f[0])
@@ -221,7 +221,8 @@ func checkSortByPID(t *testing.T, term *terminal, pids []int) {
 }
 
 // TestUWSGITopReadsUWSGIStats: top reads uWSGI's own stats server too: a
-// row per worker, and "-" for what uWSGI does not count (5xx, p99).
+// row per worker, and "-" for what uWSGI does not count (5xx, p99); it
+// redraws to fit when the terminal narrows, and Ctrl-C quits.
 func TestUWSGITopReadsUWSGIStats(t *testing.T) {
 	requireTmux(t)
 	p := startUWSGI(t, uwsgiOptions{processes: 2})
@@ -235,7 +236,7 @@ func TestUWSGITopReadsUWSGIStats(t *testing.T) {
 		}
 		_, sum := rates(rows)
 		for _, r := range rows {
-			if r.fields[5] != "-" || r.fields[6] != "-" {
+			if len(r.fields) < 8 || r.fields[5] != "-" || r.fields[6] != "-" {
 				return fmt.Errorf("row %q: want p99 and 5xx -", r.fields)
 			}
 		}
@@ -244,10 +245,32 @@ func TestUWSGITopReadsUWSGIStats(t *testing.T) {
 		}
 		return nil
 	})
+	checkResize(t, term, pids)
 	term.keys("C-c")
 	if status := term.waitExit(10 * time.Second); status != 0 {
 		t.Errorf("top exited %d on Ctrl-C, want 0", status)
 	}
+}
+
+// checkResize narrows the terminal to 70 columns: top redraws to fit,
+// leaving out the p99 and 5xx columns but keeping every worker's row.
+func checkResize(t *testing.T, term *terminal, pids []int) {
+	t.Helper()
+	term.run("resize-window", "-t", "t", "-x", "70", "-y", "12")
+	term.waitScreen(10*time.Second, "top to fit 70 columns", func(screen string) error {
+		if _, err := rowsOf(screen, pids); err != nil {
+			return err
+		}
+		for _, l := range strings.Split(screen, "\n") {
+			if f := strings.Fields(l); len(f) > 0 && f[0] == "SLOT" && (slices.Contains(f, "P99") || slices.Contains(f, "5XX") || !slices.Contains(f, "REQ/S")) {
+				return fmt.Errorf("header %q: want p99 and 5xx left out, req/s kept", l)
+			}
+			if len([]rune(l)) > 70 {
+				return fmt.Errorf("line %q is wider than 70", l)
+			}
+		}
+		return nil
+	})
 }
 
 // TestTopSaysWhenTheSocketCannotBeRead: with nothing at the address, top
