@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/workerstats/workerstats/cmd/workerstats/top"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/statsock"
 )
@@ -43,8 +44,10 @@ func newDemoCmd() *cobra.Command {
 		Long: `demo starts a pre-fork HTTP pool of workerstats' own (a master and --workers
 worker processes accepting on one socket), watches it as serve would, sends it
 --requests requests, prints the stats JSON, and goes on serving the stats on
---stats with a trickle of traffic until Ctrl-C. It needs nothing but this
-binary; as root it counts with eBPF, otherwise it shows procfs mode.`,
+--stats with a trickle of traffic until Ctrl-C. In a terminal, instead of the
+JSON it shows 'workerstats top' on its own pool, with the trickle going on,
+until q. It needs nothing but this binary, and root to count with eBPF;
+--mode procfs shows the pool without root, uncounted.`,
 		Example: `  sudo workerstats demo
   workerstats read 127.0.0.1:1717     # from another terminal, while the demo runs`,
 		Args: cobra.NoArgs,
@@ -64,7 +67,9 @@ binary; as root it counts with eBPF, otherwise it shows procfs mode.`,
 }
 
 // daemon returns the options demo runs the daemon with: serve's defaults
-// with demo's --stats, --mode and --hooks, checked by serve's validators.
+// with demo's --stats, --mode and --hooks, and --requests unless in procfs
+// mode (so top shows what each worker serves, its 5xx and p99), checked by
+// serve's validators.
 // The pool's target is left for the demo pool's master, once it runs.
 func (o demoOptions) daemon() (daemonOptions, error) {
 	p := poolOptions{Stats: o.stats}
@@ -73,7 +78,8 @@ func (o demoOptions) daemon() (daemonOptions, error) {
 		return daemonOptions{}, err
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, maxConns: defaultMaxConns, maxWorkers: defaultMaxWorkers, proc: observer.Procfs{Root: defaultProcRoot},
+		mode: o.mode, hooks: o.hooks, requests: o.mode != modeProcfs, maxConns: defaultMaxConns, maxWorkers: defaultMaxWorkers,
+		proc:          observer.Procfs{Root: defaultProcRoot},
 		pools:         []poolSpec{{addr: addr, opts: p, mode: mode}},
 		statsMaxConns: statsock.DefaultMaxConns, statsTimeout: statsock.DefaultTimeout, statsMaxAge: defaultStatsMaxAge,
 	}
@@ -87,11 +93,13 @@ func (o demoOptions) daemon() (daemonOptions, error) {
 }
 
 // demo runs the demo: it starts the demo pool, serves its stats in the
-// background, drives requests to it, prints the stats JSON and some hints,
-// and, without --exit, goes on serving with a trickle of traffic until ctx
-// ends. The pool is stopped whichever way it returns.
+// background, drives requests to it, and then, in a terminal without
+// --exit, shows top on its stats with a trickle of traffic until top quits;
+// otherwise it prints the stats JSON and some hints, and, without --exit,
+// goes on serving with a trickle of traffic until ctx ends. The pool is
+// stopped whichever way it returns.
 func demo(ctx context.Context, o demoOptions) error {
-	if err := o.checkCounts(); err != nil {
+	if err := o.check(); err != nil {
 		return err
 	}
 	d, err := o.daemon()
@@ -112,14 +120,33 @@ func demo(ctx context.Context, o demoOptions) error {
 	defer srv.stop()
 
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
-	if err := demoShowStats(ctx, client, pool.addr, o); err != nil {
+	if err := demoSend(ctx, client, pool.addr, o.requests); err != nil {
+		return err
+	}
+	if !o.exit && isTerminal(os.Stdout) && isTerminal(os.Stdin) {
+		return demoTop(ctx, client, pool, srv, o)
+	}
+	if err := readStatsTo(ctx, os.Stdout, o.stats, readOptions{timeout: 10 * time.Second}); err != nil {
 		return err
 	}
 	printDemoHints(o, pool, pool.workerPIDs(d.proc))
 	if o.exit {
 		return srv.shutdown()
 	}
+	fmt.Fprintln(os.Stderr, "Ctrl-C stops the demo; meanwhile it sends a few requests a second.")
 	return demoTrickle(ctx, client, pool.addr, srv)
+}
+
+// check checks the options: counting needs root unless --mode procfs asks
+// for the pool uncounted, and the counts and --stats must be usable.
+func (o demoOptions) check() error {
+	if os.Geteuid() != 0 && o.mode != modeProcfs {
+		return errors.New("demo: counting needs root (eBPF): run sudo workerstats demo, or sudo make demo (--mode procfs shows the pool without root, uncounted)")
+	}
+	if _, port, err := net.SplitHostPort(o.stats); err == nil && port == "0" {
+		return fmt.Errorf("demo --stats %s: port 0 cannot be read back; give a free port, such as 127.0.0.1:1717", o.stats)
+	}
+	return o.checkCounts()
 }
 
 // checkCounts checks --requests and --workers.
@@ -164,7 +191,7 @@ func startDemoMaster(workers int, listen string) (*demoPool, error) {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	master := exec.Command(self, "demo-pool", "--workers", strconv.Itoa(workers), "--listen", listen)
-	master.Stderr = os.Stderr
+	master.Stderr = logOutput // held back while top has the terminal
 	master.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	out, err := master.StdoutPipe()
 	if err != nil {
@@ -264,14 +291,42 @@ func (s *demoServer) shutdown() error {
 	return <-s.served
 }
 
-// demoShowStats sends --requests requests to the pool at addr, waits for a
-// fresh snapshot and prints the stats JSON on stdout.
-func demoShowStats(ctx context.Context, client *http.Client, addr string, o demoOptions) error {
-	if err := demoTraffic(ctx, client, addr, o.requests, 8); err != nil {
+// demoSend sends n requests to the pool at addr and waits until the
+// stats socket's snapshot is fresh.
+func demoSend(ctx context.Context, client *http.Client, addr string, n int) error {
+	if err := demoTraffic(ctx, client, addr, n, 8); err != nil {
 		return err
 	}
 	time.Sleep(2 * defaultStatsMaxAge) // past --stats-max-age: a fresh snapshot
-	return readStatsTo(ctx, os.Stdout, o.stats, readOptions{timeout: 10 * time.Second})
+	return nil
+}
+
+// demoTop shows top on the demo's stats socket while a trickle of traffic
+// goes on, until top quits (q) or the daemon or ctx ends; then it stops
+// the daemon. The logs are held back while top has the terminal.
+func demoTop(ctx context.Context, client *http.Client, pool *demoPool, srv *demoServer, o demoOptions) error {
+	trickleCtx, stopTrickle := context.WithCancel(ctx)
+	defer stopTrickle()
+	topCtx, stopTop := context.WithCancel(ctx)
+	defer stopTop()
+	trickled := make(chan error, 1)
+	go func() {
+		trickled <- demoTrickle(trickleCtx, client, pool.addr, srv)
+		stopTop()
+	}()
+	logOutput.hold()
+	err := top.Run(topCtx, top.Options{Addr: o.stats, Interval: time.Second, Read: statsock.Read})
+	logOutput.release()
+	stopTrickle()
+	if served := <-trickled; served != nil {
+		return served
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "workerstats demo: %d requests and a trickle sent to a pool of %d workers (master %d) at http://%s/; pool stopped.\n",
+		o.requests, o.workers, pool.pid(), pool.addr)
+	return nil
 }
 
 // printDemoHints tells, on stderr, what the demo did and what to try next
@@ -296,7 +351,6 @@ Its stats, above, are served on %s. Try, from another terminal:
 // daemon ends or ctx does (then it stops the daemon), and returns what the
 // daemon returned.
 func demoTrickle(ctx context.Context, client *http.Client, addr string, srv *demoServer) error {
-	fmt.Fprintln(os.Stderr, "Ctrl-C stops the demo; meanwhile it sends a few requests a second.")
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {

@@ -64,7 +64,7 @@ stdout, so it pipes into jq; errors go to stderr.`,
 	f := root.Flags()
 	f.StringVar(&connectAndRead, "connect-and-read", "", "read the stats socket ADDR and print its JSON on stdout, like 'workerstats read ADDR' (uWSGI's flag; uWSGI prints on stderr)")
 	read.addFlags(f)
-	root.AddCommand(newServeCmd(), newReadCmd(), newCleanupCmd(), newDemoCmd(), newDemoPoolCmd())
+	root.AddCommand(newServeCmd(), newReadCmd(), newCleanupCmd(), newDemoCmd(), newDemoPoolCmd(), newTopCmd())
 	return root
 }
 
@@ -78,9 +78,9 @@ func logHandler(level, format string) (slog.Handler, error) {
 	opts := &slog.HandlerOptions{Level: lvl}
 	switch format {
 	case logFormatText:
-		return slog.NewTextHandler(os.Stderr, opts), nil
+		return slog.NewTextHandler(logOutput, opts), nil
 	case logFormatJSON:
-		return slog.NewJSONHandler(os.Stderr, opts), nil
+		return slog.NewJSONHandler(logOutput, opts), nil
 	default:
 		return nil, fmt.Errorf("--log-format %q is not one of text, json", format)
 	}
