@@ -58,8 +58,12 @@ lint: ## gofmt and go vet
 .PHONY: test
 test: lint ## run every test; as root the privileged ones load eBPF and run the real servers (sudo make deps installs those)
 	$(GO) test -count=1 ./bpf/... ./internal/... ./observer/... ./statsock/...
-	$(GO) test -count=1 -v ./cmd/...
+	$(GO) test -count=1 -v -timeout 30m ./cmd/...
 	$(MAKE) fuzz
+
+.PHONY: soak
+soak: ## (as root) TestSoakMixedLoad for 10 minutes (make test runs it for 2): uWSGI and gunicorn under load, faults and daemon restarts
+	WORKERSTATS_SOAK=$(or $(SOAK),10m) $(GO) test -count=1 -v -timeout 40m -run '^TestSoakMixedLoad$$' ./cmd/workerstats/
 
 .PHONY: test-race
 test-race: ## the tests that run no real server, under the race detector (as root the eBPF ones load too)

@@ -41,7 +41,7 @@ func TestSoakMixedLoad(t *testing.T) {
 	restarts := []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL}
 	for round := 0; time.Now().Before(s.deadline); round++ {
 		left := time.Until(s.deadline)
-		if len(restarts) > 0 && left < s.length*time.Duration(2+len(restarts))/4 {
+		if len(restarts) > 0 && left < s.length*time.Duration(1+len(restarts))/4 {
 			s.restart(t, restarts[0])
 			restarts = restarts[1:]
 			continue
@@ -52,8 +52,8 @@ func TestSoakMixedLoad(t *testing.T) {
 			s.sample(t)
 		}
 	}
-	if n := readers.stop(); n == 0 {
-		t.Error("the readers read no dump")
+	if n, errs := readers.stop(); n == 0 || len(errs) > 0 {
+		t.Errorf("the readers read %d dumps; errors: %v", n, errs)
 	}
 	s.check(t)
 }
@@ -264,12 +264,12 @@ func (r *soakReaders) readOnce(ctx context.Context, addr string) {
 	r.mu.Unlock()
 }
 
-// stop stops the readers and returns how many dumps they read, failing
-// nothing: check reads errs.
-func (r *soakReaders) stop() int {
+// stop stops the readers and returns how many dumps they read, and what
+// they read that did not parse.
+func (r *soakReaders) stop() (int, []string) {
 	r.stopReading()
 	r.wg.Wait()
-	return r.reads
+	return r.reads, r.errs
 }
 
 // check compares the end of the soak with uWSGI's and gunicorn's clients'
