@@ -239,6 +239,27 @@ struct {
 	__type(value, struct queued);
 } queued SEC(".maps");
 
+/*
+ * Which slot of its pool each worker holds, by pid: written by userspace
+ * only, read by none of the programs. Pinned with the rest, so a daemon
+ * restarted on the pins puts every live worker and every slot's history
+ * back in its own slot. start_ticks tells a reused pid. An LRU: an entry
+ * left by a worker whose end was missed goes first; one that is gone is a
+ * slot userspace guesses again (the lowest free).
+ */
+struct slot_of {
+	__u64 start_ticks; /* the process's start, in procfs's clock ticks */
+	__u32 slot;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct slot_of);
+} slots SEC(".maps");
+
 /* PID_MAX_LIMIT on 64-bit: no tgid reaches it. */
 #define PID_LIMIT (4 * 1024 * 1024)
 
@@ -796,8 +817,7 @@ static __always_inline __u32 wait_bucket(__u64 ns)
  * watched pool's, it waits in the accept queue from now. Runs at every
  * TCP state change of the host; the states alone tell all but the passive
  * opens, once per connection. */
-SEC("raw_tracepoint/inet_sock_set_state")
-int on_tcp_queued(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int tcp_queued(struct bpf_raw_tracepoint_args *ctx)
 {
 	if ((int)ctx->args[2] != TCP_SYN_RECV || (int)ctx->args[1] != TCP_LISTEN)
 		return 0;
@@ -809,6 +829,23 @@ int on_tcp_queued(struct bpf_raw_tracepoint_args *ctx)
 	struct queued q = { .at_ns = bpf_ktime_get_ns(), .port = port };
 	bpf_map_update_elem(&queued, &sk, &q, BPF_ANY);
 	return 0;
+}
+
+/* Twins, as on_tcp_done's: a listener's clone made in a softirq that
+ * lands inside one's run on a CPU (the listener's backlog processed in
+ * process context) is skipped by the kernel for that one, and seen by
+ * the other. Both see the rest; the second write of the entry moves its
+ * start by nanoseconds. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_tcp_queued(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tcp_queued(ctx);
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_tcp_queued_twin(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tcp_queued(ctx);
 }
 
 /* A watched worker takes connection sk: if it waited in a watched

@@ -74,6 +74,13 @@ const (
 	ObserverRoleROLE_WORKER ObserverRole = 2
 )
 
+type ObserverSlotOf struct {
+	_          structs.HostLayout
+	StartTicks uint64
+	Slot       uint32
+	Pad        uint32
+}
+
 type ObserverWorker struct {
 	_           structs.HostLayout
 	Role        ObserverRole
@@ -112,6 +119,7 @@ const (
 	ObserverMapListenPorts      = "listen_ports"
 	ObserverMapQueueWaits       = "queue_waits"
 	ObserverMapQueued           = "queued"
+	ObserverMapSlots            = "slots"
 	ObserverMapUntracked        = "untracked"
 	ObserverMapWatched          = "watched"
 	ObserverMapWorkers          = "workers"
@@ -134,6 +142,7 @@ const (
 	ObserverProgOnTcpDone       = "on_tcp_done"
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
 	ObserverProgOnTcpQueued     = "on_tcp_queued"
+	ObserverProgOnTcpQueuedTwin = "on_tcp_queued_twin"
 	ObserverVarCaptureHeads     = "capture_heads"
 	ObserverVarOomVictimTask    = "oom_victim_task"
 	ObserverVarSockHooks        = "sock_hooks"
@@ -200,6 +209,7 @@ type ObserverProgramSpecs struct {
 	OnTcpDone       *ebpf.ProgramSpec `ebpf:"on_tcp_done"`
 	OnTcpDoneTwin   *ebpf.ProgramSpec `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.ProgramSpec `ebpf:"on_tcp_queued"`
+	OnTcpQueuedTwin *ebpf.ProgramSpec `ebpf:"on_tcp_queued_twin"`
 }
 
 // ObserverMapSpecs contains maps before they are loaded into the kernel.
@@ -214,6 +224,7 @@ type ObserverMapSpecs struct {
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	QueueWaits  *ebpf.MapSpec `ebpf:"queue_waits"`
 	Queued      *ebpf.MapSpec `ebpf:"queued"`
+	Slots       *ebpf.MapSpec `ebpf:"slots"`
 	Untracked   *ebpf.MapSpec `ebpf:"untracked"`
 	Watched     *ebpf.MapSpec `ebpf:"watched"`
 	Workers     *ebpf.MapSpec `ebpf:"workers"`
@@ -256,6 +267,7 @@ type ObserverMaps struct {
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	QueueWaits  *ebpf.Map `ebpf:"queue_waits"`
 	Queued      *ebpf.Map `ebpf:"queued"`
+	Slots       *ebpf.Map `ebpf:"slots"`
 	Untracked   *ebpf.Map `ebpf:"untracked"`
 	Watched     *ebpf.Map `ebpf:"watched"`
 	Workers     *ebpf.Map `ebpf:"workers"`
@@ -271,6 +283,7 @@ func (m *ObserverMaps) Close() error {
 		m.ListenPorts,
 		m.QueueWaits,
 		m.Queued,
+		m.Slots,
 		m.Untracked,
 		m.Watched,
 		m.Workers,
@@ -309,6 +322,7 @@ type ObserverPrograms struct {
 	OnTcpDone       *ebpf.Program `ebpf:"on_tcp_done"`
 	OnTcpDoneTwin   *ebpf.Program `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.Program `ebpf:"on_tcp_queued"`
+	OnTcpQueuedTwin *ebpf.Program `ebpf:"on_tcp_queued_twin"`
 }
 
 func (p *ObserverPrograms) Close() error {
@@ -332,6 +346,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnTcpDone,
 		p.OnTcpDoneTwin,
 		p.OnTcpQueued,
+		p.OnTcpQueuedTwin,
 	)
 }
 

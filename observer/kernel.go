@@ -84,6 +84,15 @@ type Kernel interface {
 	Info() ObserverInfo
 }
 
+// SlotKeeper is a Kernel that keeps which slot each worker holds where a
+// restarted daemon finds it (the eBPF kernel's pinned maps): without it a
+// replay puts processes in the lowest free slot in the order they started,
+// which after a reload need not be the slots they had.
+type SlotKeeper interface {
+	KeepSlot(p Proc, slot int) error
+	KeptSlots() (map[Proc]int, error)
+}
+
 // KillerOOM is Counters.Killer when the kernel's OOM killer chose the
 // process.
 const KillerOOM = -1

@@ -292,11 +292,12 @@ func (p *Pool) replay(m Proc) error {
 		}
 		return evs[i].c.PID < evs[j].c.PID
 	})
+	kept := p.keptSlots()
 	for _, e := range evs {
 		proc := Proc{PID: e.c.PID, StartTicks: NsToTicks(e.c.Start)}
 		if !e.exit {
 			if p.live[proc] == nil {
-				if s := p.place(proc); e.c.Spawns > 0 {
+				if s := p.placeIn(proc, kept[proc]); e.c.Spawns > 0 {
 					s.spawns = e.c.Spawns
 				}
 			}
@@ -374,30 +375,75 @@ func (p *Pool) forget(proc Proc) {
 }
 
 // place puts a newly seen worker process in a slot: the lowest free one,
-// else a new one.
+// else a new one; a SlotKeeper kernel keeps which.
 func (p *Pool) place(proc Proc) *slot {
 	if p.live == nil {
 		p.live = map[Proc]*slot{}
 	}
 	for _, s := range p.slots {
 		if !s.alive {
-			s.proc, s.alive, s.cur = proc, true, Counters{}
-			s.rss, s.vsz, s.paused, s.memAt = 0, 0, false, time.Time{}
-			s.spawns++
-			p.live[proc] = s
-			p.Log.Debug("a worker took a free slot", "pid", proc.PID, "slot", s.id, "spawns", s.spawns)
-			return s
+			return p.take(s, proc, "a worker took a free slot")
 		}
 	}
 	id := 1
 	if n := len(p.slots); n > 0 {
 		id = p.slots[n-1].id + 1
 	}
-	s := &slot{id: id, proc: proc, alive: true, spawns: 1, extra: p.settled}
+	s := &slot{id: id, extra: p.settled}
 	p.slots = append(p.slots, s)
+	return p.take(s, proc, "a worker took a new slot")
+}
+
+// placeIn puts a process a replay finds in slot id, as the kernel kept it
+// (opening the slots up to id), when that slot is free; else, or with no
+// id, where place would.
+func (p *Pool) placeIn(proc Proc, id int) *slot {
+	if id <= 0 || id > 1<<16 {
+		return p.place(proc)
+	}
+	if p.live == nil {
+		p.live = map[Proc]*slot{}
+	}
+	for n := len(p.slots); n == 0 || p.slots[n-1].id < id; n = len(p.slots) {
+		next := 1
+		if n > 0 {
+			next = p.slots[n-1].id + 1
+		}
+		p.slots = append(p.slots, &slot{id: next, extra: p.settled})
+	}
+	i := slices.IndexFunc(p.slots, func(s *slot) bool { return s.id == id })
+	if i < 0 || p.slots[i].alive {
+		return p.place(proc)
+	}
+	return p.take(p.slots[i], proc, "a worker took the slot it had")
+}
+
+// take puts proc in the free slot s.
+func (p *Pool) take(s *slot, proc Proc, why string) *slot {
+	s.proc, s.alive, s.cur = proc, true, Counters{}
+	s.rss, s.vsz, s.paused, s.memAt = 0, 0, false, time.Time{}
+	s.spawns++
 	p.live[proc] = s
-	p.Log.Debug("a worker took a new slot", "pid", proc.PID, "slot", s.id, "extra", s.extra)
+	p.Log.Debug(why, "pid", proc.PID, "slot", s.id, "spawns", s.spawns, "extra", s.extra)
+	if sk, ok := p.Kernel.(SlotKeeper); ok {
+		if err := sk.KeepSlot(proc, s.id); err != nil {
+			p.Log.Debug("cannot keep a worker's slot in the kernel map", "pid", proc.PID, "error", err)
+		}
+	}
 	return s
+}
+
+// keptSlots is the slots a SlotKeeper kernel kept, by process.
+func (p *Pool) keptSlots() map[Proc]int {
+	sk, ok := p.Kernel.(SlotKeeper)
+	if !ok {
+		return nil
+	}
+	kept, err := sk.KeptSlots()
+	if err != nil {
+		p.Log.Debug("cannot read the slots kept in the kernel map", "error", err)
+	}
+	return kept
 }
 
 // noteExit keeps how the slot's process ended (final's exit fields, and

@@ -350,6 +350,33 @@ func TestPoolRestartRebuildsSlots(t *testing.T) {
 	}
 }
 
+// TestPoolRestartKeepsKeptSlots: a restarted daemon puts each process in
+// the slot the kernel kept for it, where the order the processes started
+// in would put them elsewhere (the last daemon placed two workers forked
+// at once in the order it found them): 4001 in slot 2 and 4003 in slot 1,
+// each slot with its own counts.
+func TestPoolRestartKeepsKeptSlots(t *testing.T) {
+	p, k := testPool(t)
+	k.update(4001, func(c *Counters) { c.Requests = 10 })
+	k.update(4003, func(c *Counters) { c.Requests = 30 })
+	snapshot(t, p)
+	k.KeepSlot(Proc{PID: 4001, StartTicks: 1000}, 2)
+	k.KeepSlot(Proc{PID: 4003, StartTicks: 1234}, 1)
+	q := &Pool{Target: Target{PID: testMaster}, Proc: p.Proc, Kernel: k, Log: testutil.NewLog(t).Logger}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := snapshot(t, q)
+	for slot, want := range map[int]struct {
+		pid      int
+		requests uint64
+	}{1: {4003, 30}, 2: {4001, 10}, 3: {4002, 0}} {
+		if w := workerBySlot(t, st, slot); w.PID != want.pid || w.Requests != want.requests {
+			t.Errorf("slot %d: pid %d with %d requests, want pid %d with %d", slot, w.PID, w.Requests, want.pid, want.requests)
+		}
+	}
+}
+
 // TestProcfsPoolWaitsForMaster: in procfs mode too, a master not there yet
 // is an empty pool that says why, not a failed read.
 func TestProcfsPoolWaitsForMaster(t *testing.T) {

@@ -34,6 +34,7 @@ type fakeKernel struct {
 	rememberErr error
 	readErr     error
 	info        ObserverInfo
+	slots       map[Proc]int // as KeepSlot kept them
 	// torn, when set, rewrites the next read's entries: one pass over a
 	// kernel map running while processes fork and exit.
 	torn func([]Counters) []Counters
@@ -116,6 +117,22 @@ func (k *fakeKernel) Remember(master int, h Counters) error {
 }
 
 func (k *fakeKernel) Info() ObserverInfo { return k.info }
+
+func (k *fakeKernel) KeepSlot(p Proc, slot int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.slots == nil {
+		k.slots = map[Proc]int{}
+	}
+	k.slots[p] = slot
+	return nil
+}
+
+func (k *fakeKernel) KeptSlots() (map[Proc]int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return maps.Clone(k.slots), nil
+}
 
 // set stores a worker's counters as the kernel would report them.
 func (k *fakeKernel) set(c Counters) {

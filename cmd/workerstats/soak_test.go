@@ -44,10 +44,12 @@ func TestSoakMixedLoad(t *testing.T) {
 		if len(restarts) > 0 && left < s.length*time.Duration(1+len(restarts))/4 {
 			s.restart(t, restarts[0])
 			restarts = restarts[1:]
+			t.Logf("round %d: %s", round, s.faults[len(s.faults)-1])
 			continue
 		}
 		s.load(t)
 		s.fault(t, round)
+		t.Logf("round %d: %s", round, s.faults[len(s.faults)-1])
 		if len(restarts) == 0 {
 			s.sample(t)
 		}
@@ -137,7 +139,7 @@ func (s *soak) fault(t *testing.T, round int) {
 // reloadUWSGI reloads uWSGI once its counts are settled, moving them into
 // base, and waits for its new workers.
 func (s *soak) reloadUWSGI(t *testing.T) {
-	_, theirs := settleFrom(t, s.u, s.d, s.uOK, s.base)
+	_, theirs := s.settleUWSGI(t)
 	old := map[int]bool{}
 	for _, u := range theirs.Workers {
 		b := s.base[u.ID]
@@ -192,6 +194,51 @@ func (s *soak) sample(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.fds = append(s.fds, uint64(len(fds)))
+}
+
+// settleUWSGI waits until uWSGI has counted every request answered since
+// its last reload and we agree with it: per pid, the process's own count
+// (delta_requests); across the pool, requests and tx with what uWSGI
+// counted before its reloads. Which of our slots a process takes at a
+// reload is ours to choose (the first free), so the slots' sums are
+// compared pool-wide, not slot by slot.
+func (s *soak) settleUWSGI(t *testing.T) (ours, theirs *observer.Stats) {
+	var base observer.Worker
+	for _, b := range s.base {
+		base.Requests, base.TX = base.Requests+b.Requests, base.TX+b.TX
+	}
+	waitFor(t, 20*time.Second, "workerstats to agree with uWSGI", func() error {
+		var err error
+		if theirs, err = readStats(s.u.stats); err != nil {
+			return err
+		}
+		if got, _, _ := sumRequests(theirs); got != s.uOK {
+			return fmt.Errorf("uWSGI counts %d requests, clients completed %d", got, s.uOK)
+		}
+		if ours, err = readStats(s.uStats); err != nil {
+			return err
+		}
+		return agreePoolWide(ours, theirs, base)
+	})
+	return ours, theirs
+}
+
+// agreePoolWide compares ours with uWSGI's dump per pid (delta_requests)
+// and across the pool (requests and tx, ours holding base's too).
+func agreePoolWide(ours, theirs *observer.Stats, base observer.Worker) error {
+	byPID := workersByPID(ours)
+	for _, u := range theirs.Workers {
+		if o, ok := byPID[u.PID]; !ok || o.DeltaRequests != u.DeltaRequests {
+			return fmt.Errorf("pid %d: delta_requests %d, uWSGI's %d (in our dump: %v)", u.PID, o.DeltaRequests, u.DeltaRequests, ok)
+		}
+	}
+	oReq, oTX, _ := sumRequests(ours)
+	uReq, uTX, _ := sumRequests(theirs)
+	if oReq != base.Requests+uReq || oTX != base.TX+uTX || len(ours.Workers) != len(theirs.Workers) {
+		return fmt.Errorf("requests %d, tx %d in %d slots; uWSGI's %d + %d, %d + %d in %d", oReq, oTX, len(ours.Workers),
+			base.Requests, uReq, base.TX, uTX, len(theirs.Workers))
+	}
+	return nil
 }
 
 // killGunicornWorker kills one of p's workers with SIGKILL and waits until
@@ -275,7 +322,7 @@ func (r *soakReaders) stop() (int, []string) {
 // check compares the end of the soak with uWSGI's and gunicorn's clients'
 // counts, and the daemon's footprint over its last life.
 func (s *soak) check(t *testing.T) {
-	ours, theirs := settleFrom(t, s.u, s.d, s.uOK, s.base)
+	ours, theirs := s.settleUWSGI(t)
 	logComparison(t, ours, theirs)
 	g := mergeHTTPLoads(s.gLoad)
 	gOurs := waitRequests(t, s.gStats, 30*time.Second, "gunicorn's requests", g.ok)

@@ -243,11 +243,12 @@ type carried map[string][]entry
 
 type entry struct{ key, value []byte }
 
-// grownValues says pinned hash map m fits in spec's: its values no
+// grownValues says pinned hash (or LRU) map m fits in spec's: its values no
 // larger (an upgrade added fields), its entries no more (a larger table
 // asked for: --max-workers, say).
 func grownValues(spec *ebpf.MapSpec, m *ebpf.Map) bool {
-	return spec.Type == ebpf.Hash && m.Type() == ebpf.Hash && m.KeySize() == spec.KeySize &&
+	hash := spec.Type == ebpf.Hash || spec.Type == ebpf.LRUHash
+	return hash && m.Type() == spec.Type && m.KeySize() == spec.KeySize &&
 		m.ValueSize() <= spec.ValueSize && m.MaxEntries() <= spec.MaxEntries
 }
 

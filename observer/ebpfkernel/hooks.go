@@ -133,6 +133,7 @@ func (k *Kernel) hookList() []hook {
 		rawTracepointHook("signal_generate", bpf.ObserverProgOnSignal, &p.OnSignal),
 		rawTracepointHook("mark_victim", bpf.ObserverProgOnOomVictim, &p.OnOomVictim),
 		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpQueued, &p.OnTcpQueued),
+		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpQueuedTwin, &p.OnTcpQueuedTwin),
 	}
 	if k.hooks == HooksRaw {
 		return append(hooks,

@@ -69,10 +69,12 @@ func (k *Kernel) programStats() []programStat {
 // missesHarmless says whether what program name's recursion misses lose
 // nothing (see the C file): on_tcp_close's are softirqs' state changes
 // inside a close, where it has nothing to do; what one of on_tcp_done and
-// its twin misses, nested in its own run, the other sees.
+// its twin misses, nested in its own run, the other sees, and so for
+// on_tcp_queued and its twin.
 func missesHarmless(name string) bool {
 	switch name {
-	case bpf.ObserverProgOnTcpClose, bpf.ObserverProgOnTcpDone, bpf.ObserverProgOnTcpDoneTwin:
+	case bpf.ObserverProgOnTcpClose, bpf.ObserverProgOnTcpDone, bpf.ObserverProgOnTcpDoneTwin,
+		bpf.ObserverProgOnTcpQueued, bpf.ObserverProgOnTcpQueuedTwin:
 		return true
 	}
 	return false

@@ -250,6 +250,7 @@ func sizeTables(spec *ebpf.CollectionSpec, o Options) error {
 	}
 	if o.MaxWorkers > 0 {
 		spec.Maps["workers"].MaxEntries = uint32(o.MaxWorkers)
+		spec.Maps["slots"].MaxEntries = uint32(o.MaxWorkers)
 	}
 	return nil
 }

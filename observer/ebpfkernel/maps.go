@@ -191,9 +191,38 @@ func (k *Kernel) Remember(master int, h observer.Counters) error {
 	return k.markWatched(h.PID, false) // it exited
 }
 
+// KeepSlot implements observer.SlotKeeper.
+func (k *Kernel) KeepSlot(p observer.Proc, slot int) error {
+	v := bpf.ObserverSlotOf{StartTicks: p.StartTicks, Slot: uint32(slot)}
+	if err := k.objs.Slots.Put(uint32(p.PID), &v); err != nil {
+		return fmt.Errorf("keep worker %d's slot: %w", p.PID, err)
+	}
+	return nil
+}
+
+// KeptSlots implements observer.SlotKeeper.
+func (k *Kernel) KeptSlots() (map[observer.Proc]int, error) {
+	kept := map[observer.Proc]int{}
+	var (
+		pid uint32
+		v   bpf.ObserverSlotOf
+	)
+	it := k.objs.Slots.Iterate()
+	for it.Next(&pid, &v) {
+		kept[observer.Proc{PID: int(pid), StartTicks: v.StartTicks}] = int(v.Slot)
+	}
+	if err := it.Err(); err != nil {
+		return kept, fmt.Errorf("read the kept slots: %w", err)
+	}
+	return kept, nil
+}
+
 // Forget implements observer.Kernel.
 func (k *Kernel) Forget(pid int) error {
 	k.following.forget(pid)
+	if err := k.objs.Slots.Delete(uint32(pid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
 	err := k.objs.Workers.Delete(uint32(pid))
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err
