@@ -215,27 +215,35 @@ struct queue_wait {
 	__u64 counts[QWAIT_BUCKETS];
 };
 
+/* Per CPU: a CPU's accepts add to its own copy, no atomics, no shared
+ * cache line; userspace sums them. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct queue_wait);
 } queue_waits SEC(".maps");
 
 /* The connections waiting in a watched port's accept queue: when each
- * entered it. An LRU: one never accepted (its client gave up) is left
- * behind and goes first when it is full. Only a watched worker's accept
- * looks one up, of a socket that entered since. */
+ * entered it, in a table indexed by a hash of the socket's address. An
+ * array, so entering and leaving cost no map update or delete (a hash
+ * map's update alone cost more than the rest of the program): a
+ * connection whose entry a later one took over before its accept (the
+ * same hash, or one never accepted left behind) is not timed. Only a
+ * watched worker's accept reads one, of a socket that entered since. */
+#define QUEUED_SLOTS 65536
+
 struct queued {
+	__u64 sk; /* struct sock *; 0 for none */
 	__u64 at_ns;
 	__u32 port;
 	__u32 pad;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64); /* struct sock * */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, QUEUED_SLOTS);
+	__type(key, __u32);
 	__type(value, struct queued);
 } queued SEC(".maps");
 
@@ -817,58 +825,73 @@ static __always_inline __u32 wait_bucket(__u64 ns)
  * watched pool's, it waits in the accept queue from now. Runs at every
  * TCP state change of the host; the states alone tell all but the passive
  * opens, once per connection. */
-static __always_inline int tcp_queued(struct bpf_raw_tracepoint_args *ctx)
+/* The queued entry of socket sk: its slot (which a colliding socket may
+ * hold). */
+static __always_inline struct queued *queued_slot(__u64 sk)
+{
+	__u32 i = (sk * 0x9E3779B97F4A7C15ULL) >> 48; /* 16 bits: QUEUED_SLOTS */
+	return bpf_map_lookup_elem(&queued, &i);
+}
+
+static __always_inline int tcp_queued(struct bpf_raw_tracepoint_args *ctx, int twin)
 {
 	if ((int)ctx->args[2] != TCP_SYN_RECV || (int)ctx->args[1] != TCP_LISTEN)
 		return 0;
-	struct sock *s = (struct sock *)ctx->args[0];
+	__u64 sk = ctx->args[0];
+	struct queued *q = queued_slot(sk);
+	if (!q)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	/* Its twin ran (the usual case) when the entry is this moment's. */
+	if (twin && q->sk == sk && now - q->at_ns < 1000000)
+		return 0;
+	struct sock *s = (struct sock *)sk;
 	__u32 port = BPF_CORE_READ(s, __sk_common.skc_num);
 	if (!bpf_map_lookup_elem(&queue_waits, &port))
 		return 0;
-	__u64 sk = ctx->args[0];
-	struct queued q = { .at_ns = bpf_ktime_get_ns(), .port = port };
-	bpf_map_update_elem(&queued, &sk, &q, BPF_ANY);
+	q->sk = sk;
+	q->at_ns = now;
+	q->port = port;
 	return 0;
 }
 
 /* Twins, as on_tcp_done's: a listener's clone made in a softirq that
  * lands inside one's run on a CPU (the listener's backlog processed in
  * process context) is skipped by the kernel for that one, and seen by
- * the other. Both see the rest; the second write of the entry moves its
- * start by nanoseconds. */
+ * the other, which otherwise finds the entry made and leaves it. */
 SEC("raw_tracepoint/inet_sock_set_state")
 int on_tcp_queued(struct bpf_raw_tracepoint_args *ctx)
 {
-	return tcp_queued(ctx);
+	return tcp_queued(ctx, 0);
 }
 
 SEC("raw_tracepoint/inet_sock_set_state")
 int on_tcp_queued_twin(struct bpf_raw_tracepoint_args *ctx)
 {
-	return tcp_queued(ctx);
+	return tcp_queued(ctx, 1);
 }
 
 /* A watched worker takes connection sk: if it waited in a watched
  * port's accept queue, count how long. Once per connection. */
 static __always_inline void dequeued(__u64 sk)
 {
-	struct queued *q = bpf_map_lookup_elem(&queued, &sk);
-	if (!q)
+	struct queued *q = queued_slot(sk);
+	if (!q || q->sk != sk)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	struct queue_wait *qw = bpf_map_lookup_elem(&queue_waits, &q->port);
 	if (qw && now > q->at_ns) {
 		__u64 ns = now - q->at_ns;
 		__u32 i = wait_bucket(ns);
-		__sync_fetch_and_add(&qw->count, 1);
-		__sync_fetch_and_add(&qw->sum_ns, ns);
+		qw->count++; /* this CPU's copy */
+		qw->sum_ns += ns;
 		/* Checked again in the register that indexes: older verifiers
 		 * lose the bound of wait_bucket's clamp. */
 		barrier_var(i);
 		if (i < QWAIT_BUCKETS)
-			__sync_fetch_and_add(&qw->counts[i], 1);
+			qw->counts[i]++;
 	}
-	bpf_map_delete_elem(&queued, &sk);
+	q->sk = 0;
 }
 
 /* ---- connections ---- */

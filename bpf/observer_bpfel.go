@@ -62,6 +62,7 @@ type ObserverQueueWait struct {
 
 type ObserverQueued struct {
 	_    structs.HostLayout
+	Sk   uint64
 	AtNs uint64
 	Port uint32
 	Pad  uint32

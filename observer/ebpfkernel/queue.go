@@ -54,8 +54,9 @@ func (k *Kernel) watchQueues(master int, sockets []observer.Socket) error {
 	}
 	k.queuePorts[master] = ports
 	var errs []error
+	zero := make([]bpf.ObserverQueueWait, ebpf.MustPossibleCPU()) // a copy per CPU
 	for _, p := range ports {
-		err := k.objs.QueueWaits.Update(p, bpf.ObserverQueueWait{}, ebpf.UpdateNoExist)
+		err := k.objs.QueueWaits.Update(p, zero, ebpf.UpdateNoExist)
 		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, fmt.Errorf("queue_waits: port %d: %w", p, err))
 		}
@@ -96,8 +97,9 @@ func (k *Kernel) keepQueues() error {
 		port  uint32
 		stale []uint32
 	)
+	var perCPU []bpf.ObserverQueueWait
 	it := k.objs.QueueWaits.Iterate()
-	for it.Next(&port, new(bpf.ObserverQueueWait)) {
+	for it.Next(&port, &perCPU) {
 		if !keep[port] {
 			stale = append(stale, port)
 		}
@@ -121,9 +123,16 @@ func (k *Kernel) QueueWait(s observer.Socket) *observer.Durations {
 	if !ok {
 		return nil
 	}
-	var v bpf.ObserverQueueWait
-	if err := k.objs.QueueWaits.Lookup(port, &v); err != nil {
+	var perCPU []bpf.ObserverQueueWait
+	if err := k.objs.QueueWaits.Lookup(port, &perCPU); err != nil {
 		return nil
+	}
+	var v bpf.ObserverQueueWait
+	for _, c := range perCPU {
+		v.Count, v.SumNs = v.Count+c.Count, v.SumNs+c.SumNs
+		for i, n := range c.Counts {
+			v.Counts[i] += n
+		}
 	}
 	return &observer.Durations{
 		Count: v.Count, SumUs: v.SumNs / 1000, BoundsUs: slices.Clone(queueWaitBoundsUs), Counts: v.Counts[:],
