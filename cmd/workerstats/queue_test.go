@@ -148,20 +148,28 @@ func checkWaitBuckets(t *testing.T, before, after *observer.Durations, waits []t
 	const shortUs = 131072
 	want := make([]uint64, len(after.Counts))
 	var wantShort, gotShort uint64
+	got := make([]uint64, len(after.Counts))
+	for i := range after.Counts {
+		got[i] = after.Counts[i] - before.Counts[i]
+	}
 	for _, w := range waits {
 		i, _ := slices.BinarySearch(after.BoundsUs, uint64(w.Microseconds()))
 		if i < len(after.BoundsUs) && after.BoundsUs[i] <= shortUs {
 			wantShort++
-		} else {
-			want[i]++
+			continue
 		}
+		// Within 2% of a bound, the kernel's wait may be on its other
+		// side: the clients see a little more or less than it does.
+		if j := nearBound(after.BoundsUs, i, w); j != i && got[j] > want[j] {
+			i = j
+		}
+		want[i]++
 	}
 	for i := range after.Counts {
-		got := after.Counts[i] - before.Counts[i]
 		if i < len(after.BoundsUs) && after.BoundsUs[i] <= shortUs {
-			gotShort += got
-		} else if got != want[i] {
-			t.Errorf("bucket %d: %d waits, the schedule's %d (bounds %v µs, waits %v)", i, got, want[i], after.BoundsUs, waits)
+			gotShort += got[i]
+		} else if got[i] != want[i] {
+			t.Errorf("bucket %d: %d waits, the schedule's %d (bounds %v µs, waits %v)", i, got[i], want[i], after.BoundsUs, waits)
 		}
 	}
 	if gotShort != wantShort {
@@ -226,4 +234,17 @@ func listenDrops(t *testing.T) uint64 {
 	}
 	t.Fatal("no TcpExt ListenDrops in /proc/net/netstat")
 	return 0
+}
+
+// nearBound is the bucket beside bucket i that wait w is within 2% of the
+// shared bound of, or i.
+func nearBound(bounds []uint64, i int, w time.Duration) int {
+	us := float64(w.Microseconds())
+	if i > 0 && us <= float64(bounds[i-1])*1.02 {
+		return i - 1
+	}
+	if i < len(bounds) && us >= float64(bounds[i])*0.98 {
+		return i + 1
+	}
+	return i
 }

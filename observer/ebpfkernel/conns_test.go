@@ -258,8 +258,8 @@ func TestListenPortGoesToNewMaster(t *testing.T) {
 }
 
 // TestWorkersTableFull: with room for a master and 2 workers, a pool of 4
-// has 2 workers left untracked, said in the dump; the 2 tracked are
-// counted exactly, the others not at all.
+// has 2 workers left untracked, said in the dump; the tracked are counted
+// exactly, the others not at all.
 func TestWorkersTableFull(t *testing.T) {
 	testutil.RequireEBPF(t)
 	hooks := hookSets(t)[0]
@@ -280,7 +280,10 @@ func TestWorkersTableFull(t *testing.T) {
 		if n := st.Observer.Dropped["workers_untracked"]; n != 2 {
 			return fmt.Errorf("workers_untracked %d, want 2", n)
 		}
-		counted := 0
+		// Each worker the clients reached is counted exactly, or (one
+		// of the 2 untracked) not at all; which ones the clients reach
+		// is the kernel's choice.
+		counted, unseen := 0, 0
 		for pid, want := range ts.ByPID() {
 			w := workerOf(st, pid)
 			got := forkpool.Tally{Requests: w.Requests, TX: w.TX, RX: w.RX}
@@ -288,12 +291,13 @@ func TestWorkersTableFull(t *testing.T) {
 			case want:
 				counted++
 			case forkpool.Tally{}:
+				unseen++
 			default:
 				return fmt.Errorf("pid %d: %+v, clients %+v", pid, got, want)
 			}
 		}
-		if counted != 2 || len(ts.ByPID()) < 3 {
-			return fmt.Errorf("%d workers counted, want 2; the clients reached %d, want an untracked one too", counted, len(ts.ByPID()))
+		if counted < 1 || counted > 2 || unseen < 1 || unseen > 2 {
+			return fmt.Errorf("%d workers counted exactly and %d not at all; want 1 or 2 of each", counted, unseen)
 		}
 		return nil
 	})
