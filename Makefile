@@ -88,11 +88,15 @@ test-privileged: ## only the tests that load eBPF and run real servers (as root)
 
 # make vm-test KERNELS="5.10 6.1" (the default) or KERNELS=all (with 6.12).
 KERNELS ?= 5.10 6.1
+# Left out of the guests: the terminal UI's and the demo's tests, which
+# drive tmux and the demo's own wiring, the same on every kernel; what they
+# count comes through the kernel side every other test proves there.
+VM_SKIP_CMD_TESTS := Top|Demo
 
 .PHONY: vm-test
 vm-test: ## (as root) the privileged tests on Debian's 5.10, 6.1 (and with KERNELS=all 6.12) kernels under qemu
 	.ci/install-deps --vm
-	KERNELS="$(KERNELS)" VM_RUN='$(PRIVILEGED_CMD_TESTS)' GO=$(GO) vagrant/vm-test
+	KERNELS="$(KERNELS)" VM_RUN='$(PRIVILEGED_CMD_TESTS)' VM_SKIP='$(VM_SKIP_CMD_TESTS)' GO=$(GO) vagrant/vm-test
 
 .PHONY: install
 install: build ## install the binary, the systemd unit, and /etc/workerstats/workerstats.toml unless it exists
@@ -120,7 +124,7 @@ uninstall: ## remove what install put in place; the config only while it is stil
 # included. Any message fails it: verify exits 0 on unknown keys and bad
 # values, which it only prints.
 .PHONY: check-unit
-check-unit: ## verify the installed systemd unit with systemd-analyze (verify, and security at most 4.0 exposed)
+check-unit: ## verify the installed systemd unit with systemd-analyze (verify, and security at most 3.5 exposed)
 	@set -eu; stage=$$(mktemp -d); trap 'rm -rf "$$stage"' EXIT; \
 	mkdir -p "$$stage/usr/lib/systemd"; ln -s usr/lib "$$stage/lib"; \
 	cp -a "$$(realpath /lib/systemd/system)" "$$stage/usr/lib/systemd/system"; \
@@ -129,8 +133,8 @@ check-unit: ## verify the installed systemd unit with systemd-analyze (verify, a
 	echo "systemd-analyze verify $(UNITDIR)/workerstats.service (root $$stage)"; \
 	if ! out=$$(systemd-analyze verify --man=no --root="$$stage" "$$unit" 2>&1) || [ -n "$$out" ]; then \
 		echo "$$out" >&2; echo "check-unit: systemd-analyze verify found problems in $(UNIT)" >&2; exit 1; fi; \
-	if ! out=$$(systemd-analyze security --offline=yes --threshold=40 --root="$$stage" "$$unit" 2>&1); then \
-		echo "$$out" >&2; echo "check-unit: $(UNIT) is more exposed than 4.0: restore the hardening it lost" >&2; exit 1; fi; \
+	if ! out=$$(systemd-analyze security --offline=yes --threshold=35 --root="$$stage" "$$unit" 2>&1); then \
+		echo "$$out" >&2; echo "check-unit: $(UNIT) is more exposed than 3.5: restore the hardening it lost" >&2; exit 1; fi; \
 	echo "$$out" | tail -n 1
 
 .PHONY: test-unprivileged

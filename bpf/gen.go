@@ -5,4 +5,4 @@
 // `go build` needs no clang; `make generate` regenerates them.
 package bpf
 
-//go:generate go tool bpf2go -cc ${BPF2GO_CC} -cflags ${BPF2GO_CFLAGS} -target bpfel -type worker -type conn -type queue_wait -type slot_of -type counter -type role Observer observer.c -- -I./headers
+//go:generate go tool bpf2go -cc ${BPF2GO_CC} -cflags ${BPF2GO_CFLAGS} -target bpfel -type worker -type conn -type queue_wait -type slot_of -type listener_scan -type counter -type role Observer observer.c -- -I./headers

@@ -268,6 +268,43 @@ struct {
 	__type(value, struct slot_of);
 } slots SEC(".maps");
 
+/*
+ * Which listening sockets a pool serves on, seen from one of its workers.
+ * Once started the daemon may not read other users' fd tables, so for a
+ * master whose it cannot read it asks here: an entry under the master's
+ * tgid with want set. The next accept (or, sock hooks, adoption) by one of
+ * its workers walks that worker's fd table and records the listening
+ * stream sockets it holds: their inodes, which userspace finds in the
+ * sock_diag dumps, and a TCP one's port. Once per question, never per
+ * event: scans_asked[0], set by userspace while any entry wants an
+ * answer, is the only thing an accept reads otherwise.
+ */
+#define SCAN_FDS 512 /* fds 0 to 511: listeners are opened early */
+#define SCAN_FOUND 16
+
+struct listener_scan {
+	__u32 want;  /* userspace sets it, the scan clears it */
+	__u32 adopt; /* sock hooks with accept unhooked: the ports found are adopted */
+	__u32 found; /* entries of inodes and ports filled */
+	__u32 pad;
+	__u64 inodes[SCAN_FOUND];
+	__u32 ports[SCAN_FOUND]; /* a TCP listener's port, host order; 0 for Unix */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* the master's tgid */
+	__type(value, struct listener_scan);
+} listener_scans SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} scans_asked SEC(".maps");
+
 /* PID_MAX_LIMIT on 64-bit: no tgid reaches it. */
 #define PID_LIMIT (4 * 1024 * 1024)
 
@@ -894,6 +931,85 @@ static __always_inline void dequeued(__u64 sk)
 	q->sk = 0;
 }
 
+/* ---- listeners ---- */
+
+/* Records in s the listening stream socket fd (of the current task, in
+ * file table fds) is, if it is one; 0 once s is full. */
+static __always_inline int scan_fd(struct listener_scan *s, struct file **fds, __u32 fd)
+{
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 1;
+	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFSOCK)
+		return 1;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (BPF_CORE_READ(sock, type) != SOCK_STREAM || BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
+		return 1;
+	/* Kept in the map, not a register: the verifier's states of one fd
+	 * are then alike whatever the fds before held. */
+	__u32 n = s->found;
+	if (n >= SCAN_FOUND)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	s->inodes[n] = BPF_CORE_READ(ino, i_ino);
+	s->ports[n] = family == AF_INET || family == AF_INET6 ? BPF_CORE_READ(sk, __sk_common.skc_num) : 0;
+	s->found = n + 1;
+	return 1;
+}
+
+/* Answers s: the listening sockets the current task holds. */
+static __always_inline void scan_listeners(struct listener_scan *s)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	__u32 max = BPF_CORE_READ(fdt, max_fds);
+	s->found = 0;
+	for (__u32 fd = 0; fd < SCAN_FDS && fd < max; fd++)
+		if (!scan_fd(s, fds, fd))
+			break;
+	s->want = 0;
+}
+
+/* A question about master's listeners, if one waits; NULL otherwise. The
+ * array first: one load the verifier inlines. */
+static __always_inline struct listener_scan *scan_asked(__u32 master)
+{
+	__u32 zero = 0;
+	__u32 *asked = bpf_map_lookup_elem(&scans_asked, &zero);
+	if (!asked || !*asked)
+		return 0;
+	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
+	return s && s->want ? s : 0;
+}
+
+/* A worker of master takes a connection: answer a question about its
+ * pool's listeners. */
+static __always_inline void answer_scan(__u32 master)
+{
+	struct listener_scan *s = scan_asked(master);
+	if (s)
+		scan_listeners(s);
+}
+
+/* Sock hooks, accept unhooked: does master (asked since the daemon
+ * started, its answer adopted) listen on TCP port, by its answer? The
+ * question is answered first if it waits. */
+static __always_inline int scanned_port(__u32 master, __u32 port)
+{
+	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
+	if (!s || !s->adopt)
+		return 0;
+	if (s->want)
+		scan_listeners(s);
+	for (__u32 i = 0; i < SCAN_FOUND; i++)
+		if (i < s->found && s->ports[i] == port)
+			return 1;
+	return 0;
+}
+
 /* ---- connections ---- */
 
 /* End tracked connection sk (its entry c), which worker tgid (entry cur)
@@ -924,6 +1040,7 @@ static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 {
 	if (fd < 0)
 		return;
+	answer_scan(w->master);
 	__u64 sk = socket_fd_to_sock(fd);
 	if (!sk)
 		return;
@@ -1006,8 +1123,18 @@ static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w
 	struct sock *s = (struct sock *)sk;
 	__u32 port = BPF_CORE_READ(s, __sk_common.skc_num);
 	__u32 *master = bpf_map_lookup_elem(&listen_ports, &port);
-	if (!master || *master != w->master)
-		return 0;
+	if (!master || *master != w->master) {
+		/* A pool's new master, or a pool found once the daemon could
+		 * no longer read its listeners: its answer says. */
+		if (!scan_asked(w->master) && (!master || !bpf_map_lookup_elem(&listener_scans, &w->master)))
+			return 0;
+		if (!scanned_port(w->master, port))
+			return 0;
+		if (master)
+			*master = w->master;
+		else
+			bpf_map_update_elem(&listen_ports, &port, &w->master, BPF_NOEXIST);
+	}
 	__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
 	if ((family != AF_INET && family != AF_INET6) || BPF_CORE_READ(s, sk_socket, type) != SOCK_STREAM)
 		return 0; /* a UDP socket on the same port */

@@ -53,6 +53,16 @@ type ObserverInflight struct {
 	Arg1 uint64
 }
 
+type ObserverListenerScan struct {
+	_      structs.HostLayout
+	Want   uint32
+	Adopt  uint32
+	Found  uint32
+	Pad    uint32
+	Inodes [16]uint64
+	Ports  [16]uint32
+}
+
 type ObserverQueueWait struct {
 	_      structs.HostLayout
 	Count  uint64
@@ -118,8 +128,10 @@ const (
 	ObserverMapHeads            = "heads"
 	ObserverMapInflight         = "inflight"
 	ObserverMapListenPorts      = "listen_ports"
+	ObserverMapListenerScans    = "listener_scans"
 	ObserverMapQueueWaits       = "queue_waits"
 	ObserverMapQueued           = "queued"
+	ObserverMapScansAsked       = "scans_asked"
 	ObserverMapSlots            = "slots"
 	ObserverMapUntracked        = "untracked"
 	ObserverMapWatched          = "watched"
@@ -217,18 +229,20 @@ type ObserverProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverMapSpecs struct {
-	Conns       *ebpf.MapSpec `ebpf:"conns"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Fds         *ebpf.MapSpec `ebpf:"fds"`
-	Heads       *ebpf.MapSpec `ebpf:"heads"`
-	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
-	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
-	QueueWaits  *ebpf.MapSpec `ebpf:"queue_waits"`
-	Queued      *ebpf.MapSpec `ebpf:"queued"`
-	Slots       *ebpf.MapSpec `ebpf:"slots"`
-	Untracked   *ebpf.MapSpec `ebpf:"untracked"`
-	Watched     *ebpf.MapSpec `ebpf:"watched"`
-	Workers     *ebpf.MapSpec `ebpf:"workers"`
+	Conns         *ebpf.MapSpec `ebpf:"conns"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Fds           *ebpf.MapSpec `ebpf:"fds"`
+	Heads         *ebpf.MapSpec `ebpf:"heads"`
+	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
+	ListenPorts   *ebpf.MapSpec `ebpf:"listen_ports"`
+	ListenerScans *ebpf.MapSpec `ebpf:"listener_scans"`
+	QueueWaits    *ebpf.MapSpec `ebpf:"queue_waits"`
+	Queued        *ebpf.MapSpec `ebpf:"queued"`
+	ScansAsked    *ebpf.MapSpec `ebpf:"scans_asked"`
+	Slots         *ebpf.MapSpec `ebpf:"slots"`
+	Untracked     *ebpf.MapSpec `ebpf:"untracked"`
+	Watched       *ebpf.MapSpec `ebpf:"watched"`
+	Workers       *ebpf.MapSpec `ebpf:"workers"`
 }
 
 // ObserverVariableSpecs contains global variables before they are loaded into the kernel.
@@ -260,18 +274,20 @@ func (o *ObserverObjects) Close() error {
 //
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverMaps struct {
-	Conns       *ebpf.Map `ebpf:"conns"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Fds         *ebpf.Map `ebpf:"fds"`
-	Heads       *ebpf.Map `ebpf:"heads"`
-	Inflight    *ebpf.Map `ebpf:"inflight"`
-	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
-	QueueWaits  *ebpf.Map `ebpf:"queue_waits"`
-	Queued      *ebpf.Map `ebpf:"queued"`
-	Slots       *ebpf.Map `ebpf:"slots"`
-	Untracked   *ebpf.Map `ebpf:"untracked"`
-	Watched     *ebpf.Map `ebpf:"watched"`
-	Workers     *ebpf.Map `ebpf:"workers"`
+	Conns         *ebpf.Map `ebpf:"conns"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Fds           *ebpf.Map `ebpf:"fds"`
+	Heads         *ebpf.Map `ebpf:"heads"`
+	Inflight      *ebpf.Map `ebpf:"inflight"`
+	ListenPorts   *ebpf.Map `ebpf:"listen_ports"`
+	ListenerScans *ebpf.Map `ebpf:"listener_scans"`
+	QueueWaits    *ebpf.Map `ebpf:"queue_waits"`
+	Queued        *ebpf.Map `ebpf:"queued"`
+	ScansAsked    *ebpf.Map `ebpf:"scans_asked"`
+	Slots         *ebpf.Map `ebpf:"slots"`
+	Untracked     *ebpf.Map `ebpf:"untracked"`
+	Watched       *ebpf.Map `ebpf:"watched"`
+	Workers       *ebpf.Map `ebpf:"workers"`
 }
 
 func (m *ObserverMaps) Close() error {
@@ -282,8 +298,10 @@ func (m *ObserverMaps) Close() error {
 		m.Heads,
 		m.Inflight,
 		m.ListenPorts,
+		m.ListenerScans,
 		m.QueueWaits,
 		m.Queued,
+		m.ScansAsked,
 		m.Slots,
 		m.Untracked,
 		m.Watched,

@@ -56,6 +56,7 @@ type Pool struct {
 	// slots' history (Kernel.Remember): known, not to be folded again.
 	history map[Proc]bool
 	live    map[Proc]*slot // live slots by process
+	listen  listenerState  // the master's listening sockets and cwd
 	// announced is what a ListenerAware kernel was last told of the
 	// listening sockets (socketNames) of master announcedOf.
 	announced   []string
@@ -218,14 +219,18 @@ func (p *Pool) adopt(m Proc) error {
 	}
 	p.settled = true
 	p.Log.Info("watching pool", "target", p.Target.String(), "master", m.PID, "workers", len(kids))
+	p.adoptListeners(m)
 	var socks []Socket
 	if len(kids) > 0 {
 		var err error
-		if socks, err = p.Proc.ListeningSockets(m.PID, kids[0].PID); err != nil {
+		if socks, err = p.listeners(kids[0].PID); err != nil {
 			p.Log.Debug("master's listening sockets unknown", "error", err)
 		}
 	}
-	p.announce(socks)
+	if socks != nil || !p.listen.unread {
+		// Unread is not none: the kernel's answer will say.
+		p.announce(socks)
+	}
 	return nil
 }
 
@@ -377,6 +382,9 @@ func (p *Pool) forget(proc Proc) {
 // place puts a newly seen worker process in a slot: the lowest free one,
 // else a new one; a SlotKeeper kernel keeps which.
 func (p *Pool) place(proc Proc) *slot {
+	if p.settled {
+		p.listen.stale = true // a respawn or a reload: listeners may have changed
+	}
 	if p.live == nil {
 		p.live = map[Proc]*slot{}
 	}
@@ -694,6 +702,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		return nil, err
 	}
 	st.UID, st.GID, st.CWD = g.uid, g.gid, g.cwd
+	st.Observer.Unknown = p.unknown()
 	st.Sockets, st.ListenQueue, st.ListenQueueErrors = p.queueWaits(g.sockets), g.listenQueue, g.listenDrops
 	now := time.Now()
 	for _, s := range p.slots {
@@ -729,19 +738,21 @@ func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
 	}
 	g := gauges{sockets: []Socket{}}
 	var err error
-	if g.uid, g.gid, g.cwd, err = p.Proc.Owner(ctx, p.master.PID); err != nil {
+	if g.uid, g.gid, err = p.Proc.Owner(ctx, p.master.PID); err != nil {
 		p.Log.Debug("master owner unknown", "error", err)
 	}
 	// The sockets the master shares with a worker are the pool's; the
 	// master's own (a stats or admin socket) are left out.
-	var workerPID []int
+	workerPID := 0
 	for _, s := range p.slots {
 		if s.alive {
-			workerPID = append(workerPID, s.proc.PID)
+			workerPID = s.proc.PID
 			break
 		}
 	}
-	if socks, err := p.Proc.ListeningSockets(p.master.PID, workerPID...); err != nil {
+	socks, err := p.listeners(workerPID)
+	g.cwd = p.listen.cwd
+	if err != nil {
 		p.Log.Debug("master's listening sockets unknown", "error", err)
 	} else {
 		g.sockets = socks

@@ -131,21 +131,29 @@ func (p Procfs) Memory(ctx context.Context, pid int) (rss, vsz uint64, err error
 	return m.RSS, m.VMS, nil
 }
 
-// Owner returns a process's real uid, gid and working directory.
-func (p Procfs) Owner(ctx context.Context, pid int) (uid, gid int, cwd string, err error) {
+// Cwd returns a process's working directory. Another user's takes ptrace
+// read access: without it the error wraps fs.ErrPermission.
+func (p Procfs) Cwd(pid int) (string, error) {
+	cwd, err := os.Readlink(filepath.Join(p.Root, strconv.Itoa(pid), "cwd"))
+	if err != nil {
+		return "", fmt.Errorf("working directory of pid %d: %w", pid, err)
+	}
+	return cwd, nil
+}
+
+// Owner returns a process's real uid and gid.
+func (p Procfs) Owner(ctx context.Context, pid int) (uid, gid int, err error) {
 	proc := &process.Process{Pid: int32(pid)}
 	c := p.ctx(ctx)
 	uids, err := proc.UidsWithContext(c)
 	if err != nil || len(uids) == 0 {
-		return 0, 0, "", fmt.Errorf("uid of pid %d: %w", pid, err)
+		return 0, 0, fmt.Errorf("uid of pid %d: %w", pid, err)
 	}
 	gids, err := proc.GidsWithContext(c)
 	if err != nil || len(gids) == 0 {
-		return 0, 0, "", fmt.Errorf("gid of pid %d: %w", pid, err)
+		return 0, 0, fmt.Errorf("gid of pid %d: %w", pid, err)
 	}
-	// The working directory needs ptrace access; without it, leave it out.
-	cwd, _ = proc.CwdWithContext(c)
-	return int(uids[0]), int(gids[0]), cwd, nil
+	return int(uids[0]), int(gids[0]), nil
 }
 
 // BootTime returns the system's boot time in unix seconds: the "btime" line

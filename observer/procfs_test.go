@@ -315,24 +315,30 @@ func TestProcfsMemory(t *testing.T) {
 
 func TestProcfsOwner(t *testing.T) {
 	fs := newProcfs(t, fakeProc{pid: 4000, ppid: 1, comm: "uwsgi (master)", startTicks: 900, uid: 1000, gid: 2000, cwd: "/srv/app"})
-	uid, gid, cwd, err := fs.Owner(context.Background(), 4000)
+	uid, gid, err := fs.Owner(context.Background(), 4000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uid != 1000 || gid != 2000 || cwd != "/srv/app" {
-		t.Errorf("Owner = %d %d %q, want the real ids 1000 2000 and /srv/app", uid, gid, cwd)
+	if uid != 1000 || gid != 2000 {
+		t.Errorf("Owner = %d %d, want the real ids 1000 2000", uid, gid)
+	}
+	cwd, err := fs.Cwd(4000)
+	if err != nil || cwd != "/srv/app" {
+		t.Errorf("Cwd = %q %v, want /srv/app", cwd, err)
 	}
 
 	// Without access to cwd the owner is still known.
 	if err := os.Remove(filepath.Join(fs.Root, "4000", "cwd")); err != nil {
 		t.Fatal(err)
 	}
-	uid, gid, cwd, err = fs.Owner(context.Background(), 4000)
-	if err != nil || uid != 1000 || gid != 2000 || cwd != "" {
-		t.Errorf("Owner without cwd = %d %d %q %v, want 1000 2000 \"\" nil", uid, gid, cwd, err)
+	if uid, gid, err = fs.Owner(context.Background(), 4000); err != nil || uid != 1000 || gid != 2000 {
+		t.Errorf("Owner without cwd = %d %d %v, want 1000 2000 nil", uid, gid, err)
+	}
+	if cwd, err := fs.Cwd(4000); err == nil {
+		t.Errorf("Cwd without its link = %q, want an error", cwd)
 	}
 
-	if _, _, _, err := fs.Owner(context.Background(), 4242); err == nil {
+	if _, _, err := fs.Owner(context.Background(), 4242); err == nil {
 		t.Error("Owner of a missing pid succeeded")
 	}
 }

@@ -160,6 +160,9 @@ type ObserverInfo struct {
 	Hooks    string            `json:"hooks,omitempty"` // "sock" or "syscall"
 	Dropped  map[string]uint64 `json:"dropped"`
 	Programs []ProgramStats    `json:"programs,omitempty"`
+	// Unknown names the master's figures the dump leaves out ("cwd",
+	// "sockets") and says why.
+	Unknown map[string]string `json:"unknown,omitempty"`
 }
 
 // ProgramStats is the kernel's own accounting of one eBPF program, filled when

@@ -41,12 +41,27 @@ import (
 // which leaves out the master's own (uWSGI's stats socket, say). A process
 // that cannot be read, having exited meanwhile, filters nothing.
 func (p Procfs) ListeningSockets(pid int, alsoHeldBy ...int) ([]Socket, error) {
+	inodes, err := p.SharedSocketInodes(pid, alsoHeldBy...)
+	if err != nil {
+		return nil, err
+	}
+	return p.ListeningByInode(inodes)
+}
+
+// SharedSocketInodes returns the inodes of the sockets process pid holds
+// that every process of alsoHeldBy holds too (see ListeningSockets). It
+// needs ptrace read access to each: without it the error wraps
+// fs.ErrPermission.
+func (p Procfs) SharedSocketInodes(pid int, alsoHeldBy ...int) (map[uint64]bool, error) {
 	inodes, err := p.socketInodes(pid)
 	if err != nil {
 		return nil, err
 	}
 	for _, other := range alsoHeldBy {
 		theirs, err := p.socketInodes(other)
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, err
+		}
 		if err != nil {
 			continue
 		}
@@ -56,6 +71,12 @@ func (p Procfs) ListeningSockets(pid int, alsoHeldBy ...int) ([]Socket, error) {
 			}
 		}
 	}
+	return inodes, nil
+}
+
+// ListeningByInode returns the listening sockets among inodes, as
+// ListeningSockets does.
+func (p Procfs) ListeningByInode(inodes map[uint64]bool) ([]Socket, error) {
 	if len(inodes) == 0 {
 		return []Socket{}, nil
 	}
@@ -141,6 +162,9 @@ func (p Procfs) socketInodes(pid int) (map[uint64]bool, error) {
 	inodes := make(map[uint64]bool)
 	for _, n := range names {
 		target, err := os.Readlink(filepath.Join(dir, n))
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, fmt.Errorf("fds of pid %d: %w", pid, err)
+		}
 		if err != nil {
 			continue // closed since the directory was read
 		}

@@ -122,6 +122,10 @@ func readPIDFile(path string) (int, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return 0, notFound("pidfile %s does not exist", path)
 		}
+		if errors.Is(err, fs.ErrPermission) {
+			// The daemon keeps no CAP_DAC_READ_SEARCH once started.
+			return 0, notFound("pidfile %s cannot be read by uid %d without privileges: make it and the directories above it readable by that user, or give the master by its name", path, os.Geteuid())
+		}
 		return 0, fmt.Errorf("read pidfile: %w", err)
 	}
 	s := strings.TrimSpace(string(b))

@@ -48,6 +48,8 @@ enum {
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
 
 /* TCP states (include/net/tcp_states.h). */
 enum {
@@ -78,6 +80,7 @@ enum {
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 struct fdtable {
+	unsigned int max_fds;
 	struct file **fd;
 };
 
@@ -104,7 +107,13 @@ struct task_struct {
 	struct signal_struct *signal;
 };
 
+struct inode {
+	umode_t i_mode;
+	unsigned long i_ino;
+};
+
 struct file {
+	struct inode *f_inode;
 	void *private_data;
 };
 
@@ -114,6 +123,7 @@ struct socket;
  * inside the anonymous unions that hold them. */
 struct sock_common {
 	unsigned short skc_family;
+	volatile unsigned char skc_state;
 	__u16 skc_num;
 };
 

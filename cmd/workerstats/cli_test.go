@@ -362,10 +362,13 @@ while True:
 
 // The unit's CapabilityBoundingSet is enough: the daemon, started as root
 // with only those capabilities and no_new_privs as systemd starts it,
-// loads and attaches its programs, counts requests, sees the pool's socket
-// in another user's /proc/PID/fd, reports per-program statistics and gives
-// its stats socket away. Without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE the
-// pool's socket is not found, so the check can tell.
+// loads and attaches its programs, counts requests, reports per-program
+// statistics and gives its stats socket away. It may not read another
+// user's /proc/PID/fd: the pool's socket is unknown, and the dump says why,
+// until a worker's first connection, whose accept answers in the kernel
+// which listeners the worker holds; the working directory is left out,
+// with the reason. Granted CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE as well,
+// it shows the socket and the cwd at once, so the check can tell.
 func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 	testutil.RequireEBPF(t)
 	// Debian's, not one installed in root's home, which nobody cannot run.
@@ -459,6 +462,14 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 65534 {
 			t.Errorf("--stats-chown nobody: socket owned by uid %d, want 65534 (CAP_CHOWN)", uid)
 		}
+		st, err := readStats(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hasListener(st) || st.Observer.Unknown["sockets"] == "" || st.CWD != "" || st.Observer.Unknown["cwd"] == "" {
+			t.Errorf("before any connection, under the unit's set: sockets %v, cwd %q, unknown %v; want no socket, no cwd, and why", st.Sockets, st.CWD, st.Observer.Unknown)
+		}
+		t.Logf("before any connection: unknown %v", st.Observer.Unknown)
 		const requests = 20
 		for i := range requests {
 			c, err := net.Dial("tcp", poolAddr)
@@ -471,28 +482,42 @@ func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
 			}
 			c.Close()
 		}
-		st := waitRequests(t, sock, 10*time.Second, "the requests to be counted", requests)
+		st = waitRequests(t, sock, 10*time.Second, "the requests to be counted", requests)
 		if st.Observer.Mode != "ebpf" || len(st.Workers) != 2 {
 			t.Errorf("mode %q with %d workers, want ebpf with 2", st.Observer.Mode, len(st.Workers))
 		}
-		if !hasListener(st) {
-			t.Errorf("sockets %+v lack the pool's listener %s: reading nobody's /proc/PID/fd failed", st.Sockets, poolAddr)
-		}
+		st = waitStats(t, sock, 10*time.Second, "the kernel's answer", func(st *observer.Stats) error {
+			if !hasListener(st) || st.Observer.Unknown["sockets"] != "" {
+				return fmt.Errorf("sockets %+v (unknown %v) lack the pool's listener %s", st.Sockets, st.Observer.Unknown, poolAddr)
+			}
+			return nil
+		})
+		t.Logf("after %d requests: sockets %v, unknown %v", requests, socketNames(st.Sockets), st.Observer.Unknown)
 		if len(st.Observer.Programs) == 0 {
 			t.Error("--bpf-stats: no per-program statistics in the dump")
 		}
 	})
 
-	t.Run("without fd access", func(t *testing.T) {
-		less := slices.DeleteFunc(slices.Clone(caps), func(c string) bool { return c == "CAP_DAC_READ_SEARCH" || c == "CAP_SYS_PTRACE" })
-		sock := filepath.Join(dir, "less.sock")
-		serve(t, less, sock, "--no-pin")
+	t.Run("with fd access", func(t *testing.T) {
+		if slices.Contains(caps, "CAP_SYS_PTRACE") || slices.Contains(caps, "CAP_DAC_READ_SEARCH") {
+			t.Errorf("the unit grants %v: the daemon needs neither CAP_SYS_PTRACE nor CAP_DAC_READ_SEARCH", caps)
+		}
+		more := append(slices.Clone(caps), "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE")
+		sock := filepath.Join(dir, "more.sock")
+		d := serve(t, more, sock, "--no-pin")
 		st, err := readStats(sock)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if hasListener(st) {
-			t.Errorf("found the pool's listener in nobody's /proc/PID/fd without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE: this test cannot tell whether the unit grants them")
+		if !hasListener(st) || st.CWD == "" || len(st.Observer.Unknown) != 0 {
+			t.Errorf("with CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, before any connection: sockets %v, cwd %q, unknown %v; want the listener and the cwd read at start-up", st.Sockets, st.CWD, st.Observer.Unknown)
+		}
+		// Read at start-up, then dropped like the rest.
+		want := keptCapabilities(t)
+		for _, s := range threadCredentials(t, d.cmd.Process.Pid) {
+			if s.capEff != want || s.capBnd != want {
+				t.Errorf("thread %s keeps CapEff %016x CapBnd %016x, want %016x", s.tid, s.capEff, s.capBnd, want)
+			}
 		}
 	})
 }

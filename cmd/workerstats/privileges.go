@@ -104,10 +104,10 @@ func checkRemovable(specs []poolSpec, as *account) error {
 // removableAfterDrop returns an error when a socket created at path, owned
 // by its --stats-chown user or else by the daemon, could not be unlinked by
 // the daemon once it runs as a (nil: keeps its uid) without
-// CAP_DAC_OVERRIDE and CAP_FOWNER: the directory must be writable by it (it
-// keeps CAP_DAC_READ_SEARCH, so searching the path needs no permission),
-// and a sticky directory must be its own or the socket its own. A
-// directory with an ACL is left to the kernel to judge.
+// CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER: every directory
+// above it must be searchable by it, its own directory writable, and a
+// sticky directory must be its own or the socket its own. A directory with
+// an ACL is left to the kernel to judge.
 func removableAfterDrop(path string, a *account, chown string) error {
 	dir := filepath.Dir(path)
 	fi, err := os.Stat(dir)
@@ -118,16 +118,7 @@ func removableAfterDrop(path string, a *account, chown string) error {
 	if !ok {
 		return nil
 	}
-	if _, err := unix.Getxattr(dir, "system.posix_acl_access", nil); err == nil {
-		return nil
-	}
-	uid, gids := os.Geteuid(), []int{os.Getegid()}
-	who := "uid " + strconv.Itoa(uid)
-	if a != nil {
-		uid, gids, who = a.uid, append([]int{a.gid}, a.groups...), a.name
-	} else if g, err := os.Getgroups(); err == nil {
-		gids = append(gids, g...)
-	}
+	uid, gids, who := dropIDs(a)
 	sockUID := os.Geteuid() // bound before any switch
 	if name, _, _ := strings.Cut(chown, ":"); name != "" {
 		if u, err := user.Lookup(name); err == nil {
@@ -136,40 +127,84 @@ func removableAfterDrop(path string, a *account, chown string) error {
 			sockUID = n
 		}
 	}
-	mode := fi.Mode()
-	var can bool
-	switch {
-	case uint32(uid) == st.Uid:
-		can = mode.Perm()&0o200 != 0
-	case slices.Contains(gids, int(st.Gid)):
-		can = mode.Perm()&0o020 != 0
-	default:
-		can = mode.Perm()&0o002 != 0
-	}
-	if can && mode&os.ModeSticky != 0 && uint32(uid) != st.Uid && sockUID != uid {
+	can := allowed(dir, uid, gids, 0o2)
+	if can && fi.Mode()&os.ModeSticky != 0 && uint32(uid) != st.Uid && sockUID != uid {
 		return fmt.Errorf("the stats socket %s could not be removed at shutdown: %s is sticky and the socket would not be %s's: add --stats-chown %s, or use a directory %s owns", path, dir, who, who, who)
 	}
 	if !can {
 		return fmt.Errorf("the stats socket %s could not be removed at shutdown: its directory %s is not writable by %s once the daemon drops its privileges: use a directory %s owns (install -d -o %s /run/workerstats)", path, dir, who, who, who)
 	}
-	return nil
+	for d := dir; ; d = filepath.Dir(d) {
+		if !allowed(d, uid, gids, 0o1) {
+			return fmt.Errorf("the stats socket %s could not be removed at shutdown: %s is not searchable by %s once the daemon drops its privileges: use a directory %s can reach (install -d -o %s /run/workerstats)", path, d, who, who, who)
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
+
+// dropIDs are the uid and groups the daemon runs as once it has dropped
+// its privileges, as --user (a; nil: its own) makes them, and how to name
+// that user.
+func dropIDs(a *account) (uid int, gids []int, who string) {
+	uid, gids = os.Geteuid(), []int{os.Getegid()}
+	who = "uid " + strconv.Itoa(uid)
+	if a != nil {
+		return a.uid, append([]int{a.gid}, a.groups...), a.name
+	}
+	if g, err := os.Getgroups(); err == nil {
+		gids = append(gids, g...)
+	}
+	return uid, gids, who
+}
+
+// allowed says whether uid (in gids) has the permission bits want (0o1
+// search, 0o2 write) on dir, by its mode, without capabilities. A
+// directory with an ACL, or one that cannot be read, is left to the
+// kernel to judge (true).
+func allowed(dir string, uid int, gids []int, want os.FileMode) bool {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return true
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return true
+	}
+	if _, err := unix.Getxattr(dir, "system.posix_acl_access", nil); err == nil {
+		return true
+	}
+	perm := fi.Mode().Perm()
+	switch {
+	case uint32(uid) == st.Uid:
+		return perm&(want<<6) != 0
+	case slices.Contains(gids, int(st.Gid)):
+		return perm&(want<<3) != 0
+	default:
+		return perm&want != 0
+	}
 }
 
 // The capabilities the running daemon still needs, once its programs are
-// attached and its sockets bound:
+// attached and its sockets bound. Counting through eBPF, none that acts on
+// another process or file:
 //
-//   - CAP_SYS_PTRACE: reading another user's /proc/PID/fd links (the pool's
-//     sockets) and /proc/PID/cwd needs ptrace read access;
-//   - CAP_DAC_READ_SEARCH: listing another user's /proc/PID/fd, which is
-//     mode 0500, and reading a master's pidfile in a private directory;
-//   - CAP_BPF, only where the kernel wants it for bpf(2) calls on the maps
+//   - which listening sockets a pool's workers hold is read in the kernel,
+//     from a worker's own file table, for a pool found after start-up
+//     (observer.ListenerScanner); its working directory is read at its
+//     adoption, while the daemon may, or left out with the reason;
+//   - sock_diag dumps (the listeners' queues) need none; nor do closing
+//     descriptors and removing the daemon's own socket at shutdown;
+//   - CAP_BPF only where the kernel wants it for bpf(2) calls on the maps
 //     it holds (before Linux 5.19, with kernel.unprivileged_bpf_disabled
 //     set): reading the counters, and writing the workers map when a
 //     restarted master is followed. A probe decides.
 //
-// sock_diag dumps (queues of the listening sockets) need none; nor do
-// closing descriptors and removing the daemon's own socket at shutdown.
-var runtimeCaps = []cap.Value{cap.SYS_PTRACE, cap.DAC_READ_SEARCH}
+// procfs mode counts a worker's connections from its fd table: it keeps
+// CAP_SYS_PTRACE (another user's /proc/PID/fd links) and
+// CAP_DAC_READ_SEARCH (listing /proc/PID/fd, mode 0500).
+var procfsCaps = []cap.Value{cap.SYS_PTRACE, cap.DAC_READ_SEARCH}
 
 // accessChecker is the eBPF observer as dropPrivileges probes it: does
 // bpf(2) on the descriptors it holds still work without CAP_BPF?
@@ -192,9 +227,11 @@ type accessChecker interface {
 func dropPrivileges(as *account, k accessChecker, log *slog.Logger) error {
 	have := cap.GetProc()
 	var keep []cap.Value
-	for _, v := range runtimeCaps {
-		if permitted(have, v) {
-			keep = append(keep, v)
+	if k == nil {
+		for _, v := range procfsCaps {
+			if permitted(have, v) {
+				keep = append(keep, v)
+			}
 		}
 	}
 	if as != nil {

@@ -127,17 +127,17 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 }
 
 // wantPins is what a daemon with hooks pins for a pool whose listeners
-// are unknown (a master with no worker): its maps (the C file's twelve),
+// are unknown (a master with no worker): its maps (the C file's fourteen),
 // its links, and the distinct programs those links run. The sock set
 // keeps accept and close hooked for such a pool.
 func wantPins(hooks string) (maps, links, programs int) {
 	switch hooks {
 	case ebpfkernel.HooksSock:
-		return 12, 14, 13 // fork, exit, signal, OOM victim, TCP queued and its twin, accept4, accept, close, send, recv, TCP close, TCP done and its twin
+		return 14, 14, 13 // fork, exit, signal, OOM victim, TCP queued and its twin, accept4, accept, close, send, recv, TCP close, TCP done and its twin
 	case ebpfkernel.HooksRaw:
-		return 12, 8, 8 // fork, exit, signal, OOM victim, TCP queued and its twin, sys_enter (close), sys_exit
+		return 14, 8, 8 // fork, exit, signal, OOM victim, TCP queued and its twin, sys_enter (close), sys_exit
 	}
-	return 12, 27, 13 // fork, exit, signal, OOM victim, TCP queued and its twin, accept4, accept, close, 9 enters (3 receive programs), 9 exits
+	return 14, 27, 13 // fork, exit, signal, OOM victim, TCP queued and its twin, accept4, accept, close, 9 enters (3 receive programs), 9 exits
 }
 
 // TestRestartLosesNoRequest is the restart without loss: the daemon is

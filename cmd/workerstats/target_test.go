@@ -50,7 +50,10 @@ func TestPidfileFollowsRestartedMaster(t *testing.T) {
 	d := startDaemon(t, "--pidfile", pidfile, "--stats", addr)
 
 	l1 := driveHTTP(t, g1.addr, 600, 1, 8, 0)
-	waitRequests(t, addr, 20*time.Second, "the first pool's requests", l1.ok)
+	st1 := waitRequests(t, addr, 20*time.Second, "the first pool's requests", l1.ok)
+	if !slices.Equal(socketNames(st1.Sockets), []string{g1.addr}) || st1.CWD == "" || len(st1.Observer.Unknown) != 0 {
+		t.Errorf("a pool found at start-up: sockets %v, cwd %q, unknown %v; want its socket and cwd, read before the daemon dropped its privileges", st1.Sockets, st1.CWD, st1.Observer.Unknown)
+	}
 
 	stopGunicorn(t, g1)
 	st := waitStats(t, addr, 20*time.Second, "an empty pool after the master exited", func(st *observer.Stats) error {
@@ -70,14 +73,28 @@ func TestPidfileFollowsRestartedMaster(t *testing.T) {
 	}
 
 	g2 := startGunicorn(t, 3, "-k", "sync", "--pid", pidfile)
-	waitStats(t, addr, 20*time.Second, "the restarted master to be watched", func(st *observer.Stats) error {
+	st = waitStats(t, addr, 20*time.Second, "the restarted master to be watched", func(st *observer.Stats) error {
 		if st.PID != g2.pid || len(st.Workers) != 3 || st.Observer.Waiting != "" {
 			return fmt.Errorf("master %d with %d workers (waiting %q), want %d with 3", st.PID, len(st.Workers), st.Observer.Waiting, g2.pid)
 		}
 		return nil
 	})
+	// Found once the daemon holds no privilege: its fd table and working
+	// directory cannot be read, and the dump says so.
+	t.Logf("before any connection to the restarted pool: sockets %v, unknown %v", st.Sockets, st.Observer.Unknown)
+	if len(st.Sockets) != 0 || st.Observer.Unknown["sockets"] == "" || st.Observer.Unknown["cwd"] == "" || st.CWD != "" {
+		t.Errorf("the restarted pool before any connection: sockets %v, cwd %q, unknown %v; want no sockets, no cwd, and why", st.Sockets, st.CWD, st.Observer.Unknown)
+	}
 	l2 := driveHTTP(t, g2.addr, 600, 1, 8, 0)
 	st = waitRequests(t, addr, 20*time.Second, "every request before and after the restart", l1.ok+l2.ok)
+	// Its workers' first connection answered the kernel's question.
+	st = waitStats(t, addr, 20*time.Second, "the restarted pool's sockets", func(st *observer.Stats) error {
+		if !slices.Equal(socketNames(st.Sockets), []string{g2.addr}) || st.Observer.Unknown["sockets"] != "" {
+			return fmt.Errorf("sockets %v (unknown %v), want the restarted pool's [%s]", socketNames(st.Sockets), st.Observer.Unknown, g2.addr)
+		}
+		return nil
+	})
+	t.Logf("after its first connections: sockets %v, unknown %v", socketNames(st.Sockets), st.Observer.Unknown)
 	_, tx, _ := sumRequests(st)
 	if tx != uint64(l1.received+l2.received) {
 		t.Errorf("tx %d, clients received %d", tx, l1.received+l2.received)
@@ -112,6 +129,15 @@ func TestNameFindsMaster(t *testing.T) {
 	if st.PID != g.pid || len(st.Workers) != 2 || st.Observer.Target != "name "+name {
 		t.Errorf("--name %s: master %d with %d workers, target %q; want %d with 2", name, st.PID, len(st.Workers), st.Observer.Target, g.pid)
 	}
+}
+
+// socketNames lists sockets' names.
+func socketNames(socks []observer.Socket) []string {
+	names := []string{}
+	for _, s := range socks {
+		names = append(names, s.Name)
+	}
+	return names
 }
 
 func copyFile(t testing.TB, from, to string, mode os.FileMode) {

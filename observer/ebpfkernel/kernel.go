@@ -79,6 +79,8 @@ type Kernel struct {
 	unfit   map[int]bool
 
 	listenMu sync.Mutex
+	scanMu   sync.Mutex   // listener_scans and scans_asked
+	unheard  map[int]bool // masters watched whose listeners are not said yet
 	// listening is each watched pool's listeners as Listening last said,
 	// by master; connHooksOff says the sock set's accept and close
 	// tracepoints are detached, TCP connections adopted instead.

@@ -110,7 +110,22 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 		k.listening[m] = old
 	}
 	k.listening[master] = l
+	delete(k.unheard, master)
 	return k.applyListening()
+}
+
+// unheardOf notes a master watched whose listeners are not said yet: until
+// they are, accept and close stay hooked where they are.
+func (k *Kernel) unheardOf(master int) {
+	k.listenMu.Lock()
+	defer k.listenMu.Unlock()
+	if _, said := k.listening[master]; said {
+		return
+	}
+	if k.unheard == nil {
+		k.unheard = map[int]bool{}
+	}
+	k.unheard[master] = true
 }
 
 // FixHooks is the last moment the attachments may change: the daemon drops
@@ -147,12 +162,17 @@ func (k *Kernel) forgetListening(master int) error {
 	if err := k.forgetQueues(master); err != nil {
 		return err
 	}
+	if err := k.forgetScan(master); err != nil {
+		return err
+	}
 	k.listenMu.Lock()
 	defer k.listenMu.Unlock()
-	if _, ok := k.listening[master]; !ok {
+	_, said := k.listening[master]
+	if !said && !k.unheard[master] {
 		return nil
 	}
 	delete(k.listening, master)
+	delete(k.unheard, master)
 	return k.applyListening()
 }
 
@@ -171,15 +191,18 @@ func tcpPort(s observer.Socket) (uint32, bool) {
 // unhooked before it is filled, so no connection is tracked both ways.
 func (k *Kernel) applyListening() error {
 	ports := map[uint32]uint32{}
-	need := len(k.listening) == 0
+	other := false // a pool on a Unix socket, or that said none
 	for master, l := range k.listening {
-		need = need || l.other
+		other = other || l.other
 		for _, p := range l.ports {
 			ports[p] = uint32(master)
 		}
 	}
+	// A pool not heard from (the daemon could not read its listeners)
+	// needs accept hooked too, until the kernel's answer says.
+	need := other || len(k.listening) == 0 || len(k.unheard) > 0
 	if k.hooksFixed {
-		return k.fixedListening(need, ports)
+		return k.fixedListening(need, other, ports)
 	}
 	if need {
 		if err := k.hookConns(true); err != nil {
@@ -192,15 +215,35 @@ func (k *Kernel) applyListening() error {
 	return syncPorts(k.objs.ListenPorts, ports)
 }
 
-// fixedListening is applyListening once the attachments are fixed: only
-// the ports change, and only while accept and close are unhooked.
-func (k *Kernel) fixedListening(need bool, ports map[uint32]uint32) error {
+// fixedListening is applyListening once the attachments are fixed
+// (attaching takes privileges the daemon no longer holds): accept and
+// close may still be unhooked, once every pool has said it listens on TCP
+// only (need false), and then only the ports change. A pool not heard from
+// by then is adopted by the kernel from its answer (ScanListeners); only
+// one on a Unix socket (other) is missed.
+func (k *Kernel) fixedListening(need, other bool, ports map[uint32]uint32) error {
 	if !k.connHooksOff {
-		return nil // every connection is tracked from accept
+		if need {
+			return nil // every connection is tracked from accept
+		}
+		if err := k.hookConns(false); err != nil {
+			return err
+		}
 	}
-	if need && !k.warnedFixed {
+	if other && !k.warnedFixed {
 		k.warnedFixed = true
-		k.log.Warn("a pool found after start-up listens on a Unix socket (or its listeners cannot be read): its connections are not counted until the daemon restarts, since accept and close are hooked only at start-up")
+		k.log.Warn("a pool found after start-up listens on a Unix socket (or says it listens on nothing): its connections are not counted until the daemon restarts, since accept and close are hooked only at start-up")
+	}
+	// What the kernel adopted from its answers stays until the pools say
+	// their listeners themselves.
+	scanned, err := k.scannedPorts()
+	if err != nil {
+		return err
+	}
+	for p, master := range scanned {
+		if _, said := ports[p]; !said {
+			ports[p] = master
+		}
 	}
 	return syncPorts(k.objs.ListenPorts, ports)
 }

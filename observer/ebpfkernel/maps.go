@@ -30,6 +30,7 @@ func (k *Kernel) Watch(master observer.Proc, workers []observer.Proc) error {
 		}
 		return fmt.Errorf("add master %d to the kernel map: %w", master.PID, err)
 	}
+	k.unheardOf(master.PID)
 	for _, w := range workers {
 		added, err := k.watchWorker(master.PID, w)
 		if err != nil {

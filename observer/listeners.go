@@ -1,0 +1,119 @@
+package observer
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+)
+
+// ListenerScanner is a Kernel that finds, from the kernel side, which
+// listening sockets a pool's workers hold: for a pool whose fd tables the
+// daemon may not read, once it has dropped the privileges that takes.
+// ScanListeners asks, and the next connection one of master's workers
+// takes answers; ScannedListeners is the answer's socket inodes, ok false
+// until it has come.
+type ListenerScanner interface {
+	ScanListeners(master int) error
+	ScannedListeners(master int) (inodes []uint64, ok bool, err error)
+}
+
+// listenerState is what a pool knows of its master's listening sockets.
+type listenerState struct {
+	of     int             // the master they are of
+	inodes map[uint64]bool // the sockets' inodes; nil while unknown
+	asked  bool            // a ListenerScanner was asked, its answer not read
+	stale  bool            // a worker came since they were read: ask again
+	unread bool            // the fd tables may not be read
+	cwd    string          // the master's working directory, read at its adoption
+	noCwd  bool            // it may not be read
+}
+
+// Why a master's figures are missing from its dump (ObserverInfo.Unknown).
+const (
+	whySocketsUnread = "the daemon may not read the master's fd table (it keeps no CAP_SYS_PTRACE): they are read in the kernel at the next connection one of its workers takes"
+	whyCwdUnread     = "reading another user's working directory takes CAP_SYS_PTRACE, which the daemon did not hold when it found the master (it keeps none once started)"
+)
+
+// adoptListeners starts p.listen over for master m, reading its working
+// directory while it may.
+func (p *Pool) adoptListeners(m Proc) {
+	p.listen = listenerState{of: m.PID}
+	var err error
+	p.listen.cwd, err = p.Proc.Cwd(m.PID)
+	p.listen.noCwd = errors.Is(err, fs.ErrPermission)
+}
+
+// listeners returns the current master's listening sockets that worker (0:
+// none known) holds too, with their queues: from the fd tables while the
+// daemon may read them, else from the kernel's answer, asked for here.
+func (p *Pool) listeners(worker int) ([]Socket, error) {
+	l := &p.listen
+	if l.of != p.master.PID {
+		p.adoptListeners(p.master)
+	}
+	var with []int
+	if worker != 0 {
+		with = []int{worker}
+	}
+	inodes, err := p.Proc.SharedSocketInodes(p.master.PID, with...)
+	switch {
+	case err == nil:
+		l.inodes, l.stale, l.unread = inodes, false, false
+	case errors.Is(err, fs.ErrPermission):
+		l.unread = true
+		if err := p.scanListeners(); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, err
+	}
+	if l.inodes == nil {
+		return nil, fmt.Errorf("listening sockets of pid %d: %s", p.master.PID, whySocketsUnread)
+	}
+	return p.Proc.ListeningByInode(l.inodes)
+}
+
+// scanListeners asks the kernel side which listeners the workers hold
+// when none are known or a worker came since, and takes its answer when
+// it has come.
+func (p *Pool) scanListeners() error {
+	l := &p.listen
+	ls, ok := p.Kernel.(ListenerScanner)
+	if !ok {
+		return nil
+	}
+	if !l.asked && (l.inodes == nil || l.stale) {
+		if err := ls.ScanListeners(l.of); err != nil {
+			return err
+		}
+		l.asked, l.stale = true, false
+	}
+	if !l.asked {
+		return nil
+	}
+	inodes, ok, err := ls.ScannedListeners(l.of)
+	if err != nil || !ok {
+		return err
+	}
+	l.asked = false
+	l.inodes = map[uint64]bool{}
+	for _, ino := range inodes {
+		l.inodes[ino] = true
+	}
+	return nil
+}
+
+// unknown says which of the master's figures its dump leaves out, and why.
+func (p *Pool) unknown() map[string]string {
+	out := map[string]string{}
+	if p.listen.unread && p.listen.inodes == nil {
+		out["sockets"] = whySocketsUnread
+	}
+	if p.listen.noCwd {
+		out["cwd"] = whyCwdUnread
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
