@@ -152,3 +152,59 @@ func portOf(t testing.TB, addr string) uint32 {
 	}
 	return port
 }
+
+// TestUnreadPoolUnhooksAcceptOnceAnswered: sock hooks, a pool found at
+// start-up whose fd tables the daemon could not read keeps accept and
+// close hooked past the moment attachments are fixed (its listeners
+// unknown), every request counted; once the kernel's answer says it
+// listens on TCP only, they are detached (which needs no privilege) and
+// its connections are adopted from its port, every request still counted.
+func TestUnreadPoolUnhooksAcceptOnceAnswered(t *testing.T) {
+	testutil.RequireEBPF(t)
+	if !slices.Contains(hookSets(t), HooksSock) {
+		t.Skip("this kernel has no sock hooks")
+	}
+	pool := forkpool.Start(t, 2, "")
+	k, err := Load(Options{Hooks: HooksSock, Log: testutil.NewLog(t).Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Unwatch(pool.Master); k.Close() })
+	watchUnread(t, k, pool)
+	if err := k.FixHooks(true); err != nil {
+		t.Fatal(err)
+	}
+	if !connHooked(k) {
+		t.Fatal("a pool whose listeners are unknown left accept and close unhooked")
+	}
+	if err := k.ScanListeners(pool.Master); err != nil {
+		t.Fatal(err)
+	}
+	var ts forkpool.Tallies
+	if err := pool.Session(&ts, 10, func(int) int { return 300 }, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	kernelAgrees(t, k, &ts)
+	inodes, ok, err := k.ScannedListeners(pool.Master)
+	if !ok || err != nil {
+		t.Fatalf("no answer after 10 requests (%v)", err)
+	}
+	set := map[uint64]bool{}
+	for _, ino := range inodes {
+		set[ino] = true
+	}
+	socks, err := observer.Procfs{Root: "/proc"}.ListeningByInode(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Listening(pool.Master, socks); err != nil {
+		t.Fatal(err)
+	}
+	if connHooked(k) {
+		t.Errorf("listeners %v answered, TCP only: accept and close still hooked", socks)
+	}
+	if err := pool.Session(&ts, 10, func(int) int { return 300 }, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	kernelAgrees(t, k, &ts)
+}
