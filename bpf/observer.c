@@ -947,14 +947,19 @@ static __always_inline int scan_fd(struct listener_scan *s, struct file **fds, _
 	struct sock *sk = BPF_CORE_READ(sock, sk);
 	if (BPF_CORE_READ(sock, type) != SOCK_STREAM || BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
 		return 1;
-	/* Kept in the map, not a register: the verifier's states of one fd
-	 * are then alike whatever the fds before held. */
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u32 port = family == AF_INET || family == AF_INET6 ? BPF_CORE_READ(sk, __sk_common.skc_num) : 0;
+	__u64 inode = BPF_CORE_READ(ino, i_ino);
+	/* The count is kept in the map, not a register: the verifier's
+	 * states of one fd are then alike whatever the fds before held. It
+	 * is read after the helper calls, which would spill it, and masked
+	 * as well: older verifiers lose a spilled register's bounds. */
 	__u32 n = s->found;
 	if (n >= SCAN_FOUND)
 		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	s->inodes[n] = BPF_CORE_READ(ino, i_ino);
-	s->ports[n] = family == AF_INET || family == AF_INET6 ? BPF_CORE_READ(sk, __sk_common.skc_num) : 0;
+	n &= SCAN_FOUND - 1;
+	s->inodes[n] = inode;
+	s->ports[n] = port;
 	s->found = n + 1;
 	return 1;
 }

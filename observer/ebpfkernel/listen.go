@@ -199,7 +199,13 @@ func (k *Kernel) applyListening() error {
 		}
 	}
 	// A pool not heard from (the daemon could not read its listeners)
-	// needs accept hooked too, until the kernel's answer says.
+	// needs accept hooked too, until the kernel's answer says; one whose
+	// master has exited (replaced by a restart) no longer does.
+	for m := range k.unheard {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(m)); errors.Is(err, os.ErrNotExist) {
+			delete(k.unheard, m)
+		}
+	}
 	need := other || len(k.listening) == 0 || len(k.unheard) > 0
 	if k.hooksFixed {
 		return k.fixedListening(need, other, ports)
