@@ -279,7 +279,7 @@ struct {
  * event: scans_asked[0], set by userspace while any entry wants an
  * answer, is the only thing an accept reads otherwise.
  */
-#define SCAN_FDS 512 /* fds 0 to 511: listeners are opened early */
+#define SCAN_FDS 64 /* fds 0 to 63: listeners are opened early; each fd more costs every load its verification */
 #define SCAN_FOUND 16
 
 struct listener_scan {
