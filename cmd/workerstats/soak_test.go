@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -83,7 +84,10 @@ type soak struct {
 	args     []string
 	uStats   string // our stats for uWSGI: a Unix socket
 	gStats   string // for gunicorn: http://127.0.0.1:PORT/
-	uOK      uint64 // requests uWSGI answered since its last reload
+	// downs counts the daemon's stops and starts: odd while it is
+	// stopping or down. A read across one may end early.
+	downs atomic.Int64
+	uOK   uint64 // requests uWSGI answered since its last reload
 	// base holds, by uWSGI slot, what uWSGI counted before its reloads
 	// (its counters restart at one, ours go on).
 	base     map[int]observer.Worker
@@ -164,6 +168,8 @@ func (s *soak) reloadUWSGI(t *testing.T) {
 // restart stops the daemon with sig, serves a round without it, and starts
 // it again on its pins.
 func (s *soak) restart(t *testing.T, sig syscall.Signal) {
+	s.downs.Add(1)
+	defer s.downs.Add(1)
 	s.d.cmd.Process.Signal(sig)
 	select {
 	case err := <-s.d.exited:
@@ -275,14 +281,15 @@ type soakReaders struct {
 
 // startReaders polls uWSGI's dump (Unix), gunicorn's (HTTP) and its
 // /metrics, each every 100 ms. A read may fail only while the daemon is
-// down; a dump read must parse.
+// down; a dump read must parse, but for one the daemon's stop cut short
+// (its socket closed before or while it wrote).
 func (s *soak) startReaders(t *testing.T) *soakReaders {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &soakReaders{stopReading: cancel}
 	for _, addr := range []string{s.uStats, s.gStats, s.gStats + "metrics"} {
 		r.wg.Go(func() {
 			for ctx.Err() == nil {
-				r.readOnce(ctx, addr)
+				r.readOnce(ctx, addr, &s.downs)
 				time.Sleep(100 * time.Millisecond)
 			}
 		})
@@ -290,9 +297,10 @@ func (s *soak) startReaders(t *testing.T) *soakReaders {
 	return r
 }
 
-func (r *soakReaders) readOnce(ctx context.Context, addr string) {
+func (r *soakReaders) readOnce(ctx context.Context, addr string, downs *atomic.Int64) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	before := downs.Load()
 	b, err := statsock.Read(rctx, addr)
 	if err != nil {
 		return // the daemon is restarting, or the read was stopped
@@ -300,6 +308,9 @@ func (r *soakReaders) readOnce(ctx context.Context, addr string) {
 	if !strings.HasSuffix(addr, "metrics") {
 		var st observer.Stats
 		if err := json.Unmarshal(b, &st); err != nil {
+			if after := downs.Load(); before%2 == 1 || after != before {
+				return // cut short by the daemon's stop
+			}
 			r.mu.Lock()
 			r.errs = append(r.errs, fmt.Sprintf("%s: %v", addr, err))
 			r.mu.Unlock()
