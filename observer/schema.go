@@ -38,9 +38,11 @@ type Socket struct {
 	MaxQueue   uint64 `json:"max_queue"`
 	Shared     int    `json:"shared"`
 	CanOffload int    `json:"can_offload"`
-	// Drops are the connections a TCP listener refused with its accept
-	// queue full, since it was created: summed into the pool's
-	// listen_queue_errors, not shown per socket (uWSGI shows none).
+	// Drops are the packets a TCP listener dropped since it was created,
+	// nearly all connection attempts its full accept queue refused (the
+	// kernel's sk_drops: a refused SYN counts once, a refused handshake
+	// ACK twice): summed into the pool's listen_queue_errors, not shown
+	// per socket (uWSGI shows none).
 	Drops uint64 `json:"-"`
 	// QueueWait is added by workerstats: how long the connections its
 	// workers took waited in its accept queue (TCP only).

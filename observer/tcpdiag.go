@@ -17,8 +17,10 @@ type tcpListener struct {
 	rqueue uint32 // connections waiting in the accept queue
 	wqueue uint32 // the backlog
 	inode  uint32
-	// drops are the connections the socket dropped (sk_drops): for a
-	// listener, each one its full accept queue refused (tcp_listendrop).
+	// drops are the packets the socket dropped (sk_drops): for a
+	// listener, the connection attempts its full accept queue refused, a
+	// SYN once and a handshake's last ACK twice (tcp_listendrop, then the
+	// segment's discard), and any its backlog or a filter dropped.
 	drops uint32
 }
 

@@ -178,10 +178,14 @@ func checkWaitBuckets(t *testing.T, before, after *observer.Durations, waits []t
 }
 
 // TestGunicornListenQueueErrorsCountDrops: a pool of one slow worker behind an
-// accept queue of one, and 8 clients at once. The connections the full
-// queue refused (their handshake's last ACK dropped; the clients' SYNs
-// are answered again later) are the pool's listen_queue_errors, as the
-// kernel counts them for the host (TcpExt ListenDrops), and on /metrics.
+// accept queue of one, and 8 clients at once. The connection attempts the
+// full queue refused are the pool's listen_queue_errors, on /metrics too.
+// The kernel counts them per listener in sk_drops: a refused SYN once, a
+// refused handshake-completing ACK twice (tcp_listendrop, then the
+// segment's discard in tcp_v4_rcv), while the host's TcpExt ListenDrops
+// counts each once. Which of the two a refusal is depends on timing (on a
+// fast host nearly all are SYNs; under qemu's TCG, 2 of 10 were ACKs), so
+// ours lies between the host's drops and twice them.
 func TestGunicornListenQueueErrorsCountDrops(t *testing.T) {
 	before := listenDrops(t)
 	p := startGunicorn(t, 1, "--backlog", "1")
@@ -191,14 +195,14 @@ func TestGunicornListenQueueErrorsCountDrops(t *testing.T) {
 		return err
 	})
 	drops := listenDrops(t) - before
-	st := waitStats(t, d.addr, 5*time.Second, "listen_queue_errors to be the host's drops", func(st *observer.Stats) error {
-		if st.ListenQueueErrors != drops || drops == 0 {
-			return fmt.Errorf("listen_queue_errors %d, the host dropped %d", st.ListenQueueErrors, drops)
+	st := waitStats(t, d.addr, 5*time.Second, "listen_queue_errors to count the host's drops", func(st *observer.Stats) error {
+		if drops == 0 || st.ListenQueueErrors < drops || st.ListenQueueErrors > 2*drops {
+			return fmt.Errorf("listen_queue_errors %d, the host dropped %d (want from %d to %d)", st.ListenQueueErrors, drops, drops, 2*drops)
 		}
 		return nil
 	})
 	body := metricsText(t, d)
-	if want := fmt.Sprintf("workerstats_listen_queue_errors_total %d\n", drops); !strings.Contains(body, want) {
+	if want := fmt.Sprintf("workerstats_listen_queue_errors_total %d\n", st.ListenQueueErrors); !strings.Contains(body, want) {
 		t.Errorf("/metrics lacks %q", want)
 	}
 	t.Logf("8 clients at once on an accept queue of 1: listen_queue_errors %d (host's ListenDrops %+d)", st.ListenQueueErrors, drops)

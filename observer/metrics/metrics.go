@@ -44,7 +44,7 @@ var (
 	descVSZ          = desc("worker_virtual_memory_bytes", "Virtual memory of the worker process.", "worker")
 	descRespawns     = desc("worker_respawns_total", "Processes that have held the worker slot.", "worker")
 	descLastSpawn    = desc("worker_last_spawn_timestamp_seconds", "Start time of the slot's current process.", "worker")
-	descQueueErrors  = desc("listen_queue_errors_total", "Connections the pool's TCP listening sockets refused with their accept queue full (uWSGI's listen_queue_errors).")
+	descQueueErrors  = desc("listen_queue_errors_total", "Connection attempts the pool's TCP listening sockets refused with their accept queue full, as the kernel counts them per socket: a SYN once, a handshake's last ACK twice (uWSGI's listen_queue_errors).")
 	descExits        = desc("worker_exits_total", "Worker processes of the pool that ended, by cause: exited, exited_error, killed_by_master, _kernel, _itself, _other or _unknown (since the daemon started).", "cause")
 	descExceptions   = desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (seen with serve --requests) or never answered.", "worker")
 	descByStatus     = desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (serve --requests; since the daemon started).", "class")
