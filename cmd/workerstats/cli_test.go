@@ -51,6 +51,8 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"bad mode", []string{"serve", "--pid", "1", "--mode", "kernel"}, `--mode "kernel" is not one of auto, ebpf, procfs`},
 		{"bad hooks", []string{"serve", "--pid", "1", "--hooks", "kprobe"}, `--hooks "kprobe" is not one of auto, sock, syscall, raw`},
 		{"bad max connections", []string{"serve", "--pid", "1", "--max-connections", "0"}, "--max-connections 0: give 1 to 16777216"},
+		{"bad max transfers", []string{"serve", "--pid", "1", "--max-transfers", "0"}, "--max-transfers 0: give 1 to 4194304"},
+		{"bad capture ring", []string{"serve", "--pid", "1", "--capture-ring", "5000"}, "--capture-ring 5000: give a power of two from 4096 to 1073741824 (bytes)"},
 		{"requests without eBPF", []string{"serve", "--pid", "1", "--mode", "procfs", "--requests"}, "--requests needs eBPF: procfs mode sees no request; drop --mode procfs or --requests"},
 		{"bad request vars", []string{"serve", "--pid", "1", "--requests", "--request-vars", "some"}, `--request-vars "some" is not one of all, no-query, none`},
 		{"request vars without requests", []string{"serve", "--pid", "1", "--request-vars", "none"}, "--request-vars says which vars --requests shows: add --requests"},

@@ -84,6 +84,8 @@ type configFile struct {
 	RequestVars   string        `toml:"request-vars"`
 	MaxConns      int           `toml:"max-connections"`
 	MaxWorkers    int           `toml:"max-workers"`
+	MaxTransfers  int           `toml:"max-transfers"`
+	CaptureRing   int           `toml:"capture-ring"`
 	StatsMaxConns int           `toml:"stats-max-conns"`
 	StatsTimeout  tomlDuration  `toml:"stats-timeout"`
 	StatsMaxAge   tomlDuration  `toml:"stats-max-age"`

@@ -25,11 +25,21 @@ const defaultMaxConns = 1 << 17
 // defaultMaxWorkers is --max-workers' default: the C file's table size.
 const defaultMaxWorkers = 4096
 
+// defaultMaxTransfers is --max-transfers' default: the C file's size of
+// the syscall hooks' in-flight table.
+const defaultMaxTransfers = 16384
+
+// defaultCaptureRing is --capture-ring's default: the C file's 1 MiB.
+const defaultCaptureRing = 1 << 20
+
 // limits are the tables the kernel side can fill: the dump's count of
-// what a full one left untracked, and the flag that sizes it.
-var limits = []struct{ dropped, what, flag string }{
-	{"connections_untracked", "connection tables", "--max-connections"},
-	{"workers_untracked", "workers table", "--max-workers"},
+// what a full one left untracked, what that costs, and the flag that
+// sizes it.
+var limits = []struct{ dropped, what, lost, flag string }{
+	{"connections_untracked", "connection tables", "what it could not hold since is not counted", "--max-connections"},
+	{"workers_untracked", "workers table", "what it could not hold since is not counted", "--max-workers"},
+	{"transfers_untracked", "in-flight transfers table", "the sends and receives it could not hold since are not counted", "--max-transfers"},
+	{"heads_lost", "capture ring", "the request and response heads it could not hold since are not shown (counts are unaffected)", "--capture-ring"},
 }
 
 var defaultPinPath = ebpfkernel.DefaultPinPath
@@ -53,7 +63,7 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 		return nil, "--mode procfs", nil
 	}
 	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
-		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
+		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureRing: o.ringSize, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
 	if err == nil && o.requests {
 		if err := k.Follow(o.requestVars); err != nil {
 			k.Close()
@@ -95,13 +105,25 @@ func settingError(err error) (setting bool, _ error) {
 	return false, err
 }
 
-// checkLimits is --max-connections' and --max-workers' one validator.
-func checkLimits(conns, workers int) error {
-	if conns < 1 || conns > ebpfkernel.MaxConnectionsLimit {
-		return fmt.Errorf("--max-connections %d: give 1 to %d", conns, ebpfkernel.MaxConnectionsLimit)
+// checkLimits is the one validator of the flags that size the kernel's
+// tables and its capture ring.
+func checkLimits(d daemonOptions) error {
+	ranges := []struct {
+		flag      string
+		n, lo, hi int
+	}{
+		{"--max-connections", d.maxConns, 1, ebpfkernel.MaxConnectionsLimit},
+		{"--max-workers", d.maxWorkers, 2, ebpfkernel.MaxWorkersLimit},
+		{"--max-transfers", d.maxXfers, 1, ebpfkernel.MaxTransfersLimit},
 	}
-	if workers < 2 || workers > ebpfkernel.MaxWorkersLimit {
-		return fmt.Errorf("--max-workers %d: give 2 to %d", workers, ebpfkernel.MaxWorkersLimit)
+	for _, r := range ranges {
+		if r.n < r.lo || r.n > r.hi {
+			return fmt.Errorf("%s %d: give %d to %d", r.flag, r.n, r.lo, r.hi)
+		}
+	}
+	page, n := os.Getpagesize(), d.ringSize
+	if n < page || n > ebpfkernel.CaptureRingLimit || n&(n-1) != 0 {
+		return fmt.Errorf("--capture-ring %d: give a power of two from %d to %d (bytes)", n, page, ebpfkernel.CaptureRingLimit)
 	}
 	return nil
 }
@@ -113,7 +135,7 @@ func warnUntracked(info observer.ObserverInfo, before map[string]uint64, log *sl
 	for _, l := range limits {
 		now[l.dropped] = info.Dropped[l.dropped]
 		if before != nil && now[l.dropped] > before[l.dropped] {
-			log.Warn("the kernel's "+l.what+" is full: what it could not hold since is not counted; raise "+l.flag,
+			log.Warn("the kernel's "+l.what+" is full: "+l.lost+"; raise "+l.flag,
 				"untracked", now[l.dropped]-before[l.dropped], "untracked_total", now[l.dropped])
 		}
 	}

@@ -50,6 +50,8 @@ type serveFlags struct {
 	reqVars  string
 	maxConns int
 	maxProcs int
+	maxXfers int
+	ringSize int
 	procRoot string
 	config   string
 	host     hostOptions // --pin-path, --no-pin, --user: privileges.go
@@ -72,6 +74,8 @@ type daemonOptions struct {
 	requestVars requests.Vars // --request-vars: which of their vars to show
 	maxConns    int           // --max-connections
 	maxWorkers  int           // --max-workers
+	maxXfers    int           // --max-transfers
+	ringSize    int           // --capture-ring
 	proc        observer.Procfs
 	pools       []poolSpec
 	// poolsFromConfig: a pool that cannot start (two masters of one
@@ -135,6 +139,8 @@ several pools, each with its own stats socket. It needs root.`,
 	f.StringVar(&o.reqVars, "request-vars", requests.AllVars.String(), "with --requests, which vars of a request a core shows: all (as uWSGI, less cookies and authorization), no-query (and no query strings), or none")
 	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
 	f.IntVar(&o.maxProcs, "max-workers", defaultMaxWorkers, "processes the kernel tracks, every pool together: masters, workers and each slot's last exited process; more are not counted, and the dump says how many")
+	f.IntVar(&o.maxXfers, "max-transfers", defaultMaxTransfers, "with the syscall hooks, sends and receives the kernel follows at once (one per thread inside one), every pool together; more are not counted, and the dump says how many")
+	f.IntVar(&o.ringSize, "capture-ring", defaultCaptureRing, "with --requests, bytes of the ring the captured heads reach the daemon through (a power of two); a head that finds it full is lost, and the dump says how many")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
 	return cmd
@@ -154,7 +160,7 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 		return daemonOptions{}, fmt.Errorf("--request-vars %w", err)
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, requestVars: vars, maxConns: o.maxConns, maxWorkers: o.maxProcs, proc: proc,
+		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, requestVars: vars, maxConns: o.maxConns, maxWorkers: o.maxProcs, maxXfers: o.maxXfers, ringSize: o.ringSize, proc: proc,
 		pools: specs, poolsFromConfig: o.config != "",
 		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
 	}
@@ -220,6 +226,8 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 	set("request-vars", c.RequestVars != "", func() { o.reqVars = c.RequestVars })
 	set("max-connections", c.MaxConns != 0, func() { o.maxConns = c.MaxConns })
 	set("max-workers", c.MaxWorkers != 0, func() { o.maxProcs = c.MaxWorkers })
+	set("max-transfers", c.MaxTransfers != 0, func() { o.maxXfers = c.MaxTransfers })
+	set("capture-ring", c.CaptureRing != 0, func() { o.ringSize = c.CaptureRing })
 	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
 	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
 	set("stats-max-age", c.StatsMaxAge.set, func() { o.statsMaxAge = c.StatsMaxAge.Duration })
@@ -236,7 +244,7 @@ func (d *daemonOptions) check() error {
 	if err := checkHooks(d.hooks); err != nil {
 		return err
 	}
-	if err := checkLimits(d.maxConns, d.maxWorkers); err != nil {
+	if err := checkLimits(*d); err != nil {
 		return err
 	}
 	if d.requestVars != requests.AllVars && !d.requests {

@@ -181,8 +181,8 @@ func TestDaemonShutdownWaitsForSweep(t *testing.T) {
 	}
 }
 
-// TestFullTablesSaidOnce: when a kernel table (connections, workers) was
-// full since the last sweep, the daemon says so in one line naming the
+// TestFullTablesSaidOnce: when a kernel table (connections, workers,
+// transfers in flight, the capture ring) was full since the last sweep, the daemon says so in one line naming the
 // flag to raise; while nothing more is dropped it says nothing.
 func TestFullTablesSaidOnce(t *testing.T) {
 	for _, l := range limits {

@@ -45,6 +45,16 @@ type Options struct {
 	// process. A worker that finds it full is not counted, and Info says
 	// how many were not.
 	MaxWorkers int
+	// MaxTransfers sizes the syscall hooks' table of sends and receives
+	// in progress, one per thread inside one (0: the C file's 16384). A
+	// transfer that finds it full is not counted, and Info says how many
+	// were not. The raw and sock hooks keep no such table.
+	MaxTransfers int
+	// CaptureRing is the size in bytes of the ring the captured heads
+	// reach userspace through (0: the C file's 1 MiB); a power of two, at
+	// least a page. A head that finds it full is lost, and Info says how
+	// many were.
+	CaptureRing int
 	// CaptureHeads has the programs capture the first bytes of each
 	// request and response of a watched worker, for Heads to read.
 	// Without it the capture code is left out at load.
@@ -237,22 +247,46 @@ const MaxConnectionsLimit = 1 << 24
 // as a pid can number (PID_MAX_LIMIT), some 800 MiB of kernel memory.
 const MaxWorkersLimit = 1 << 22
 
-// sizeTables sizes the connection tables and the workers table as o says.
+// MaxTransfersLimit is the largest Options.MaxTransfers: 4M threads in a
+// send or receive at once, as many as a pid can number.
+const MaxTransfersLimit = 1 << 22
+
+// CaptureRingLimit is the largest Options.CaptureRing: 1 GiB.
+const CaptureRingLimit = 1 << 30
+
+// sizeTables sizes the kernel's tables and the capture ring as o says.
 func sizeTables(spec *ebpf.CollectionSpec, o Options) error {
-	if o.MaxConnections < 0 || o.MaxConnections > MaxConnectionsLimit {
-		return fmt.Errorf("%d connections: the connection tables hold 1 to %d", o.MaxConnections, MaxConnectionsLimit)
+	if err := checkSizes(o); err != nil {
+		return err
 	}
-	if o.MaxWorkers < 0 || o.MaxWorkers == 1 || o.MaxWorkers > MaxWorkersLimit {
-		return fmt.Errorf("%d workers: the workers table holds 2 to %d", o.MaxWorkers, MaxWorkersLimit)
-	}
-	if o.MaxConnections > 0 {
-		for _, name := range connMaps {
-			spec.Maps[name].MaxEntries = uint32(o.MaxConnections)
+	set := func(n int, names ...string) {
+		for _, name := range names {
+			if n > 0 {
+				spec.Maps[name].MaxEntries = uint32(n)
+			}
 		}
 	}
-	if o.MaxWorkers > 0 {
-		spec.Maps["workers"].MaxEntries = uint32(o.MaxWorkers)
-		spec.Maps["slots"].MaxEntries = uint32(o.MaxWorkers)
+	set(o.MaxConnections, connMaps...)
+	set(o.MaxWorkers, "workers", "slots")
+	set(o.MaxTransfers, "inflight")
+	if o.CaptureHeads {
+		set(o.CaptureRing, "heads")
+	}
+	return nil
+}
+
+// checkSizes says which of o's sizes is out of range, and its range.
+func checkSizes(o Options) error {
+	page := os.Getpagesize()
+	switch {
+	case o.MaxConnections < 0 || o.MaxConnections > MaxConnectionsLimit:
+		return fmt.Errorf("%d connections: the connection tables hold 1 to %d", o.MaxConnections, MaxConnectionsLimit)
+	case o.MaxWorkers < 0 || o.MaxWorkers == 1 || o.MaxWorkers > MaxWorkersLimit:
+		return fmt.Errorf("%d workers: the workers table holds 2 to %d", o.MaxWorkers, MaxWorkersLimit)
+	case o.MaxTransfers < 0 || o.MaxTransfers > MaxTransfersLimit:
+		return fmt.Errorf("%d transfers: the in-flight transfers table holds 1 to %d", o.MaxTransfers, MaxTransfersLimit)
+	case o.CaptureRing != 0 && (o.CaptureRing < page || o.CaptureRing > CaptureRingLimit || o.CaptureRing&(o.CaptureRing-1) != 0):
+		return fmt.Errorf("%d bytes: the capture ring is a power of two from %d to %d", o.CaptureRing, page, CaptureRingLimit)
 	}
 	return nil
 }
