@@ -26,7 +26,7 @@ def read_events(path):
             test = ev.get("Test")
             if ev.get("Action") == "output" and test:
                 output.setdefault(test, []).append(ev.get("Output", ""))
-            elif ev.get("Action") in ("pass", "fail", "skip"):
+            elif ev.get("Action") in ("pass", "fail", "skip", "run"):
                 result[test or ""] = ev["Action"]
     return result, output
 
@@ -47,10 +47,15 @@ def failure_lines(out):
 def binary(res, kernel, name, failures):
     path = os.path.join(res, name + ".json")
     rc = open(os.path.join(res, name + ".rc")).read().split() if os.path.exists(os.path.join(res, name + ".rc")) else None
-    if not os.path.exists(path) or rc is None:
+    if not os.path.exists(path):
         failures.append(f"{kernel}: {name}: no results (the guest did not run it)")
         return
     result, output = read_events(path)
+    if rc is None:
+        running = [t for t, a in result.items() if a == "run"]
+        failures.append(f"{kernel}: {name}: cut short (the guest was stopped) while running {', '.join(running) or 'no test'}")
+        print(f"  {name:<12} cut short while running {', '.join(running) or 'no test'}")
+        return
     tests = {t: a for t, a in result.items() if t}
     counts = {a: sum(1 for x in tests.values() if x == a) for a in ("pass", "fail", "skip")}
     print(f"  {name:<12} {counts['pass']:4d} passed {counts['fail']:3d} failed {counts['skip']:3d} skipped  ({rc[1]} s, exit {rc[0]})")
@@ -66,6 +71,13 @@ def binary(res, kernel, name, failures):
         print("".join(open(path, errors="replace").readlines()[-10:]))
 
 
+def console_tail(res):
+    path = os.path.join(res, "console.log")
+    if not os.path.exists(path):
+        return ""
+    return "".join(open(path, errors="replace").readlines()[-20:])
+
+
 def main():
     results, kernels = sys.argv[1], sys.argv[2:]
     failures = []
@@ -74,9 +86,12 @@ def main():
         kver = open(os.path.join(res, "kernel")).read().strip() if os.path.exists(os.path.join(res, "kernel")) else "?"
         boot = open(os.path.join(res, "boot")).read().split() if os.path.exists(os.path.join(res, "boot")) else ["?", "?", "?"]
         print(f"kernel {k}: {kver}, {boot[0]}, {boot[1]} s")
+        if boot[2] == "124":
+            failures.append(f"{k}: the guest was stopped after {boot[1]} s (VM_GUEST_TIMEOUT)")
+            print("  its console's last lines:\n" + console_tail(res))
         if kver == "?":
             failures.append(f"{k}: the guest wrote no results (see {res}/console.log)")
-            print("".join(open(os.path.join(res, "console.log"), errors="replace").readlines()[-20:]) if os.path.exists(os.path.join(res, "console.log")) else "")
+            print(console_tail(res))
             continue
         for name in BINARIES:
             binary(res, k, name, failures)
