@@ -121,9 +121,8 @@ func checkLimits(d daemonOptions) error {
 			return fmt.Errorf("%s %d: give %d to %d", r.flag, r.n, r.lo, r.hi)
 		}
 	}
-	page, n := os.Getpagesize(), d.ringSize
-	if n < page || n > ebpfkernel.CaptureRingLimit || n&(n-1) != 0 {
-		return fmt.Errorf("--capture-ring %d: give a power of two from %d to %d (bytes)", n, page, ebpfkernel.CaptureRingLimit)
+	if !ebpfkernel.ValidCaptureRing(d.ringSize) {
+		return fmt.Errorf("--capture-ring %d: give a power of two from %d to %d (bytes)", d.ringSize, os.Getpagesize(), ebpfkernel.CaptureRingLimit)
 	}
 	return nil
 }

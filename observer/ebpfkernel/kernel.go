@@ -254,6 +254,12 @@ const MaxTransfersLimit = 1 << 22
 // CaptureRingLimit is the largest Options.CaptureRing: 1 GiB.
 const CaptureRingLimit = 1 << 30
 
+// ValidCaptureRing says whether n bytes can be the capture ring: a power
+// of two from a page to CaptureRingLimit.
+func ValidCaptureRing(n int) bool {
+	return n >= os.Getpagesize() && n <= CaptureRingLimit && n&(n-1) == 0
+}
+
 // sizeTables sizes the kernel's tables and the capture ring as o says.
 func sizeTables(spec *ebpf.CollectionSpec, o Options) error {
 	if err := checkSizes(o); err != nil {
@@ -277,7 +283,6 @@ func sizeTables(spec *ebpf.CollectionSpec, o Options) error {
 
 // checkSizes says which of o's sizes is out of range, and its range.
 func checkSizes(o Options) error {
-	page := os.Getpagesize()
 	switch {
 	case o.MaxConnections < 0 || o.MaxConnections > MaxConnectionsLimit:
 		return fmt.Errorf("%d connections: the connection tables hold 1 to %d", o.MaxConnections, MaxConnectionsLimit)
@@ -285,8 +290,8 @@ func checkSizes(o Options) error {
 		return fmt.Errorf("%d workers: the workers table holds 2 to %d", o.MaxWorkers, MaxWorkersLimit)
 	case o.MaxTransfers < 0 || o.MaxTransfers > MaxTransfersLimit:
 		return fmt.Errorf("%d transfers: the in-flight transfers table holds 1 to %d", o.MaxTransfers, MaxTransfersLimit)
-	case o.CaptureRing != 0 && (o.CaptureRing < page || o.CaptureRing > CaptureRingLimit || o.CaptureRing&(o.CaptureRing-1) != 0):
-		return fmt.Errorf("%d bytes: the capture ring is a power of two from %d to %d", o.CaptureRing, page, CaptureRingLimit)
+	case o.CaptureRing != 0 && !ValidCaptureRing(o.CaptureRing):
+		return fmt.Errorf("%d bytes: the capture ring is a power of two from %d to %d", o.CaptureRing, os.Getpagesize(), CaptureRingLimit)
 	}
 	return nil
 }
