@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -124,13 +125,30 @@ func loadConfig(path string) (configFile, error) {
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return c, fmt.Errorf("config %s: unknown key %s (known: mode, hooks, bpf-stats, requests, request-vars, max-connections, max-workers, stats-max-conns, stats-timeout, stats-max-age, and in [[pool]]: pid, pidfile, name, stats, stats-http, stats-minified, stats-chmod, stats-chown)",
-			path, strings.Join(keys, ", "))
+		return c, fmt.Errorf("config %s: unknown key %s (known: %s, and in [[pool]]: %s)", path,
+			strings.Join(keys, ", "), strings.Join(tomlKeys(configFile{}), ", "), strings.Join(tomlKeys(poolOptions{}), ", "))
 	}
 	if len(c.Pools) == 0 {
 		return c, fmt.Errorf("config %s has no [[pool]]: add one with a pid, pidfile or name and a stats address", path)
 	}
 	return c, nil
+}
+
+// tomlKeys lists the keys a config table takes, from v's struct tags: the
+// one list of them, so a key added to the file's structs is in every
+// message that names them. Tables within it ([[pool]]) are left out.
+func tomlKeys(v any) []string {
+	t := reflect.TypeOf(v)
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if key == "" || key == "-" || f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+			continue
+		}
+		keys = append(keys, key)
+	}
+	return keys
 }
 
 // checkPools validates a config's pools and that no two share a stats
