@@ -6,6 +6,10 @@ import (
 	"sort"
 )
 
+// Finding the master and adopting it: whether it is still the process it
+// was, losing it, watching a new one (its workers, its listening sockets),
+// and replaying what the kernel kept of its slots after a daemon restart.
+
 // locate checks the master is still the process it was, and finds it (again)
 // when it is not or, for a pidfile, when the file names another process.
 func (p *Pool) locate() error {

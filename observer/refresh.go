@@ -5,6 +5,9 @@ import (
 	"sort"
 )
 
+// Reading the kernel: each refresh folds the exits it shows into their
+// slots and places the workers it shows for the first time.
+
 // refresh reads the kernel and brings the slots up to date. Exited workers
 // are folded into their slots and forgotten by the kernel.
 func (p *Pool) refresh() error {

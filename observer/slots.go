@@ -7,6 +7,12 @@ import (
 	"github.com/workerstats/workerstats/observer/requests"
 )
 
+// Slot book-keeping: which process holds which slot as workers exit, are
+// respawned and are reloaded, and what each slot keeps of its exited
+// processes, in the pool and, as its history entry, in the kernel's map.
+
+// slot is one worker slot: the process in it now, and the sums of those
+// that held it before.
 type slot struct {
 	id       int
 	proc     Proc // current (or last) process in the slot
@@ -17,66 +23,12 @@ type slot struct {
 	history  Proc     // the exited process whose kernel entry holds past
 	past     Counters // sums over the slot's exited processes
 	cur      Counters // the current process's counters
-	lastSeen bool
-	rss, vsz uint64 // the current process's memory and state, read at memAt
+	lastSeen bool     // the kernel's last read showed its process
+	rss, vsz uint64   // the current process's memory and state, read at memAt
 	memAt    time.Time
 	lastExit *exitRecord       // how its last exited process ended
 	harakiri uint64            // processes its master killed in a request
 	exits    map[string]uint64 // its processes' exits, by cause
-}
-
-// exited folds an exited process into its slot and keeps its kernel entry
-// as the slot's history.
-func (p *Pool) exited(s *slot, proc Proc, c Counters) {
-	// Exit closed whatever the process still held, without close(2).
-	c.Closes = c.Accepts
-	p.retire(s, c)
-	p.remember(s, proc, c)
-}
-
-// remember makes proc's kernel entry hold slot s's history, in place of
-// the slot's previous history entry.
-func (p *Pool) remember(s *slot, proc Proc, c Counters) {
-	h := s.past
-	h.PID, h.Start, h.ExitNs = proc.PID, c.Start, c.ExitNs
-	h.Spawns = s.spawns
-	if s.alive {
-		h.Spawns-- // the process now in the slot came after
-	}
-	master := p.master.PID
-	if master == 0 {
-		master = c.Master
-	}
-	if err := p.Kernel.Remember(master, h); err != nil {
-		p.Log.Debug("cannot keep a slot's history in the kernel map", "pid", proc.PID, "error", err)
-		p.forget(proc)
-		return
-	}
-	if old := s.history; old.PID != 0 && old != proc {
-		delete(p.history, old)
-		p.forget(old)
-	}
-	s.history = proc
-	p.remembered(proc)
-}
-
-func (p *Pool) remembered(proc Proc) {
-	if p.history == nil {
-		p.history = map[Proc]bool{}
-	}
-	p.history[proc] = true
-}
-
-// forget drops an exited process's kernel entry; one that cannot be
-// dropped is marked folded, so it is never added twice.
-func (p *Pool) forget(proc Proc) {
-	if err := p.Kernel.Forget(proc.PID); err != nil {
-		p.Log.Warn("cannot drop exited worker from kernel map", "pid", proc.PID, "error", err)
-		if p.folded == nil {
-			p.folded = map[Proc]bool{}
-		}
-		p.folded[proc] = true
-	}
 }
 
 // place puts a newly seen worker process in a slot: the lowest free one,
@@ -154,26 +106,6 @@ func (p *Pool) keptSlots() map[Proc]int {
 	return kept
 }
 
-// noteExit keeps how the slot's process ended (final's exit fields, and
-// the request it was in as capture saw it) for its last_exit.
-func (p *Pool) noteExit(s *slot, final Counters) {
-	if !final.Exited {
-		return
-	}
-	e := &exitRecord{proc: s.proc, c: final, master: p.master.PID}
-	if ra, ok := p.Kernel.(RequestAware); ok && e.inRequest() {
-		e.request = requestLine(ra.LastRequest(s.proc.PID))
-	}
-	if e.harakiri() {
-		s.harakiri++
-	}
-	if s.exits == nil {
-		s.exits = map[string]uint64{}
-	}
-	s.exits[e.cause()]++
-	s.lastExit = e
-}
-
 // retire folds a slot's current process into its past and frees the slot.
 // A worker in a later extra slot then moves down into it (see Pool).
 func (p *Pool) retire(s *slot, final Counters) {
@@ -217,5 +149,79 @@ func (c *Counters) add(final Counters) {
 			c.Followed = &requests.Summary{}
 		}
 		c.Followed.Add(*final.Followed)
+	}
+}
+
+// noteExit keeps how the slot's process ended (final's exit fields, and
+// the request it was in as capture saw it) for its last_exit.
+func (p *Pool) noteExit(s *slot, final Counters) {
+	if !final.Exited {
+		return
+	}
+	e := &exitRecord{proc: s.proc, c: final, master: p.master.PID}
+	if ra, ok := p.Kernel.(RequestAware); ok && e.inRequest() {
+		e.request = requestLine(ra.LastRequest(s.proc.PID))
+	}
+	if e.harakiri() {
+		s.harakiri++
+	}
+	if s.exits == nil {
+		s.exits = map[string]uint64{}
+	}
+	s.exits[e.cause()]++
+	s.lastExit = e
+}
+
+// exited folds an exited process into its slot and keeps its kernel entry
+// as the slot's history.
+func (p *Pool) exited(s *slot, proc Proc, c Counters) {
+	// Exit closed whatever the process still held, without close(2).
+	c.Closes = c.Accepts
+	p.retire(s, c)
+	p.remember(s, proc, c)
+}
+
+// remember makes proc's kernel entry hold slot s's history, in place of
+// the slot's previous history entry.
+func (p *Pool) remember(s *slot, proc Proc, c Counters) {
+	h := s.past
+	h.PID, h.Start, h.ExitNs = proc.PID, c.Start, c.ExitNs
+	h.Spawns = s.spawns
+	if s.alive {
+		h.Spawns-- // the process now in the slot came after
+	}
+	master := p.master.PID
+	if master == 0 {
+		master = c.Master
+	}
+	if err := p.Kernel.Remember(master, h); err != nil {
+		p.Log.Debug("cannot keep a slot's history in the kernel map", "pid", proc.PID, "error", err)
+		p.forget(proc)
+		return
+	}
+	if old := s.history; old.PID != 0 && old != proc {
+		delete(p.history, old)
+		p.forget(old)
+	}
+	s.history = proc
+	p.remembered(proc)
+}
+
+func (p *Pool) remembered(proc Proc) {
+	if p.history == nil {
+		p.history = map[Proc]bool{}
+	}
+	p.history[proc] = true
+}
+
+// forget drops an exited process's kernel entry; one that cannot be
+// dropped is marked folded, so it is never added twice.
+func (p *Pool) forget(proc Proc) {
+	if err := p.Kernel.Forget(proc.PID); err != nil {
+		p.Log.Warn("cannot drop exited worker from kernel map", "pid", proc.PID, "error", err)
+		if p.folded == nil {
+			p.folded = map[Proc]bool{}
+		}
+		p.folded[proc] = true
 	}
 }

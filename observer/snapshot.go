@@ -6,6 +6,9 @@ import (
 	"time"
 )
 
+// The dump: the slots in uWSGI's schema, with the pool-wide figures read
+// from procfs and sock_diag (gauges) and the listeners' queue waits.
+
 // GaugeMaxAge is how long procfs and sock_diag figures (memory, owner,
 // sockets and their queues) are reused across snapshots: reading them for
 // every worker on every dump would cost more than the dump itself.
