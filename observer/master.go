@@ -150,6 +150,7 @@ func (p *Pool) replay(m Proc) error {
 	if err != nil {
 		return fmt.Errorf("read kernel counters: %w", err)
 	}
+	p.addFollowed(all)
 	type event struct {
 		at   uint64
 		exit bool

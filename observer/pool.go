@@ -31,7 +31,10 @@ type Pool struct {
 	Target Target
 	Proc   Procfs
 	Kernel Kernel
-	Log    *slog.Logger
+	// Follower follows the workers' requests when request capture is on
+	// (nil: off). The daemon's one Follower serves every pool.
+	Follower RequestFollower
+	Log      *slog.Logger
 	// MaxAge lets readers arriving within it of a snapshot share it, so a
 	// storm of readers costs the kernel maps one read. 0 reads every time.
 	MaxAge time.Duration

@@ -86,11 +86,27 @@ func (p *Pool) readMine() ([]Counters, error) {
 		if !seen[m] && m != p.master.PID {
 			delete(p.masters, m)
 			if m != 0 {
-				_ = p.Kernel.Forget(m)
+				_ = p.forgetPID(m)
 			}
 		}
 	}
+	p.addFollowed(mine)
 	return mine, nil
+}
+
+// addFollowed sets each process's Followed: how the requests the follower
+// saw it serve ended. A slot's history entry (Spawns set) has none of its
+// own: its counters are the slot's sums.
+func (p *Pool) addFollowed(cs []Counters) {
+	if p.Follower == nil {
+		return
+	}
+	for i := range cs {
+		if cs[i].Spawns == 0 {
+			s := p.Follower.Summary(cs[i].PID)
+			cs[i].Followed = &s
+		}
+	}
 }
 
 // known says an exited process was folded already: its entry is a slot's
@@ -113,7 +129,7 @@ func (p *Pool) update(s *slot, proc Proc, c Counters) {
 	switch {
 	case p.history[proc]:
 	case p.folded[proc]:
-		if p.Kernel.Forget(c.PID) == nil {
+		if p.forgetPID(c.PID) == nil {
 			delete(p.folded, proc)
 		}
 	default:

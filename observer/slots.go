@@ -159,8 +159,8 @@ func (p *Pool) noteExit(s *slot, final Counters) {
 		return
 	}
 	e := &exitRecord{proc: s.proc, c: final, master: p.master.PID}
-	if ra, ok := p.Kernel.(RequestAware); ok && e.inRequest() {
-		e.request = requestLine(ra.LastRequest(s.proc.PID))
+	if p.Follower != nil && e.inRequest() {
+		e.request = requestLine(p.Follower.LastRequest(s.proc.PID))
 	}
 	if e.harakiri() {
 		s.harakiri++
@@ -199,6 +199,7 @@ func (p *Pool) remember(s *slot, proc Proc, c Counters) {
 		p.forget(proc)
 		return
 	}
+	p.unfollow(proc.PID) // its requests are in the history now
 	if old := s.history; old.PID != 0 && old != proc {
 		delete(p.history, old)
 		p.forget(old)
@@ -217,11 +218,25 @@ func (p *Pool) remembered(proc Proc) {
 // forget drops an exited process's kernel entry; one that cannot be
 // dropped is marked folded, so it is never added twice.
 func (p *Pool) forget(proc Proc) {
-	if err := p.Kernel.Forget(proc.PID); err != nil {
+	if err := p.forgetPID(proc.PID); err != nil {
 		p.Log.Warn("cannot drop exited worker from kernel map", "pid", proc.PID, "error", err)
 		if p.folded == nil {
 			p.folded = map[Proc]bool{}
 		}
 		p.folded[proc] = true
+	}
+}
+
+// forgetPID drops pid's kernel entry, and what the follower holds of it.
+func (p *Pool) forgetPID(pid int) error {
+	p.unfollow(pid)
+	return p.Kernel.Forget(pid)
+}
+
+// unfollow drops what the follower holds of pid, an exited process whose
+// requests its slot holds now.
+func (p *Pool) unfollow(pid int) {
+	if p.Follower != nil {
+		p.Follower.Forget(pid)
 	}
 }

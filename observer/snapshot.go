@@ -73,8 +73,8 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		w := s.worker(g.boot)
 		if s.alive {
 			w.RSS, w.VSZ = s.rss, s.vsz
-			if ra, ok := p.Kernel.(RequestAware); ok {
-				serving(&w, ra.Serving(s.proc.PID))
+			if p.Follower != nil {
+				serving(&w, p.Follower.Serving(s.proc.PID))
 			}
 		}
 		for _, c := range w.Cores {
