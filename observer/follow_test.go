@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +16,9 @@ import (
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer/requests"
 )
+
+// Request following (follow.go): the Follower on a fake HeadSource, and
+// the pool with a fake follower.
 
 // fakeHeads is a HeadSource fed by the test. Read takes one item at a
 // time from an unbuffered channel, so once feed returns the head before
@@ -237,5 +241,196 @@ func TestNilFollowerFollowsNothing(t *testing.T) {
 	f.Forget(1)
 	if f.Serving(1) != nil || f.LastRequest(1) != nil || f.Summary(1) != (requests.Summary{}) || f.Close() != nil {
 		t.Error("a nil Follower answered something")
+	}
+}
+
+// fakeFollower is a RequestFollower that answers what tests set, by pid,
+// and forgets as the tracker does.
+type fakeFollower struct {
+	mu        sync.Mutex
+	serving   map[int][]Serving
+	last      map[int][]string
+	summaries map[int]requests.Summary
+	forgotten []int
+}
+
+func newFakeFollower() *fakeFollower {
+	return &fakeFollower{serving: map[int][]Serving{}, last: map[int][]string{}, summaries: map[int]requests.Summary{}}
+}
+
+func (f *fakeFollower) Serving(pid int) []Serving {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.serving[pid]
+}
+
+func (f *fakeFollower) LastRequest(pid int) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last[pid]
+}
+
+func (f *fakeFollower) Summary(pid int) requests.Summary {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.summaries[pid]
+}
+
+func (f *fakeFollower) Forget(pid int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forgotten = append(f.forgotten, pid)
+	delete(f.serving, pid)
+	delete(f.last, pid)
+	delete(f.summaries, pid)
+}
+
+// set stores how pid's followed requests ended.
+func (f *fakeFollower) set(pid int, s requests.Summary) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.summaries[pid] = s
+}
+
+// forgot returns the pids Forget was called for, each once, in order.
+func (f *fakeFollower) forgot() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []int
+	for _, pid := range f.forgotten {
+		if !slices.Contains(out, pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// TestPoolShowsFollowedRequests: with request capture, a slot shows its
+// requests by status class and their durations, as the follower saw them,
+// summed across the processes it had; its exceptions are the 5xx answers
+// and the requests never answered, the latter as the kernel counted them.
+// An exited process is forgotten by the follower once its slot holds its
+// counts, and its slot's history entry adds nothing of its own after.
+func TestPoolShowsFollowedRequests(t *testing.T) {
+	p, k := testPool(t)
+	if w := workerBySlot(t, snapshot(t, p), 1); w.Statuses != nil || w.Durations != nil {
+		t.Fatalf("without capture: statuses %+v durations %+v, want neither", w.Statuses, w.Durations)
+	}
+	f := newFakeFollower()
+	p.Follower = f
+	followed := func(s2xx, s5xx uint64, ms ...uint64) requests.Summary {
+		var s requests.Summary
+		s.Ended[requests.Status2xx], s.Ended[requests.Status5xx] = s2xx, s5xx
+		for _, d := range ms {
+			s.Durations.Observe(d * 1e6)
+		}
+		return s
+	}
+	k.update(4001, func(c *Counters) { c.Requests, c.Unanswered, c.Exited = 6, 1, true })
+	f.set(4001, followed(5, 1, 3, 3, 3, 3, 3, 700))
+	addProc(t, p.Proc.Root, worker(4007, 9000, 1100, 39000))
+	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000), Requests: 2, Unanswered: 2})
+	f.set(4007, followed(2, 0, 40, 40))
+	for _, round := range []string{"after the respawn", "next snapshot"} {
+		w := workerBySlot(t, snapshot(t, p), 1)
+		want := Statuses{S2xx: 7, S5xx: 1, Unanswered: 3}
+		if w.Statuses == nil || *w.Statuses != want || w.Exceptions != 4 || w.Apps[0].Exceptions != 4 || w.Requests != 11 {
+			t.Errorf("%s: slot 1: statuses %+v exceptions %d (app %d) requests %d; want %+v, 4 exceptions, 11 requests",
+				round, w.Statuses, w.Exceptions, w.Apps[0].Exceptions, w.Requests, want)
+		}
+		d := w.Durations
+		// 5 of 3 ms (≤ 5 ms), 2 of 40 ms (≤ 50 ms), 1 of 700 ms (≤ 1 s).
+		wantCounts := make([]uint64, len(requests.Bounds)+1)
+		wantCounts[0], wantCounts[3], wantCounts[7] = 5, 2, 1
+		if d == nil || d.Count != 8 || d.SumUs != 795_000 || !reflect.DeepEqual(d.Counts, wantCounts) || len(d.BoundsUs) != len(requests.Bounds) || d.BoundsUs[0] != 5000 {
+			t.Errorf("%s: slot 1's durations %+v, want 8 requests, 795 ms, counts %v", round, d, wantCounts)
+		}
+		if got := f.forgot(); !slices.Equal(got, []int{4001}) {
+			t.Errorf("%s: follower asked to forget %v, want [4001] (folded into slot 1)", round, got)
+		}
+	}
+	if w := workerBySlot(t, snapshot(t, p), 2); w.Statuses == nil || *w.Statuses != (Statuses{}) || w.Durations == nil || w.Durations.Count != 0 {
+		t.Errorf("slot 2, no request followed: statuses %+v durations %+v, want both there and 0", w.Statuses, w.Durations)
+	}
+}
+
+// TestPoolFollowerForgetsWhatTheKernelDoes: every exited process the pool
+// folds is forgotten by the follower, whether its entry becomes its slot's
+// history or is dropped (the history it replaced, or one the kernel could
+// not keep); a live worker never is.
+func TestPoolFollowerForgetsWhatTheKernelDoes(t *testing.T) {
+	p, k := testPool(t)
+	f := newFakeFollower()
+	p.Follower = f
+	k.update(4001, func(c *Counters) { c.Exited = true })
+	addProc(t, p.Proc.Root, worker(4007, 9000, 1000, 40000))
+	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000)})
+	snapshot(t, p)
+	k.update(4007, func(c *Counters) { c.Exited = true })
+	snapshot(t, p)
+	k.rememberErr = errors.New("map busy")
+	k.update(4003, func(c *Counters) { c.Exited = true })
+	snapshot(t, p)
+	// 4001 became slot 1's history, then 4007 did and 4001's entry went;
+	// 4003's could not be kept.
+	if got, want := f.forgot(), []int{4001, 4007, 4003}; !slices.Equal(got, want) {
+		t.Errorf("follower asked to forget %v, want %v", got, want)
+	}
+	if got, want := k.forgot(), []int{4001, 4003}; !slices.Equal(got, want) {
+		t.Errorf("kernel asked to forget %v, want %v", got, want)
+	}
+}
+
+// TestPoolLastExitNamesItsRequest: a worker that died in a request says
+// which, as the follower last saw it begin; one that died between
+// requests says none.
+func TestPoolLastExitNamesItsRequest(t *testing.T) {
+	p, k := testPool(t)
+	f := newFakeFollower()
+	f.last[4001] = []string{"REQUEST_METHOD=POST", "REQUEST_URI=/slow?x=1", "HTTP_HOST=app"}
+	f.last[4003] = []string{"REQUEST_METHOD=GET", "REQUEST_URI=/done"}
+	p.Follower = f
+	k.update(4001, func(c *Counters) {
+		c.Exited, c.ExitStatus, c.KillSig, c.Killer, c.ExitedInRequest = true, 9, 9, testMaster, true
+	})
+	k.update(4003, func(c *Counters) { c.Exited = true })
+	st := snapshot(t, p)
+	if e := workerBySlot(t, st, 1).LastExit; e == nil || e.Request != "POST /slow?x=1" || e.InRequest != 1 {
+		t.Errorf("slot 1's last_exit %+v, want in_request 1 and request \"POST /slow?x=1\"", e)
+	}
+	if e := workerBySlot(t, st, 2).LastExit; e == nil || e.Request != "" || e.InRequest != 0 {
+		t.Errorf("slot 2's last_exit %+v, want no request: it exited between two", e)
+	}
+}
+
+// TestPoolShowsServingAsCores: a worker in requests shows one core per
+// request, busy, with its vars and start in unix seconds (none when the
+// start is unknown, rather than 1970), and a head longer than the capture
+// marked; its requests stay on the first core, and each core is load.
+func TestPoolShowsServingAsCores(t *testing.T) {
+	p, k := testPool(t)
+	k.update(4001, func(c *Counters) { c.Requests = 9 })
+	start := time.Unix(1_796_000_000, 0)
+	f := newFakeFollower()
+	f.serving[4001] = []Serving{
+		{Vars: []string{"REQUEST_METHOD=GET", "REQUEST_URI=/a"}, Start: start},
+		{Vars: []string{"REQUEST_METHOD=POST"}, Truncated: true},
+	}
+	p.Follower = f
+	st := snapshot(t, p)
+	w := workerBySlot(t, st, 1)
+	if w.Status != "busy" || len(w.Cores) != 2 {
+		t.Fatalf("slot 1: status %q, %d cores; want busy with 2", w.Status, len(w.Cores))
+	}
+	a, b := w.Cores[0], w.Cores[1]
+	if a.InRequest != 1 || a.Requests != 9 || !slices.Equal(a.Vars, []string{"REQUEST_METHOD=GET", "REQUEST_URI=/a"}) ||
+		a.ReqInfo["request_start"] != start.Unix() || a.ReqInfo["head_truncated"] != nil {
+		t.Errorf("first core %+v", a)
+	}
+	if b.ID != 1 || b.InRequest != 1 || b.ReqInfo["request_start"] != nil || b.ReqInfo["head_truncated"] != 1 {
+		t.Errorf("second core %+v, want no request_start and head_truncated 1", b)
+	}
+	if st.Load != 2 {
+		t.Errorf("load %d, want 2", st.Load)
 	}
 }
