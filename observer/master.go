@@ -151,32 +151,7 @@ func (p *Pool) replay(m Proc) error {
 		return fmt.Errorf("read kernel counters: %w", err)
 	}
 	p.addFollowed(all)
-	type event struct {
-		at   uint64
-		exit bool
-		c    Counters
-	}
-	var evs []event
-	for _, c := range all {
-		if c.Master != m.PID {
-			continue
-		}
-		evs = append(evs, event{at: c.Start, c: c})
-		if c.Exited {
-			evs = append(evs, event{at: max(c.ExitNs, c.Start), exit: true, c: c})
-		}
-	}
-	// Workers added by Watch have their start in procfs's 10 ms ticks:
-	// those started in one tick were forked in pid order.
-	sort.SliceStable(evs, func(i, j int) bool {
-		if evs[i].at != evs[j].at {
-			return evs[i].at < evs[j].at
-		}
-		if evs[i].exit != evs[j].exit {
-			return !evs[i].exit // a process's exit after its start
-		}
-		return evs[i].c.PID < evs[j].c.PID
-	})
+	evs := replayEvents(all, m.PID)
 	kept := p.keptSlots()
 	for _, e := range evs {
 		proc := Proc{PID: e.c.PID, StartTicks: NsToTicks(e.c.Start)}
@@ -203,4 +178,38 @@ func (p *Pool) replay(m Proc) error {
 		p.remembered(proc)
 	}
 	return nil
+}
+
+// replayEvent is a process's start, or its exit, as a replay takes them.
+type replayEvent struct {
+	at   uint64
+	exit bool
+	c    Counters
+}
+
+// replayEvents is the starts and exits of master's processes in all, in
+// the order they came.
+func replayEvents(all []Counters, master int) []replayEvent {
+	var evs []replayEvent
+	for _, c := range all {
+		if c.Master != master {
+			continue
+		}
+		evs = append(evs, replayEvent{at: c.Start, c: c})
+		if c.Exited {
+			evs = append(evs, replayEvent{at: max(c.ExitNs, c.Start), exit: true, c: c})
+		}
+	}
+	// Workers added by Watch have their start in procfs's 10 ms ticks:
+	// those started in one tick were forked in pid order.
+	sort.SliceStable(evs, func(i, j int) bool {
+		if evs[i].at != evs[j].at {
+			return evs[i].at < evs[j].at
+		}
+		if evs[i].exit != evs[j].exit {
+			return !evs[i].exit // a process's exit after its start
+		}
+		return evs[i].c.PID < evs[j].c.PID
+	})
+	return evs
 }

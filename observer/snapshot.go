@@ -62,21 +62,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	st.Sockets, st.ListenQueue, st.ListenQueueErrors = p.queueWaits(g.sockets), g.listenQueue, g.listenDrops
 	now := time.Now()
 	for _, s := range p.slots {
-		if s.alive && now.Sub(s.memAt) >= GaugeMaxAge {
-			if s.rss, s.vsz, err = p.Proc.Memory(ctx, s.proc.PID); err != nil {
-				p.Log.Debug("worker memory unknown", "pid", s.proc.PID, "error", err)
-			}
-			state, _ := p.Proc.State(s.proc.PID)
-			s.paused = state == 'T'
-			s.memAt = now
-		}
-		w := s.worker(g.boot)
-		if s.alive {
-			w.RSS, w.VSZ = s.rss, s.vsz
-			if p.Follower != nil {
-				serving(&w, p.Follower.Serving(s.proc.PID))
-			}
-		}
+		w := p.show(ctx, s, g.boot, now)
 		for _, c := range w.Cores {
 			st.Load += uint64(c.InRequest)
 		}
@@ -84,6 +70,29 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	}
 	p.last, p.lastAt = st, time.Now()
 	return st, nil
+}
+
+// show renders slot s as the dump's worker: the memory and state of its
+// process read again when older than GaugeMaxAge, and with request
+// capture the requests it is in as its cores.
+func (p *Pool) show(ctx context.Context, s *slot, boot int64, now time.Time) Worker {
+	if s.alive && now.Sub(s.memAt) >= GaugeMaxAge {
+		var err error
+		if s.rss, s.vsz, err = p.Proc.Memory(ctx, s.proc.PID); err != nil {
+			p.Log.Debug("worker memory unknown", "pid", s.proc.PID, "error", err)
+		}
+		state, _ := p.Proc.State(s.proc.PID)
+		s.paused = state == 'T'
+		s.memAt = now
+	}
+	w := s.worker(boot)
+	if s.alive {
+		w.RSS, w.VSZ = s.rss, s.vsz
+		if p.Follower != nil {
+			serving(&w, p.Follower.Serving(s.proc.PID))
+		}
+	}
+	return w
 }
 
 // readGauges returns the pool-wide procfs and sock_diag figures, read again
