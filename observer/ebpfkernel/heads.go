@@ -31,8 +31,8 @@ const connResponding = 2
 // HeadReader reads captured heads as the kernel writes them.
 type HeadReader struct{ r *ringbuf.Reader }
 
-// ErrHeadsClosed is returned by Read once the reader is closed: the
-// HeadSource's, at which an observer.Follower stops.
+// ErrHeadsClosed is returned by Read once the reader is closed: it is
+// observer.ErrHeadsClosed, at which an observer.Follower stops.
 var ErrHeadsClosed = observer.ErrHeadsClosed
 
 // Heads opens a reader of the captured heads. Only one reader should be

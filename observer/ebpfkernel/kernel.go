@@ -307,7 +307,7 @@ func (k *Kernel) Pinned() bool { return k.pins != nil }
 
 // Close detaches the programs and frees the maps, gathering every error.
 // Pinned links and maps stay, and the programs go on counting: only
-// RemovePins removes them.
+// RemovePins removes them. Close the follower of its heads (Heads) first.
 func (k *Kernel) Close() error {
 	var errs []error
 	for _, l := range k.links {
