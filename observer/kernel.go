@@ -1,10 +1,6 @@
 package observer
 
-import (
-	"time"
-
-	"github.com/workerstats/workerstats/observer/requests"
-)
+import "github.com/workerstats/workerstats/observer/requests"
 
 // Counters are one worker process's totals as the kernel counted them since
 // the process was first watched.
@@ -48,9 +44,9 @@ type Counters struct {
 	KillNs             uint64
 	ExitedInRequest    bool
 	SignalledInRequest bool
-	// Followed is how the requests the kernel's request capture followed
-	// ended (nil without capture): since the daemon started, for a
-	// process it saw.
+	// Followed is how the requests request capture followed ended, since
+	// the daemon started (nil without capture). The Kernel leaves it nil:
+	// the Pool sets it from its Follower.
 	Followed *requests.Summary
 }
 
@@ -111,25 +107,6 @@ type QueueAware interface {
 // slice.
 type ListenerAware interface {
 	Listening(master int, sockets []Socket) error
-}
-
-// RequestAware is a Kernel that sees each request (the eBPF kernel with
-// request capture on): Serving lists the requests worker pid is in now,
-// which the dump shows as its cores.
-type RequestAware interface {
-	Serving(pid int) []Serving
-	// LastRequest is the vars of the request pid began last, in flight
-	// or over: for a worker that died in a request, the one it died in.
-	LastRequest(pid int) []string
-}
-
-// Serving is one request a worker is in, its response not begun.
-type Serving struct {
-	Vars  []string  // as uWSGI writes a core's vars: "KEY=VALUE"
-	Start time.Time // its first byte; zero if unknown
-	// Truncated: the request's head was longer than the capture, and
-	// Vars are those of its first bytes.
-	Truncated bool
 }
 
 // ticksPerSecond is USER_HZ, the unit of /proc/PID/stat start times. It is

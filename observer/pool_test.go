@@ -1,24 +1,22 @@
 package observer
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"maps"
 	"os"
-	"reflect"
-	"slices"
+	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
-	"github.com/workerstats/workerstats/observer/requests"
 )
+
+// The pool under test: an in-memory kernel, a master with three workers in
+// a fixture procfs, and the helpers every pool test uses.
 
 // fakeKernel is an in-memory Kernel: tests set what the kernel counted and
 // read back what the pool asked of it.
@@ -211,502 +209,52 @@ func workerBySlot(t *testing.T, st *Stats, id int) Worker {
 	return Worker{}
 }
 
-func TestPoolStartWatchesChildrenInStartOrder(t *testing.T) {
-	p, k := testPool(t)
-	if !k.watched {
-		t.Fatal("Start did not ask the kernel to watch the master")
+// removeProc takes a process out of a fixture tree: it exited.
+func removeProc(t *testing.T, root string, pids ...int) {
+	t.Helper()
+	for _, pid := range pids {
+		if err := os.RemoveAll(filepath.Join(root, strconv.Itoa(pid))); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if want := (Proc{PID: testMaster, StartTicks: 900}); k.master != want {
-		t.Errorf("watched master %+v, want %+v", k.master, want)
-	}
-	wantKids := []Proc{{4001, 1000}, {4003, 1234}, {4002, 1500}}
-	if !reflect.DeepEqual(k.initial, wantKids) {
-		t.Errorf("watched workers %v, want %v", k.initial, wantKids)
-	}
+}
 
-	st := snapshot(t, p)
-	var got []int
+// writePIDFile writes a pidfile as a server does, dated after the fixture's
+// processes started.
+func writePIDFile(t *testing.T, path string, pid int) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(fixtureBtime+1000, 0)
+	if err := os.Chtimes(path, at, at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func refresh(t *testing.T, p *Pool) {
+	t.Helper()
+	if err := p.Refresh(); err != nil {
+		t.Fatalf("Refresh: %v", err)
+	}
+}
+
+func slotPIDs(st *Stats) (ids, pids []int) {
 	for _, w := range st.Workers {
-		got = append(got, w.ID, w.PID)
+		ids = append(ids, w.ID)
+		pids = append(pids, w.PID)
 	}
-	if want := []int{1, 4001, 2, 4003, 3, 4002}; !reflect.DeepEqual(got, want) {
-		t.Errorf("(id, pid) pairs = %v, want %v", got, want)
-	}
+	return ids, pids
 }
 
-func TestPoolStartMissingMaster(t *testing.T) {
-	p := &Pool{Target: Target{PID: 4242}, Proc: newProcfs(t), Kernel: newFakeKernel(), Log: testutil.NewLog(t).Logger}
-	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
-		t.Fatalf("Start with a missing master: err = %v, want ErrNoTarget", err)
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
 	}
-}
-
-func TestPoolSnapshotSchema(t *testing.T) {
-	p, k := testPool(t)
-	k.set(Counters{PID: 4001, Master: testMaster, Start: TicksToNs(1000),
-		Accepts: 12, Requests: 10, Closes: 11, RX: 7000, TX: 50000,
-		RunNs: 2_500_000, AvgRTNs: 123_456, InProgress: 1})
-	k.set(Counters{PID: 4003, Master: testMaster, Start: TicksToNs(1234),
-		Accepts: 3, Requests: 3, Closes: 3, RX: 900, TX: 3000,
-		RunNs: 999_999, AvgRTNs: 5_000})
-	st := snapshot(t, p)
-
-	if st.Version != Version {
-		t.Errorf("version = %q, want %q", st.Version, Version)
-	}
-	if st.PID != testMaster || st.UID != 1000 || st.GID != 2000 || st.CWD != "/srv/app" {
-		t.Errorf("master pid/uid/gid/cwd = %d/%d/%d/%q, want %d/1000/2000/\"/srv/app\"", st.PID, st.UID, st.GID, st.CWD, testMaster)
-	}
-	if st.Load != 1 {
-		t.Errorf("load = %d, want 1 (one busy worker)", st.Load)
-	}
-	wantInfo := k.info
-	wantInfo.Target = "pid 4000"
-	if !reflect.DeepEqual(st.Observer, wantInfo) {
-		t.Errorf("observer = %+v, want the kernel's Info with the target %+v", st.Observer, wantInfo)
-	}
-	if len(st.Workers) != 3 {
-		t.Fatalf("%d workers, want 3", len(st.Workers))
-	}
-
-	page := uint64(os.Getpagesize())
-	tests := []struct {
-		id, pid            int
-		requests, tx, rx   uint64
-		accepted, closed   uint64
-		runningUs, avgRTUs uint64
-		status             string
-		inRequest          int
-		rssPages, vszPages uint64
-		startTicks         uint64
-	}{
-		{1, 4001, 10, 50000, 7000, 12, 11, 2500, 123, "busy", 1, 1200, 40000, 1000},
-		{2, 4003, 3, 3000, 900, 3, 3, 999, 5, "idle", 0, 1400, 42000, 1234},
-		{3, 4002, 0, 0, 0, 0, 0, 0, 0, "idle", 0, 1300, 41000, 1500},
-	}
-	first := workerBySlot(t, st, 1)
-	for _, tt := range tests {
-		w := workerBySlot(t, st, tt.id)
-		check := func(name string, got, want any) {
-			t.Helper()
-			if got != want {
-				t.Errorf("worker %d: %s = %v, want %v", tt.id, name, got, want)
-			}
-		}
-		check("pid", w.PID, tt.pid)
-		check("requests", w.Requests, tt.requests)
-		check("delta_requests", w.DeltaRequests, tt.requests)
-		check("tx", w.TX, tt.tx)
-		check("rx", w.RX, tt.rx)
-		check("accepted", w.Accepted, tt.accepted)
-		check("closed", w.Closed, tt.closed)
-		check("running_time", w.RunningTime, tt.runningUs)
-		check("avg_rt", w.AvgRT, tt.avgRTUs)
-		check("status", w.Status, tt.status)
-		check("accepting", w.Accepting, 1)
-		check("respawn_count", w.RespawnCount, uint64(1))
-		check("rss", w.RSS, tt.rssPages*page)
-		check("vsz", w.VSZ, tt.vszPages*page)
-		// last_spawn is boot time + start/100; the boot time itself is
-		// checked by TestPoolLastSpawnIsBtimePlusStart.
-		check("last_spawn - slot 1's", w.LastSpawn-first.LastSpawn, int64(tt.startTicks/100)-int64(1000/100))
-		if len(w.Apps) != 1 {
-			t.Errorf("worker %d: %d apps, want 1", tt.id, len(w.Apps))
-		} else {
-			check("apps[0].requests", w.Apps[0].Requests, tt.requests)
-		}
-		if len(w.Cores) != 1 {
-			t.Errorf("worker %d: %d cores, want 1", tt.id, len(w.Cores))
-		} else {
-			check("cores[0].requests", w.Cores[0].Requests, tt.requests)
-			check("cores[0].in_request", w.Cores[0].InRequest, tt.inRequest)
+	for i := range a {
+		if a[i] != b[i] {
+			return false
 		}
 	}
-
-	b, err := json.Marshal(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js := string(b)
-	for _, tt := range []struct {
-		text string
-		n    int
-	}{
-		{`"vars":[]`, 3},     // one per core
-		{`"req_info":{}`, 3}, // one per core
-		{`"locks":[{"snapshot":0}]`, 1},
-		{`"sockets":[]`, 1},
-		{"null", 0},
-	} {
-		if n := strings.Count(js, tt.text); n != tt.n {
-			t.Errorf("JSON has %s %d times, want %d: %s", tt.text, n, tt.n, js)
-		}
-	}
-}
-
-func TestPoolLastSpawnIsBtimePlusStart(t *testing.T) {
-	p, _ := testPool(t)
-	st := snapshot(t, p)
-	for _, tt := range []struct {
-		id    int
-		ticks int64
-	}{{1, 1000}, {2, 1234}, {3, 1500}} {
-		if got, want := workerBySlot(t, st, tt.id).LastSpawn, fixtureBtime+tt.ticks/100; got != want {
-			t.Errorf("worker %d: last_spawn = %d, want btime + %d/100 = %d", tt.id, got, tt.ticks, want)
-		}
-	}
-}
-
-func TestPoolRespawnKeepsSlot(t *testing.T) {
-	p, k := testPool(t)
-	k.update(4001, func(c *Counters) {
-		c.Requests, c.TX, c.RX, c.RunNs, c.Accepts, c.Closes = 10, 1000, 100, 4_000_000, 10, 10
-	})
-	k.update(4003, func(c *Counters) { c.Requests, c.TX = 7, 700 })
-	before := snapshot(t, p)
-
-	// 4001 served two more requests and exited; the master respawned it
-	// as 4007.
-	// Three requests it received it never answered (say it died in one).
-	k.update(4001, func(c *Counters) {
-		c.Requests, c.TX, c.RX, c.RunNs, c.Accepts, c.Closes = 12, 1200, 120, 5_000_000, 12, 12
-		c.Unanswered, c.Exited = 3, true
-	})
-	addProc(t, p.Proc.Root, worker(4007, 9000, 1100, 39000))
-	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000),
-		Requests: 5, Unanswered: 1, TX: 300, RX: 50, RunNs: 1_000_000, Accepts: 5, Closes: 4, InProgress: 1})
-
-	for _, round := range []string{"after respawn", "next snapshot"} {
-		st := snapshot(t, p)
-		if len(st.Workers) != 3 {
-			t.Fatalf("%s: %d workers, want 3 (the new process reuses slot 1)", round, len(st.Workers))
-		}
-		w := workerBySlot(t, st, 1)
-		// Unanswered requests are requests, and exceptions.
-		got := []any{w.PID, w.RespawnCount, w.Requests, w.DeltaRequests, w.Exceptions, w.TX, w.RX, w.RunningTime, w.Accepted, w.Closed, w.Status, w.Accepting,
-			w.Apps[0].Requests, w.Apps[0].Exceptions, w.Cores[0].Requests, w.RSS}
-		want := []any{4007, uint64(2), uint64(21), uint64(6), uint64(4), uint64(1500), uint64(170), uint64(6000), uint64(17), uint64(16), "busy", 1,
-			uint64(21), uint64(4), uint64(21), 1100 * uint64(os.Getpagesize())}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("%s: slot 1 [pid respawn_count requests delta_requests exceptions tx rx running_time accepted closed status accepting apps apps.exceptions cores rss]\n got %v\nwant %v",
-				round, got, want)
-		}
-		if d := w.LastSpawn - workerBySlot(t, before, 1).LastSpawn; d != (9000-1000)/100 {
-			t.Errorf("%s: last_spawn moved by %d s, want %d (the new process's start)", round, d, (9000-1000)/100)
-		}
-		if o := workerBySlot(t, st, 2); o.PID != 4003 || o.RespawnCount != 1 || o.Requests != 7 {
-			t.Errorf("%s: slot 2 = pid %d respawn_count %d requests %d, want 4003 1 7 (untouched)", round, o.PID, o.RespawnCount, o.Requests)
-		}
-		if st.Load != 1 {
-			t.Errorf("%s: load = %d, want 1", round, st.Load)
-		}
-	}
-	// 4001's entry stays in the kernel as slot 1's history (for a daemon
-	// restarted on pinned maps): the slot's sums before 4007, one process.
-	if got := k.forgot(); len(got) != 0 {
-		t.Errorf("kernel asked to forget %v, want nothing", got)
-	}
-	k.mu.Lock()
-	h := k.counters[4001]
-	k.mu.Unlock()
-	if !h.Exited || h.Spawns != 1 || h.Requests != 12 || h.Unanswered != 3 || h.TX != 1200 || h.Closes != 12 {
-		t.Errorf("4001's entry = %+v, want slot 1's history: spawns 1, requests 12, unanswered 3, tx 1200", h)
-	}
-}
-
-// TestPoolShowsFollowedRequests: with request capture, a slot shows its
-// requests by status class and their durations, summed across the
-// processes it had; its exceptions are the 5xx answers and the requests
-// never answered, the latter as the kernel counted them.
-func TestPoolShowsFollowedRequests(t *testing.T) {
-	p, k := testPool(t)
-	if w := workerBySlot(t, snapshot(t, p), 1); w.Statuses != nil || w.Durations != nil {
-		t.Fatalf("without capture: statuses %+v durations %+v, want neither", w.Statuses, w.Durations)
-	}
-	followed := func(s2xx, s5xx uint64, ms ...uint64) *requests.Summary {
-		var f requests.Summary
-		f.Ended[requests.Status2xx], f.Ended[requests.Status5xx] = s2xx, s5xx
-		for _, d := range ms {
-			f.Durations.Observe(d * 1e6)
-		}
-		return &f
-	}
-	k.update(4001, func(c *Counters) {
-		c.Requests, c.Unanswered, c.Exited = 6, 1, true
-		c.Followed = followed(5, 1, 3, 3, 3, 3, 3, 700)
-	})
-	addProc(t, p.Proc.Root, worker(4007, 9000, 1100, 39000))
-	k.set(Counters{PID: 4007, Master: testMaster, Start: TicksToNs(9000), Requests: 2, Unanswered: 2,
-		Followed: followed(2, 0, 40, 40)})
-	w := workerBySlot(t, snapshot(t, p), 1)
-	want := Statuses{S2xx: 7, S5xx: 1, Unanswered: 3}
-	if w.Statuses == nil || *w.Statuses != want || w.Exceptions != 4 || w.Apps[0].Exceptions != 4 || w.Requests != 11 {
-		t.Errorf("slot 1: statuses %+v exceptions %d (app %d) requests %d; want %+v, 4 exceptions, 11 requests",
-			w.Statuses, w.Exceptions, w.Apps[0].Exceptions, w.Requests, want)
-	}
-	d := w.Durations
-	// 5 of 3 ms (≤ 5 ms), 2 of 40 ms (≤ 50 ms), 1 of 700 ms (≤ 1 s).
-	wantCounts := make([]uint64, len(requests.Bounds)+1)
-	wantCounts[0], wantCounts[3], wantCounts[7] = 5, 2, 1
-	if d == nil || d.Count != 8 || d.SumUs != 795_000 || !reflect.DeepEqual(d.Counts, wantCounts) || len(d.BoundsUs) != len(requests.Bounds) || d.BoundsUs[0] != 5000 {
-		t.Errorf("slot 1's durations %+v, want 8 requests, 795 ms, counts %v", d, wantCounts)
-	}
-}
-
-// servingKernel is a fakeKernel with request capture: Serving answers
-// from serving, by pid.
-type servingKernel struct {
-	*fakeKernel
-	serving map[int][]Serving
-}
-
-func (k servingKernel) Serving(pid int) []Serving { return k.serving[pid] }
-
-func (k servingKernel) LastRequest(pid int) []string {
-	if r := k.serving[pid]; len(r) > 0 {
-		return r[len(r)-1].Vars
-	}
-	return nil
-}
-
-// TestPoolShowsServingAsCores: a worker in requests shows one core per
-// request, busy, with its vars and start in unix seconds (none when the
-// start is unknown, rather than 1970), and a head longer than the capture
-// marked; its requests stay on the first core, and each core is load.
-func TestPoolShowsServingAsCores(t *testing.T) {
-	p, k := testPool(t)
-	k.update(4001, func(c *Counters) { c.Requests = 9 })
-	start := time.Unix(1_796_000_000, 0)
-	p.Kernel = servingKernel{k, map[int][]Serving{4001: {
-		{Vars: []string{"REQUEST_METHOD=GET", "REQUEST_URI=/a"}, Start: start},
-		{Vars: []string{"REQUEST_METHOD=POST"}, Truncated: true},
-	}}}
-	st := snapshot(t, p)
-	w := workerBySlot(t, st, 1)
-	if w.Status != "busy" || len(w.Cores) != 2 {
-		t.Fatalf("slot 1: status %q, %d cores; want busy with 2", w.Status, len(w.Cores))
-	}
-	a, b := w.Cores[0], w.Cores[1]
-	if a.InRequest != 1 || a.Requests != 9 || !slices.Equal(a.Vars, []string{"REQUEST_METHOD=GET", "REQUEST_URI=/a"}) ||
-		a.ReqInfo["request_start"] != start.Unix() || a.ReqInfo["head_truncated"] != nil {
-		t.Errorf("first core %+v", a)
-	}
-	if b.ID != 1 || b.InRequest != 1 || b.ReqInfo["request_start"] != nil || b.ReqInfo["head_truncated"] != 1 {
-		t.Errorf("second core %+v, want no request_start and head_truncated 1", b)
-	}
-	if st.Load != 2 {
-		t.Errorf("load %d, want 2", st.Load)
-	}
-}
-
-func TestPoolWorkerForkedAndExitedBetweenSnapshots(t *testing.T) {
-	p, k := testPool(t)
-	snapshot(t, p)
-
-	// The master forked 4009, which served 3 requests and exited before the
-	// next read.
-	k.set(Counters{PID: 4009, Master: testMaster, Start: TicksToNs(5000), Exited: true,
-		Requests: 3, TX: 900, RX: 80, RunNs: 3_000_000, AvgRTNs: 1_000_000, Accepts: 3, Closes: 3})
-
-	for _, round := range []string{"first seen", "next snapshot"} {
-		st := snapshot(t, p)
-		if len(st.Workers) != 4 {
-			t.Fatalf("%s: %d workers, want 4 (the short-lived worker holds a slot)", round, len(st.Workers))
-		}
-		w := workerBySlot(t, st, 4)
-		got := []any{w.PID, w.Requests, w.DeltaRequests, w.TX, w.RX, w.RunningTime, w.AvgRT, w.RespawnCount, w.Status, w.Accepting, w.Cores[0].InRequest, w.RSS, w.VSZ}
-		// Its slot has no process now: uWSGI shows such a slot as pid 0,
-		// "cheap".
-		want := []any{0, uint64(3), uint64(0), uint64(900), uint64(80), uint64(3000), uint64(1000), uint64(1), "cheap", 0, 0, uint64(0), uint64(0)}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("%s: slot 4 [pid requests delta_requests tx rx running_time avg_rt respawn_count status accepting in_request rss vsz]\n got %v\nwant %v",
-				round, got, want)
-		}
-	}
-	if got := k.forgot(); len(got) != 0 || !reflect.DeepEqual(k.remembered, []int{4009}) {
-		t.Errorf("kernel asked to forget %v and keep as history %v, want nothing and [4009]", got, k.remembered)
-	}
-
-	// The next worker the master spawns takes the free slot.
-	addProc(t, p.Proc.Root, worker(4011, 6000, 1000, 40000))
-	k.set(Counters{PID: 4011, Master: testMaster, Start: TicksToNs(6000), Requests: 2, TX: 100})
-	st := snapshot(t, p)
-	if len(st.Workers) != 4 {
-		t.Fatalf("%d workers, want 4", len(st.Workers))
-	}
-	w := workerBySlot(t, st, 4)
-	if w.PID != 4011 || w.RespawnCount != 2 || w.Requests != 5 || w.DeltaRequests != 2 || w.TX != 1000 || w.Accepting != 1 {
-		t.Errorf("slot 4 after respawn: pid %d respawn_count %d requests %d delta %d tx %d accepting %d, want 4011 2 5 2 1000 1",
-			w.PID, w.RespawnCount, w.Requests, w.DeltaRequests, w.TX, w.Accepting)
-	}
-
-	// Its successor exits too and is replaced: the slot sums all three.
-	k.update(4011, func(c *Counters) { c.Requests, c.TX, c.Exited = 4, 200, true })
-	addProc(t, p.Proc.Root, worker(4013, 7000, 1000, 40000))
-	k.set(Counters{PID: 4013, Master: testMaster, Start: TicksToNs(7000), Requests: 1, TX: 10})
-	st = snapshot(t, p)
-	w = workerBySlot(t, st, 4)
-	if len(st.Workers) != 4 || w.PID != 4013 || w.RespawnCount != 3 || w.Requests != 8 || w.DeltaRequests != 1 || w.TX != 1110 {
-		t.Errorf("%d workers, slot 4 after second respawn: pid %d respawn_count %d requests %d delta %d tx %d, want 4 workers, 4013 3 8 1 1110",
-			len(st.Workers), w.PID, w.RespawnCount, w.Requests, w.DeltaRequests, w.TX)
-	}
-	// The slot keeps one history entry: 4011's now, 4009's dropped.
-	if got := k.forgot(); !reflect.DeepEqual(got, []int{4009}) || k.has(4009) || !k.has(4011) {
-		t.Errorf("kernel asked to forget %v, want [4009] (4011 holds slot 4's history)", got)
-	}
-}
-
-func TestPoolIgnoresOtherMasters(t *testing.T) {
-	p, k := testPool(t)
-	k.set(Counters{PID: 5001, Master: 5000, Start: TicksToNs(2000), Requests: 99, InProgress: 1})
-	k.set(Counters{PID: 5002, Master: 5000, Start: TicksToNs(2100), Requests: 42, Exited: true})
-	for range 2 {
-		st := snapshot(t, p)
-		if len(st.Workers) != 3 {
-			t.Fatalf("%d workers, want 3", len(st.Workers))
-		}
-		for _, w := range st.Workers {
-			if w.PID == 5001 || w.PID == 5002 || w.Requests != 0 {
-				t.Errorf("another master's worker leaked into the dump: %+v", w)
-			}
-		}
-		if st.Load != 0 {
-			t.Errorf("load = %d, want 0", st.Load)
-		}
-	}
-	if got := k.forgot(); len(got) != 0 {
-		t.Errorf("kernel asked to forget %v, another master's workers", got)
-	}
-}
-
-func TestPoolKernelLostWorkerKeepsCounts(t *testing.T) {
-	p, k := testPool(t)
-	k.update(4002, func(c *Counters) { c.Requests, c.TX = 8, 800 })
-	snapshot(t, p)
-
-	// The entry disappears from the kernel map (removed, or never added
-	// because the map was full): the slot keeps what was counted.
-	k.mu.Lock()
-	delete(k.counters, 4002)
-	k.mu.Unlock()
-	st := snapshot(t, p)
-	w := workerBySlot(t, st, 3)
-	if w.PID != 4002 || w.Requests != 8 || w.TX != 800 || w.Status != "idle" {
-		t.Errorf("slot 3 = pid %d requests %d tx %d status %s, want 4002 8 800 idle", w.PID, w.Requests, w.TX, w.Status)
-	}
-}
-
-func TestPoolSnapshotKernelError(t *testing.T) {
-	p, k := testPool(t)
-	boom := errors.New("map iteration failed")
-	k.readErr = boom
-	if _, err := p.Snapshot(context.Background()); !errors.Is(err, boom) {
-		t.Errorf("Snapshot err = %v, want the kernel's error", err)
-	}
-	if err := p.Refresh(); !errors.Is(err, boom) {
-		t.Errorf("Refresh err = %v, want the kernel's error", err)
-	}
-}
-
-func TestPoolForgetFailureDoesNotDoubleCount(t *testing.T) {
-	p, k := testPool(t)
-	k.forgetErr = errors.New("map busy")
-	k.rememberErr = errors.New("map busy")
-	k.update(4001, func(c *Counters) { c.Requests, c.TX, c.Exited = 10, 1000, true })
-	var want Worker
-	for i := range 3 {
-		st := snapshot(t, p)
-		w := workerBySlot(t, st, 1)
-		if i == 0 {
-			want = w
-			if w.Requests != 10 || w.RespawnCount != 1 {
-				t.Fatalf("slot 1 = requests %d respawn_count %d, want 10 1", w.Requests, w.RespawnCount)
-			}
-			continue
-		}
-		if len(st.Workers) != 3 || w.Requests != want.Requests || w.TX != want.TX || w.RespawnCount != want.RespawnCount {
-			t.Errorf("read %d: %d workers, slot 1 requests %d tx %d respawn_count %d; want 3 workers, %d %d %d (unchanged)",
-				i+1, len(st.Workers), w.Requests, w.TX, w.RespawnCount, want.Requests, want.TX, want.RespawnCount)
-		}
-	}
-}
-
-func TestPoolSnapshotJSONNumbersAreIntegers(t *testing.T) {
-	p, k := testPool(t)
-	// Nanosecond values that do not divide evenly into microseconds.
-	k.update(4001, func(c *Counters) { c.Requests, c.RunNs, c.AvgRTNs, c.TX, c.InProgress = 3, 1_999_999, 333_333, 1, 2 })
-	k.update(4003, func(c *Counters) { c.RunNs, c.AvgRTNs = 1, 999 })
-	k.set(Counters{PID: 4012, Master: testMaster, Start: TicksToNs(7777), Exited: true, Requests: 1, RunNs: 1_500})
-	st := snapshot(t, p)
-	b, err := json.MarshalIndent(st, "", "\t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		t.Fatal(err)
-	}
-	count := 0
-	var walk func(path string, v any)
-	walk = func(path string, v any) {
-		switch v := v.(type) {
-		case json.Number:
-			count++
-			if strings.ContainsAny(v.String(), ".eE") {
-				t.Errorf("%s = %s, not an integer", path, v)
-			}
-		case map[string]any:
-			for k, e := range v {
-				walk(path+"."+k, e)
-			}
-		case []any:
-			for i, e := range v {
-				walk(path+"["+strconv.Itoa(i)+"]", e)
-			}
-		}
-	}
-	walk("$", v)
-	if count < 100 {
-		t.Errorf("only %d numbers in the dump: %s", count, b)
-	}
-}
-
-// TestPoolShowsHowWorkersEnded: a slot shows how its last process ended:
-// killed by a signal and by whom (the master here, in a request: a
-// harakiri, counted), or exited with a code after a signal it was asked to
-// die by; a signal it handled and survived says nothing.
-func TestPoolShowsHowWorkersEnded(t *testing.T) {
-	p, k := testPool(t)
-	k.update(4001, func(c *Counters) {
-		c.Exited, c.ExitNs, c.ExitStatus, c.ExitedInRequest = true, TicksToNs(2000), 9, true
-		c.KillSig, c.Killer = 9, testMaster
-	})
-	k.update(4003, func(c *Counters) {
-		c.Exited, c.ExitNs, c.ExitStatus = true, TicksToNs(2100), 3<<8
-		c.KillSig, c.Killer = 15, 777
-	})
-	k.update(4002, func(c *Counters) { c.KillSig, c.Killer = 1, testMaster }) // a SIGHUP it handled
-	st := snapshot(t, p)
-	boot := workerBySlot(t, st, 1).LastSpawn - 1000/100 // slot 1's process started at tick 1000
-	want := map[int]*LastExit{
-		1: {PID: 4001, At: boot + 20, Status: "killed", Signal: "SIGKILL", By: "master", ByPID: testMaster, InRequest: 1},
-		2: {PID: 4003, At: boot + 21, Status: "exited", Code: 3, Signal: "SIGTERM", By: "pid 777", ByPID: 777},
-	}
-	for id, w := range want {
-		if got := workerBySlot(t, st, id).LastExit; got == nil || *got != *w {
-			t.Errorf("slot %d: last_exit %+v, want %+v", id, got, w)
-		}
-	}
-	if e1, e2 := workerBySlot(t, st, 1).Exits, workerBySlot(t, st, 2).Exits; !maps.Equal(e1, map[string]uint64{"killed_by_master": 1}) ||
-		!maps.Equal(e2, map[string]uint64{"exited_error": 1}) {
-		t.Errorf("exits: slot 1 %v, slot 2 %v; want killed_by_master and exited_error", e1, e2)
-	}
-	if h := workerBySlot(t, st, 1).HarakiriCount; h != 1 {
-		t.Errorf("slot 1: harakiri_count %d, want 1 (its master killed it in a request)", h)
-	}
-	if w := workerBySlot(t, st, 3); w.LastExit != nil || w.HarakiriCount != 0 {
-		t.Errorf("slot 3 (alive, never exited): last_exit %+v harakiri %d", w.LastExit, w.HarakiriCount)
-	}
+	return true
 }

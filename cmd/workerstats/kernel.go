@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
+	"github.com/workerstats/workerstats/observer/requests"
 )
 
 // This file holds serve's and demo's every use of the eBPF observer's own
@@ -45,10 +47,13 @@ var limits = []struct{ dropped, what, lost, flag string }{
 var defaultPinPath = ebpfkernel.DefaultPinPath
 
 // loadedKernel is the eBPF observer as the daemon's steps use it: the pools
-// count through it, unwatched masters are pruned from it, dropPrivileges
-// probes it, the run step sweeps it, and it is closed last.
+// count through it, its captured heads are followed, unwatched masters are
+// pruned from it, dropPrivileges probes it, the run step sweeps it, and it
+// is closed last.
 type loadedKernel interface {
 	observer.Kernel
+	Heads() (*ebpfkernel.HeadReader, error)
+	MaxConnections() int
 	Prune(watched map[int]bool) (int, error)
 	CheckAccess() error
 	FixHooks(everyPoolFound bool) error
@@ -64,12 +69,6 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 	}
 	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
 		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureRing: o.ringSize, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
-	if err == nil && o.requests {
-		if err := k.Follow(o.requestVars); err != nil {
-			k.Close()
-			return nil, "", fmt.Errorf("follow the captured requests: %w", err)
-		}
-	}
 	if err == nil {
 		return k, "", nil
 	}
@@ -86,6 +85,21 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 	}
 	log.Warn(msg, "reason", err)
 	return nil, err.Error(), nil
+}
+
+// followRequests starts the daemon's one request follower (--requests) on
+// k's captured heads, until ctx ends or it is closed, which must come
+// before k's close. Nil without --requests or without eBPF.
+func followRequests(ctx context.Context, k loadedKernel, o daemonOptions, log *slog.Logger) (*observer.Follower, error) {
+	if k == nil || !o.requests {
+		return nil, nil
+	}
+	heads, err := k.Heads()
+	if err != nil {
+		return nil, fmt.Errorf("follow the captured requests: %w", err)
+	}
+	tracker := &requests.Tracker{MaxConns: k.MaxConnections(), Vars: o.requestVars}
+	return observer.Follow(ctx, heads, tracker, log.With("component", "requests")), nil
 }
 
 // settingError says which flag to change for an error of the kernel side,

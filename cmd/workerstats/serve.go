@@ -285,7 +285,8 @@ type servedPool struct {
 // serveDaemon runs the daemon, step by step, until ctx ends or a stats
 // server fails. Every stats socket is bound before anything is loaded, so
 // an address in use is found out first; the kernel side is closed only
-// once the servers and maintain have returned.
+// once the servers and maintain have returned, and after the request
+// follower that reads its heads.
 func serveDaemon(ctx context.Context, o daemonOptions) error {
 	log := slog.Default()
 	observer.Version = "workerstats-" + version
@@ -301,7 +302,12 @@ func serveDaemon(ctx context.Context, o daemonOptions) error {
 	if k != nil {
 		defer k.Close()
 	}
-	if err := startPools(ctx, pools, k, procfsReason, o, log); err != nil {
+	follower, err := followRequests(ctx, k, o, log)
+	if err != nil {
+		return err
+	}
+	defer follower.Close() // before k's: it reads k's capture ring
+	if err := startPools(ctx, pools, k, follower, procfsReason, o, log); err != nil {
 		return err
 	}
 	if k != nil {
@@ -356,9 +362,10 @@ func closeListeners(pools []*servedPool) {
 }
 
 // startPools finds each pool's master and builds its stats server. Every
-// pool counts through k; with k nil (procfs mode) each pool gets a procfs
-// kernel of its own, which says procfsReason.
-func startPools(ctx context.Context, pools []*servedPool, k observer.Kernel, procfsReason string, o daemonOptions, log *slog.Logger) error {
+// pool counts through k, and follows its requests through follower when
+// it is not nil (--requests); with k nil (procfs mode) each pool gets a
+// procfs kernel of its own, which says procfsReason.
+func startPools(ctx context.Context, pools []*servedPool, k observer.Kernel, follower *observer.Follower, procfsReason string, o daemonOptions, log *slog.Logger) error {
 	for _, sp := range pools {
 		kernel := k
 		if kernel == nil {
@@ -367,6 +374,9 @@ func startPools(ctx context.Context, pools []*servedPool, k observer.Kernel, pro
 		}
 		plog := log.With("pool", sp.spec.opts.Stats)
 		sp.pool = &observer.Pool{Target: sp.spec.target, Proc: o.proc, Kernel: kernel, Log: plog.With("component", "pool"), MaxAge: o.statsMaxAge}
+		if follower != nil { // a nil *Follower in the field would not be nil: statuses of 0 would show
+			sp.pool.Follower = follower
+		}
 		if err := sp.pool.Start(ctx); err != nil && !errors.Is(err, observer.ErrNoTarget) {
 			if errors.Is(err, observer.ErrSeveralMasters) {
 				err = fmt.Errorf("%w: choose one with --pid or --pidfile", err)

@@ -92,7 +92,7 @@ func testPools(t *testing.T, n int) []*servedPool {
 	}
 	t.Cleanup(func() { closeListeners(pools) })
 	o := daemonOptions{proc: observer.Procfs{Root: defaultProcRoot}, statsMaxConns: statsock.DefaultMaxConns, statsTimeout: statsock.DefaultTimeout}
-	if err := startPools(context.Background(), pools, nil, "test", o, log); err != nil {
+	if err := startPools(context.Background(), pools, nil, nil, "test", o, log); err != nil {
 		t.Fatal(err)
 	}
 	return pools

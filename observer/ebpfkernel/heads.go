@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/requests"
 )
 
@@ -30,8 +31,9 @@ const connResponding = 2
 // HeadReader reads captured heads as the kernel writes them.
 type HeadReader struct{ r *ringbuf.Reader }
 
-// ErrHeadsClosed is returned by Read once the reader is closed.
-var ErrHeadsClosed = errors.New("head reader closed")
+// ErrHeadsClosed is returned by Read once the reader is closed: it is
+// observer.ErrHeadsClosed, at which an observer.Follower stops.
+var ErrHeadsClosed = observer.ErrHeadsClosed
 
 // Heads opens a reader of the captured heads. Only one reader should be
 // open at a time: each head goes to one of them.

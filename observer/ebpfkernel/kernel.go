@@ -103,8 +103,6 @@ type Kernel struct {
 	// queuePorts are each watched pool's TCP ports, by master, whose
 	// accept queues the kernel times (queue.go).
 	queuePorts map[int][]uint32
-
-	following *following // the requests the captured heads show, if captured
 }
 
 // Load checks the kernel, loads the programs and attaches them.
@@ -299,16 +297,19 @@ func checkSizes(o Options) error {
 // Hooks reports the hook set in use: HooksSock, HooksSyscall or HooksRaw.
 func (k *Kernel) Hooks() string { return k.hooks }
 
+// MaxConnections is how many connections the kernel's tables hold: as
+// many as a follower of the captured heads (Heads) may need to at once.
+func (k *Kernel) MaxConnections() int { return int(k.objs.Conns.MaxEntries()) }
+
 // Pinned reports whether the kernel objects are pinned, and so outlive the
 // daemon.
 func (k *Kernel) Pinned() bool { return k.pins != nil }
 
 // Close detaches the programs and frees the maps, gathering every error.
 // Pinned links and maps stay, and the programs go on counting: only
-// RemovePins removes them.
+// RemovePins removes them. Close the follower of its heads (Heads) first.
 func (k *Kernel) Close() error {
-	errs := []error{k.following.stop()}
-	k.following = nil
+	var errs []error
 	for _, l := range k.links {
 		errs = append(errs, l.Close())
 	}

@@ -111,7 +111,6 @@ func (k *Kernel) Workers() ([]observer.Counters, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate workers map: %w", err)
 	}
-	k.following.summarize(out)
 	return out, nil
 }
 
@@ -188,7 +187,6 @@ func (k *Kernel) Remember(master int, h observer.Counters) error {
 	if err := k.objs.Workers.Update(uint32(h.PID), &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write worker %d's slot history: %w", h.PID, err)
 	}
-	k.following.forget(h.PID)
 	return k.markWatched(h.PID, false) // it exited
 }
 
@@ -220,7 +218,6 @@ func (k *Kernel) KeptSlots() (map[observer.Proc]int, error) {
 
 // Forget implements observer.Kernel.
 func (k *Kernel) Forget(pid int) error {
-	k.following.forget(pid)
 	if err := k.objs.Slots.Delete(uint32(pid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err
 	}

@@ -3,52 +3,45 @@ package observer
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
-	"strconv"
+	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 )
 
-// removeProc takes a process out of a fixture tree: it exited.
-func removeProc(t *testing.T, root string, pids ...int) {
-	t.Helper()
-	for _, pid := range pids {
-		if err := os.RemoveAll(filepath.Join(root, strconv.Itoa(pid))); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
+// Finding and adopting the master (master.go): at start, when it restarts
+// or is missing, and after a daemon restart on pinned maps.
 
-// writePIDFile writes a pidfile as a server does, dated after the fixture's
-// processes started.
-func writePIDFile(t *testing.T, path string, pid int) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
-		t.Fatal(err)
+func TestPoolStartWatchesChildrenInStartOrder(t *testing.T) {
+	p, k := testPool(t)
+	if !k.watched {
+		t.Fatal("Start did not ask the kernel to watch the master")
 	}
-	at := time.Unix(fixtureBtime+1000, 0)
-	if err := os.Chtimes(path, at, at); err != nil {
-		t.Fatal(err)
+	if want := (Proc{PID: testMaster, StartTicks: 900}); k.master != want {
+		t.Errorf("watched master %+v, want %+v", k.master, want)
 	}
-}
+	wantKids := []Proc{{4001, 1000}, {4003, 1234}, {4002, 1500}}
+	if !reflect.DeepEqual(k.initial, wantKids) {
+		t.Errorf("watched workers %v, want %v", k.initial, wantKids)
+	}
 
-func refresh(t *testing.T, p *Pool) {
-	t.Helper()
-	if err := p.Refresh(); err != nil {
-		t.Fatalf("Refresh: %v", err)
-	}
-}
-
-func slotPIDs(st *Stats) (ids, pids []int) {
+	st := snapshot(t, p)
+	var got []int
 	for _, w := range st.Workers {
-		ids = append(ids, w.ID)
-		pids = append(pids, w.PID)
+		got = append(got, w.ID, w.PID)
 	}
-	return ids, pids
+	if want := []int{1, 4001, 2, 4003, 3, 4002}; !reflect.DeepEqual(got, want) {
+		t.Errorf("(id, pid) pairs = %v, want %v", got, want)
+	}
+}
+
+func TestPoolStartMissingMaster(t *testing.T) {
+	p := &Pool{Target: Target{PID: 4242}, Proc: newProcfs(t), Kernel: newFakeKernel(), Log: testutil.NewLog(t).Logger}
+	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
+		t.Fatalf("Start with a missing master: err = %v, want ErrNoTarget", err)
+	}
 }
 
 // TestPoolFollowsRestartedMaster: the master named by a pidfile exits with
@@ -162,138 +155,20 @@ func TestPoolWaitsForMaster(t *testing.T) {
 	}
 }
 
-// TestPoolReloadOverlapKeepsSlots: a reload that starts the new workers
-// before the old ones exit (gunicorn's HUP) shows extra slots only during
-// the overlap; then each new worker sits in an old worker's slot, counts
-// kept.
-func TestPoolReloadOverlapKeepsSlots(t *testing.T) {
-	p, k := testPool(t)
-	k.update(4001, func(c *Counters) { c.Requests = 10 })
-	k.update(4003, func(c *Counters) { c.Requests = 30 })
-	k.update(4002, func(c *Counters) { c.Requests = 20 })
-	snapshot(t, p)
-
-	fresh := []int{4101, 4102, 4103}
-	for i, pid := range fresh {
-		addProc(t, p.Proc.Root, worker(pid, uint64(8000+i), 1000, 40000))
-		k.set(Counters{PID: pid, Master: testMaster, Start: TicksToNs(uint64(8000 + i)), Requests: 1})
+// TestProcfsPoolWaitsForMaster: in procfs mode too, a master not there yet
+// is an empty pool that says why, not a failed read.
+func TestProcfsPoolWaitsForMaster(t *testing.T) {
+	fs := newProcfs(t)
+	pidfile := filepath.Join(t.TempDir(), "app.pid")
+	p := &Pool{Target: Target{PIDFile: pidfile}, Proc: fs, Kernel: &ProcfsKernel{Proc: fs, Reason: "test"}, Log: testutil.NewLog(t).Logger}
+	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
+		t.Fatalf("Start: %v, want ErrNoTarget", err)
 	}
+	refresh(t, p)
 	st := snapshot(t, p)
-	if ids, _ := slotPIDs(st); !equalInts(ids, []int{1, 2, 3, 4, 5, 6}) {
-		t.Fatalf("during the overlap: slots %v, want 1..6", ids)
+	if len(st.Workers) != 0 || st.Observer.Mode != "procfs" || !strings.Contains(st.Observer.Waiting, "does not exist") {
+		t.Errorf("procfs pool with no master: %d workers, mode %q, waiting %q", len(st.Workers), st.Observer.Mode, st.Observer.Waiting)
 	}
-	// The old workers exit, the first one before the next read and the
-	// other two after it.
-	k.update(4003, func(c *Counters) { c.Exited = true })
-	st = snapshot(t, p)
-	ids, pids := slotPIDs(st)
-	if !equalInts(ids, []int{1, 2, 3, 5, 6}) || !equalInts(pids, []int{4001, 4101, 4002, 4102, 4103}) {
-		t.Errorf("one old worker gone: slots %v pids %v, want the first new worker in slot 2", ids, pids)
-	}
-	k.update(4001, func(c *Counters) { c.Exited = true })
-	k.update(4002, func(c *Counters) { c.Exited = true })
-	st = snapshot(t, p)
-	ids, pids = slotPIDs(st)
-	if !equalInts(ids, []int{1, 2, 3}) || !equalInts(pids, []int{4102, 4101, 4103}) {
-		t.Fatalf("after the reload: slots %v pids %v, want 1..3 held by the new workers", ids, pids)
-	}
-	var total uint64
-	for _, w := range st.Workers {
-		total += w.Requests
-		if w.RespawnCount != 2 || w.DeltaRequests != 1 || w.Accepting != 1 {
-			t.Errorf("slot %d: respawn_count %d delta %d accepting %d, want 2 1 1", w.ID, w.RespawnCount, w.DeltaRequests, w.Accepting)
-		}
-	}
-	if total != 63 {
-		t.Errorf("requests over the slots = %d, want 63 (60 old, 3 new)", total)
-	}
-	if w := workerBySlot(t, st, 2); w.Requests != 31 {
-		t.Errorf("slot 2 (4003's): requests %d, want 31", w.Requests)
-	}
-	// A later respawn takes a freed slot again and opens none.
-	k.update(4101, func(c *Counters) { c.Exited = true })
-	addProc(t, p.Proc.Root, worker(4200, 9500, 1000, 40000))
-	k.set(Counters{PID: 4200, Master: testMaster, Start: TicksToNs(9500)})
-	st = snapshot(t, p)
-	if ids, pids := slotPIDs(st); !equalInts(ids, []int{1, 2, 3}) || pids[1] != 4200 {
-		t.Errorf("respawn after the reload: slots %v pids %v", ids, pids)
-	}
-}
-
-// TestPoolTornReadKeepsForkOrder: uWSGI's --reload under load. The old
-// workers exit, then the master forks the new ones in slot order; the pass
-// over the kernel map that first shows a new worker may miss the ones
-// forked before it, and the exit of the slot's old worker. Each new worker
-// must still take its predecessor's slot, as uWSGI numbers them.
-func TestPoolTornReadKeepsForkOrder(t *testing.T) {
-	p, k := testPool(t)
-	for pid, n := range map[int]uint64{4001: 10, 4003: 30, 4002: 20} {
-		k.update(pid, func(c *Counters) { c.Requests = n })
-	}
-	snapshot(t, p)
-
-	for _, pid := range []int{4001, 4003, 4002} {
-		k.update(pid, func(c *Counters) { c.Exited = true })
-	}
-	fresh := []int{4101, 4102, 4103} // forked in this order
-	for i, pid := range fresh {
-		addProc(t, p.Proc.Root, worker(pid, uint64(8000+i), 1000, 40000))
-		k.set(Counters{PID: pid, Master: testMaster, Start: TicksToNs(uint64(8000 + i)), Requests: uint64(i + 1)})
-	}
-	// The pass read 4001's and 4003's entries before they exited, and
-	// 4101's and 4102's parts of the map before they were forked.
-	k.torn = func(all []Counters) []Counters {
-		var out []Counters
-		for _, c := range all {
-			switch c.PID {
-			case 4101, 4102:
-				continue
-			case 4001, 4003:
-				c.Exited = false
-			}
-			out = append(out, c)
-		}
-		return out
-	}
-	st := snapshot(t, p)
-	ids, pids := slotPIDs(st)
-	if !equalInts(ids, []int{1, 2, 3}) || !equalInts(pids, fresh) {
-		t.Fatalf("after the reload: slots %v pids %v, want 1..3 held by %v in fork order", ids, pids, fresh)
-	}
-	for i, want := range []uint64{10 + 1, 30 + 2, 20 + 3} {
-		if w := st.Workers[i]; w.Requests != want || w.DeltaRequests != uint64(i+1) || w.RespawnCount != 2 {
-			t.Errorf("slot %d: requests %d delta %d respawn_count %d, want %d %d 2 (its old worker's and its own)",
-				w.ID, w.Requests, w.DeltaRequests, w.RespawnCount, want, i+1)
-		}
-	}
-}
-
-// TestPoolStoppedWorkerIsPaused: a worker stopped with SIGSTOP shows
-// uWSGI's "pause".
-func TestPoolStoppedWorkerIsPaused(t *testing.T) {
-	p, _ := testPool(t)
-	w := worker(4002, 1500, 1300, 41000)
-	w.state = 'T'
-	addProc(t, p.Proc.Root, w)
-	st := snapshot(t, p)
-	if got := workerBySlot(t, st, 3).Status; got != "pause" {
-		t.Errorf("stopped worker: status %q, want pause", got)
-	}
-	if got := workerBySlot(t, st, 1).Status; got != "idle" {
-		t.Errorf("running worker: status %q, want idle", got)
-	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestPoolRestartRebuildsSlots: a daemon restarted on pinned maps rebuilds
@@ -374,21 +249,5 @@ func TestPoolRestartKeepsKeptSlots(t *testing.T) {
 		if w := workerBySlot(t, st, slot); w.PID != want.pid || w.Requests != want.requests {
 			t.Errorf("slot %d: pid %d with %d requests, want pid %d with %d", slot, w.PID, w.Requests, want.pid, want.requests)
 		}
-	}
-}
-
-// TestProcfsPoolWaitsForMaster: in procfs mode too, a master not there yet
-// is an empty pool that says why, not a failed read.
-func TestProcfsPoolWaitsForMaster(t *testing.T) {
-	fs := newProcfs(t)
-	pidfile := filepath.Join(t.TempDir(), "app.pid")
-	p := &Pool{Target: Target{PIDFile: pidfile}, Proc: fs, Kernel: &ProcfsKernel{Proc: fs, Reason: "test"}, Log: testutil.NewLog(t).Logger}
-	if err := p.Start(context.Background()); !errors.Is(err, ErrNoTarget) {
-		t.Fatalf("Start: %v, want ErrNoTarget", err)
-	}
-	refresh(t, p)
-	st := snapshot(t, p)
-	if len(st.Workers) != 0 || st.Observer.Mode != "procfs" || !strings.Contains(st.Observer.Waiting, "does not exist") {
-		t.Errorf("procfs pool with no master: %d workers, mode %q, waiting %q", len(st.Workers), st.Observer.Mode, st.Observer.Waiting)
 	}
 }
