@@ -21,6 +21,14 @@ const (
 	ObserverCaptureModeCAPTURE_SOCK     ObserverCaptureMode = 2
 )
 
+type ObserverCaptureSize uint32
+
+const (
+	ObserverCaptureSizeRESPONSE_HEAD_MAX ObserverCaptureSize = 128
+	ObserverCaptureSizeHEAD_MAX          ObserverCaptureSize = 512
+	ObserverCaptureSizeHEADS_RING        ObserverCaptureSize = 1048576
+)
+
 type ObserverConn struct {
 	_          structs.HostLayout
 	Owner      uint32
@@ -30,6 +38,14 @@ type ObserverConn struct {
 	Captured   uint32
 	Pad        uint32
 }
+
+type ObserverConnState uint32
+
+const (
+	ObserverConnStateCONN_IDLE       ObserverConnState = 0
+	ObserverConnStateCONN_RECEIVING  ObserverConnState = 1
+	ObserverConnStateCONN_RESPONDING ObserverConnState = 2
+)
 
 type ObserverCounter uint32
 
@@ -45,6 +61,34 @@ const (
 	ObserverCounterCNT_MAX           ObserverCounter = 8
 )
 
+type ObserverHead struct {
+	_        structs.HostLayout
+	Sk       uint64
+	TsNs     uint64
+	LastTxNs uint64
+	Tgid     uint32
+	Kind     uint32
+	Len      uint32
+	Total    uint32
+	Data     [512]uint8
+}
+
+type ObserverHeadKind uint32
+
+const (
+	ObserverHeadKindHEAD_REQUEST  ObserverHeadKind = 0
+	ObserverHeadKindHEAD_RESPONSE ObserverHeadKind = 1
+	ObserverHeadKindHEAD_CLOSE    ObserverHeadKind = 2
+	ObserverHeadKindHEAD_MORE     ObserverHeadKind = 3
+)
+
+type ObserverInRequestAt uint32
+
+const (
+	ObserverInRequestAtIN_REQUEST_AT_EXIT   ObserverInRequestAt = 1
+	ObserverInRequestAtIN_REQUEST_AT_SIGNAL ObserverInRequestAt = 2
+)
+
 type ObserverInflight struct {
 	_    structs.HostLayout
 	Sk   uint64
@@ -52,6 +96,12 @@ type ObserverInflight struct {
 	Nr   uint32
 	Arg1 uint64
 }
+
+type ObserverKiller uint32
+
+const (
+	ObserverKillerKILLER_OOM ObserverKiller = 4294967295
+)
 
 type ObserverListenerScan struct {
 	_      structs.HostLayout
@@ -63,12 +113,25 @@ type ObserverListenerScan struct {
 	Ports  [16]uint32
 }
 
+type ObserverPidLimit uint32
+
+const (
+	ObserverPidLimitPID_LIMIT ObserverPidLimit = 4194304
+)
+
 type ObserverQueueWait struct {
 	_      structs.HostLayout
 	Count  uint64
 	SumNs  uint64
 	Counts [22]uint64
 }
+
+type ObserverQueueWaitBucket uint32
+
+const (
+	ObserverQueueWaitBucketQWAIT_FIRST_US ObserverQueueWaitBucket = 16
+	ObserverQueueWaitBucketQWAIT_BUCKETS  ObserverQueueWaitBucket = 22
+)
 
 type ObserverQueued struct {
 	_    structs.HostLayout
@@ -77,6 +140,12 @@ type ObserverQueued struct {
 	Port uint32
 	Pad  uint32
 }
+
+type ObserverResponseIdle uint32
+
+const (
+	ObserverResponseIdleRESPONSE_IDLE_NS ObserverResponseIdle = 100000000
+)
 
 type ObserverRole uint32
 
@@ -91,6 +160,14 @@ type ObserverSlotOf struct {
 	Slot       uint32
 	Pad        uint32
 }
+
+type ObserverTableSize uint32
+
+const (
+	ObserverTableSizeWORKERS_MAX  ObserverTableSize = 4096
+	ObserverTableSizeINFLIGHT_MAX ObserverTableSize = 16384
+	ObserverTableSizeCONN_MAX     ObserverTableSize = 131072
+)
 
 type ObserverWorker struct {
 	_           structs.HostLayout

@@ -22,17 +22,17 @@ const defaultHooks = ebpfkernel.HooksAuto
 
 // defaultMaxConns is --max-connections' default: 131,072 connections,
 // 22 MiB of kernel memory for the two tables (make bench).
-const defaultMaxConns = 1 << 17
+const defaultMaxConns = ebpfkernel.DefaultMaxConnections
 
-// defaultMaxWorkers is --max-workers' default: the C file's table size.
-const defaultMaxWorkers = 4096
+// defaultMaxWorkers is --max-workers' default: the programs' table size.
+const defaultMaxWorkers = ebpfkernel.DefaultMaxWorkers
 
-// defaultMaxTransfers is --max-transfers' default: the C file's size of
+// defaultMaxTransfers is --max-transfers' default: the programs' size of
 // the syscall hooks' in-flight table.
-const defaultMaxTransfers = 16384
+const defaultMaxTransfers = ebpfkernel.DefaultMaxTransfers
 
-// defaultCaptureRing is --capture-ring's default: the C file's 1 MiB.
-const defaultCaptureRing = 1 << 20
+// defaultCaptureRing is --capture-ring's default: the programs' 1 MiB.
+const defaultCaptureRing = ebpfkernel.DefaultCaptureRing
 
 // limits are the tables the kernel side can fill: the dump's count of
 // what a full one left untracked, what that costs, and the flag that
@@ -98,7 +98,7 @@ func followRequests(ctx context.Context, k loadedKernel, o daemonOptions, log *s
 	if err != nil {
 		return nil, fmt.Errorf("follow the captured requests: %w", err)
 	}
-	tracker := &requests.Tracker{MaxConns: k.MaxConnections(), Vars: o.requestVars}
+	tracker := &requests.Tracker{MaxConns: k.MaxConnections(), HeadMax: ebpfkernel.HeadMax, Vars: o.requestVars}
 	return observer.Follow(ctx, heads, tracker, log.With("component", "requests")), nil
 }
 

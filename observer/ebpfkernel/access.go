@@ -18,7 +18,7 @@ import (
 // needs CAP_BPF.
 func (k *Kernel) CheckAccess() error {
 	var per []uint64
-	if err := k.objs.Counters.Lookup(uint32(0), &per); err != nil {
+	if err := k.objs.Counters.Lookup(uint32(bpf.ObserverCounterCNT_CONN_TRACKED), &per); err != nil {
 		return fmt.Errorf("read counters map: %w", err)
 	}
 	var (

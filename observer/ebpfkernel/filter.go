@@ -2,17 +2,19 @@ package ebpfkernel
 
 import (
 	"fmt"
+
+	"github.com/workerstats/workerstats/bpf"
 )
 
-// pidLimit is PID_LIMIT in bpf/observer.c: the kernel's PID_MAX_LIMIT on
-// 64-bit, which no pid reaches.
-const pidLimit = 4 << 20
+// pidLimit is the programs' PID_LIMIT, which sizes the watched bitmap: the
+// kernel's PID_MAX_LIMIT on 64-bit, which no pid reaches.
+const pidLimit = int(bpf.ObserverPidLimitPID_LIMIT)
 
 // markWatched sets (on) or clears pid's bit in userspace's half of the
 // watched bitmap, the filter every per-event program runs first (see
-// bpf/observer.c): a worker added here is counted only once its bit is set.
-// The kernel's half, set at fork and cleared at exit, is never written
-// here, so neither side overwrites the other's bits.
+// watched in bpf/lib/maps.h): a worker added here is counted only once its
+// bit is set. The kernel's half, set at fork and cleared at exit, is never
+// written here, so neither side overwrites the other's bits.
 func (k *Kernel) markWatched(pid int, on bool) error {
 	if pid <= 0 || pid >= pidLimit {
 		return fmt.Errorf("pid %d is outside 1..%d", pid, pidLimit-1)

@@ -1,32 +1,38 @@
 package ebpfkernel
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/workerstats/workerstats/bpf"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/requests"
 )
 
 // HeadMax and ResponseHeadMax are how many first bytes of a request and
-// of a response are captured (the C file's HEAD_MAX, RESPONSE_HEAD_MAX): a
+// of a response are captured (enum capture_size in bpf/lib/types.h): a
 // response's status is at its start.
 const (
-	HeadMax         = 512
-	ResponseHeadMax = 128
+	HeadMax         = int(bpf.ObserverCaptureSizeHEAD_MAX)
+	ResponseHeadMax = int(bpf.ObserverCaptureSizeRESPONSE_HEAD_MAX)
 )
 
-// headFixed is the size of struct head before its data.
-const headFixed = 40
+// headFixed is the size of a struct head before its data: a close's whole
+// record.
+const headFixed = int(unsafe.Offsetof(bpf.ObserverHead{}.Data))
 
-// connResponding is the C file's CONN_RESPONDING: a close's request was
-// answered.
-const connResponding = 2
+// headKinds are the records' enum head_kind, as requests.Kind says them.
+var headKinds = [...]requests.Kind{
+	bpf.ObserverHeadKindHEAD_REQUEST:  requests.Request,
+	bpf.ObserverHeadKindHEAD_RESPONSE: requests.Response,
+	bpf.ObserverHeadKindHEAD_CLOSE:    requests.Close,
+	bpf.ObserverHeadKindHEAD_MORE:     requests.More,
+}
 
 // HeadReader reads captured heads as the kernel writes them.
 type HeadReader struct{ r *ringbuf.Reader }
@@ -70,34 +76,35 @@ func (hr *HeadReader) Read() (requests.Head, error) {
 // Close ends Read, at once.
 func (hr *HeadReader) Close() error { return hr.r.Close() }
 
-// decodeHead decodes a struct head (little-endian, as bpf2go builds). The
-// C file's enum head_kind is requests.Kind.
+// decodeHead decodes a struct head record: a request's (HeadMax bytes of
+// room), a response's (ResponseHeadMax), or a close's (none). The record
+// is in the host's byte order, as bpf.ObserverHead is: it is copied into
+// one, zeroed and aligned, whatever the ring's alignment of its bytes.
 func decodeHead(b []byte) (requests.Head, error) {
-	if len(b) < headFixed {
-		return requests.Head{}, fmt.Errorf("a captured head of %d bytes, shorter than its header", len(b))
+	var rec bpf.ObserverHead
+	if len(b) < headFixed || len(b) > int(unsafe.Sizeof(rec)) {
+		return requests.Head{}, fmt.Errorf("a captured head of %d bytes, where a record has %d to %d", len(b), headFixed, unsafe.Sizeof(rec))
 	}
-	le := binary.LittleEndian
-	n := int(le.Uint32(b[32:]))
-	if n > HeadMax || headFixed+n > len(b) {
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), unsafe.Sizeof(rec)), b)
+	n := int(rec.Len)
+	if headFixed+n > len(b) {
 		return requests.Head{}, fmt.Errorf("a captured head claims %d bytes in a record of %d", n, len(b))
 	}
-	kind := le.Uint32(b[28:])
-	if kind > uint32(requests.More) {
-		return requests.Head{}, fmt.Errorf("a captured head of kind %d", kind)
+	if rec.Kind >= uint32(len(headKinds)) {
+		return requests.Head{}, fmt.Errorf("a captured head of kind %d", rec.Kind)
 	}
 	h := requests.Head{
-		Conn:     le.Uint64(b[0:]),
-		TimeNs:   le.Uint64(b[8:]),
-		LastTxNs: le.Uint64(b[16:]),
-		PID:      int(le.Uint32(b[24:])),
-		Kind:     requests.Kind(kind),
-		Data:     append([]byte(nil), b[headFixed:headFixed+n]...),
+		Conn:     rec.Sk,
+		TimeNs:   rec.TsNs,
+		LastTxNs: rec.LastTxNs,
+		PID:      int(rec.Tgid),
+		Kind:     headKinds[rec.Kind],
+		Data:     append([]byte(nil), rec.Data[:n]...),
 	}
-	total := le.Uint32(b[36:])
 	if h.Kind == requests.Close {
-		h.Answered = total == connResponding
+		h.Answered = bpf.ObserverConnState(rec.Total) == bpf.ObserverConnStateCONN_RESPONDING
 	} else {
-		h.Total = int(total)
+		h.Total = int(rec.Total)
 		h.Truncated = h.Total > n
 	}
 	return h, nil

@@ -2,10 +2,16 @@ package ebpfkernel
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/workerstats/workerstats/bpf"
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/internal/testutil/forkpool"
 	"github.com/workerstats/workerstats/observer/requests"
@@ -199,5 +205,89 @@ func TestPinnedProgramsFollowCapture(t *testing.T) {
 	}
 	if withConsts == 0 {
 		t.Errorf("no pinned program of the %s hooks reads the capture constant", hooks)
+	}
+}
+
+// record is the ring's bytes of rec with room for data bytes of data.
+func record(rec bpf.ObserverHead, data int) []byte {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&rec)), unsafe.Sizeof(rec))
+	return bytes.Clone(b[:headFixed+data])
+}
+
+// TestDecodeHead: a record of each kind, as long as the kernel makes it,
+// decodes to what it holds.
+func TestDecodeHead(t *testing.T) {
+	fixed := bpf.ObserverHead{Sk: 0xffff8880deadbeef, TsNs: 200, LastTxNs: 100, Tgid: 4242}
+	with := func(kind bpf.ObserverHeadKind, data string, total uint32) bpf.ObserverHead {
+		rec := fixed
+		rec.Kind, rec.Len, rec.Total = uint32(kind), uint32(len(data)), total
+		copy(rec.Data[:], data)
+		return rec
+	}
+	long := strings.Repeat("x", HeadMax)
+	for _, c := range []struct {
+		name string
+		rec  []byte
+		want requests.Head
+	}{
+		{"request", record(with(bpf.ObserverHeadKindHEAD_REQUEST, "GET / HTTP/1.1\r\n", 16), HeadMax),
+			requests.Head{Kind: requests.Request, Data: []byte("GET / HTTP/1.1\r\n"), Total: 16}},
+		{"request cut short", record(with(bpf.ObserverHeadKindHEAD_REQUEST, long, 9000), HeadMax),
+			requests.Head{Kind: requests.Request, Data: []byte(long), Total: 9000, Truncated: true}},
+		{"response", record(with(bpf.ObserverHeadKindHEAD_RESPONSE, long[:ResponseHeadMax], 2000), ResponseHeadMax),
+			requests.Head{Kind: requests.Response, Data: []byte(long[:ResponseHeadMax]), Total: 2000, Truncated: true}},
+		{"more", record(with(bpf.ObserverHeadKindHEAD_MORE, "\x01\x04", 2), HeadMax),
+			requests.Head{Kind: requests.More, Data: []byte("\x01\x04"), Total: 2}},
+		{"answered close", record(with(bpf.ObserverHeadKindHEAD_CLOSE, "", uint32(bpf.ObserverConnStateCONN_RESPONDING)), 0),
+			requests.Head{Kind: requests.Close, Answered: true}},
+		{"unanswered close", record(with(bpf.ObserverHeadKindHEAD_CLOSE, "", uint32(bpf.ObserverConnStateCONN_RECEIVING)), 0),
+			requests.Head{Kind: requests.Close}},
+	} {
+		c.want.Conn, c.want.TimeNs, c.want.LastTxNs, c.want.PID = fixed.Sk, fixed.TsNs, fixed.LastTxNs, int(fixed.Tgid)
+		got, err := decodeHead(c.rec)
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if len(got.Data) == 0 {
+			got.Data = nil // a close's, empty
+		}
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: decoded %+v, want %+v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestDecodeBadHead: a record shorter than a head's header, longer than a
+// head, claiming more data than it holds, or of no kind is an error, and
+// no bytes make decodeHead panic.
+func TestDecodeBadHead(t *testing.T) {
+	ok := bpf.ObserverHead{Len: 10, Total: 10}
+	claims := ok
+	claims.Len = uint32(ResponseHeadMax + 1)
+	kindless := ok
+	kindless.Kind = uint32(len(headKinds))
+	for name, b := range map[string][]byte{
+		"empty":               nil,
+		"short":               record(ok, 0)[:headFixed-1],
+		"oversized":           append(record(ok, HeadMax), 0),
+		"claims more":         record(claims, ResponseHeadMax),
+		"claims a whole ring": record(bpf.ObserverHead{Len: 1 << 20}, HeadMax),
+		"of no kind":          record(kindless, 10),
+	} {
+		if h, err := decodeHead(b); err == nil {
+			t.Errorf("%s (%d bytes): decoded %+v, want an error", name, len(b), h)
+		}
+	}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 10000 {
+		b := make([]byte, rnd.IntN(headFixed+HeadMax+16))
+		for i := range b {
+			b[i] = byte(rnd.Uint32())
+		}
+		if lenAt := int(unsafe.Offsetof(ok.Len)); len(b) >= lenAt+4 && rnd.IntN(2) == 0 {
+			binary.NativeEndian.PutUint32(b[lenAt:], uint32(rnd.IntN(len(b)+1)))
+		}
+		decodeHead(b) // must not panic
 	}
 }

@@ -36,22 +36,22 @@ type Options struct {
 	// stopped and a restart carries on from the same maps (see bpffs.go).
 	// Empty: nothing is pinned and Close detaches everything.
 	PinPath string
-	// MaxConnections sizes the tables of tracked connections (0: the C
-	// file's CONN_MAX). A connection accepted while they are full is not
-	// counted, and Info says how many were not.
+	// MaxConnections sizes the tables of tracked connections (0:
+	// DefaultMaxConnections). A connection accepted while they are full
+	// is not counted, and Info says how many were not.
 	MaxConnections int
-	// MaxWorkers sizes the table of processes (0: the C file's 4096):
+	// MaxWorkers sizes the table of processes (0: DefaultMaxWorkers):
 	// every watched master, its live workers, and each slot's last exited
 	// process. A worker that finds it full is not counted, and Info says
 	// how many were not.
 	MaxWorkers int
 	// MaxTransfers sizes the syscall hooks' table of sends and receives
-	// in progress, one per thread inside one (0: the C file's 16384). A
+	// in progress, one per thread inside one (0: DefaultMaxTransfers). A
 	// transfer that finds it full is not counted, and Info says how many
 	// were not. The raw and sock hooks keep no such table.
 	MaxTransfers int
 	// CaptureRing is the size in bytes of the ring the captured heads
-	// reach userspace through (0: the C file's 1 MiB); a power of two, at
+	// reach userspace through (0: DefaultCaptureRing); a power of two, at
 	// least a page. A head that finds it full is lost, and Info says how
 	// many were.
 	CaptureRing int
@@ -233,6 +233,16 @@ func captureMode(on bool, hooks string) bpf.ObserverCaptureMode {
 	}
 	return bpf.ObserverCaptureModeCAPTURE_SYSCALLS
 }
+
+// The sizes of the tables and of the capture ring that Options leave 0:
+// the programs' own (enum table_size and enum capture_size in
+// bpf/lib/types.h).
+const (
+	DefaultMaxConnections = int(bpf.ObserverTableSizeCONN_MAX)
+	DefaultMaxWorkers     = int(bpf.ObserverTableSizeWORKERS_MAX)
+	DefaultMaxTransfers   = int(bpf.ObserverTableSizeINFLIGHT_MAX)
+	DefaultCaptureRing    = int(bpf.ObserverCaptureSizeHEADS_RING) // 1 MiB
+)
 
 // connMaps are the maps sized by Options.MaxConnections.
 var connMaps = []string{"conns", "fds"}

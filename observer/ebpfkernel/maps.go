@@ -137,21 +137,16 @@ func counters(pid uint32, v *bpf.ObserverWorker, now, suspended uint64) observer
 		KillSig:            int(v.KillSig),
 		Killer:             killer(v.Killer),
 		KillNs:             exitBoot(v.KillNs, suspended),
-		ExitedInRequest:    v.InRequestAt&inRequestAtExit != 0,
-		SignalledInRequest: v.InRequestAt&inRequestAtSignal != 0,
+		ExitedInRequest:    bpf.ObserverInRequestAt(v.InRequestAt)&bpf.ObserverInRequestAtIN_REQUEST_AT_EXIT != 0,
+		SignalledInRequest: bpf.ObserverInRequestAt(v.InRequestAt)&bpf.ObserverInRequestAtIN_REQUEST_AT_SIGNAL != 0,
 	}
 }
 
-// The C file's enum in_request_at: bits of a worker's in_request_at.
-const (
-	inRequestAtExit   = 1
-	inRequestAtSignal = 2
-)
-
 // ResponseIdle is how long after its last response byte a connection whose
 // next request has not come is taken as idle: the kernel cannot see where a
-// response ends, and a keep-alive connection waits in that state.
-const ResponseIdle = 100 * time.Millisecond
+// response ends, and a keep-alive connection waits in that state. The
+// programs use it too (enum response_idle in bpf/lib/types.h).
+const ResponseIdle = time.Duration(bpf.ObserverResponseIdleRESPONSE_IDLE_NS)
 
 // inRequest is how many requests a worker is in: those received and not
 // answered yet, plus one being answered when a response byte went out
@@ -273,11 +268,8 @@ func (k *Kernel) prune(drop func(owner int) bool) (int, error) {
 
 // killer is a worker's killer as observer.Counters says it.
 func killer(k uint32) int {
-	if k == killerOOM {
+	if bpf.ObserverKiller(k) == bpf.ObserverKillerKILLER_OOM {
 		return observer.KillerOOM
 	}
 	return int(k)
 }
-
-// killerOOM is the C file's KILLER_OOM.
-const killerOOM = 0xffffffff

@@ -12,16 +12,16 @@ import (
 	"github.com/workerstats/workerstats/observer"
 )
 
-// Time in the listen queue (see queue_waits in the C file): the kernel
-// times each TCP connection from its listener's accept queue to a watched
-// worker's accept, for the ports the watched pools listen on. A Unix
-// socket's connect is seen by no tracepoint, so a Unix listener's waits
-// are not timed.
+// Time in the listen queue (see bpf/queue.c): the kernel times each TCP
+// connection from its listener's accept queue to a watched worker's
+// accept, for the ports the watched pools listen on. A Unix socket's
+// connect is seen by no tracepoint, so a Unix listener's waits are not
+// timed.
 
-// queueWaitFirstUs and queueWaitBuckets are the C file's QWAIT_FIRST_US and
+// queueWaitFirstUs and queueWaitBuckets are the programs' QWAIT_FIRST_US and
 // QWAIT_BUCKETS: bucket i holds the waits of at most queueWaitFirstUs << i µs.
 const (
-	queueWaitFirstUs = 16
+	queueWaitFirstUs = uint64(bpf.ObserverQueueWaitBucketQWAIT_FIRST_US)
 	queueWaitBuckets = len(bpf.ObserverQueueWait{}.Counts)
 )
 

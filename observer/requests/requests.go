@@ -110,10 +110,14 @@ type Worker struct {
 const DefaultMaxConns = 1 << 17
 
 // Tracker follows requests from heads. Its zero value is ready, holding
-// DefaultMaxConns connections at most.
+// DefaultMaxConns connections at most, and DefaultHeadMax bytes of a head.
 type Tracker struct {
 	MaxConns int
-	Vars     Vars // which of a request's vars to keep; credentials never
+	// HeadMax bounds the bytes of a request head a connection keeps while
+	// it comes in several reads: set it to what the kernel side captures
+	// of one.
+	HeadMax int
+	Vars    Vars // which of a request's vars to keep; credentials never
 
 	mu      sync.Mutex
 	conns   map[uint64]*conn
@@ -129,14 +133,15 @@ type conn struct {
 	kind proto.Kind
 	cur  *InFlight
 	// head holds the current request's head while it is incomplete and
-	// came in several reads, at most HeadMax bytes; nil once complete.
+	// came in several reads, at most Tracker.HeadMax bytes; nil once
+	// complete.
 	head      []byte
 	truncated bool
 }
 
-// HeadMax bounds the bytes of a request head a connection keeps while it
-// comes in several reads, as the kernel side bounds what it captures.
-const HeadMax = 512
+// DefaultHeadMax is a Tracker's HeadMax when it is 0: a request line and
+// the headers that matter.
+const DefaultHeadMax = 512
 
 // Add takes the next head.
 func (t *Tracker) Add(h Head) {
@@ -199,7 +204,7 @@ func (t *Tracker) request(c *conn, h Head) {
 
 // more takes the next bytes of c's request head.
 func (t *Tracker) more(c *conn, h Head) {
-	n := min(len(h.Data), HeadMax-len(c.head))
+	n := min(len(h.Data), t.headMax()-len(c.head))
 	c.truncated = c.truncated || n < len(h.Data) || h.Truncated
 	t.parse(c, append(c.head, h.Data[:n]...))
 }
@@ -213,8 +218,8 @@ func (t *Tracker) parse(c *conn, head []byte) {
 	r := proto.ParseRequest(c.kind, head, c.truncated)
 	c.cur.Kind, c.cur.Vars, c.cur.Truncated = c.kind, t.Vars.keep(r.Vars), r.Truncated
 	c.head = nil
-	if !r.Complete && !c.truncated && len(head) < HeadMax {
-		c.head = append(make([]byte, 0, min(2*len(head)+64, HeadMax)), head...)
+	if limit := t.headMax(); !r.Complete && !c.truncated && len(head) < limit {
+		c.head = append(make([]byte, 0, min(2*len(head)+64, limit)), head...)
 	}
 }
 
@@ -282,6 +287,13 @@ func (t *Tracker) worker(pid int) *Summary {
 		t.workers[pid] = w
 	}
 	return w
+}
+
+func (t *Tracker) headMax() int {
+	if t.HeadMax > 0 {
+		return t.HeadMax
+	}
+	return DefaultHeadMax
 }
 
 func (t *Tracker) maxConns() int {

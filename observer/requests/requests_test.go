@@ -133,7 +133,7 @@ func FuzzTracker(f *testing.F) {
 				t.Fatalf("%d connections followed", len(tr.conns))
 			}
 			for k, c := range tr.conns {
-				if len(c.head) > HeadMax {
+				if len(c.head) > DefaultHeadMax {
 					t.Fatalf("connection %d keeps a head of %d bytes", k, len(c.head))
 				}
 			}
@@ -222,11 +222,22 @@ func TestHeadInSeveralReads(t *testing.T) {
 	}
 
 	// An HTTP head that never ends: kept to HeadMax, parsed that far.
+	endless(t, &tr)
+	endless(t, &Tracker{HeadMax: 64})
+}
+
+// endless sends tr an HTTP head that never ends, checking what it keeps
+// of it after each read: at most its HeadMax, and none once it is over.
+func endless(t *testing.T, tr *Tracker) {
+	t.Helper()
 	tr.Add(Head{Conn: 2, PID: 10, Kind: Request, TimeNs: ms, Data: []byte("GET /x HTTP/1.1\r\nHost: a\r\n")})
 	for range 40 {
 		tr.Add(Head{Conn: 2, PID: 10, Kind: More, TimeNs: ms, Data: []byte("X-Long: aaaaaaaaaaaaaaaaaaaa\r\n")})
+		if c := tr.conns[2]; len(c.head) > tr.headMax() {
+			t.Fatalf("HeadMax %d: an endless head kept to %d bytes", tr.HeadMax, len(c.head))
+		}
 	}
 	if c := tr.conns[2]; c.head != nil || !c.truncated || !c.cur.Truncated || c.cur.Vars[0].Value != "GET" {
-		t.Errorf("an endless head: kept %d bytes, truncated %v, vars %v; want none kept past %d, truncated", len(c.head), c.truncated, c.cur.Vars, HeadMax)
+		t.Errorf("HeadMax %d: an endless head: kept %d bytes, truncated %v, vars %v; want none kept past %d, truncated", tr.HeadMax, len(c.head), c.truncated, c.cur.Vars, tr.headMax())
 	}
 }

@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The records the programs keep and hand to userspace, their enums, and
+ * the sizes both sides share. Userspace reads them through the Go that
+ * bpf2go generates from them (gen.go's -type list, and every map's key and
+ * value): a constant it needs is an enum value here, never a #define, and
+ * `struct exported` at the end names what no map refers to.
+ */
+#ifndef WORKERSTATS_TYPES_H
+#define WORKERSTATS_TYPES_H
+
+#include "kernel.h"
+
+/* ---- workers ---- */
+
+enum role {
+	ROLE_MASTER = 1,
+	ROLE_WORKER = 2,
+};
+
+/* Per-process entry, keyed by tgid: a threaded worker is one worker. */
+struct worker {
+	enum role role;     /* 4 bytes, as a __u32 */
+	__u32 master;       /* tgid of the master, for workers */
+	__u64 start_ns;     /* task start_boottime, ns: (pid, start) identifies a process */
+	__u64 exit_ns;      /* 0 while alive; bpf_ktime_get_ns() at exit */
+	__u64 accepts;      /* connections accepted */
+	__u64 requests;     /* requests answered (whose response started); see unanswered */
+	__u64 closes;       /* accepted connections closed */
+	__u64 rx;           /* bytes received on accepted connections */
+	__u64 tx;           /* bytes sent on accepted connections */
+	__u64 rt_ns;        /* sum of finished requests' durations */
+	__u64 avg_rt_ns;    /* uWSGI's running average: avg = (avg + rt) / 2 */
+	__u64 finished;     /* requests whose duration is in rt_ns */
+	__s64 in_progress;  /* requests started and not yet finished */
+	__s64 awaiting;     /* of those, requests received and not answered yet */
+	__u64 last_tx_ns;   /* when a response byte was last sent */
+	/* Written by userspace only: an exited worker's entry is kept as its
+	 * slot's history, its counters the slot's sums and spawns the
+	 * processes the slot has had, so a restarted daemon finds them. */
+	__u64 spawns;
+	/* Requests received and never answered: the connection closed (or
+	 * the worker exited) with inbound data after its last response and
+	 * no response byte sent. uWSGI counts such a request, and an
+	 * exception. */
+	__u64 unanswered;
+	/* How it ended, for its slot's last_exit: its wait status (exit code
+	 * << 8, or the signal that killed it), the last fatal signal sent to
+	 * it, by whom (a tgid; 0 for the kernel, KILLER_OOM for its OOM
+	 * killer) and when, and whether it was in a request when it exited
+	 * and when that signal came (enum in_request_at bits). */
+	__u32 exit_status;
+	__u32 kill_sig;
+	__u32 killer;
+	__u32 in_request_at;
+	__u64 kill_ns;
+};
+
+/* Bits of a worker's in_request_at. */
+enum in_request_at { IN_REQUEST_AT_EXIT = 1, IN_REQUEST_AT_SIGNAL = 2 };
+
+/* A worker's killer when the kernel's OOM killer chose it: no tgid. */
+enum killer { KILLER_OOM = 0xffffffff };
+
+/* A worker is in a request while one it received is not answered, or
+ * while it sends a response: a byte within RESPONSE_IDLE_NS, as
+ * userspace's busy (the kernel cannot see where a response ends). */
+enum response_idle { RESPONSE_IDLE_NS = 100000000 };
+
+/* ---- connections ---- */
+
+enum conn_state {
+	CONN_IDLE = 0,      /* no request yet, or the last one was finished */
+	CONN_RECEIVING = 1, /* inbound data seen, no response yet */
+	CONN_RESPONDING = 2 /* response bytes sent */
+};
+
+struct conn {
+	__u32 owner; /* tgid of the worker that accepted it */
+	__u32 state;
+	__u64 req_start_ns;
+	__u64 last_tx_ns;
+	__u32 captured; /* request capture: bytes of the request's head sent so far */
+	__u32 pad;
+};
+
+/* Global per-CPU counters, indexed by enum counter: what was tracked, and what could not be. */
+enum counter {
+	CNT_CONN_TRACKED = 0,  /* accepted connections added to conns */
+	CNT_CONN_CLOSED = 1,   /* tracked connections closed */
+	CNT_CONN_FULL = 2,     /* accepted connections not tracked: conns or fds full */
+	CNT_CONN_STALE = 3,    /* a socket address reused while still in conns (close missed) */
+	CNT_WORKER_FULL = 4,   /* new worker not tracked: workers insert failed */
+	CNT_WORKER_REUSED = 5, /* a dead worker's unread entry overwritten by a reused pid */
+	CNT_INFLIGHT_FULL = 6, /* syscall path: a send/recv not tracked */
+	CNT_HEAD_LOST = 7,     /* a request's or response's first bytes not captured: heads full */
+	CNT_MAX = 8,
+};
+
+/* The sizes of the tables userspace may size otherwise at load
+ * (--max-workers, --max-transfers, --max-connections): these are its
+ * defaults. */
+enum table_size {
+	WORKERS_MAX = 4096,    /* workers, and slots */
+	INFLIGHT_MAX = 16384,  /* inflight */
+	CONN_MAX = 131072,     /* conns and fds */
+};
+
+/* PID_MAX_LIMIT on 64-bit: no tgid reaches it. */
+enum pid_limit { PID_LIMIT = 4 * 1024 * 1024 };
+
+/* Syscall path: socket of a send/recv between its enter and exit, by thread. */
+struct inflight {
+	__u64 sk;
+	__u32 dir;  /* DIR_RECV or DIR_SEND */
+	__u32 nr;   /* the syscall */
+	__u64 arg1; /* its second argument: the buffer, iovec or msghdr */
+};
+
+enum { DIR_RECV = 0, DIR_SEND = 1 };
+
+/* ---- the listen queue ---- */
+
+/* A port's waits: counts[i] are the waits of at most QWAIT_FIRST_US << i
+ * µs (and above the bound before); the last, the rest. */
+enum queue_wait_bucket { QWAIT_FIRST_US = 16, QWAIT_BUCKETS = 22 };
+
+struct queue_wait {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 counts[QWAIT_BUCKETS];
+};
+
+/* The slots of the connections waiting in a watched port's accept queue
+ * (the queued map). */
+#define QUEUED_SLOTS 65536
+
+struct queued {
+	__u64 sk; /* struct sock *; 0 for none */
+	__u64 at_ns;
+	__u32 port;
+	__u32 pad;
+};
+
+/* ---- slots and listeners ---- */
+
+struct slot_of {
+	__u64 start_ticks; /* the process's start, in procfs's clock ticks */
+	__u32 slot;
+	__u32 pad;
+};
+
+#define SCAN_FDS 64 /* fds 0 to 63: listeners are opened early; each fd more costs every load its verification */
+#define SCAN_FOUND 16
+
+struct listener_scan {
+	__u32 want;  /* userspace sets it, the scan clears it */
+	__u32 adopt; /* sock hooks with accept unhooked: the ports found are adopted */
+	__u32 found; /* entries of inodes and ports filled */
+	__u32 pad;
+	__u64 inodes[SCAN_FOUND];
+	__u32 ports[SCAN_FOUND]; /* a TCP listener's port, host order; 0 for Unix */
+};
+
+/* ---- request capture (capture.c) ---- */
+
+/* How many first bytes of a request (HEAD_MAX) and of a response
+ * (RESPONSE_HEAD_MAX) are captured, and the ring's size in bytes
+ * (HEADS_RING; userspace may size it otherwise at load, --capture-ring). */
+enum capture_size {
+	RESPONSE_HEAD_MAX = 128,
+	HEAD_MAX = 512,
+	HEADS_RING = 1 << 20,
+};
+
+/* What a record says of its connection: a request began (and so the
+ * previous one on the connection, answered, is over), its response began,
+ * or the connection closed with a request on it. */
+enum head_kind { HEAD_REQUEST = 0, HEAD_RESPONSE = 1, HEAD_CLOSE = 2, HEAD_MORE = 3 };
+
+struct head {
+	__u64 sk;
+	__u64 ts_ns;      /* when the request or response began, or the close */
+	__u64 last_tx_ns; /* the connection's last response byte before this */
+	__u32 tgid;
+	__u32 kind;  /* enum head_kind; HEAD_REQUEST is DIR_RECV, HEAD_RESPONSE DIR_SEND;
+		      * HEAD_MORE the next bytes of a request whose head came in
+		      * several reads (PHP-FPM reads each FastCGI record's header
+		      * apart), until HEAD_MAX in all */
+	__u32 len;   /* bytes in data; none for HEAD_CLOSE */
+	__u32 total; /* bytes the syscall moved (more than len when cut short);
+		      * for HEAD_CLOSE the request's state, enum conn_state */
+	__u8 data[HEAD_MAX]; /* a response's record ends after RESPONSE_HEAD_MAX */
+};
+
+enum capture_mode { CAPTURE_OFF = 0, CAPTURE_SYSCALLS = 1, CAPTURE_SOCK = 2 };
+
+/* ---- what the hooks hand over ---- */
+
+/* Tracepoint contexts: layouts of /sys/kernel/tracing/events/.../format. */
+struct sys_enter_ctx {
+	__u64 common;
+	long id;
+	unsigned long args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	long id;
+	long ret;
+};
+
+struct user_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+/*
+ * What userspace reads by name that no map refers to. bpf2go generates Go
+ * for a type it finds in the object's BTF, and clang puts a type there
+ * only when something the object keeps refers to it: a map's key or value,
+ * a constant's type, and what those refer to. A head is written to its
+ * ring as bytes, and an enum whose values only code uses is referred to
+ * by nothing; so this struct refers to each, and the heads ring's
+ * definition to it (lib/maps.h). No instance of it is ever made.
+ */
+struct exported {
+	struct head head;
+	enum head_kind head_kind;
+	enum capture_size capture_size;
+	enum conn_state conn_state;
+	enum in_request_at in_request_at;
+	enum killer killer;
+	enum response_idle response_idle;
+	enum table_size table_size;
+	enum pid_limit pid_limit;
+	enum queue_wait_bucket queue_wait_bucket;
+};
+
+#endif

@@ -1,0 +1,63 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Bytes, socket path (kernel >= 6.3): raw tracepoints on sock_recv_length
+ * and sock_send_length, whose arguments (struct sock *sk, int ret, int
+ * flags) come as they are, where the tracepoint interface would first
+ * copy them into a trace record. They hand us the socket directly, so a
+ * TCP pool needs no syscall tracepoint: its connections are adopted and
+ * ended as conns.c says. A pool on a Unix socket still needs accept and
+ * close from their syscall tracepoints, which userspace attaches only
+ * while such a pool is watched (and then leaves listen_ports empty, so
+ * nothing is adopted twice).
+ *
+ * Included after conns.c, whose adopt it calls.
+ */
+#include "lib/common.h"
+
+static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
+{
+	int ret = (int)ctx->args[1];
+	int flags = (int)ctx->args[2];
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return 0;
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (!cur)
+		return 0;
+	__u64 sk = ctx->args[0];
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	int full = 0;
+	if (!c)
+		c = adopt(sk, tgid, cur, &full);
+	if (!c)
+		return 0;
+	/* No buffer here: the syscall's own saved registers hold it, read
+	 * only where a request or response may begin. */
+	struct pt_regs *regs = 0;
+	int same = 0;
+	if (sock_hooks && may_continue(c, dir, ret)) {
+		regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+		same = same_request(BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+	}
+	int more = head_continues(c, dir);
+	__u64 at = conn_bytes(c, dir, ret, tgid, cur, same);
+	if ((at || more) && capture_heads == CAPTURE_SOCK) {
+		if (!regs)
+			regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+		capture(sk, c, tgid, dir, ret, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/sock_recv_length")
+int on_sock_recv(struct bpf_raw_tracepoint_args *ctx)
+{
+	return sock_length(ctx, DIR_RECV);
+}
+
+SEC("raw_tracepoint/sock_send_length")
+int on_sock_send(struct bpf_raw_tracepoint_args *ctx)
+{
+	return sock_length(ctx, DIR_SEND);
+}
