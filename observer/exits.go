@@ -9,6 +9,7 @@ import (
 // its last_exit.
 type exitRecord struct {
 	proc    Proc
+	nsPID   int      // its pid in its own PID namespace
 	c       Counters // its final counters: ExitStatus, KillSig, Killer...
 	master  int      // the pool's master when it exited
 	request string   // "METHOD URI" of the request it was in, if captured
@@ -65,7 +66,7 @@ func (e *exitRecord) sender() string {
 // render shows the record as the dump's last_exit; bootUnix is the boot
 // time its exit time counts from.
 func (e *exitRecord) render(bootUnix int64) *LastExit {
-	x := &LastExit{PID: e.proc.PID, Status: "exited", Code: int(e.c.ExitStatus >> 8 & 0xff), Request: e.request}
+	x := &LastExit{PID: e.nsPID, HostPID: e.proc.PID, Status: "exited", Code: int(e.c.ExitStatus >> 8 & 0xff), Request: e.request}
 	if e.c.ExitNs != 0 {
 		x.At = bootUnix + int64(e.c.ExitNs/1e9)
 	}

@@ -48,8 +48,8 @@ func TestPoolShowsHowWorkersEnded(t *testing.T) {
 	st := snapshot(t, p)
 	boot := workerBySlot(t, st, 1).LastSpawn - 1000/100 // slot 1's process started at tick 1000
 	want := map[int]*LastExit{
-		1: {PID: 4001, At: boot + 20, Status: "killed", Signal: "SIGKILL", By: "master", ByPID: testMaster, InRequest: 1},
-		2: {PID: 4003, At: boot + 21, Status: "exited", Code: 3, Signal: "SIGTERM", By: "pid 777", ByPID: 777},
+		1: {PID: 4001, HostPID: 4001, At: boot + 20, Status: "killed", Signal: "SIGKILL", By: "master", ByPID: testMaster, InRequest: 1},
+		2: {PID: 4003, HostPID: 4003, At: boot + 21, Status: "exited", Code: 3, Signal: "SIGTERM", By: "pid 777", ByPID: 777},
 	}
 	for id, w := range want {
 		if got := workerBySlot(t, st, id).LastExit; got == nil || *got != *w {

@@ -10,7 +10,11 @@ type Counters struct {
 	// Start is the process's start time in nanoseconds since boot (the
 	// kernel's start_boottime). (PID, Start) identifies a process; a PID
 	// alone does not, since PIDs are reused.
-	Start  uint64
+	Start uint64
+	// NSPID is the process's pid in its own PID namespace, as the kernel
+	// saw it at its fork (0 when the kernel side does not say): what the
+	// server itself reports, where PID is the host's.
+	NSPID  int
 	Exited bool
 	// ExitNs is when an exited process ended, on Start's clock (0 when
 	// unknown).

@@ -138,12 +138,16 @@ func (l *layout) stats(st *Stats) {
 	l.uint("signal_queue", st.SignalQueue)
 	l.uint("load", st.Load)
 	l.int("pid", int64(st.PID))
+	l.int("host_pid", int64(st.HostPID))
 	l.int("uid", int64(st.UID))
 	l.int("gid", int64(st.GID))
 	l.str("cwd", st.CWD)
 	l.value("locks", st.Locks)
 	l.value("sockets", st.Sockets)
 	l.array("workers", st.Workers == nil, len(st.Workers), func(i int) { l.worker(&st.Workers[i]) })
+	if st.Container != nil {
+		l.value("container", st.Container)
+	}
 	l.value("observer", st.Observer)
 	l.close('}')
 }
@@ -152,6 +156,7 @@ func (l *layout) worker(w *Worker) {
 	l.open('{')
 	l.int("id", int64(w.ID))
 	l.int("pid", int64(w.PID))
+	l.int("host_pid", int64(w.HostPID))
 	l.int("accepting", int64(w.Accepting))
 	l.uint("requests", w.Requests)
 	l.uint("delta_requests", w.DeltaRequests)

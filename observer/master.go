@@ -31,7 +31,7 @@ func (p *Pool) locate() error {
 	case !alive && cur.PID == 0 && p.waiting != "" && !p.Target.Follows():
 		return nil
 	}
-	found, err := p.Target.Find(p.Proc)
+	found, err := p.Target.find(p.Proc, p.self.hint)
 	if err != nil {
 		if alive {
 			return nil // an unreadable or stale pidfile: keep the live master
@@ -51,6 +51,7 @@ func (p *Pool) lose(why error) {
 	if p.master.PID != 0 {
 		msg = fmt.Sprintf("master pid %d exited; %s", p.master.PID, msg)
 		p.master = Proc{}
+		p.self = masterSelf{hint: p.self.hint} // to find it again after a restart
 	}
 	if p.Target.Follows() {
 		msg += "; observation resumes when the master is back"
@@ -79,6 +80,7 @@ func (p *Pool) adopt(m Proc) error {
 		p.Log.Info("the master changed", "target", p.Target.String(), "old", p.master.PID, "new", m.PID)
 	}
 	p.master, p.waiting, p.last = m, "", nil
+	p.self = p.identify(m)
 	p.masters[m.PID] = true
 	if p.settled {
 		// The slots' history moves to the new master, where a restarted

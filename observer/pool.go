@@ -41,6 +41,7 @@ type Pool struct {
 
 	mu     sync.Mutex
 	master Proc // zero while the master is not found
+	self   masterSelf
 	// masters holds every master watched, the current one included, whose
 	// workers may still run: their exits must still be folded.
 	masters map[int]bool

@@ -131,14 +131,23 @@ func (p Procfs) Memory(ctx context.Context, pid int) (rss, vsz uint64, err error
 	return m.RSS, m.VMS, nil
 }
 
-// Cwd returns a process's working directory. Another user's takes ptrace
-// read access: without it the error wraps fs.ErrPermission.
+// Cwd returns a process's working directory as the process itself sees
+// it: inside its mount namespace's root (a container's), as the server
+// reports its own. Another user's takes ptrace read access: without it the
+// error wraps fs.ErrPermission.
 func (p Procfs) Cwd(pid int) (string, error) {
 	cwd, err := os.Readlink(filepath.Join(p.Root, strconv.Itoa(pid), "cwd"))
 	if err != nil {
 		return "", fmt.Errorf("working directory of pid %d: %w", pid, err)
 	}
-	return cwd, nil
+	root, err := p.RootDir(pid)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cwd, nil // a procfs tree without root links
+	}
+	if err != nil {
+		return "", err
+	}
+	return insideRoot(root, cwd), nil
 }
 
 // Owner returns a process's real uid and gid.

@@ -30,6 +30,12 @@ type fakeProc struct {
 	// /proc/PID/task/TID/children. A process without tasks gets a single
 	// task (its own pid) with no children.
 	tasks map[int][]int
+	// nspid is the NSpid line's pids, outermost first (a process in a
+	// container: host pid, then its own); [pid] if nil.
+	nspid []int
+	root  string // target of /proc/PID/root; none if empty
+	// cgroup is /proc/PID/cgroup; "0::/\n" if empty.
+	cgroup string
 }
 
 // writeStatFile writes <root>/stat and <root>/uptime as the kernel formats
@@ -89,7 +95,7 @@ func statusText(p fakeProc) string {
 		"FDSize:\t64",
 		"Groups:\t" + strconv.Itoa(p.gid) + " ",
 		"NStgid:\t" + strconv.Itoa(p.pid),
-		"NSpid:\t" + strconv.Itoa(p.pid),
+		"NSpid:\t" + nspidText(p),
 		"NSpgid:\t" + strconv.Itoa(p.ppid),
 		"NSsid:\t" + strconv.Itoa(p.ppid),
 		fmt.Sprintf("VmPeak:\t%8d kB", p.vszPages*4),
@@ -113,6 +119,18 @@ func statusText(p fakeProc) string {
 		"nonvoluntary_ctxt_switches:\t7",
 	}
 	return strings.Join(lines, "\n") + "\n"
+}
+
+// nspidText renders the NSpid line's pids, tab-separated.
+func nspidText(p fakeProc) string {
+	if len(p.nspid) == 0 {
+		return strconv.Itoa(p.pid)
+	}
+	f := make([]string, len(p.nspid))
+	for i, n := range p.nspid {
+		f[i] = strconv.Itoa(n)
+	}
+	return strings.Join(f, "\t")
 }
 
 // statmText renders /proc/PID/statm: size resident shared text lib data dt,
@@ -144,8 +162,16 @@ func addProc(t *testing.T, root string, p fakeProc) {
 		}
 		writeFile(t, filepath.Join(dir, "task", strconv.Itoa(tid), "children"), b.String())
 	}
-	if p.cwd != "" {
-		if err := os.Symlink(p.cwd, filepath.Join(dir, "cwd")); err != nil {
+	cgroup := p.cgroup
+	if cgroup == "" {
+		cgroup = "0::/\n"
+	}
+	writeFile(t, filepath.Join(dir, "cgroup"), cgroup)
+	for name, target := range map[string]string{"cwd": p.cwd, "root": p.root} {
+		if target == "" {
+			continue
+		}
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -123,6 +123,9 @@ func (p *Pool) update(s *slot, proc Proc, c Counters) {
 			s = p.place(proc)
 		}
 		s.cur = c
+		if c.NSPID != 0 {
+			s.nsPID = c.NSPID
+		}
 		s.lastSeen = true
 		return
 	}

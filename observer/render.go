@@ -70,7 +70,8 @@ func (s *slot) worker(bootUnix int64) Worker {
 	// A request never answered is one, and an exception, as in uWSGI.
 	w := Worker{
 		ID:            s.id,
-		PID:           s.proc.PID,
+		PID:           s.nsPID,
+		HostPID:       s.proc.PID,
 		Requests:      s.past.Requests + s.past.Unanswered + c.Requests + c.Unanswered,
 		DeltaRequests: c.Requests + c.Unanswered,
 		Exceptions:    s.past.Unanswered + c.Unanswered,
@@ -99,7 +100,7 @@ func (s *slot) worker(bootUnix int64) Worker {
 	inRequest := 0
 	switch {
 	case !s.alive:
-		w.PID, w.Status = 0, "cheap"
+		w.PID, w.HostPID, w.Status = 0, 0, "cheap"
 	case c.InProgress > 0:
 		w.Accepting, w.Status, inRequest = 1, "busy", 1
 	case s.paused:

@@ -1,5 +1,7 @@
 package observer
 
+import "github.com/workerstats/workerstats/observer/container"
+
 // The types below mirror the JSON of uWSGI's stats server (core/master_utils.c,
 // uwsgi_master_generate_stats), field for field and in uWSGI's key order, so
 // tools written for uWSGI read our dump unchanged. Units are uWSGI's: bytes
@@ -9,18 +11,24 @@ package observer
 
 // Stats is one whole dump.
 type Stats struct {
-	Version           string   `json:"version"`
-	ListenQueue       uint64   `json:"listen_queue"`
-	ListenQueueErrors uint64   `json:"listen_queue_errors"`
-	SignalQueue       uint64   `json:"signal_queue"`
-	Load              uint64   `json:"load"`
-	PID               int      `json:"pid"`
-	UID               int      `json:"uid"`
-	GID               int      `json:"gid"`
-	CWD               string   `json:"cwd"`
-	Locks             []Lock   `json:"locks"`
-	Sockets           []Socket `json:"sockets"`
-	Workers           []Worker `json:"workers"`
+	Version           string `json:"version"`
+	ListenQueue       uint64 `json:"listen_queue"`
+	ListenQueueErrors uint64 `json:"listen_queue_errors"`
+	SignalQueue       uint64 `json:"signal_queue"`
+	Load              uint64 `json:"load"`
+	PID               int    `json:"pid"`
+	// workerstats: the master's pid on the host, where pid is the one the
+	// server itself reports (in a container, its PID namespace's).
+	HostPID int      `json:"host_pid"`
+	UID     int      `json:"uid"`
+	GID     int      `json:"gid"`
+	CWD     string   `json:"cwd"`
+	Locks   []Lock   `json:"locks"`
+	Sockets []Socket `json:"sockets"`
+	Workers []Worker `json:"workers"`
+	// workerstats: the container and Kubernetes pod the master runs in,
+	// from its cgroup (see observer/container); nil when unreadable.
+	Container *container.Identity `json:"container,omitempty"`
 	// workerstats: how this dump was produced.
 	Observer ObserverInfo `json:"observer"`
 }
@@ -53,6 +61,7 @@ type Socket struct {
 type Worker struct {
 	ID            int    `json:"id"`
 	PID           int    `json:"pid"`
+	HostPID       int    `json:"host_pid"` // workerstats: pid on the host
 	Accepting     int    `json:"accepting"`
 	Requests      uint64 `json:"requests"`
 	DeltaRequests uint64 `json:"delta_requests"`
@@ -92,9 +101,10 @@ type Worker struct {
 // raise, else "pid N"); and the request it was in, if any.
 type LastExit struct {
 	PID       int    `json:"pid"`
-	At        int64  `json:"at"`     // unix s
-	Status    string `json:"status"` // "exited" or "killed"
-	Code      int    `json:"code"`   // the exit code, when it exited
+	HostPID   int    `json:"host_pid"` // on the host, where pid is its own
+	At        int64  `json:"at"`       // unix s
+	Status    string `json:"status"`   // "exited" or "killed"
+	Code      int    `json:"code"`     // the exit code, when it exited
 	Signal    string `json:"signal,omitempty"`
 	By        string `json:"by,omitempty"`
 	ByPID     int    `json:"by_pid,omitempty"`

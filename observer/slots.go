@@ -16,6 +16,7 @@ import (
 type slot struct {
 	id       int
 	proc     Proc // current (or last) process in the slot
+	nsPID    int  // proc's pid in its own PID namespace
 	alive    bool
 	extra    bool     // opened while every slot was taken: a reload's overlap
 	paused   bool     // the process is stopped (SIGSTOP)
@@ -81,6 +82,7 @@ func (p *Pool) placeIn(proc Proc, id int) *slot {
 // take puts proc in the free slot s.
 func (p *Pool) take(s *slot, proc Proc, why string) *slot {
 	s.proc, s.alive, s.cur = proc, true, Counters{}
+	s.nsPID = p.ownPIDOf(proc.PID)
 	s.rss, s.vsz, s.paused, s.memAt = 0, 0, false, time.Time{}
 	s.spawns++
 	p.live[proc] = s
@@ -117,7 +119,7 @@ func (p *Pool) retire(s *slot, final Counters) {
 	s.alive = false
 	for i, x := range p.slots {
 		if x.id > s.id && x.extra && x.alive {
-			s.proc, s.alive, s.cur, s.paused = x.proc, true, x.cur, x.paused
+			s.proc, s.nsPID, s.alive, s.cur, s.paused = x.proc, x.nsPID, true, x.cur, x.paused
 			s.rss, s.vsz, s.memAt, s.lastSeen = x.rss, x.vsz, x.memAt, x.lastSeen
 			s.past.add(x.past)
 			s.spawns += x.spawns
@@ -158,7 +160,10 @@ func (p *Pool) noteExit(s *slot, final Counters) {
 	if !final.Exited {
 		return
 	}
-	e := &exitRecord{proc: s.proc, c: final, master: p.master.PID}
+	e := &exitRecord{proc: s.proc, nsPID: s.nsPID, c: final, master: p.master.PID}
+	if final.NSPID != 0 {
+		e.nsPID = final.NSPID
+	}
 	if p.Follower != nil && e.inRequest() {
 		e.request = requestLine(p.Follower.LastRequest(s.proc.PID))
 	}

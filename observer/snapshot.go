@@ -39,7 +39,8 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	}
 	st := &Stats{
 		Version:  Version,
-		PID:      p.master.PID,
+		PID:      p.self.nsPID,
+		HostPID:  p.master.PID,
 		Locks:    []Lock{{"snapshot": 0}},
 		Sockets:  []Socket{},
 		Workers:  make([]Worker, 0, len(p.slots)),
@@ -58,6 +59,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 		return nil, err
 	}
 	st.UID, st.GID, st.CWD = g.uid, g.gid, g.cwd
+	st.Container = p.self.identity
 	st.Observer.Unknown = p.unknown()
 	st.Sockets, st.ListenQueue, st.ListenQueueErrors = p.queueWaits(g.sockets), g.listenQueue, g.listenDrops
 	now := time.Now()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -77,32 +76,14 @@ func (t Target) Valid() error {
 
 // Find returns the target's master as it is now. Its errors wrap
 // ErrNoTarget when the master is not there (yet) and say what was looked at.
-func (t Target) Find(p Procfs) (Proc, error) {
+func (t Target) Find(p Procfs) (Proc, error) { return t.find(p, masterHint{}) }
+
+// find is Find with the master found last, hint (zero for none), which a
+// pidfile that still names it gives again without a search.
+func (t Target) find(p Procfs, hint masterHint) (Proc, error) {
 	switch {
 	case t.PIDFile != "":
-		pid, err := readPIDFile(t.PIDFile)
-		if err != nil {
-			return Proc{}, err
-		}
-		_, proc, err := p.Stat(pid)
-		if errors.Is(err, ErrNoProcess) {
-			return Proc{}, notFound("pidfile %s names pid %d, which is not running", t.PIDFile, pid)
-		}
-		if err != nil {
-			return Proc{}, err
-		}
-		// A file left by a master that died names a pid the system may
-		// have given to another process since: one started after the file
-		// was written is not the master that wrote it.
-		if fi, err := os.Stat(t.PIDFile); err == nil {
-			if boot, err := p.BootTime(); err == nil {
-				started := boot + int64(proc.StartTicks/ticksPerSecond)
-				if fi.ModTime().Unix() < started-1 {
-					return Proc{}, notFound("pidfile %s is stale: pid %d started after it was written", t.PIDFile, pid)
-				}
-			}
-		}
-		return proc, nil
+		return t.findByPIDFile(p, hint)
 	case t.Name != "":
 		return findByName(p, t.Name)
 	default:
@@ -112,39 +93,6 @@ func (t Target) Find(p Procfs) (Proc, error) {
 		}
 		return proc, err
 	}
-}
-
-// readPIDFile reads the pid a server wrote, tolerating the trailing newline
-// and spaces every server adds.
-func readPIDFile(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return 0, notFound("pidfile %s does not exist", path)
-		}
-		if errors.Is(err, fs.ErrPermission) {
-			// The daemon keeps no CAP_DAC_READ_SEARCH once started.
-			return 0, notFound("pidfile %s cannot be read by uid %d without privileges: make it and the directories above it readable by that user, or give the master by its name", path, os.Geteuid())
-		}
-		return 0, fmt.Errorf("read pidfile: %w", err)
-	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		// A server truncates the file before writing its pid.
-		return 0, notFound("pidfile %s is empty", path)
-	}
-	pid, err := strconv.Atoi(s)
-	if err != nil || pid <= 0 {
-		return 0, fmt.Errorf("pidfile %s holds %q, not a pid", path, truncateString(s, 32))
-	}
-	return pid, nil
-}
-
-func truncateString(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
 
 // ProcInfo is a process as a discovery scan sees it.
