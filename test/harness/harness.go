@@ -60,7 +60,7 @@ func build(out string) error {
 	cmd := exec.Command("go", "build", "-o", out, "./cmd/workerstats")
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build workerstats: %w\n%s", err, b)
+		return fmt.Errorf("build ./cmd/workerstats for the tests: %w (or name a built one in %s)\n%s", err, testutil.BinaryEnv, b)
 	}
 	return nil
 }

@@ -61,6 +61,7 @@ type CountingConn struct {
 	N int64
 }
 
+// Read reads from the connection and counts what it read in N.
 func (c *CountingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.N += int64(n)

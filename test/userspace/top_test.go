@@ -128,9 +128,9 @@ func TestUWSGITopShowsWorkersLive(t *testing.T) {
 	}
 }
 
-// slowRequest sends GET path (a query in testApp's terms, to which it adds
-// tell=) to p on a connection left open, and returns the pid of the worker
-// that took it.
+// slowRequest sends GET path (a query in the uWSGI app's terms, to which
+// it adds tell=) to p on a connection left open, and returns the pid of
+// the worker that took it.
 func slowRequest(t *testing.T, p *harness.UWSGIPool, path string) int {
 	t.Helper()
 	tell := filepath.Join(t.TempDir(), "pid")
