@@ -66,7 +66,7 @@ test: lint ## run every test; as root the privileged ones load eBPF and run the 
 
 .PHONY: soak
 soak: ## (as root) TestSoakMixedLoad for 10 minutes (make test runs it for 2): uWSGI and gunicorn under load, faults and daemon restarts
-	WORKERSTATS_SOAK=$(or $(SOAK),10m) $(GO) test -count=1 -v -timeout 40m -run '^TestSoakMixedLoad$$' ./test/integration/
+	WORKERSTATS_SOAK=$(or $(SOAK),10m) $(GO) test -count=1 -v -timeout 40m -run '^TestSoakMixedLoad$$' ./test/soak/
 
 .PHONY: test-race
 # One package at a time: statsock's abuse test times its server against
