@@ -55,15 +55,18 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
 	$(GO) vet ./...
 
+# The packages of unit tests, then test/'s black-box packages one at a
+# time: two packages of real servers at once would compete for a 2-core
+# machine. The fuzz targets' seeds run as ordinary tests here; make fuzz
+# fuzzes.
 .PHONY: test
 test: lint ## run every test; as root the privileged ones load eBPF and run the real servers (sudo make deps installs those)
-	$(GO) test -count=1 ./bpf/... ./internal/... ./observer/... ./statsock/...
-	$(GO) test -count=1 -v -timeout 30m ./cmd/...
-	$(MAKE) fuzz
+	$(GO) test -count=1 ./bpf/... ./internal/... ./observer/... ./statsock/... ./cmd/...
+	$(GO) test -count=1 -p 1 -v -timeout 30m ./test/...
 
 .PHONY: soak
 soak: ## (as root) TestSoakMixedLoad for 10 minutes (make test runs it for 2): uWSGI and gunicorn under load, faults and daemon restarts
-	WORKERSTATS_SOAK=$(or $(SOAK),10m) $(GO) test -count=1 -v -timeout 40m -run '^TestSoakMixedLoad$$' ./cmd/workerstats/
+	WORKERSTATS_SOAK=$(or $(SOAK),10m) $(GO) test -count=1 -v -timeout 40m -run '^TestSoakMixedLoad$$' ./test/soak/
 
 .PHONY: test-race
 # One package at a time: statsock's abuse test times its server against
@@ -73,7 +76,7 @@ test-race: ## the tests that run no real server, under the race detector (as roo
 	$(GO) test -race -count=1 -p 1 ./internal/... ./observer/... ./statsock/...
 
 .PHONY: fuzz
-fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
+fuzz: ## fuzz each target for FUZZTIME (default 10s); not part of make test, which runs only their seeds
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAddr$$' -fuzztime $(FUZZTIME) ./statsock/
 	$(GO) test -run '^$$' -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./statsock/
 	$(GO) test -run '^$$' -fuzz '^FuzzIndentLikeUWSGI$$' -fuzztime $(FUZZTIME) ./observer/
@@ -81,31 +84,22 @@ fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./observer/proto/
 	$(GO) test -run '^$$' -fuzz '^FuzzTracker$$' -fuzztime $(FUZZTIME) ./observer/requests/
 
-# The cmd tests that load eBPF or run the real servers.
-PRIVILEGED_CMD_TESTS := UWSGI|Gunicorn|Nginx|PHPFPM|Golden|Restart|SIGTERM|Cleanup|NoPin|Daemon|Systemd|Demo|Pidfile|NameFinds|ConfigServes
-
 .PHONY: test-privileged
-test-privileged: ## only the tests that load eBPF and run real servers (as root)
+test-privileged: ## only the tests that load eBPF and run real servers (as root): ebpfkernel's and test/'s
 	$(GO) test -count=1 -v ./observer/ebpfkernel/
-	$(GO) test -count=1 -v -run '$(PRIVILEGED_CMD_TESTS)' ./cmd/...
+	$(GO) test -count=1 -p 1 -v -timeout 30m ./test/...
 
 # make vm-test KERNELS="5.10 6.1" (the default) or KERNELS=all (with 6.12).
+# The guests run the observer, ebpfkernel and test/integration tests;
+# test/userspace's, the same on every kernel, are left out (see its
+# package comment). VM_RUN and VM_SKIP, empty by default, narrow the
+# integration tests (-test.run, -test.skip) for a developer's run.
 KERNELS ?= 5.10 6.1
-# Left out of the guests: the cmd tests of what the daemon does in
-# userspace alone, the same on every kernel, whose counts come through the
-# kernel side the other tests prove there: the terminal UI and the demo
-# (tmux, the demo's wiring), the dump's shape against uWSGI's (Golden),
-# finding a master by pidfile or name, a config of several pools, the
-# shutdown's wait for a sweep, and gunicorn's HUP reload (slots kept in
-# userspace; the kernel's side of a reload, forks and exits, is uWSGI's
-# graceful reload and respawn tests'). They took 164 s of 6.1's 981 s
-# and 178 s of 5.10's 742 s.
-VM_SKIP_CMD_TESTS := Top|Demo|Golden|Pidfile|NameFinds|ConfigServes|ShutdownWaits|HUPReload
 
 .PHONY: vm-test
-vm-test: ## (as root) the privileged tests on Debian's 5.10, 6.1 (and with KERNELS=all 6.12) kernels under qemu
+vm-test: ## (as root) the observer, ebpfkernel and integration tests on Debian's 5.10, 6.1 (and with KERNELS=all 6.12) kernels under qemu
 	.ci/install-deps --vm
-	KERNELS="$(KERNELS)" VM_RUN='$(PRIVILEGED_CMD_TESTS)' VM_SKIP='$(VM_SKIP_CMD_TESTS)' GO=$(GO) vagrant/vm-test
+	KERNELS="$(KERNELS)" GO=$(GO) vagrant/vm-test
 
 .PHONY: install
 install: build ## install the binary, the systemd unit, and /etc/workerstats/workerstats.toml unless it exists
@@ -147,8 +141,8 @@ check-unit: ## verify the installed systemd unit with systemd-analyze (verify, a
 	echo "$$out" | tail -n 1
 
 .PHONY: test-unprivileged
-test-unprivileged: ## as root: run the observer, statsock and internal tests as user nobody; each must pass or skip for a privilege
-	.ci/test-unprivileged
+test-unprivileged: ## as root: run the unit tests and test/'s as user nobody; each must pass or skip for a privilege
+	GO=$(GO) .ci/test-unprivileged
 
 .PHONY: check-vagrant
 check-vagrant: ## validate vagrant/Vagrantfile (needs vagrant) and check .ci/install-go's plan

@@ -97,6 +97,14 @@ type ObserverInflight struct {
 	Arg1 uint64
 }
 
+type ObserverKeyLayout uint32
+
+const (
+	ObserverKeyLayoutWATCHED_WORD_BITS ObserverKeyLayout = 64
+	ObserverKeyLayoutWATCHED_HALVES    ObserverKeyLayout = 2
+	ObserverKeyLayoutFD_KEY_FD_BITS    ObserverKeyLayout = 32
+)
+
 type ObserverKiller uint32
 
 const (

@@ -28,10 +28,10 @@ import (
 // deadline bounds every wait in these tests; nothing should come near it.
 const deadline = 30 * time.Second
 
+// Real uWSGI output, in testdata (its README says what each file is).
 const (
-	fixtureDir     = "/work/shared/fixtures"
-	fixtureJSON    = fixtureDir + "/uwsgi-2.0.21-http-socket-4-workers.json"
-	fixtureHeaders = fixtureDir + "/uwsgi-2.0.21-stats-http-headers.txt"
+	fixtureJSON    = "testdata/uwsgi-2.0.21-http-socket-4-workers.json"
+	fixtureHeaders = "testdata/uwsgi-2.0.21-stats-http-headers.txt"
 )
 
 // fixture reads a file of real uWSGI output.

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-BINARIES = ("observer", "ebpfkernel", "workerstats")
+BINARIES = ("observer", "ebpfkernel", "integration")
 
 
 def read_events(path):

@@ -24,8 +24,8 @@ static __always_inline void count(enum counter c)
 /* Whether process tgid's bit is set in `watched`. */
 static __always_inline int maybe_watched(__u32 tgid)
 {
-	__u64 bit = 1ULL << (tgid & 63);
-	__u32 i = tgid / 64 * 2;
+	__u64 bit = 1ULL << (tgid % WATCHED_WORD_BITS);
+	__u32 i = tgid / WATCHED_WORD_BITS * WATCHED_HALVES;
 	__u64 *user = bpf_map_lookup_elem(&watched, &i);
 	if (user && (*user & bit))
 		return 1;
@@ -37,8 +37,8 @@ static __always_inline int maybe_watched(__u32 tgid)
 /* on_fork's and on_exit's bit for tgid in `watched`: set, or cleared. */
 static __always_inline __u64 *forked_word(__u32 tgid, __u64 *bit)
 {
-	*bit = 1ULL << (tgid & 63);
-	__u32 i = tgid / 64 * 2 + 1;
+	*bit = 1ULL << (tgid % WATCHED_WORD_BITS);
+	__u32 i = tgid / WATCHED_WORD_BITS * WATCHED_HALVES + 1;
 	return bpf_map_lookup_elem(&watched, &i);
 }
 
@@ -93,7 +93,7 @@ static __always_inline __u64 socket_fd_to_sock(unsigned long fd)
 
 static __always_inline __u64 fd_key(__u32 tgid, unsigned long fd)
 {
-	return (__u64)tgid << 32 | (__u32)fd;
+	return (__u64)tgid << FD_KEY_FD_BITS | (__u32)fd;
 }
 
 static __always_inline struct worker *owner_of(struct conn *c, __u32 tgid, struct worker *cur)

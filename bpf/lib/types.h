@@ -109,6 +109,16 @@ enum table_size {
 /* PID_MAX_LIMIT on 64-bit: no tgid reaches it. */
 enum pid_limit { PID_LIMIT = 4 * 1024 * 1024 };
 
+/* How keys are laid out that userspace builds or takes apart too: the
+ * `watched` bitmap's words (bit tgid % WATCHED_WORD_BITS of the words at
+ * tgid / WATCHED_WORD_BITS * WATCHED_HALVES, userspace's half then the
+ * kernel's), and the `fds` keys (tgid << FD_KEY_FD_BITS | fd). */
+enum key_layout {
+	WATCHED_WORD_BITS = 64,
+	WATCHED_HALVES = 2,
+	FD_KEY_FD_BITS = 32,
+};
+
 /* Syscall path: socket of a send/recv between its enter and exit, by thread. */
 struct inflight {
 	__u64 sk;
@@ -234,6 +244,7 @@ struct exported {
 	enum response_idle response_idle;
 	enum table_size table_size;
 	enum pid_limit pid_limit;
+	enum key_layout key_layout;
 	enum queue_wait_bucket queue_wait_bucket;
 };
 

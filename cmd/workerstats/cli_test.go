@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -19,8 +17,7 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
-	"github.com/workerstats/workerstats/observer"
-	"github.com/workerstats/workerstats/observer/ebpfkernel"
+	"github.com/workerstats/workerstats/test/harness"
 )
 
 // Every mistake a user can make on the command line ends in one line on
@@ -69,7 +66,7 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"unknown command", []string{"stats"}, `unknown command "stats" for "workerstats"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			out, err := runCommand(c.args...)
+			out, err := harness.RunCommand(c.args...)
 			if err == nil {
 				t.Fatalf("exit 0, want an error; output %q", out)
 			}
@@ -135,7 +132,7 @@ func TestVersion(t *testing.T) {
 		}
 	})
 	t.Run("test binary", func(t *testing.T) {
-		if v := versionLine(t, binPath, "--version"); v == "" {
+		if v := versionLine(t, harness.Binary(), "--version"); v == "" {
 			t.Error("empty version")
 		}
 	})
@@ -173,16 +170,6 @@ func fakeStatsServer(t *testing.T, dump string) string {
 	return testutil.TCPServer(t, func(c net.Conn) { c.Write([]byte(dump)) })
 }
 
-// run runs the binary and returns its stdout and stderr apart.
-func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	var o, e bytes.Buffer
-	cmd := exec.Command(binPath, args...)
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err = cmd.Run()
-	return o.String(), e.String(), err
-}
-
 // uWSGI hands type `--connect-and-read ADDR`: it prints on stdout exactly
 // what `read ADDR` prints, with read's --pretty and --timeout.
 func TestConnectAndRead(t *testing.T) {
@@ -202,14 +189,14 @@ func TestConnectAndRead(t *testing.T) {
 			"{\n  \"version\": \"2.0.21\",\n  \"workers\": [\n    {\n      \"id\": 1,\n      \"pid\": 42\n    }\n  ]\n}\n"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			out, errOut, err := run(t, c.alias...)
+			out, errOut, err := harness.Run(t, c.alias...)
 			if err != nil || errOut != "" {
 				t.Fatalf("%v: exit %v, stderr %q", c.alias, err, errOut)
 			}
 			if out != c.want {
 				t.Errorf("%v printed on stdout:\n%q\nwant:\n%q", c.alias, out, c.want)
 			}
-			readOut, _, err := run(t, c.read...)
+			readOut, _, err := harness.Run(t, c.read...)
 			if err != nil || readOut != out {
 				t.Errorf("%v printed %q (exit %v), want the same as %v", c.read, readOut, err, c.alias)
 			}
@@ -232,7 +219,7 @@ func TestConnectAndRead(t *testing.T) {
 			defer c.Close()
 		}
 	}()
-	out, errOut, err := run(t, "--connect-and-read", silent.Addr().String(), "--timeout", "300ms")
+	out, errOut, err := harness.Run(t, "--connect-and-read", silent.Addr().String(), "--timeout", "300ms")
 	if err == nil || out != "" || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, silent.Addr().String()) {
 		t.Errorf("silent server with --timeout 300ms: exit %v, stdout %q, stderr %q; want a one-line error naming the address", err, out, errOut)
 	}
@@ -250,23 +237,23 @@ func TestLogFormat(t *testing.T) {
 
 	serve := func(t *testing.T, extra ...string) (stdout, stderr string) {
 		t.Helper()
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		addr := harness.FreeAddr(t)
 		args := append([]string{"serve", "--mode", "procfs", "--pid", strconv.Itoa(master.Process.Pid), "--stats", addr}, extra...)
 		var o, e bytes.Buffer
-		cmd := exec.Command(binPath, args...)
+		cmd := exec.Command(harness.Binary(), args...)
 		cmd.Stdout, cmd.Stderr = &o, &e
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
-		waitFor(t, 30*time.Second, "workerstats to serve stats", func() error {
+		harness.WaitFor(t, 30*time.Second, "workerstats to serve stats", func() error {
 			select {
 			case err := <-exited:
 				t.Fatalf("workerstats %v exited early (%v):\n%s", args, err, e.String())
 			default:
 			}
-			_, err := readStats(addr)
+			_, err := harness.ReadStats(addr)
 			return err
 		})
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -322,204 +309,6 @@ func TestLogFormat(t *testing.T) {
 		_, logs := serve(t, "--log-format", "json", "--log-level", "warn")
 		if strings.Contains(logs, "serving stats") {
 			t.Errorf("--log-level warn still logs info records:\n%s", logs)
-		}
-	})
-}
-
-// unitDirective returns the values of key= in the shipped systemd unit.
-func unitDirective(t *testing.T, key string) []string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("systemd", "workerstats.service"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vals []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, key+"="); ok {
-			vals = append(vals, strings.Fields(v)...)
-		}
-	}
-	return vals
-}
-
-// nobodyPool is a pre-fork pool run by user nobody, as a server started by
-// systemd with User= is: a master and two workers that inherited its
-// listener. Their /proc/PID/fd are nobody's, mode 0500.
-const nobodyPool = `
-import os, signal, socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(64)
-print("127.0.0.1:%d" % s.getsockname()[1], flush=True)
-for _ in range(2):
-    if os.fork() == 0:
-        while True:
-            c, _ = s.accept()
-            c.recv(4096)
-            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            c.close()
-while True:
-    signal.pause()
-`
-
-// The unit's CapabilityBoundingSet is enough: the daemon, started as root
-// with only those capabilities and no_new_privs as systemd starts it,
-// loads and attaches its programs, counts requests, reports per-program
-// statistics and gives its stats socket away. It may not read another
-// user's /proc/PID/fd: the pool's socket is unknown, and the dump says why,
-// until a worker's first connection, whose accept answers in the kernel
-// which listeners the worker holds; the working directory is left out,
-// with the reason. Granted CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE as well,
-// it shows the socket and the cwd at once, so the check can tell.
-func TestSystemdUnitCapabilitiesSuffice(t *testing.T) {
-	testutil.RequireEBPF(t)
-	// Debian's, not one installed in root's home, which nobody cannot run.
-	const python = "/usr/bin/python3"
-	if _, err := os.Stat(python); err != nil {
-		testutil.SkipOrFail(t, "%s is not installed (apt-get install python3)", python)
-	}
-	setpriv := testutil.RequireCommand(t, "setpriv", "util-linux")
-	caps := unitDirective(t, "CapabilityBoundingSet")
-	if len(caps) == 0 {
-		t.Fatal("the unit has no CapabilityBoundingSet")
-	}
-	bounding := func(caps []string) string {
-		s := "-all"
-		for _, c := range caps {
-			s += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
-		}
-		return s
-	}
-	nnp := unitDirective(t, "NoNewPrivileges")
-	// The unit's memlock limit too: before Linux 5.11 eBPF maps are
-	// charged to it, and raising it would need CAP_SYS_RESOURCE.
-	// Where this test cannot set it (root without CAP_SYS_RESOURCE, as on
-	// the CI machines), the kernel charges maps to memcg (5.11+) instead.
-	wrap := []string{setpriv}
-	if slices.Contains(unitDirective(t, "LimitMEMLOCK"), "infinity") {
-		prlimit := testutil.RequireCommand(t, "prlimit", "util-linux")
-		limit := []string{prlimit, "--memlock=unlimited:unlimited"}
-		if out, err := exec.Command(limit[0], append(limit[1:], "true")...).CombinedOutput(); err != nil {
-			t.Logf("the unit's LimitMEMLOCK=infinity cannot be set here (%v: %s): the daemon runs with the memlock limit it has", err, bytes.TrimSpace(out))
-		} else {
-			wrap = append(limit, setpriv)
-		}
-	}
-
-	pool := exec.Command(setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c", nobodyPool)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	var poolLog bytes.Buffer
-	pool.Stdout, pool.Stderr = w, &poolLog
-	startGroup(t, pool, syscall.SIGKILL, func() string { return "pool: " + poolLog.String() })
-	w.Close()
-	r.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line := make([]byte, 64)
-	n, err := r.Read(line)
-	if err != nil {
-		t.Fatalf("pool did not print its address: %v", err)
-	}
-	poolAddr := strings.TrimSpace(string(line[:n]))
-
-	dir := t.TempDir()
-	serve := func(t *testing.T, caps []string, sock string, extra ...string) *daemon {
-		args := []string{"--bounding-set=" + bounding(caps), "--inh-caps=-all"}
-		if slices.Contains(nnp, "yes") || slices.Contains(nnp, "true") {
-			args = append(args, "--no-new-privs")
-		}
-		args = append(args, binPath, "serve", "--mode", "ebpf", "--pid", strconv.Itoa(pool.Process.Pid), "--stats", sock)
-		args = append(append(wrap[1:len(wrap):len(wrap)], args...), extra...)
-		return runDaemon(t, sock, exec.Command(wrap[0], args...))
-	}
-	hasListener := func(st *observer.Stats) bool {
-		for _, s := range st.Sockets {
-			if s.Name == poolAddr {
-				return true
-			}
-		}
-		return false
-	}
-
-	t.Run("unit's set", func(t *testing.T) {
-		pins := filepath.Join(ebpfkernel.BPFFSDir, fmt.Sprintf("workerstats-test-%d", os.Getpid()))
-		t.Cleanup(func() { os.RemoveAll(pins) })
-		sock := filepath.Join(dir, "unit.sock")
-		d := serve(t, caps, sock, "--bpf-stats", "--stats-chown", "nobody", "--pin-path", pins)
-		// Within the unit's bounding set the daemon can still drop what
-		// it no longer needs, from its own bounding set too.
-		want := keptCapabilities(t)
-		for _, s := range threadCredentials(t, d.cmd.Process.Pid) {
-			if s.capEff != want || s.capBnd != want {
-				t.Errorf("under the unit's capabilities, thread %s keeps CapEff %016x CapBnd %016x, want %016x", s.tid, s.capEff, s.capBnd, want)
-			}
-		}
-
-		var fi os.FileInfo
-		if fi, err = os.Stat(sock); err != nil {
-			t.Fatal(err)
-		}
-		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 65534 {
-			t.Errorf("--stats-chown nobody: socket owned by uid %d, want 65534 (CAP_CHOWN)", uid)
-		}
-		st, err := readStats(sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if hasListener(st) || st.Observer.Unknown["sockets"] == "" || st.CWD != "" || st.Observer.Unknown["cwd"] == "" {
-			t.Errorf("before any connection, under the unit's set: sockets %v, cwd %q, unknown %v; want no socket, no cwd, and why", st.Sockets, st.CWD, st.Observer.Unknown)
-		}
-		t.Logf("before any connection: unknown %v", st.Observer.Unknown)
-		const requests = 20
-		for i := range requests {
-			c, err := net.Dial("tcp", poolAddr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fmt.Fprintf(c, "GET /%d HTTP/1.0\r\n\r\n", i)
-			if _, err := io.ReadAll(c); err != nil {
-				t.Fatal(err)
-			}
-			c.Close()
-		}
-		st = waitRequests(t, sock, 10*time.Second, "the requests to be counted", requests)
-		if st.Observer.Mode != "ebpf" || len(st.Workers) != 2 {
-			t.Errorf("mode %q with %d workers, want ebpf with 2", st.Observer.Mode, len(st.Workers))
-		}
-		st = waitStats(t, sock, 10*time.Second, "the kernel's answer", func(st *observer.Stats) error {
-			if !hasListener(st) || st.Observer.Unknown["sockets"] != "" {
-				return fmt.Errorf("sockets %+v (unknown %v) lack the pool's listener %s", st.Sockets, st.Observer.Unknown, poolAddr)
-			}
-			return nil
-		})
-		t.Logf("after %d requests: sockets %v, unknown %v", requests, socketNames(st.Sockets), st.Observer.Unknown)
-		if len(st.Observer.Programs) == 0 {
-			t.Error("--bpf-stats: no per-program statistics in the dump")
-		}
-	})
-
-	t.Run("with fd access", func(t *testing.T) {
-		if slices.Contains(caps, "CAP_SYS_PTRACE") || slices.Contains(caps, "CAP_DAC_READ_SEARCH") {
-			t.Errorf("the unit grants %v: the daemon needs neither CAP_SYS_PTRACE nor CAP_DAC_READ_SEARCH", caps)
-		}
-		more := append(slices.Clone(caps), "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE")
-		sock := filepath.Join(dir, "more.sock")
-		d := serve(t, more, sock, "--no-pin")
-		st, err := readStats(sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !hasListener(st) || st.CWD == "" || len(st.Observer.Unknown) != 0 {
-			t.Errorf("with CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, before any connection: sockets %v, cwd %q, unknown %v; want the listener and the cwd read at start-up", st.Sockets, st.CWD, st.Observer.Unknown)
-		}
-		// Read at start-up, then dropped like the rest.
-		want := keptCapabilities(t)
-		for _, s := range threadCredentials(t, d.cmd.Process.Pid) {
-			if s.capEff != want || s.capBnd != want {
-				t.Errorf("thread %s keeps CapEff %016x CapBnd %016x, want %016x", s.tid, s.capEff, s.capBnd, want)
-			}
 		}
 	})
 }

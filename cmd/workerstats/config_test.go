@@ -6,7 +6,49 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/workerstats/workerstats/test/harness"
 )
+
+// TestConfigMistakesAreOneClearLine: a config file's mistakes end the
+// daemon in one line naming the file and what to fix.
+func TestConfigMistakesAreOneClearLine(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name, conf string
+		args       []string
+		want       string
+	}{
+		{"no pools", "mode = \"auto\"\n", nil, "has no [[pool]]"},
+		{"unknown key", "[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\nstat-http = true\n", nil, "unknown key pool.stat-http"},
+		{"syntax", "[[pool]\npid = 1\n", nil, "end of table array name"},
+		{"two targets", "[[pool]]\npid = 1\nname = \"uwsgi\"\nstats = \"127.0.0.1:1\"\n", nil, "[[pool]] 1: give exactly one of pid, pidfile or name"},
+		{"no stats", "[[pool]]\npid = 1\n", nil, "[[pool]] 1: stats is required"},
+		{"same stats", "[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n[[pool]]\nname = \"x\"\nstats = \"127.0.0.1:1\"\n", nil, "[[pool]] 2: stats 127.0.0.1:1 is already pool 1's"},
+		{"bad chmod", "[[pool]]\npid = 1\nstats = \"/tmp/x.sock\"\nstats-chmod = \"rw\"\n", nil, `stats-chmod "rw" is not an octal file mode`},
+		{"bad connection limit", "max-connections = -1\n[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", nil, "--max-connections -1: give 1 to"},
+		{"bad capture ring", "capture-ring = 1000\n[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", nil, "--capture-ring 1000: give a power of two"},
+		{"bad duration", "stats-timeout = \"5\"\n[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", nil, `"5" is not a duration`},
+		{"flag and config", "[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", []string{"--pid", "1"}, "--pid and --config exclude each other"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conf := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".toml")
+			harness.WriteFile(t, conf, c.conf)
+			out, err := harness.RunCommand(append([]string{"serve", "--config", conf}, c.args...)...)
+			if err == nil || strings.Contains(out, "\n") || !strings.HasPrefix(out, "workerstats: ") || !strings.Contains(out, c.want) {
+				t.Errorf("err %v, output:\n%s\nwant one line with %q", err, out, c.want)
+			}
+		})
+	}
+	out, err := harness.RunCommand("serve", "--config", filepath.Join(dir, "missing.toml"))
+	if err == nil || !strings.Contains(out, "missing.toml") || strings.Contains(out, "\n") {
+		t.Errorf("missing config: %v %s", err, out)
+	}
+	out, err = harness.RunCommand("serve", "--pid", "1", "--name", "uwsgi")
+	if err == nil || !strings.Contains(out, "give exactly one of pid, pidfile or name") {
+		t.Errorf("--pid with --name: %v %s", err, out)
+	}
+}
 
 // An unknown key names every key the file takes, from the structs that
 // read it: none is left out of the message when one is added.

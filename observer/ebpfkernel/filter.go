@@ -10,6 +10,13 @@ import (
 // kernel's PID_MAX_LIMIT on 64-bit, which no pid reaches.
 const pidLimit = int(bpf.ObserverPidLimitPID_LIMIT)
 
+// The watched bitmap's layout (enum key_layout): a bit per pid in words of
+// wordBits, each word of userspace's beside the kernel's.
+const (
+	wordBits = int(bpf.ObserverKeyLayoutWATCHED_WORD_BITS)
+	halves   = int(bpf.ObserverKeyLayoutWATCHED_HALVES)
+)
+
 // markWatched sets (on) or clears pid's bit in userspace's half of the
 // watched bitmap, the filter every per-event program runs first (see
 // watched in bpf/lib/maps.h): a worker added here is counted only once its
@@ -19,8 +26,8 @@ func (k *Kernel) markWatched(pid int, on bool) error {
 	if pid <= 0 || pid >= pidLimit {
 		return fmt.Errorf("pid %d is outside 1..%d", pid, pidLimit-1)
 	}
-	key := uint32(pid / 64 * 2)
-	bit := uint64(1) << (pid % 64)
+	key := uint32(pid / wordBits * halves)
+	bit := uint64(1) << (pid % wordBits)
 	k.bitsMu.Lock()
 	defer k.bitsMu.Unlock()
 	var word uint64

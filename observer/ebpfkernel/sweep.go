@@ -19,7 +19,7 @@ func (k *Kernel) Sweep() error {
 	if err := sweepMap(k.objs.Conns, func(sk uint64, c bpf.ObserverConn) bool { return !live[c.Owner] }); err != nil {
 		return fmt.Errorf("sweep connections map: %w", err)
 	}
-	if err := sweepMap(k.objs.Fds, func(key, sk uint64) bool { return !live[uint32(key>>32)] }); err != nil {
+	if err := sweepMap(k.objs.Fds, func(key, sk uint64) bool { return !live[uint32(key>>bpf.ObserverKeyLayoutFD_KEY_FD_BITS)] }); err != nil {
 		return fmt.Errorf("sweep fds map: %w", err)
 	}
 	return nil

@@ -12,17 +12,14 @@ import (
 	"github.com/charmbracelet/x/ansi"
 )
 
-// fixture reads one of uWSGI's own dumps from the project's shared
-// fixtures, beside the repository or at /work/shared.
+// fixture reads one of uWSGI's own dumps from testdata.
 func fixture(t *testing.T, name string) []byte {
 	t.Helper()
-	for _, dir := range []string{"../../../../shared/fixtures", "/work/shared/fixtures"} {
-		if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
-			return b
-		}
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatalf("fixture: %v", err)
 	}
-	t.Fatalf("fixture %s is in neither ../shared/fixtures (beside the repository) nor /work/shared/fixtures", name)
-	return nil
+	return b
 }
 
 // parse parses a dump or fails t.

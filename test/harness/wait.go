@@ -1,0 +1,63 @@
+package harness
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Poll calls f every 50 ms until it returns nil, and returns nil; once d has
+// passed it returns f's last error instead.
+func Poll(d time.Duration, f func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// WaitFor polls f until it returns nil, failing t if d passes first.
+func WaitFor(t testing.TB, d time.Duration, what string, f func() error) {
+	t.Helper()
+	if err := Poll(d, f); err != nil {
+		t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
+	}
+}
+
+// Parallel runs job(0) .. job(n-1) from conc goroutines, each taking the
+// next index, and fails t with the first error (no new jobs start after it).
+func Parallel(t testing.TB, n, conc int, job func(i int) error) {
+	t.Helper()
+	var (
+		next   atomic.Int64
+		failed atomic.Bool
+		wg     sync.WaitGroup
+		errs   = make(chan error, conc)
+	)
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !failed.Load() {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				if err := job(int(i)); err != nil {
+					failed.Store(true)
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}

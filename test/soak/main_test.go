@@ -1,0 +1,9 @@
+package soak
+
+import (
+	"testing"
+
+	"github.com/workerstats/workerstats/test/harness"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
