@@ -7,6 +7,11 @@ import "github.com/workerstats/workerstats/observer/requests"
 type Counters struct {
 	PID    int
 	Master int
+	// NSPID is the process's pid in its own (innermost) PID namespace,
+	// the one the server itself reports (a pool in a container numbers
+	// its processes from 1); PID where it has none of its own, 0 when
+	// unknown.
+	NSPID int
 	// Start is the process's start time in nanoseconds since boot (the
 	// kernel's start_boottime). (PID, Start) identifies a process; a PID
 	// alone does not, since PIDs are reused.

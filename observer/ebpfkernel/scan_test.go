@@ -66,7 +66,7 @@ func TestListenerScanAnswersFromTheKernel(t *testing.T) {
 				if hooks == HooksSock && !connHooked(k) {
 					var master uint32
 					port := portOf(t, pool.Addr)
-					if err := k.objs.ListenPorts.Lookup(port, &master); err != nil || master != uint32(pool.Master) {
+					if err := k.objs.ListenPorts.Lookup(ownKey(k, port), &master); err != nil || master != uint32(pool.Master) {
 						t.Errorf("port %d is master %d's (%v), want the pool's %d", port, master, err, pool.Master)
 					}
 				}
@@ -143,6 +143,10 @@ func kernelAgrees(t testing.TB, k *Kernel, ts *forkpool.Tallies) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// ownKey is port's key in listen_ports and queue_waits, in the test's
+// network namespace.
+func ownKey(k *Kernel, port uint32) listenKey { return listenKey{Netns: k.netns, Port: port} }
 
 func portOf(t testing.TB, addr string) uint32 {
 	t.Helper()
