@@ -80,12 +80,19 @@ func TestListenerScanAnswersFromTheKernel(t *testing.T) {
 // said of their listeners.
 func watchUnread(t testing.TB, k *Kernel, pool *forkpool.Pool) {
 	t.Helper()
+	watchMaster(t, k, pool.Master)
+}
+
+// watchMaster puts master and its workers in the kernel maps, nothing
+// said of their listeners.
+func watchMaster(t testing.TB, k *Kernel, master int) {
+	t.Helper()
 	proc := observer.Procfs{Root: "/proc"}
-	_, m, err := proc.Stat(pool.Master)
+	_, m, err := proc.Stat(master)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kids, err := proc.Children(pool.Master)
+	kids, err := proc.Children(master)
 	if err != nil {
 		t.Fatal(err)
 	}
