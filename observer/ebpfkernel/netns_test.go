@@ -312,3 +312,44 @@ func TestWorkersOwnPIDs(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestWatchedPortsFollowTheKeys: a port's bit is set while a key of
+// queue_waits or listen_ports (sock hooks) has it, in any namespace, and
+// cleared once none has.
+func TestWatchedPortsFollowTheKeys(t *testing.T) {
+	testutil.RequireEBPF(t)
+	k, err := Load(Options{Hooks: pinnable(t), Log: testutil.NewLog(t).Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	bit := func(port uint32) bool {
+		var w uint64
+		if err := k.objs.WatchedPorts.Lookup(port/64, &w); err != nil {
+			t.Fatal(err)
+		}
+		return w&(1<<(port%64)) != 0
+	}
+	const other = 4026531999 // a namespace's inode, as the kernel numbers them
+	if err := k.Listening(1, []observer.Socket{{Proto: "tcp", Name: ":8000"}, {Proto: "tcp", Name: "127.0.0.1:8001", NetNS: other}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Listening(2, []observer.Socket{{Proto: "tcp", Name: ":8000", NetNS: other}}); err != nil {
+		t.Fatal(err)
+	}
+	if !bit(8000) || !bit(8001) || bit(8002) {
+		t.Errorf("ports 8000, 8001, 8002 watched: %v %v %v, want true true false", bit(8000), bit(8001), bit(8002))
+	}
+	if err := k.Unwatch(1); err != nil {
+		t.Fatal(err)
+	}
+	if !bit(8000) || bit(8001) {
+		t.Errorf("pool 1 gone: ports 8000, 8001 watched %v %v, want true false (8000 is pool 2's)", bit(8000), bit(8001))
+	}
+	if err := k.Unwatch(2); err != nil {
+		t.Fatal(err)
+	}
+	if bit(8000) {
+		t.Error("both pools gone: port 8000 still watched")
+	}
+}
