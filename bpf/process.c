@@ -1,11 +1,12 @@
 //go:build ignore
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Process lifecycle: a process a watched master forks becomes a worker,
- * an exiting worker is marked dead (userspace folds its final counts and
- * deletes it), and how it ended is kept for its slot's last_exit: its exit
- * status, the last fatal signal sent to it and by whom (the OOM killer
- * too), and whether it was in a request then.
+ * Process lifecycle: a process a watched master forks becomes a worker
+ * (noting its pid in its own PID namespace), an exiting worker is marked
+ * dead (userspace folds its final counts and deletes it), and how it
+ * ended is kept for its slot's last_exit: its exit status, the last fatal
+ * signal sent to it and by whom (the OOM killer too), and whether it was
+ * in a request then.
  */
 #include "lib/common.h"
 
