@@ -17,6 +17,17 @@ type ListenerScanner interface {
 	ScannedListeners(master int) (inodes []uint64, ok bool, err error)
 }
 
+// ListenerReader is a Kernel that reads, in the kernel, the listening
+// sockets its scan found for a pool (any network namespace, no
+// privilege): ok false until a scan answered for master. Each Socket is
+// named as ListeningByInode names it, NetNS set; those closed since the
+// scan are left out. On a kernel that cannot run the reader every call
+// returns the same error, which wraps errors.ErrUnsupported: read them
+// with sock_diag instead.
+type ListenerReader interface {
+	ReadListeners(master int) (socks []Socket, ok bool, err error)
+}
+
 // listenerState is what a pool knows of its master's listening sockets.
 type listenerState struct {
 	of     int             // the master they are of
