@@ -101,9 +101,9 @@ static __always_inline __u32 sock_netns(struct sock *sk)
  * namespace: its bit in watched_ports. */
 static __always_inline int port_watched(__u32 port)
 {
-	__u32 i = port / 64;
+	__u32 i = port / WATCHED_WORD_BITS;
 	__u64 *word = bpf_map_lookup_elem(&watched_ports, &i);
-	return word && (*word & (1ULL << (port & 63)));
+	return word && (*word & (1ULL << (port % WATCHED_WORD_BITS)));
 }
 
 static __always_inline __u64 fd_key(__u32 tgid, unsigned long fd)

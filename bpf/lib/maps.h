@@ -105,7 +105,7 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536 / 64);
+	__uint(max_entries, 65536 / WATCHED_WORD_BITS);
 	__type(key, __u32);
 	__type(value, __u64);
 } watched_ports SEC(".maps");

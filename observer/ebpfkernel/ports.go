@@ -20,8 +20,9 @@ import (
 // listenKey is a TCP listener's key in queue_waits and listen_ports.
 type listenKey = bpf.ObserverListenKey
 
-// watchedPortWords is watched_ports' size: a bit per port.
-const watchedPortWords = 65536 / 64
+// watchedPortWords is watched_ports' size: a bit per port, in words of
+// the bitmaps' width (enum key_layout).
+const watchedPortWords = 65536 / wordBits
 
 // ownNetNS reads the daemon's network namespace: the inode number of
 // /proc/self/ns/net, which a Socket's NetNS 0 stands for.
@@ -52,7 +53,7 @@ func (k *Kernel) markPorts(also ...listenKey) error {
 	k.portsMu.Lock()
 	defer k.portsMu.Unlock()
 	words := make([]uint64, watchedPortWords)
-	mark := func(key listenKey) { words[key.Port/64] |= 1 << (key.Port % 64) }
+	mark := func(key listenKey) { words[int(key.Port)/wordBits] |= 1 << (int(key.Port) % wordBits) }
 	for _, key := range also {
 		mark(key)
 	}
@@ -66,7 +67,7 @@ func (k *Kernel) markPorts(also ...listenKey) error {
 			continue
 		}
 		if err := k.objs.WatchedPorts.Put(uint32(i), w); err != nil {
-			return fmt.Errorf("watched_ports: ports %d to %d: %w", i*64, i*64+63, err)
+			return fmt.Errorf("watched_ports: ports %d to %d: %w", i*wordBits, (i+1)*wordBits-1, err)
 		}
 	}
 	k.portWords = words
