@@ -35,13 +35,18 @@ type listenerState struct {
 	asked  bool            // a ListenerScanner was asked, its answer not read
 	stale  bool            // a worker came since they were read: ask again
 	unread bool            // the fd tables may not be read
-	cwd    string          // the master's working directory, read at its adoption
-	noCwd  bool            // it may not be read
+	// foreign: the master is in another network namespace than the
+	// daemon, where sock_diag cannot see: only the kernel's reader can.
+	foreign  bool
+	noReader bool   // the kernel cannot read listeners (said once)
+	cwd      string // the master's working directory, read at its adoption
+	noCwd    bool   // it may not be read
 }
 
 // Why a master's figures are missing from its dump (ObserverInfo.Unknown).
 const (
 	whySocketsUnread = "the daemon may not read the master's fd table (it keeps no CAP_SYS_PTRACE): they are read in the kernel at the next connection one of its workers takes"
+	whySocketsForeign = "the master is in another network namespace (a container), where the daemon does not go: they are read in the kernel at the next connection one of its workers takes"
 	whyCwdUnread     = "reading another user's working directory takes CAP_SYS_PTRACE, which the daemon did not hold when it found the master (it keeps none once started)"
 )
 
@@ -52,6 +57,32 @@ func (p *Pool) adoptListeners(m Proc) {
 	var err error
 	p.listen.cwd, err = p.Proc.Cwd(m.PID)
 	p.listen.noCwd = errors.Is(err, fs.ErrPermission)
+	p.listen.foreign = p.Proc.OtherNetNS(m.PID)
+}
+
+// kernelListeners returns the listening sockets a ListenerReader kernel
+// reads for the pool, in whichever network namespace they are, once the
+// kernel's scan of a worker's fds has answered (asked here when none has,
+// or a worker came since): ok false until then, or without a reader.
+func (p *Pool) kernelListeners() ([]Socket, bool) {
+	lr, ok := p.Kernel.(ListenerReader)
+	if !ok || p.listen.noReader {
+		return nil, false
+	}
+	if err := p.scanListeners(); err != nil {
+		p.Log.Debug("cannot ask the kernel for the listeners", "master", p.master.PID, "error", err)
+	}
+	socks, ok, err := lr.ReadListeners(p.master.PID)
+	switch {
+	case errors.Is(err, errors.ErrUnsupported):
+		p.listen.noReader = true
+		p.Log.Info("the kernel cannot read listening sockets; sock_diag reads them, in the daemon's network namespace only", "reason", err)
+		return nil, false
+	case err != nil:
+		p.Log.Debug("cannot read the listeners in the kernel", "master", p.master.PID, "error", err)
+		return nil, false
+	}
+	return socks, ok
 }
 
 // listeners returns the current master's listening sockets that worker (0:
@@ -61,6 +92,12 @@ func (p *Pool) listeners(worker int) ([]Socket, error) {
 	l := &p.listen
 	if l.of != p.master.PID {
 		p.adoptListeners(p.master)
+	}
+	if socks, ok := p.kernelListeners(); ok {
+		return socks, nil
+	}
+	if l.foreign {
+		return nil, fmt.Errorf("listening sockets of pid %d: %s", p.master.PID, whySocketsForeign)
 	}
 	var with []int
 	if worker != 0 {
@@ -117,7 +154,10 @@ func (p *Pool) scanListeners() error {
 // unknown says which of the master's figures its dump leaves out, and why.
 func (p *Pool) unknown() map[string]string {
 	out := map[string]string{}
-	if p.listen.unread && p.listen.inodes == nil {
+	switch {
+	case p.listen.foreign && p.listen.inodes == nil:
+		out["sockets"] = whySocketsForeign
+	case p.listen.unread && p.listen.inodes == nil:
 		out["sockets"] = whySocketsUnread
 	}
 	if p.listen.noCwd {

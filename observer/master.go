@@ -108,7 +108,7 @@ func (p *Pool) adopt(m Proc) error {
 			p.Log.Debug("master's listening sockets unknown", "error", err)
 		}
 	}
-	if socks != nil || !p.listen.unread {
+	if socks != nil || !(p.listen.unread || p.listen.foreign) {
 		// Unread is not none: the kernel's answer will say.
 		p.announce(socks)
 	}
