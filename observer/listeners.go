@@ -45,9 +45,10 @@ type listenerState struct {
 
 // Why a master's figures are missing from its dump (ObserverInfo.Unknown).
 const (
-	whySocketsUnread = "the daemon may not read the master's fd table (it keeps no CAP_SYS_PTRACE): they are read in the kernel at the next connection one of its workers takes"
+	whySocketsUnread  = "the daemon may not read the master's fd table (it keeps no CAP_SYS_PTRACE): they are read in the kernel at the next connection one of its workers takes"
 	whySocketsForeign = "the master is in another network namespace (a container), where the daemon does not go: they are read in the kernel at the next connection one of its workers takes"
-	whyCwdUnread     = "reading another user's working directory takes CAP_SYS_PTRACE, which the daemon did not hold when it found the master (it keeps none once started)"
+	whyBacklogForeign = "the master is in another network namespace (a container), whose listeners' backlogs and drops only the eBPF kernel reads: max_queue and listen_queue_errors are 0"
+	whyCwdUnread      = "reading another user's working directory takes CAP_SYS_PTRACE, which the daemon did not hold when it found the master (it keeps none once started)"
 )
 
 // adoptListeners starts p.listen over for master m, reading its working
@@ -86,8 +87,11 @@ func (p *Pool) kernelListeners() ([]Socket, bool) {
 }
 
 // listeners returns the current master's listening sockets that worker (0:
-// none known) holds too, with their queues: from the fd tables while the
-// daemon may read them, else from the kernel's answer, asked for here.
+// none known) holds too, with their queues: as the kernel reads them once
+// its scan has answered; else from the fd tables while the daemon may read
+// them, looked up with sock_diag (the daemon's network namespace) or in
+// the master's own /proc/PID/net tables (another one, without the
+// kernel's reader); else from the kernel's answer, asked for here.
 func (p *Pool) listeners(worker int) ([]Socket, error) {
 	l := &p.listen
 	if l.of != p.master.PID {
@@ -96,7 +100,7 @@ func (p *Pool) listeners(worker int) ([]Socket, error) {
 	if socks, ok := p.kernelListeners(); ok {
 		return socks, nil
 	}
-	if l.foreign {
+	if l.foreign && p.readsListeners() {
 		return nil, fmt.Errorf("listening sockets of pid %d: %s", p.master.PID, whySocketsForeign)
 	}
 	var with []int
@@ -118,7 +122,17 @@ func (p *Pool) listeners(worker int) ([]Socket, error) {
 	if l.inodes == nil {
 		return nil, fmt.Errorf("listening sockets of pid %d: %s", p.master.PID, whySocketsUnread)
 	}
+	if l.foreign {
+		return p.Proc.ListeningInNetNSOf(p.master.PID, l.inodes)
+	}
 	return p.Proc.ListeningByInode(l.inodes)
+}
+
+// readsListeners reports whether the kernel reads the pools' listeners
+// itself (the eBPF kernel, where it can).
+func (p *Pool) readsListeners() bool {
+	_, ok := p.Kernel.(ListenerReader)
+	return ok && !p.listen.noReader
 }
 
 // scanListeners asks the kernel side which listeners the workers hold
@@ -157,6 +171,8 @@ func (p *Pool) unknown() map[string]string {
 	switch {
 	case p.listen.foreign && p.listen.inodes == nil:
 		out["sockets"] = whySocketsForeign
+	case p.listen.foreign && !p.readsListeners():
+		out["max_queue"] = whyBacklogForeign
 	case p.listen.unread && p.listen.inodes == nil:
 		out["sockets"] = whySocketsUnread
 	}
