@@ -405,7 +405,8 @@ func newStatsServer(sp *servedPool, o daemonOptions, log *slog.Logger) *statsock
 	}
 	if sp.spec.opts.StatsHTTP {
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(&metrics.Collector{Snapshot: sp.pool.Snapshot, Log: log.With("component", "metrics")})
+		pools := []metrics.Pool{{Snapshot: sp.pool.Snapshot}}
+		reg.MustRegister(metrics.New(metrics.PoolLabels, func() []metrics.Pool { return pools }, log.With("component", "metrics")))
 		srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 	}
 	return srv
