@@ -200,7 +200,7 @@ func (d *Discovery) start(ctx context.Context, m master) (*Discovered, error) {
 	}
 	p.ID = d.freeID(poolID(p.Server, p.Container, d.Proc.cmdline(m.PID)))
 	p.Pool = d.NewPool(p.ID)
-	p.Pool.Target = Target{PID: m.PID}
+	p.Pool.Target, p.Pool.discovered = Target{PID: m.PID}, true
 	err := p.Pool.Start(ctx)
 	if err == nil && p.Pool.current() != m.Proc {
 		err = ErrNoTarget // another process has its pid now

@@ -59,15 +59,15 @@ func (k *unwatchKernel) unwatchedMasters() []int {
 }
 
 // newDiscovery is discovery over fs's processes, the daemon (900) left
-// out, every pool counting through one kernel.
-func newDiscovery(t *testing.T, fs Procfs, maxPools int) (*Discovery, *unwatchKernel) {
+// out, every pool counting through one kernel and logging to log.
+func newDiscovery(t *testing.T, fs Procfs, maxPools int) (d *Discovery, k *unwatchKernel, log *testutil.Log) {
 	t.Helper()
-	k := &unwatchKernel{fakeKernel: newFakeKernel()}
-	log := testutil.NewLog(t).Logger
-	d := &Discovery{Proc: fs, Skip: []int{900}, MaxPools: maxPools, NewPool: func(id string) *Pool {
+	k = &unwatchKernel{fakeKernel: newFakeKernel()}
+	log = testutil.NewLog(t)
+	d = &Discovery{Proc: fs, Skip: []int{900}, MaxPools: maxPools, NewPool: func(id string) *Pool {
 		return &Pool{Proc: fs, Kernel: k, Log: log.With("pool", id)}
 	}}
-	return d, k
+	return d, k, log
 }
 
 func find(t *testing.T, d *Discovery) Found {
@@ -103,7 +103,7 @@ var idShape = regexp.MustCompile(`^[a-z0-9_-]+-[0-9a-f]{8}(-[0-9]+)?$`)
 // a pool, named by its server, watched through the kernel, once.
 func TestDiscoveryFindsEveryMaster(t *testing.T) {
 	fs := newProcfs(t, hostProcs()...)
-	d, _ := newDiscovery(t, fs, 10)
+	d, _, _ := newDiscovery(t, fs, 10)
 	f := find(t, d)
 	got := byServer(f.New)
 	want := map[string]int{"uwsgi": 300, "php-fpm": 400, "nginx": 500, "gunicorn": 600}
@@ -140,12 +140,18 @@ func TestDiscoveryFindsEveryMaster(t *testing.T) {
 // master is a new pool too.
 func TestDiscoveryDropsAnExitedMaster(t *testing.T) {
 	fs := newProcfs(t, hostProcs()...)
-	d, k := newDiscovery(t, fs, 10)
+	d, k, log := newDiscovery(t, fs, 10)
 	old := byServer(find(t, d).New)["uwsgi"]
 	if gone := drop(t, d); len(gone) != 0 {
 		t.Fatalf("dropped %v with every master running", gone)
 	}
 	removeProc(t, fs.Root, 300, 301, 302)
+	// Refreshed before it is dropped, the pool waits, and says it as the
+	// routine it is.
+	refresh(t, old.Pool)
+	if w := old.Pool.Waiting(); !strings.Contains(w, "discovery drops the pool") || strings.Contains(log.String(), "level=WARN") {
+		t.Errorf("waiting %q, log:\n%s\nwant discovery's reason, and no warning", w, log)
+	}
 	gone := drop(t, d)
 	if len(gone) != 1 || gone[0] != old {
 		t.Fatalf("dropped %v, want the uwsgi pool", gone)
@@ -208,7 +214,7 @@ func TestDiscoverySameCommandTwice(t *testing.T) {
 		{pid: 351, ppid: 350, comm: "uwsgi", startTicks: 36, cmdline: []string{"uwsgi", "--ini", "app.ini"}},
 	}
 	fs := newProcfs(t, append(procs, twin...)...)
-	d, _ := newDiscovery(t, fs, 10)
+	d, _, _ := newDiscovery(t, fs, 10)
 	var ids []string
 	for _, p := range find(t, d).New {
 		if p.Server == "uwsgi" {
@@ -246,7 +252,7 @@ func (d *Discovery) byMaster(pid int) (*Discovered, bool) {
 // says how many are not; when a pool goes, the next Find takes one more.
 func TestDiscoveryLimit(t *testing.T) {
 	fs := newProcfs(t, hostProcs()...)
-	d, _ := newDiscovery(t, fs, 2)
+	d, _, _ := newDiscovery(t, fs, 2)
 	f := find(t, d)
 	// The longest running first: uwsgi (30), php-fpm (40).
 	if got := byServer(f.New); len(f.New) != 2 || got["uwsgi"] == nil || got["php-fpm"] == nil || f.Unwatched != 2 {
@@ -266,7 +272,7 @@ func TestDiscoveryLimit(t *testing.T) {
 // and not tried again while it runs; its kernel entries go.
 func TestDiscoveryStartFails(t *testing.T) {
 	fs := newProcfs(t, hostProcs()...)
-	d, k := newDiscovery(t, fs, 10)
+	d, k, _ := newDiscovery(t, fs, 10)
 	k.watchErr = errors.New("workers map full")
 	f := find(t, d)
 	if len(f.New) != 0 || len(f.Failed) != 4 || !strings.Contains(f.Failed[0].Err.Error(), "workers map full") {
@@ -296,7 +302,7 @@ func TestDiscoveryContainers(t *testing.T) {
 	procs[2].cgroup = "0::/system.slice/docker-" + id + ".scope\n" // uwsgi
 	procs[9].cgroup = "0::/some/odd/layout\n"                      // nginx
 	fs := newProcfs(t, procs...)
-	d, _ := newDiscovery(t, fs, 10)
+	d, _, _ := newDiscovery(t, fs, 10)
 	got := byServer(find(t, d).New)
 	if c := got["uwsgi"].Container; c == nil || c.ID != id || c.Runtime != "docker" {
 		t.Errorf("uwsgi in docker: container %+v", c)
@@ -356,7 +362,7 @@ func TestPoolID(t *testing.T) {
 // its stats are, its workers; by ID.
 func TestDiscoveryList(t *testing.T) {
 	fs := newProcfs(t, hostProcs()...)
-	d, _ := newDiscovery(t, fs, 10)
+	d, _, _ := newDiscovery(t, fs, 10)
 	if b, err := d.List(context.Background()); err != nil || strings.TrimSpace(string(b)) != "[]" {
 		t.Errorf("no pool: %s, %v; want []", b, err)
 	}

@@ -75,6 +75,15 @@ func (p Procfs) cmdline(pid int) []string {
 	return strings.Split(string(bytes.TrimRight(b, "\x00")), "\x00")
 }
 
+// pidGone says why a pool whose master, given by its pid, exited is
+// empty for good.
+func (p *Pool) pidGone() string {
+	if p.discovered {
+		return "discovery drops the pool, and watches a restarted master as a new one"
+	}
+	return "a master given by its pid cannot be followed: give its pidfile or its name to follow a restarted master"
+}
+
 // current is the master the pool watches now, zero when none.
 func (p *Pool) current() Proc {
 	p.mu.Lock()
