@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 
@@ -135,7 +136,8 @@ func (d *Discovery) Drop() ([]*Discovered, error) {
 }
 
 // Find lists the pre-fork masters running and starts a pool for each one
-// not watched yet, the longest running first, up to MaxPools pools.
+// not watched yet, the longest running first, up to MaxPools pools. A
+// shell with subshells is no master.
 func (d *Discovery) Find(ctx context.Context) (Found, error) {
 	d.sweep.Lock()
 	defer d.sweep.Unlock()
@@ -149,7 +151,7 @@ func (d *Discovery) Find(ctx context.Context) (Found, error) {
 	running := map[Proc]bool{}
 	for _, m := range ms {
 		running[m.Proc] = true
-		if d.watching(m.Proc) || d.failed[m.Proc] {
+		if d.watching(m.Proc) || d.failed[m.Proc] || slices.Contains(shells, m.Comm) {
 			continue
 		}
 		if d.count() >= d.MaxPools {

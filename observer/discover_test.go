@@ -100,9 +100,14 @@ func byServer(ps []*Discovered) map[string]*Discovered {
 var idShape = regexp.MustCompile(`^[a-z0-9_-]+-[0-9a-f]{8}(-[0-9]+)?$`)
 
 // TestDiscoveryFindsEveryMaster: every pre-fork master but the daemon is
-// a pool, named by its server, watched through the kernel, once.
+// a pool, named by its server, watched through the kernel, once; a shell
+// running subshells is none.
 func TestDiscoveryFindsEveryMaster(t *testing.T) {
-	fs := newProcfs(t, hostProcs()...)
+	fs := newProcfs(t, append(hostProcs(),
+		fakeProc{pid: 1000, ppid: 1, comm: "bash", startTicks: 100, cmdline: []string{"bash", "loop.sh"}, tasks: map[int][]int{1000: {1001, 1002}}},
+		fakeProc{pid: 1001, ppid: 1000, comm: "bash", startTicks: 101, cmdline: []string{"bash", "loop.sh"}},
+		fakeProc{pid: 1002, ppid: 1000, comm: "bash", startTicks: 102, cmdline: []string{"bash", "loop.sh"}},
+	)...)
 	d, _, _ := newDiscovery(t, fs, 10)
 	f := find(t, d)
 	got := byServer(f.New)

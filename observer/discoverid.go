@@ -19,6 +19,11 @@ import (
 // knownServers are the servers a pool's name says by their own names.
 var knownServers = []string{"uwsgi", "gunicorn", "php-fpm", "nginx"}
 
+// shells fork children of their own name (subshells, a pipeline's
+// parts) without being servers: discovery leaves them out, or every
+// script's loop would come and go as a pool.
+var shells = []string{"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "busybox"}
+
 // serverName is the name of the server a master runs: uwsgi, gunicorn,
 // php-fpm (php-fpm8.2 too), nginx as matchesName knows them (python3
 // running gunicorn is gunicorn), else its command name in [a-z0-9_-].
