@@ -99,8 +99,9 @@ type daemonOptions struct {
 	statsMaxAge   time.Duration
 }
 
-// poolFlags are serve's flags that name one pool: they and --config exclude
-// each other, but for the socket's with discover.
+// poolFlags are serve's flags that name one pool: they and a config's
+// [[pool]]s exclude each other. With discover the socket's go with it,
+// and targetFlags exclude it.
 var poolFlags = []string{"pid", "pidfile", "name", "stats", "stats-http", "stats-minified", "stats-chmod", "stats-chown"}
 
 // targetFlags are the poolFlags that name a master: --discover finds them.
