@@ -39,7 +39,7 @@ type Discovery struct {
 	mu     sync.Mutex // the maps below, for readers
 	byProc map[Proc]*Discovered
 	byID   map[string]*Discovered
-	failed map[Proc]bool // masters whose pool could not start: not tried again
+	failed map[Proc]bool // masters whose pool could not start, said once
 }
 
 // Discovered is a pool discovery watches: who it is, and the Pool and the
@@ -66,7 +66,7 @@ func (d *Discovered) Path() string { return "/pools/" + d.ID }
 type Found struct {
 	New []*Discovered
 	// Failed are masters whose pool could not start (the kernel's tables
-	// full, say): they are not tried again while they run.
+	// full, say), each once: Find tries them again every time.
 	Failed []FailedMaster
 	// Unwatched counts the masters running that are not watched because
 	// MaxPools pools already are.
@@ -151,7 +151,7 @@ func (d *Discovery) Find(ctx context.Context) (Found, error) {
 	running := map[Proc]bool{}
 	for _, m := range ms {
 		running[m.Proc] = true
-		if d.watching(m.Proc) || d.failed[m.Proc] || slices.Contains(shells, m.Comm) {
+		if d.watching(m.Proc) || slices.Contains(shells, m.Comm) {
 			continue
 		}
 		if d.count() >= d.MaxPools {
@@ -160,13 +160,14 @@ func (d *Discovery) Find(ctx context.Context) (Found, error) {
 		}
 		p, err := d.start(ctx, m)
 		switch {
-		case err != nil:
+		case err != nil && !d.failed[m.Proc]:
 			if d.failed == nil {
 				d.failed = map[Proc]bool{}
 			}
 			d.failed[m.Proc] = true
 			f.Failed = append(f.Failed, FailedMaster{Master: m.Proc, Server: serverName(m.ProcInfo), Err: err})
 		case p != nil:
+			delete(d.failed, m.Proc)
 			f.New = append(f.New, p)
 		}
 	}
@@ -212,8 +213,8 @@ func (d *Discovery) start(ctx context.Context, m master) (*Discovered, error) {
 		if rerr := p.Pool.release(m.PID); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		if errors.Is(err, ErrNoTarget) {
-			return nil, nil
+		if errors.Is(err, ErrNoTarget) || errors.Is(err, ErrNoProcess) {
+			return nil, nil // it exited meanwhile
 		}
 		return nil, err
 	}

@@ -106,7 +106,7 @@ func (d *discovery) sweep(ctx context.Context) {
 		d.log.Info("pool found", poolAttrs(p)...)
 	}
 	for _, m := range f.Failed {
-		d.log.Warn("a pre-fork master is not watched: its pool could not start", "server", m.Server, "master", m.Master.PID, "error", m.Err)
+		d.log.Warn("a pre-fork master is not watched: its pool could not start; tried again every --discover-interval", "server", m.Server, "master", m.Master.PID, "error", m.Err)
 	}
 	d.unwatched = warnUnwatched(f.Unwatched, d.unwatched, d.maxPools, d.log)
 }
