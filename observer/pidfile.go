@@ -49,10 +49,10 @@ func (t Target) findByPIDFile(p Procfs, hint masterHint) (Proc, error) {
 // the one process whose own pid it is: the host's process pid when that
 // one is in the procfs mount's PID namespace, or one in a container.
 // Several (a pid 1 in every container) are narrowed, each step kept only
-// if it leaves one at least, to the pre-fork masters, to those whose mount
-// namespace has path as the same file (where the daemon may look: ptrace
-// read access), and to those in hint's cgroup (a master restarted in its
-// container).
+// if it leaves one at least, to those whose mount namespace has path as
+// the same file (where the daemon may look: ptrace read access), to those
+// in hint's cgroup (a master restarted in its container), and to the
+// pre-fork masters.
 func (p Procfs) pidfileProc(path string, pid int, hint masterHint) (Proc, error) {
 	if hint.proc.PID != 0 && p.ownPID(hint.proc) == pid {
 		return hint.proc, nil
@@ -64,11 +64,13 @@ func (p Procfs) pidfileProc(path string, pid int, hint masterHint) (Proc, error)
 	if err != nil {
 		return Proc{}, err
 	}
-	cands = narrow(cands, p.isMaster)
+	// Surest first: a master just restarted may not have forked its
+	// workers yet when its pidfile is read.
 	cands = narrow(cands, func(pi procStat) bool { return p.seesFile(pi.PID, path) })
 	if hint.cgroup != "" {
 		cands = narrow(cands, func(pi procStat) bool { return p.cgroup(pi.PID) == hint.cgroup })
 	}
+	cands = narrow(cands, p.isMaster)
 	switch len(cands) {
 	case 0:
 		return Proc{}, notFound("pidfile %s names pid %d, which is not running, on the host or in a container", path, pid)
