@@ -1,6 +1,10 @@
 package observer
 
 import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
 	"context"
 	"errors"
 	"os"
@@ -204,5 +208,42 @@ func TestPoolInOtherNetNSReadsListenersInTheKernel(t *testing.T) {
 	st = snapshot(t, p)
 	if len(st.Sockets) != 1 || st.Sockets[0].Name != "127.0.0.1:8000" || st.ListenQueue != 3 || st.ListenQueueErrors != 2 || st.Observer.Unknown["sockets"] != "" {
 		t.Errorf("after: sockets %+v, listen_queue %d, errors %d, unknown %v; want the kernel's", st.Sockets, st.ListenQueue, st.ListenQueueErrors, st.Observer.Unknown)
+	}
+}
+
+// Where the daemon may not look inside the containers (no /proc/PID/root),
+// their mountinfo tells which sees the pidfile: a pidfile left by a
+// stopped container's master names pid 1, which another container's
+// master is, but that one does not see the file: no master is found (and
+// never the host's init), until the restarted master that sees it is.
+func TestPIDFileSeenThroughMountinfo(t *testing.T) {
+	dir := t.TempDir()
+	pidfile := filepath.Join(dir, "app.pid")
+	writePIDFile(t, pidfile, 1)
+	var st unix.Stat_t
+	if err := unix.Stat(pidfile, &st); err != nil {
+		t.Fatal(err)
+	}
+	// Every namespace has the file's filesystem at /; the other
+	// container has a tmpfs over the pidfile's directory.
+	rootfs := fmt.Sprintf("26 1 %d:%d / / rw - ext4 /dev/x rw\n", unix.Major(st.Dev), unix.Minor(st.Dev))
+	hiding := rootfs + "900 26 0:77 / " + dir + " rw - tmpfs tmpfs rw\n"
+	procs := containerHost("", "")
+	for i := range procs {
+		switch procs[i].pid {
+		case 2000, 2001, 2002:
+			procs[i].mountinfo = rootfs
+		case 4000, 4001, 3000:
+			procs[i].mountinfo = hiding
+		}
+	}
+	fs := newProcfs(t, procs...)
+	writeFile(t, filepath.Join(fs.Root, "self", "mountinfo"), rootfs)
+	if got, err := (Target{PIDFile: pidfile}).Find(fs); err != nil || got.PID != 2000 {
+		t.Errorf("container A sees the file: %+v, %v; want 2000", got, err)
+	}
+	removeProc(t, fs.Root, 2000, 2001, 2002)
+	if got, err := (Target{PIDFile: pidfile}).Find(fs); !errors.Is(err, ErrNoTarget) {
+		t.Errorf("its master stopped, the file left: %+v, %v; want no master (not container C's pid 1, not init)", got, err)
 	}
 }

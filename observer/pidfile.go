@@ -48,11 +48,10 @@ func (t Target) findByPIDFile(p Procfs, hint masterHint) (Proc, error) {
 // process: hint if it is still the process whose own pid that is; else
 // the one process whose own pid it is: the host's process pid when that
 // one is in the procfs mount's PID namespace, or one in a container.
-// Several (a pid 1 in every container) are narrowed, each step kept only
-// if it leaves one at least, to those whose mount namespace has path as
-// the same file (where the daemon may look: ptrace read access), to those
-// in hint's cgroup (a master restarted in its container), and to the
-// pre-fork masters.
+// Several (a pid 1 in every container) are narrowed to those whose mount
+// namespace has the file (none when none has it: the writer is gone), then,
+// each step kept only if it leaves one at least, to those in hint's cgroup
+// (a master restarted in its container) and to the pre-fork masters.
 func (p Procfs) pidfileProc(path string, pid int, hint masterHint) (Proc, error) {
 	if hint.proc.PID != 0 && p.ownPID(hint.proc) == pid {
 		return hint.proc, nil
@@ -64,9 +63,9 @@ func (p Procfs) pidfileProc(path string, pid int, hint masterHint) (Proc, error)
 	if err != nil {
 		return Proc{}, err
 	}
-	// Surest first: a master just restarted may not have forked its
-	// workers yet when its pidfile is read.
-	cands = narrow(cands, func(pi procStat) bool { return p.seesFile(pi.PID, path) })
+	cands = p.seeing(cands, path)
+	// Then the likeliest: a master just restarted may not have forked
+	// its workers yet when its pidfile is read.
 	if hint.cgroup != "" {
 		cands = narrow(cands, func(pi procStat) bool { return p.cgroup(pi.PID) == hint.cgroup })
 	}
@@ -100,7 +99,9 @@ func (p Procfs) withOwnPID(pid int) ([]procStat, error) {
 		if ns, err := p.NSPID(host); err != nil || ns != pid {
 			continue
 		}
-		if st, err := p.stat(host); err == nil {
+		// The host's init (no parent) is pid 1 too, and writes no
+		// server's pidfile.
+		if st, err := p.stat(host); err == nil && st.PPID != 0 {
 			out = append(out, st)
 		}
 	}
@@ -149,15 +150,23 @@ func narrow(cands []procStat, keep func(procStat) bool) []procStat {
 	return kept
 }
 
-// seesFile reports whether path, inside pid's mount namespace, is the file
-// path is here; false when the daemon may not look.
-func (p Procfs) seesFile(pid int, path string) bool {
-	here, err := os.Stat(path)
-	if err != nil {
-		return false
+// seeing keeps the candidates whose mount namespace has the file at path
+// (a process that cannot see a pidfile did not write it); where that
+// cannot be told for any, those it cannot be told for.
+func (p Procfs) seeing(cands []procStat, path string) []procStat {
+	var yes, unknown []procStat
+	for _, c := range cands {
+		switch p.sees(c.PID, path) {
+		case visYes:
+			yes = append(yes, c)
+		case visUnknown:
+			unknown = append(unknown, c)
+		}
 	}
-	there, err := os.Stat(filepath.Join(p.Root, strconv.Itoa(pid), "root", path))
-	return err == nil && os.SameFile(here, there)
+	if len(yes) > 0 {
+		return yes
+	}
+	return unknown
 }
 
 // isMaster reports whether pi looks like a pre-fork master, as

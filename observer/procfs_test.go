@@ -36,6 +36,8 @@ type fakeProc struct {
 	root  string // target of /proc/PID/root; none if empty
 	// cgroup is /proc/PID/cgroup; "0::/\n" if empty.
 	cgroup string
+	// mountinfo is /proc/PID/mountinfo; none if empty.
+	mountinfo string
 }
 
 // writeStatFile writes <root>/stat and <root>/uptime as the kernel formats
@@ -167,6 +169,9 @@ func addProc(t *testing.T, root string, p fakeProc) {
 		cgroup = "0::/\n"
 	}
 	writeFile(t, filepath.Join(dir, "cgroup"), cgroup)
+	if p.mountinfo != "" {
+		writeFile(t, filepath.Join(dir, "mountinfo"), p.mountinfo)
+	}
 	for name, target := range map[string]string{"cwd": p.cwd, "root": p.root} {
 		if target == "" {
 			continue
