@@ -1,0 +1,270 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
+	"github.com/workerstats/workerstats/test/harness"
+)
+
+// The tests in this file run each server in a container made by hand
+// (harness.Container: network, PID, mount namespaces and a cgroup of its
+// own), watched by its master's host pid, as a node agent watches pools in
+// containers. The dump must show the pids the server itself reports (its
+// master is pid 1 inside, uWSGI says so) with the host's beside them, the
+// same counts as the server's own, its listening sockets and accept queue
+// as the kernel has them in the container's network namespace, its cwd
+// inside its own root, and its container as its cgroup names it.
+
+// TestUWSGIInContainer: uWSGI, 4 workers on an http-socket in the
+// container's network namespace, compared with its own stats (read over a
+// Unix socket, which any namespace reaches) worker by worker.
+func TestUWSGIInContainer(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			c := harness.NewContainer(t, harness.Docker)
+			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c})
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
+			res := harness.Drive(t, p, 8000, 32, 200)
+			ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
+			harness.LogComparison(t, ours, theirs)
+			checkInContainer(t, c, ours, p.PID, theirs.PID)
+			if ours.CWD != theirs.CWD {
+				t.Errorf("cwd %q, uWSGI's %q", ours.CWD, theirs.CWD)
+			}
+			harness.CheckDropped(t, ours, 0)
+			t.Logf("%d requests and %d idle connections: counts equal uWSGI's for all %d workers; pid %d (host %d), cwd %q",
+				res.OK, res.Idle, len(theirs.Workers), ours.PID, ours.HostPID, ours.CWD)
+			t.Run("sockets", func(t *testing.T) {
+				hold := httpGet(fmt.Sprintf("/0?sleep=%d", holdTime.Milliseconds()))
+				checkHeldQueue(t, c, d, "tcp", p.Addr, 4, hold, httpGet("/0"), func(st *observer.Stats) error {
+					u, err := harness.ReadStats(p.Stats)
+					if err != nil {
+						return err
+					}
+					return sameQueues(st, u, "uWSGI's")
+				})
+			})
+		})
+	}
+}
+
+// TestGunicornInContainer: gunicorn, 4 sync workers in the container's
+// network namespace. It keeps no stats: its app tells each response's
+// worker pid, its own inside, and the clients count what they got.
+func TestGunicornInContainer(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			c := harness.NewContainer(t, harness.Containerd)
+			p := harness.StartGunicornIn(t, c, 4, "-k", "sync")
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
+			load := harness.DriveHTTPWith(t, p.DialFunc, p.Addr, 3000, 1, 16, 100)
+			st := harness.GunicornSettle(t, d, load)
+			harness.CheckGunicorn(t, st, load, hooks, nil)
+			if len(st.Workers) != 4 {
+				t.Errorf("%d workers in the dump, gunicorn has 4", len(st.Workers))
+			}
+			for _, w := range st.Workers {
+				if load.ByPID[w.PID] == 0 {
+					t.Errorf("pid %d (host %d) served no response: the clients saw pids %v", w.PID, w.HostPID, load.ByPID)
+				}
+			}
+			checkInContainer(t, c, st, p.PID, 1)
+			t.Run("sockets", func(t *testing.T) {
+				hold := httpGet(fmt.Sprintf("/sleep/%d", holdTime.Milliseconds()))
+				checkHeldQueue(t, c, d, "tcp", p.Addr, 4, hold, httpGet("/0"), nil)
+			})
+		})
+	}
+}
+
+// TestPHPFPMInContainer: PHP-FPM, a static pool of 4 on a Unix socket in
+// a directory the container shares with the host, compared with its own
+// status page worker by worker.
+func TestPHPFPMInContainer(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			c := harness.NewContainer(t, harness.CRIO)
+			p := harness.StartPHPFPMIn(t, c)
+			slow := filepath.Join(p.Dir, "slow.php")
+			harness.WriteFile(t, slow, "<?php usleep((int)$_GET['ms'] * 1000); echo 'done';\n")
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
+			tr := &harness.FPMTraffic{}
+			harness.FPMDrive(t, p, tr, 3000, 16, 0)
+			own := harness.FPMStatusAfter(t, p, tr)
+			ours := fpmSettle(t, d, own, tr)
+			fpmLog(t, "in a container", ours, own, tr)
+			for pid, n := range own.Requests() {
+				if o := ours[pid]; o.Requests != n {
+					t.Errorf("pid %d: requests %d, FPM's %d", pid, o.Requests, n)
+				}
+			}
+			st, err := harness.ReadStats(d.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkInContainer(t, c, st, p.PID, 1)
+			t.Run("sockets", func(t *testing.T) {
+				hold := harness.FPMGet(p, slow, "/slow.php", fmt.Sprintf("ms=%d", holdTime.Milliseconds()))
+				checkHeldQueue(t, c, d, "unix", p.Sock, harness.FPMWorkers, hold, harness.FPMGet(p, p.Script, "/app.php", "n=0"), nil)
+			})
+		})
+	}
+}
+
+// checkInContainer fails t unless the dump st shows the pool whose master
+// is host pid master, in container c, as the server itself sees it: the
+// pool's pid is its own (ownPID: 1, its container's init) with master
+// beside it, every worker's pid the one it has inside with its host pid
+// beside it (one of master's children), and its container as its cgroup
+// names it.
+func checkInContainer(t *testing.T, c *harness.Container, st *observer.Stats, master, ownPID int) {
+	t.Helper()
+	if st.PID != 1 || st.PID != ownPID || st.HostPID != master {
+		t.Errorf("pool: pid %d host_pid %d; want its own pid 1 (the server says %d) and host pid %d", st.PID, st.HostPID, ownPID, master)
+	}
+	kids, err := harness.ChildPIDs(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range st.Workers {
+		own, depth, err := harness.NSPID(w.HostPID)
+		if !slices.Contains(kids, w.HostPID) || err != nil || own != w.PID || depth < 2 {
+			t.Errorf("worker %d: pid %d host_pid %d; the master's children are %v, host pid %d is pid %d in its namespace (%d deep, %v)",
+				w.ID, w.PID, w.HostPID, kids, w.HostPID, own, depth, err)
+		}
+	}
+	if len(st.Workers) != len(kids) {
+		t.Errorf("%d workers in the dump, the master has %d children", len(st.Workers), len(kids))
+	}
+	want := c.Identity()
+	if st.Container == nil || *st.Container != want {
+		t.Errorf("container %+v, want %+v", st.Container, want)
+	}
+}
+
+// holdTime is how long a request that holds a worker takes: long enough
+// for both the server and the daemon to be read a few times while the
+// accept queue holds its connections.
+const holdTime = 6 * time.Second
+
+// waitingConns is how many connections checkHeldQueue leaves in the
+// accept queue.
+const waitingConns = 5
+
+// checkHeldQueue: with every one of the pool's workers held in a request
+// (hold, sent on a connection of its own for each), and the kernel saying
+// inside container c that the listener at addr has none waiting,
+// waitingConns more requests (wait) are sent that wait in its accept
+// queue (each with its request: uWSGI's TCP sockets defer a connection's
+// accept until its first data). The dump must then show the listener as
+// the kernel does in c (queue and backlog), listen_queue the connections
+// waiting, and own, when given, must agree: the server's own stats.
+// Every answer is read to its end in the background.
+func checkHeldQueue(t *testing.T, c *harness.Container, d *harness.Daemon, network, addr string, workers int, hold, wait []byte, own func(st *observer.Stats) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	send := func(req []byte) {
+		conn, err := c.Dial(network, addr)
+		if err == nil {
+			_, err = conn.Write(req)
+		}
+		if err != nil {
+			t.Fatalf("send a request: %v", err)
+		}
+		wg.Go(func() {
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(4 * holdTime))
+			if n, err := io.Copy(io.Discard, conn); err != nil || n == 0 {
+				t.Errorf("%d bytes of answer, %v", n, err)
+			}
+		})
+	}
+	for range workers {
+		send(hold)
+	}
+	harness.WaitFor(t, holdTime/3, "every worker to take its held request", func() error {
+		if q, _, err := c.Listener(network, addr); err != nil || q != 0 {
+			return fmt.Errorf("%d waiting (%v)", q, err)
+		}
+		return nil
+	})
+	for range waitingConns {
+		send(wait)
+	}
+	var st *observer.Stats
+	err := harness.Poll(holdTime/2, func() (err error) {
+		if st, err = harness.ReadStats(d.Addr); err != nil {
+			return err
+		}
+		if err = sameAsKernel(c, st, network, addr); err == nil && own != nil {
+			err = own(st)
+		}
+		return err
+	})
+	if err != nil {
+		t.Errorf("with %d connections waiting: %v", waitingConns, err)
+		if st != nil {
+			t.Logf("sockets %+v, listen_queue %d, unknown %v", st.Sockets, st.ListenQueue, st.Observer.Unknown)
+		}
+		return
+	}
+	t.Logf("with %d connections waiting: sockets %+v, listen_queue %d, as the kernel says in the container", waitingConns, st.Sockets, st.ListenQueue)
+}
+
+// httpGet is a GET of path that closes its connection after the answer.
+func httpGet(path string) []byte {
+	return []byte(fmt.Sprintf("GET %s HTTP/1.0\r\nHost: test\r\n\r\n", path))
+}
+
+// sameAsKernel returns nil when the dump shows the listener at addr with
+// the queue and backlog the kernel gives it in the container, every
+// connection waiting there in listen_queue, and no other socket.
+func sameAsKernel(c *harness.Container, st *observer.Stats, network, addr string) error {
+	queue, backlog, err := c.Listener(network, addr)
+	if err != nil {
+		return err
+	}
+	if queue != waitingConns {
+		return fmt.Errorf("the kernel has %d connections waiting, the test made %d", queue, waitingConns)
+	}
+	names := harness.SocketNames(st.Sockets)
+	if !slices.Equal(names, []string{addr}) {
+		return fmt.Errorf("sockets %v (unknown %q), want [%s]", names, st.Observer.Unknown["sockets"], addr)
+	}
+	if s := st.Sockets[0]; s.Queue != queue || s.MaxQueue != backlog || st.ListenQueue != queue {
+		return fmt.Errorf("socket %s: queue %d max_queue %d, listen_queue %d; the kernel in the container says %d waiting of %d",
+			addr, s.Queue, s.MaxQueue, st.ListenQueue, queue, backlog)
+	}
+	return nil
+}
+
+// sameQueues returns nil when the dump ours shows the sockets and the
+// listen_queue theirs (a server's own stats, who) shows.
+func sameQueues(ours, theirs *observer.Stats, who string) error {
+	if ours.ListenQueue != theirs.ListenQueue {
+		return fmt.Errorf("listen_queue %d, %s %d", ours.ListenQueue, who, theirs.ListenQueue)
+	}
+	if len(ours.Sockets) != len(theirs.Sockets) {
+		return fmt.Errorf("sockets %+v, %s %+v", ours.Sockets, who, theirs.Sockets)
+	}
+	for i, u := range theirs.Sockets {
+		if o := ours.Sockets[i]; o.Name != u.Name || o.Queue != u.Queue || o.MaxQueue != u.MaxQueue {
+			return fmt.Errorf("socket %s: queue %d max_queue %d; %s %s: queue %d max_queue %d", o.Name, o.Queue, o.MaxQueue, who, u.Name, u.Queue, u.MaxQueue)
+		}
+	}
+	return nil
+}
