@@ -3,10 +3,12 @@ package integration
 import (
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -267,4 +269,115 @@ func sameQueues(ours, theirs *observer.Stats, who string) error {
 		}
 	}
 	return nil
+}
+
+// TestCgroupNamesContainer: a uWSGI master in a cgroup shaped as each
+// runtime makes one (Docker under systemd and cgroupfs, containerd and
+// CRI-O under Kubernetes with a pod UID and QoS class, Podman, the
+// kubelet's cgroupfs layout): the dump's container names the runtime, the
+// container's ID, the pod's UID and QoS, and the requests still count
+// exactly. The shapes take the kernel's hook sets in turn.
+func TestCgroupNamesContainer(t *testing.T) {
+	testutil.RequireEBPF(t)
+	sets := testutil.HookSets(t, ebpfkernel.AvailableHooks)
+	for i, shape := range harness.Shapes {
+		hooks := sets[i%len(sets)]
+		t.Run(shape.Name+"/"+hooks, func(t *testing.T) {
+			c := harness.NewContainer(t, shape)
+			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 2, Container: c})
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
+			res := harness.Drive(t, p, 500, 8, 0)
+			ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
+			checkInContainer(t, c, ours, p.PID, theirs.PID)
+			cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.PID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("master %d's cgroup file:\n%s", p.PID, cg)
+			t.Logf("%d requests counted; container %+v", res.OK, ours.Container)
+		})
+	}
+}
+
+// TestPidfileInContainerFollowsRestart: uWSGI writes its --pidfile in its
+// container, in a directory the host sees at the same path: "1", its own
+// pid. Another container runs a pre-fork master of pid 1 too (started
+// first), which does not see that file. The daemon, given the pidfile,
+// watches the right master; once that one has stopped it shows an empty
+// pool; once the server is started again in its container (a new PID
+// namespace: pid 1 again, its workers 2 to 5 again) it follows it: the new
+// processes' host pids replace the old ones, and the slots' counts go on
+// from where they were, where uWSGI's own start again at 0. Run with
+// --vacuum (uWSGI removes its pidfile when it stops) and without (the
+// file is left, naming pid 1, while no master of the container runs).
+func TestPidfileInContainerFollowsRestart(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks+"/vacuum", func(t *testing.T) { followRestartInContainer(t, hooks, []string{"--vacuum"}) })
+		t.Run(hooks+"/pidfile-left", func(t *testing.T) { followRestartInContainer(t, hooks, nil) })
+	}
+}
+
+// followRestartInContainer is TestPidfileInContainerFollowsRestart with
+// uWSGI's extra options.
+func followRestartInContainer(t *testing.T, hooks string, extra []string) {
+	decoy := harness.NewContainer(t, harness.Docker)
+	other := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 2, Container: decoy, Pidfile: true})
+	who := func(host int) string {
+		switch host {
+		case other.PID:
+			return ": the other container's master, which does not see the pidfile"
+		case 1:
+			return ": the host's init"
+		}
+		return ""
+	}
+	c := harness.NewContainer(t, harness.Podman)
+	o := harness.UWSGIOptions{Processes: 4, Container: c, Pidfile: true, Extra: extra}
+	p1 := harness.StartUWSGI(t, o)
+	d := harness.StartDaemon(t, "--pidfile", p1.Pidfile, "--stats", harness.FreeAddr(t), "--hooks", hooks)
+	l1 := harness.Drive(t, p1, 2000, 16, 0)
+	ours1, theirs1 := harness.Settle(t, p1, d, uint64(l1.OK))
+	checkInContainer(t, c, ours1, p1.PID, theirs1.PID)
+	old := map[int]bool{p1.PID: true}
+	base := map[int]observer.Worker{}
+	for _, w := range ours1.Workers {
+		old[w.HostPID], base[w.ID] = true, w
+	}
+
+	if err := syscall.Kill(p1.PID, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitGone(t, p1.PID)
+	_, err := os.Stat(p1.Pidfile)
+	t.Logf("uWSGI stopped; its pidfile: %v", err)
+	st := harness.WaitStats(t, d.Addr, 20*time.Second, "an empty pool once the master is gone", func(st *observer.Stats) error {
+		if len(st.Workers) != 0 || st.Observer.Waiting == "" {
+			return fmt.Errorf("pid %d (host %d%s) with %d workers, waiting %q", st.PID, st.HostPID, who(st.HostPID), len(st.Workers), st.Observer.Waiting)
+		}
+		return nil
+	})
+	t.Logf("while uWSGI is down: waiting %q", st.Observer.Waiting)
+
+	p2 := harness.StartUWSGI(t, o)
+	harness.WaitStats(t, d.Addr, 20*time.Second, "the restarted master", func(st *observer.Stats) error {
+		if st.HostPID != p2.PID || len(st.Workers) != 4 {
+			return fmt.Errorf("host pid %d%s with %d workers, want %d with 4", st.HostPID, who(st.HostPID), len(st.Workers), p2.PID)
+		}
+		return nil
+	})
+	l2 := harness.Drive(t, p2, 2000, 16, 0)
+	ours2, theirs2 := harness.SettleFrom(t, p2, d, uint64(l2.OK), base)
+	harness.LogComparison(t, ours2, theirs2)
+	checkInContainer(t, c, ours2, p2.PID, theirs2.PID)
+	for _, w := range ours2.Workers {
+		if old[w.HostPID] {
+			t.Errorf("slot %d: host pid %d is the stopped server's", w.ID, w.HostPID)
+		}
+	}
+	if _, tx, _ := harness.SumRequests(ours2); tx != uint64(l1.Received+l2.Received) {
+		t.Errorf("tx %d, clients received %d before and after the restart", tx, l1.Received+l2.Received)
+	}
+	t.Logf("master pid 1 on host %d, then pid 1 on host %d; %d requests before the restart and %d after, every slot equal to uWSGI's plus what it had",
+		p1.PID, p2.PID, l1.OK, l2.OK)
 }
