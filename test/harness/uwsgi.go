@@ -142,6 +142,9 @@ type UWSGIOptions struct {
 	// by one from SlowEvery's).
 	RaiseEvery int
 	Extra      []string // more uWSGI options
+	// Addr is the http-socket's address; FreeAddr's when empty. Pools in
+	// two network namespaces may share one.
+	Addr string
 	// Container runs the pool in a container: the PID is then its
 	// master's host pid, Stats a Unix socket in the pool's directory
 	// (seen at the same path inside), and the pidfile in the
@@ -203,7 +206,10 @@ func StartUWSGI(t testing.TB, o UWSGIOptions) *UWSGIPool {
 		p.Network, p.Addr = "unix", sock
 		p.Request = func(i int) []byte { return UWSGIRequest(i, query(i)) }
 	} else {
-		addr := FreeAddr(t)
+		addr := o.Addr
+		if addr == "" {
+			addr = FreeAddr(t)
+		}
 		args = append(args, "--http-socket", addr)
 		p.Network, p.Addr = "tcp", addr
 		p.Request = func(i int) []byte {

@@ -1,0 +1,301 @@
+package integration
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/ebpfkernel"
+	"github.com/workerstats/workerstats/test/harness"
+)
+
+// The tests in this file run one daemon in discovery mode (serve
+// --discover), as a node agent does: it finds every pre-fork master on
+// the host, in containers (made by hand, harness.Container) or not, lists
+// them at GET /, serves each pool's dump at GET /pools/ID and all of them
+// on one /metrics labelled per pool. Other pools may run on the host at
+// the same time (other tests'): each test looks only at its own, found by
+// its master's host pid.
+
+// discoverEvery is the daemon's --discover-interval in these tests.
+const discoverEvery = "200ms"
+
+// waitListed waits until the discovery daemon d lists the pool whose
+// master is host pid master, and returns it.
+func waitListed(t *testing.T, d *harness.Daemon, master int, workers int) harness.Listed {
+	t.Helper()
+	var found harness.Listed
+	harness.WaitFor(t, 20*time.Second, fmt.Sprintf("the pool of master %d to be listed", master), func() error {
+		l, err := harness.ReadList(d.Addr)
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(l, func(p harness.Listed) bool { return p.HostPID == master })
+		if i < 0 {
+			return fmt.Errorf("not in a list of %d pools", len(l))
+		}
+		if found = l[i]; found.Workers != workers {
+			return fmt.Errorf("listed with %d workers, want %d", found.Workers, workers)
+		}
+		return nil
+	})
+	return found
+}
+
+// waitUnlisted waits until the discovery daemon d no longer lists a pool
+// whose master is host pid master, or whose ID is id.
+func waitUnlisted(t *testing.T, d *harness.Daemon, master int, id string) {
+	t.Helper()
+	harness.WaitFor(t, 20*time.Second, fmt.Sprintf("the pool of master %d to leave the list", master), func() error {
+		l, err := harness.ReadList(d.Addr)
+		if err != nil {
+			return err
+		}
+		for _, p := range l {
+			if p.HostPID == master || p.ID == id {
+				return fmt.Errorf("still listed: %+v", p)
+			}
+		}
+		return nil
+	})
+}
+
+// settleAt waits until uWSGI pool p has accounted want requests and the
+// dump at addr agrees with it worker by worker, and returns both dumps.
+func settleAt(t *testing.T, p *harness.UWSGIPool, addr string, want uint64) (ours, theirs *observer.Stats) {
+	t.Helper()
+	harness.WaitFor(t, 20*time.Second, "workerstats to agree with uWSGI at "+addr, func() error {
+		var err error
+		if theirs, err = harness.ReadStats(p.Stats); err != nil {
+			return err
+		}
+		if got, _, _ := harness.SumRequests(theirs); got != want {
+			return fmt.Errorf("uWSGI counts %d requests, clients completed %d", got, want)
+		}
+		if ours, err = harness.ReadStats(addr); err != nil {
+			return err
+		}
+		return harness.CompareWorkers(ours, theirs, nil)
+	})
+	return ours, theirs
+}
+
+// TestDiscoverPoolsOnOneAddressInTwoNamespaces: two uWSGI pools on the
+// same address, 127.0.0.1 and one port, each in a container of its own
+// (a Docker one, and a containerd one in a Kubernetes pod), with different
+// loads, under one discovery daemon. Each pool's dump equals its own
+// uWSGI's stats, worker by worker; its socket's queue_wait counts the
+// connections its own workers accepted, not the other's; and /metrics
+// labels each pool's series with its pool ID, server and container,
+// never a pid.
+func TestDiscoverPoolsOnOneAddressInTwoNamespaces(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			addr := harness.FreeAddr(t)
+			shapes := []harness.Shape{harness.Docker, harness.Containerd}
+			requests := []int{3000, 1200}
+			d := harness.StartDiscovery(t, "--discover-interval", discoverEvery, "--hooks", hooks)
+			var pools []*harness.UWSGIPool
+			var cs []*harness.Container
+			for _, s := range shapes {
+				c := harness.NewContainer(t, s)
+				cs = append(cs, c)
+				pools = append(pools, harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c, Addr: addr}))
+			}
+			listed := make([]harness.Listed, len(pools))
+			for i, p := range pools {
+				listed[i] = waitListed(t, d, p.PID, 4)
+			}
+			// One after the other: each pool's figures must be its own.
+			res := make([]*harness.LoadResult, len(pools))
+			for i, p := range pools {
+				res[i] = harness.Drive(t, p, requests[i], 16, 0)
+			}
+			var accepted []uint64
+			for i, p := range pools {
+				ours, theirs := settleAt(t, p, d.Addr+strings.TrimPrefix(listed[i].Path, "/"), uint64(res[i].OK))
+				harness.LogComparison(t, ours, theirs)
+				checkInContainer(t, cs[i], ours, p.PID, theirs.PID)
+				accepted = append(accepted, checkQueueWaitApart(t, d, listed[i], ours))
+			}
+			if accepted[0] == accepted[1] {
+				t.Errorf("both pools accepted %d connections: the loads were meant to differ", accepted[0])
+			}
+			checkPoolLabels(t, harness.MetricsText(t, d), listed, cs)
+		})
+	}
+}
+
+// checkQueueWaitApart fails t unless the pool l's dump ours shows its one
+// listener timing as many connections as its own workers accepted, and
+// returns that number.
+func checkQueueWaitApart(t *testing.T, d *harness.Daemon, l harness.Listed, ours *observer.Stats) uint64 {
+	t.Helper()
+	accepted, _ := harness.SumConns(ours)
+	url := d.Addr + strings.TrimPrefix(l.Path, "/")
+	st := harness.WaitStats(t, url, 10*time.Second, "pool "+l.ID+"'s queue waits", func(st *observer.Stats) error {
+		if len(st.Sockets) != 1 || st.Sockets[0].QueueWait == nil {
+			return fmt.Errorf("sockets %+v (unknown %q)", st.Sockets, st.Observer.Unknown["sockets"])
+		}
+		if n := st.Sockets[0].QueueWait.Count; n != accepted {
+			return fmt.Errorf("socket %s: queue_wait counts %d connections, its workers accepted %d", st.Sockets[0].Name, n, accepted)
+		}
+		return nil
+	})
+	q := st.Sockets[0].QueueWait
+	t.Logf("pool %s: socket %s timed %d waits (%d µs in all), its workers accepted %d connections", l.ID, st.Sockets[0].Name, q.Count, q.SumUs, accepted)
+	return accepted
+}
+
+// checkPoolLabels fails t unless every worker series of the pools in
+// listed carries the pool's ID, server and container (runtime, ID, pod
+// UID) as labels on /metrics, and no series has a pid label.
+func checkPoolLabels(t *testing.T, metrics string, listed []harness.Listed, cs []*harness.Container) {
+	t.Helper()
+	for i, l := range listed {
+		want := map[string]string{"pool": l.ID, "server": "uwsgi", "container_runtime": cs[i].Shape.Runtime,
+			"container_id": cs[i].ID, "pod_uid": cs[i].PodUID}
+		n := 0
+		for _, s := range parseSamples(metrics, "workerstats_worker_requests_total") {
+			if s.labels["pool"] != l.ID {
+				continue
+			}
+			n++
+			for k, v := range want {
+				if s.labels[k] != v {
+					t.Errorf("pool %s: %s has %s=%q, want %q", l.ID, s.line, k, s.labels[k], v)
+				}
+			}
+		}
+		if n != l.Workers {
+			t.Errorf("pool %s: %d workerstats_worker_requests_total series, want one per worker (%d)", l.ID, n, l.Workers)
+		}
+	}
+	for _, s := range parseSamples(metrics, "") {
+		for k := range s.labels {
+			if strings.Contains(k, "pid") {
+				t.Errorf("a series labelled by a pid: %s", s.line)
+			}
+		}
+	}
+}
+
+// sample is one sample line of /metrics, its labels parsed.
+type sample struct {
+	line   string
+	labels map[string]string
+}
+
+// parseSamples returns the samples of metric name (every sample when
+// name is empty) in a text exposition.
+func parseSamples(text, name string) []sample {
+	var out []sample
+	for _, line := range strings.Split(text, "\n") {
+		metric, rest, ok := strings.Cut(line, "{")
+		if !ok || strings.HasPrefix(line, "#") || (name != "" && metric != name) {
+			continue
+		}
+		s := sample{line: line, labels: map[string]string{}}
+		body, _, _ := strings.Cut(rest, "}")
+		for body != "" {
+			k, v, ok := strings.Cut(body, `="`)
+			if !ok {
+				break
+			}
+			end := strings.Index(v, `"`)
+			for end > 0 && v[end-1] == '\\' {
+				end += 1 + strings.Index(v[end+1:], `"`)
+			}
+			if end < 0 {
+				break
+			}
+			s.labels[k] = v[:end]
+			body = strings.TrimPrefix(v[end+1:], ",")
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestDiscoverPoolsComeAndGo: a discovery daemon runs while pools start
+// and stop: a gunicorn in a Podman container and a uWSGI on the host
+// appear at GET / once started (with their container, their server, the
+// master's own pid and the host's) and vanish once stopped; a uWSGI
+// restarted in its container is a new pool that keeps nothing of the old
+// one's processes: new host pids, each slot a first process, counts
+// equal to the new uWSGI's own.
+func TestDiscoverPoolsComeAndGo(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			d := harness.StartDiscovery(t, "--discover-interval", discoverEvery, "--hooks", hooks)
+
+			c := harness.NewContainer(t, harness.Podman)
+			g := harness.StartGunicornIn(t, c, 2, "-k", "sync")
+			lg := waitListed(t, d, g.PID, 2)
+			if lg.Server != "gunicorn" || lg.PID != 1 || lg.Container == nil || *lg.Container != c.Identity() || lg.Path != "/pools/"+lg.ID {
+				t.Errorf("gunicorn in a container listed as %+v (container %+v); want server gunicorn, pid 1, container %+v, path /pools/ID", lg, lg.Container, c.Identity())
+			}
+			h := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 2})
+			lh := waitListed(t, d, h.PID, 2)
+			if lh.Server != "uwsgi" || lh.PID != h.PID || (lh.Container != nil && lh.Container.InContainer()) {
+				t.Errorf("uWSGI on the host listed as %+v (container %+v); want server uwsgi, pid %d, no container", lh, lh.Container, h.PID)
+			}
+			harness.StopGunicorn(t, g)
+			waitUnlisted(t, d, g.PID, lg.ID)
+			if err := syscall.Kill(h.PID, syscall.SIGINT); err != nil {
+				t.Fatal(err)
+			}
+			waitUnlisted(t, d, h.PID, lh.ID)
+			t.Logf("listed then gone: %s (gunicorn, pid 1 on host %d) and %s (uWSGI, pid %d)", lg.ID, g.PID, lh.ID, h.PID)
+
+			restartInContainer(t, d)
+		})
+	}
+}
+
+// restartInContainer: a uWSGI in a CRI-O container, loaded, then stopped
+// and started again there, is listed anew with nothing of the old
+// processes.
+func restartInContainer(t *testing.T, d *harness.Daemon) {
+	t.Helper()
+	c := harness.NewContainer(t, harness.CRIO)
+	p1 := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 3, Container: c})
+	l1 := waitListed(t, d, p1.PID, 3)
+	r1 := harness.Drive(t, p1, 600, 8, 0)
+	ours1, _ := settleAt(t, p1, d.Addr+strings.TrimPrefix(l1.Path, "/"), uint64(r1.OK))
+	old := map[int]bool{p1.PID: true}
+	for _, w := range ours1.Workers {
+		old[w.HostPID] = true
+	}
+	if err := syscall.Kill(p1.PID, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitGone(t, p1.PID)
+	waitUnlisted(t, d, p1.PID, "")
+
+	p2 := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 3, Container: c})
+	l2 := waitListed(t, d, p2.PID, 3)
+	r2 := harness.Drive(t, p2, 300, 8, 0)
+	ours2, theirs2 := settleAt(t, p2, d.Addr+strings.TrimPrefix(l2.Path, "/"), uint64(r2.OK))
+	checkInContainer(t, c, ours2, p2.PID, theirs2.PID)
+	var errs []error
+	for _, w := range ours2.Workers {
+		if old[w.HostPID] || w.RespawnCount != 1 || w.Requests != w.DeltaRequests || w.LastExit != nil {
+			errs = append(errs, fmt.Errorf("slot %d: host pid %d (old: %v) respawn_count %d requests %d delta %d last_exit %+v",
+				w.ID, w.HostPID, old[w.HostPID], w.RespawnCount, w.Requests, w.DeltaRequests, w.LastExit))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Errorf("the restarted pool keeps something of the old one: %v", err)
+	}
+	t.Logf("restarted in its container: pool %s (master host pid %d) then %s (host pid %d); %d requests before, %d after, counted as the new uWSGI's own",
+		l1.ID, p1.PID, l2.ID, p2.PID, r1.OK, r2.OK)
+}
