@@ -111,27 +111,34 @@ int on_close_enter(struct sys_enter_ctx *ctx)
 /* ---- sock hooks without accept: adoption, and the end at a TCP state ---- */
 
 /* Worker tgid (entry w) moves bytes on, or closes, socket sk, which is not
- * in conns: a TCP connection on a port its pool listens on is one it
- * accepted (an outbound connection's local port is never a listener's).
- * Tracks it and returns its entry; NULL for anything else, or when conns
- * is full (*full set). Only userspace fills listen_ports, and only while
- * accept is not hooked. */
+ * in conns: a TCP connection on a listener (network namespace and port)
+ * its pool listens on is one it accepted (an outbound connection's local
+ * port is never a listener's). Tracks it and returns its entry; NULL for
+ * anything else, or when conns is full (*full set). Userspace fills
+ * listen_ports, and only while accept is not hooked; so does a scan's
+ * answer, here. The namespace is read only for a port a watched pool
+ * listens on (watched_ports), or one of the answer's. */
 static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w, int *full)
 {
 	struct sock *s = (struct sock *)sk;
-	__u32 port = BPF_CORE_READ(s, __sk_common.skc_num);
-	__u32 *master = bpf_map_lookup_elem(&listen_ports, &port);
+	struct listen_key key = { .port = BPF_CORE_READ(s, __sk_common.skc_num) };
+	__u32 *master = 0;
+	if (port_watched(key.port)) {
+		key.netns = sock_netns(s);
+		master = bpf_map_lookup_elem(&listen_ports, &key);
+	}
 	if (!master || *master != w->master) {
 		/* A pool's new master, or a pool found once the daemon could
-		 * no longer read its listeners: its answer says. */
-		if (!scan_asked(w->master) && (!master || !bpf_map_lookup_elem(&listener_scans, &w->master)))
+		 * no longer read its listeners: its answer says (the ports
+		 * adopted from it have no bit until userspace says them). */
+		if (!scan_asked(w->master) && !bpf_map_lookup_elem(&listener_scans, &w->master))
 			return 0;
-		if (!scanned_port(w->master, port))
+		if (!scanned_port(w->master, s, &key))
 			return 0;
 		if (master)
 			*master = w->master;
 		else
-			bpf_map_update_elem(&listen_ports, &port, &w->master, BPF_NOEXIST);
+			bpf_map_update_elem(&listen_ports, &key, &w->master, BPF_NOEXIST);
 	}
 	__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
 	if ((family != AF_INET && family != AF_INET6) || BPF_CORE_READ(s, sk_socket, type) != SOCK_STREAM)

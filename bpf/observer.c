@@ -21,12 +21,13 @@
  *  - the sock_recv_length / sock_send_length raw tracepoints (kernel >=
  *    6.3), which hand us the socket directly. There a TCP pool needs no
  *    syscall tracepoint: a connection is adopted at its worker's first
- *    send or receive on a socket whose local port the pool listens on
- *    (`listen_ports`), and ends at the TCP state change its close makes
- *    (inet_sock_set_state). A pool on a Unix socket still needs accept
- *    and close from their syscall tracepoints, which userspace attaches
- *    only while such a pool is watched (and then leaves listen_ports
- *    empty, so nothing is adopted twice);
+ *    send or receive on a socket whose local port, in its network
+ *    namespace, the pool listens on (`listen_ports`), and ends at the TCP
+ *    state change its close makes (inet_sock_set_state). A pool on a
+ *    Unix socket still needs accept and close from their syscall
+ *    tracepoints, which userspace attaches only while such a pool is
+ *    watched (and then leaves listen_ports empty, so nothing is adopted
+ *    twice);
  *  - syscall enter/exit tracepoints of read/write/send/recv and friends,
  *    finding the socket from the fd recorded at accept (any kernel with BTF);
  *  - the same work from the raw sys_exit tracepoint (and sys_enter for
@@ -44,12 +45,16 @@
  *  - lib/types.h   the records and enums, and the sizes userspace shares
  *  - lib/maps.h    every map, and the constants set at load
  *  - lib/common.h  the counters, the watched filter, the current worker,
- *                  a socket from its fd, a syscall's user buffer
+ *                  a socket from its fd, its network namespace, whether
+ *                  its port may be a watched listener's, a syscall's
+ *                  user buffer
  *  - requests.c    requests and bytes: what every hook set counts
  *  - capture.c     request capture: the heads ring
  *  - process.c     process lifecycle: fork, exit, fatal signals, OOM kills
  *  - queue.c       time in the listen queue
- *  - listeners.c   which listening sockets a pool's workers hold
+ *  - listeners.c   which listening sockets a pool's workers hold, and
+ *                  reading them when userspace asks (read_listeners,
+ *                  never attached)
  *  - conns.c       connections: accept, close, adoption, their end
  *  - sock.c        bytes, the sock hook set
  *  - syscall.c     bytes, the syscall hook set

@@ -111,14 +111,53 @@ const (
 	ObserverKillerKILLER_OOM ObserverKiller = 4294967295
 )
 
+type ObserverListenKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Port  uint32
+}
+
+type ObserverListenerKind uint32
+
+const (
+	ObserverListenerKindLISTENER_GONE ObserverListenerKind = 0
+	ObserverListenerKindLISTENER_TCP  ObserverListenerKind = 1
+	ObserverListenerKindLISTENER_UNIX ObserverListenerKind = 2
+)
+
+type ObserverListenerRead struct {
+	_        structs.HostLayout
+	Inode    uint64
+	Netns    uint32
+	Kind     uint32
+	Family   uint32
+	Port     uint32
+	Addr     [16]uint8
+	Queue    uint32
+	MaxQueue uint32
+	Drops    uint32
+	NameLen  uint32
+	Name     [108]uint8
+	Pad      [4]uint8
+}
+
 type ObserverListenerScan struct {
+	_        structs.HostLayout
+	Want     uint32
+	Adopt    uint32
+	Found    uint32
+	Answered uint32
+	Inodes   [16]uint64
+	Ports    [16]uint32
+	Socks    [16]uint64
+	Netns    [16]uint32
+}
+
+type ObserverListenersRead struct {
 	_      structs.HostLayout
-	Want   uint32
-	Adopt  uint32
-	Found  uint32
-	Pad    uint32
-	Inodes [16]uint64
-	Ports  [16]uint32
+	Master uint32
+	Count  uint32
+	Socks  [16]ObserverListenerRead
 }
 
 type ObserverPidLimit uint32
@@ -145,8 +184,7 @@ type ObserverQueued struct {
 	_    structs.HostLayout
 	Sk   uint64
 	AtNs uint64
-	Port uint32
-	Pad  uint32
+	Key  ObserverListenKey
 }
 
 type ObserverResponseIdle uint32
@@ -201,6 +239,8 @@ type ObserverWorker struct {
 	Killer      uint32
 	InRequestAt uint32
 	KillNs      uint64
+	NsPid       uint32
+	Pad         uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -214,12 +254,14 @@ const (
 	ObserverMapInflight         = "inflight"
 	ObserverMapListenPorts      = "listen_ports"
 	ObserverMapListenerScans    = "listener_scans"
+	ObserverMapListenersRead    = "listeners_read"
 	ObserverMapQueueWaits       = "queue_waits"
 	ObserverMapQueued           = "queued"
 	ObserverMapScansAsked       = "scans_asked"
 	ObserverMapSlots            = "slots"
 	ObserverMapUntracked        = "untracked"
 	ObserverMapWatched          = "watched"
+	ObserverMapWatchedPorts     = "watched_ports"
 	ObserverMapWorkers          = "workers"
 	ObserverProgOnAcceptExit    = "on_accept_exit"
 	ObserverProgOnCloseEnter    = "on_close_enter"
@@ -241,6 +283,7 @@ const (
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
 	ObserverProgOnTcpQueued     = "on_tcp_queued"
 	ObserverProgOnTcpQueuedTwin = "on_tcp_queued_twin"
+	ObserverProgReadListeners   = "read_listeners"
 	ObserverVarCaptureHeads     = "capture_heads"
 	ObserverVarOomVictimTask    = "oom_victim_task"
 	ObserverVarSockHooks        = "sock_hooks"
@@ -308,6 +351,7 @@ type ObserverProgramSpecs struct {
 	OnTcpDoneTwin   *ebpf.ProgramSpec `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.ProgramSpec `ebpf:"on_tcp_queued"`
 	OnTcpQueuedTwin *ebpf.ProgramSpec `ebpf:"on_tcp_queued_twin"`
+	ReadListeners   *ebpf.ProgramSpec `ebpf:"read_listeners"`
 }
 
 // ObserverMapSpecs contains maps before they are loaded into the kernel.
@@ -321,12 +365,14 @@ type ObserverMapSpecs struct {
 	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
 	ListenPorts   *ebpf.MapSpec `ebpf:"listen_ports"`
 	ListenerScans *ebpf.MapSpec `ebpf:"listener_scans"`
+	ListenersRead *ebpf.MapSpec `ebpf:"listeners_read"`
 	QueueWaits    *ebpf.MapSpec `ebpf:"queue_waits"`
 	Queued        *ebpf.MapSpec `ebpf:"queued"`
 	ScansAsked    *ebpf.MapSpec `ebpf:"scans_asked"`
 	Slots         *ebpf.MapSpec `ebpf:"slots"`
 	Untracked     *ebpf.MapSpec `ebpf:"untracked"`
 	Watched       *ebpf.MapSpec `ebpf:"watched"`
+	WatchedPorts  *ebpf.MapSpec `ebpf:"watched_ports"`
 	Workers       *ebpf.MapSpec `ebpf:"workers"`
 }
 
@@ -366,12 +412,14 @@ type ObserverMaps struct {
 	Inflight      *ebpf.Map `ebpf:"inflight"`
 	ListenPorts   *ebpf.Map `ebpf:"listen_ports"`
 	ListenerScans *ebpf.Map `ebpf:"listener_scans"`
+	ListenersRead *ebpf.Map `ebpf:"listeners_read"`
 	QueueWaits    *ebpf.Map `ebpf:"queue_waits"`
 	Queued        *ebpf.Map `ebpf:"queued"`
 	ScansAsked    *ebpf.Map `ebpf:"scans_asked"`
 	Slots         *ebpf.Map `ebpf:"slots"`
 	Untracked     *ebpf.Map `ebpf:"untracked"`
 	Watched       *ebpf.Map `ebpf:"watched"`
+	WatchedPorts  *ebpf.Map `ebpf:"watched_ports"`
 	Workers       *ebpf.Map `ebpf:"workers"`
 }
 
@@ -384,12 +432,14 @@ func (m *ObserverMaps) Close() error {
 		m.Inflight,
 		m.ListenPorts,
 		m.ListenerScans,
+		m.ListenersRead,
 		m.QueueWaits,
 		m.Queued,
 		m.ScansAsked,
 		m.Slots,
 		m.Untracked,
 		m.Watched,
+		m.WatchedPorts,
 		m.Workers,
 	)
 }
@@ -427,6 +477,7 @@ type ObserverPrograms struct {
 	OnTcpDoneTwin   *ebpf.Program `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.Program `ebpf:"on_tcp_queued"`
 	OnTcpQueuedTwin *ebpf.Program `ebpf:"on_tcp_queued_twin"`
+	ReadListeners   *ebpf.Program `ebpf:"read_listeners"`
 }
 
 func (p *ObserverPrograms) Close() error {
@@ -451,6 +502,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnTcpDoneTwin,
 		p.OnTcpQueued,
 		p.OnTcpQueuedTwin,
+		p.ReadListeners,
 	)
 }
 

@@ -1,13 +1,31 @@
 //go:build ignore
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Process lifecycle: a process a watched master forks becomes a worker,
- * an exiting worker is marked dead (userspace folds its final counts and
- * deletes it), and how it ended is kept for its slot's last_exit: its exit
- * status, the last fatal signal sent to it and by whom (the OOM killer
- * too), and whether it was in a request then.
+ * Process lifecycle: a process a watched master forks becomes a worker
+ * (noting its pid in its own PID namespace), an exiting worker is marked
+ * dead (userspace folds its final counts and deletes it), and how it
+ * ended is kept for its slot's last_exit: its exit status, the last fatal
+ * signal sent to it and by whom (the OOM killer too), and whether it was
+ * in a request then.
  */
 #include "lib/common.h"
+
+/* Task's pid in its own (innermost) PID namespace: the last of its pid's
+ * numbers, numbers[level]. The level is bounded, so the read stays within
+ * a pid's numbers whatever was read: namespaces nest at most 32 deep
+ * (MAX_PID_NS_LEVEL). 0 when the read fails. */
+static __always_inline __u32 ns_pid(struct task_struct *task)
+{
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	__u32 level = BPF_CORE_READ(pid, level);
+	if (level > 32)
+		return 0;
+	__u64 at = bpf_core_field_offset(struct pid, numbers) + level * bpf_core_type_size(struct upid) +
+		   bpf_core_field_offset(struct upid, nr);
+	int nr = 0;
+	bpf_probe_read_kernel(&nr, sizeof(nr), (void *)pid + at);
+	return nr;
+}
 
 SEC("raw_tracepoint/sched_process_fork")
 int on_fork(struct bpf_raw_tracepoint_args *ctx)
@@ -30,6 +48,7 @@ int on_fork(struct bpf_raw_tracepoint_args *ctx)
 		.role = ROLE_WORKER,
 		.master = ptgid,
 		.start_ns = BPF_CORE_READ(child, start_boottime),
+		.ns_pid = ns_pid(child),
 	};
 	if (bpf_map_update_elem(&workers, &tgid, &w, BPF_ANY))
 		count(CNT_WORKER_FULL);

@@ -5,9 +5,10 @@
  * queue when the handshake's last ACK makes its socket (the listener's
  * clone goes from LISTEN to SYN_RECV just before it is queued; a Fast Open
  * one at its SYN), and leaves it when a worker accepts it. The programs
- * here note when each of a watched port's connections entered (`queued`);
- * a watched worker's accept or adoption (conns.c) counts how long it
- * waited, in its port's buckets (`queue_waits`, struct queue_wait).
+ * here note when each of a watched listener's connections entered
+ * (`queued`); a watched worker's accept or adoption (conns.c) counts how
+ * long it waited, in its listener's buckets (`queue_waits`, struct
+ * queue_wait, by network namespace and port).
  */
 #include "lib/common.h"
 
@@ -41,15 +42,20 @@ static __always_inline struct queued *queued_slot(__u64 sk)
 	return bpf_map_lookup_elem(&queued, &i);
 }
 
-/* A connection's socket is made from a listener's: if its port is a
+/* A connection's socket is made from a listener's: if its listener is a
  * watched pool's, it waits in the accept queue from now. Runs at every
  * TCP state change of the host; the states alone tell all but the passive
- * opens, once per connection. */
+ * opens, once per connection, and its port's bit all but those to a port
+ * a watched pool listens on, whose namespace is read then. */
 static __always_inline int tcp_queued(struct bpf_raw_tracepoint_args *ctx, int twin)
 {
 	if ((int)ctx->args[2] != TCP_SYN_RECV || (int)ctx->args[1] != TCP_LISTEN)
 		return 0;
 	__u64 sk = ctx->args[0];
+	struct sock *s = (struct sock *)sk;
+	struct listen_key key = { .port = BPF_CORE_READ(s, __sk_common.skc_num) };
+	if (!port_watched(key.port))
+		return 0;
 	struct queued *q = queued_slot(sk);
 	if (!q)
 		return 0;
@@ -57,13 +63,12 @@ static __always_inline int tcp_queued(struct bpf_raw_tracepoint_args *ctx, int t
 	/* Its twin ran (the usual case) when the entry is this moment's. */
 	if (twin && q->sk == sk && now - q->at_ns < 1000000)
 		return 0;
-	struct sock *s = (struct sock *)sk;
-	__u32 port = BPF_CORE_READ(s, __sk_common.skc_num);
-	if (!bpf_map_lookup_elem(&queue_waits, &port))
+	key.netns = sock_netns(s);
+	if (!bpf_map_lookup_elem(&queue_waits, &key))
 		return 0;
 	q->sk = sk;
 	q->at_ns = now;
-	q->port = port;
+	q->key = key;
 	return 0;
 }
 
@@ -84,14 +89,14 @@ int on_tcp_queued_twin(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* A watched worker takes connection sk: if it waited in a watched
- * port's accept queue, count how long. Once per connection. */
+ * listener's accept queue, count how long. Once per connection. */
 static __always_inline void dequeued(__u64 sk)
 {
 	struct queued *q = queued_slot(sk);
 	if (!q || q->sk != sk)
 		return;
 	__u64 now = bpf_ktime_get_ns();
-	struct queue_wait *qw = bpf_map_lookup_elem(&queue_waits, &q->port);
+	struct queue_wait *qw = bpf_map_lookup_elem(&queue_waits, &q->key);
 	if (qw && now > q->at_ns) {
 		__u64 ns = now - q->at_ns;
 		__u32 i = wait_bucket(ns);

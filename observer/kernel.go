@@ -7,14 +7,15 @@ import "github.com/workerstats/workerstats/observer/requests"
 type Counters struct {
 	PID    int
 	Master int
+	// NSPID is the process's pid in its own (innermost) PID namespace,
+	// the one the server itself reports (a pool in a container numbers
+	// its processes from 1); PID where it has none of its own, 0 when
+	// unknown.
+	NSPID int
 	// Start is the process's start time in nanoseconds since boot (the
 	// kernel's start_boottime). (PID, Start) identifies a process; a PID
 	// alone does not, since PIDs are reused.
-	Start uint64
-	// NSPID is the process's pid in its own PID namespace, as the kernel
-	// saw it at its fork (0 when the kernel side does not say): what the
-	// server itself reports, where PID is the host's.
-	NSPID  int
+	Start  uint64
 	Exited bool
 	// ExitNs is when an exited process ended, on Start's clock (0 when
 	// unknown).

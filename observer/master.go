@@ -1,7 +1,9 @@
 package observer
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 )
@@ -26,7 +28,7 @@ func (p *Pool) locate() error {
 	case alive && p.Target.PIDFile == "":
 		return nil
 	case !alive && cur.PID != 0 && !p.Target.Follows():
-		p.lose(notFound("a master given by its pid cannot be followed: give its pidfile or its name to follow a restarted master"))
+		p.lose(notFound("%s", p.pidGone()))
 		return nil
 	case !alive && cur.PID == 0 && p.waiting != "" && !p.Target.Follows():
 		return nil
@@ -57,7 +59,11 @@ func (p *Pool) lose(why error) {
 		msg += "; observation resumes when the master is back"
 	}
 	if msg != p.waiting {
-		p.Log.Warn("no master: the pool is empty", "target", p.Target.String(), "reason", msg)
+		level := slog.LevelWarn
+		if p.discovered {
+			level = slog.LevelInfo // routine: discovery drops the pool
+		}
+		p.Log.Log(context.Background(), level, "no master: the pool is empty", "target", p.Target.String(), "reason", msg)
 		p.waiting = msg
 		p.last = nil
 	}
@@ -108,7 +114,7 @@ func (p *Pool) adopt(m Proc) error {
 			p.Log.Debug("master's listening sockets unknown", "error", err)
 		}
 	}
-	if socks != nil || !p.listen.unread {
+	if socks != nil || !(p.listen.unread || p.listen.foreign) {
 		// Unread is not none: the kernel's answer will say.
 		p.announce(socks)
 	}

@@ -105,3 +105,16 @@ func (p *Pool) identify(m Proc) masterSelf {
 	}
 	return self
 }
+
+// OtherNetNS reports whether pid is in another network namespace than
+// the daemon: false when it cannot tell (reading another user's takes
+// ptrace read access), where the fd tables cannot be read either and the
+// kernel is asked anyway.
+func (p Procfs) OtherNetNS(pid int) bool {
+	theirs, err := os.Stat(filepath.Join(p.Root, strconv.Itoa(pid), "ns", "net"))
+	if err != nil {
+		return false
+	}
+	ours, err := os.Stat("/proc/self/ns/net")
+	return err == nil && !os.SameFile(theirs, ours)
+}

@@ -3,6 +3,7 @@ package observer
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -149,5 +150,59 @@ func TestPoolShowsItsOwnPIDsAndContainer(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("the dump lacks %s:\n%s", want, b)
 		}
+	}
+}
+
+// readerKernel is a fake kernel that scans and reads listeners, as the
+// eBPF kernel does: a scan asked is answered by the next refresh, and the
+// reader then gives the sockets, NetNS set.
+type readerKernel struct {
+	*fakeKernel
+	asked, answered bool
+	socks           []Socket
+}
+
+func (k *readerKernel) ScanListeners(master int) error { k.asked = true; return nil }
+
+func (k *readerKernel) ScannedListeners(master int) ([]uint64, bool, error) {
+	if !k.answered {
+		return nil, false, nil
+	}
+	return []uint64{42}, true, nil
+}
+
+func (k *readerKernel) ReadListeners(master int) ([]Socket, bool, error) {
+	if !k.answered {
+		return nil, false, nil
+	}
+	return k.socks, true, nil
+}
+
+// A pool in another network namespace has its listeners read in the
+// kernel: until the kernel's scan answers, the dump says why they are
+// missing; then they are the kernel's, queues and all.
+func TestPoolInOtherNetNSReadsListenersInTheKernel(t *testing.T) {
+	fs := newProcfs(t, containerHost("/", "")...)
+	// The master's network namespace is not the daemon's.
+	if err := os.MkdirAll(filepath.Join(fs.Root, "2000", "ns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(fs.Root, "2000", "ns", "net"), "another namespace")
+	k := &readerKernel{fakeKernel: newFakeKernel()}
+	p := &Pool{Target: Target{PID: 2000}, Proc: fs, Kernel: k, Log: testutil.NewLog(t).Logger}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := snapshot(t, p)
+	if !k.asked || len(st.Sockets) != 0 || !strings.Contains(st.Observer.Unknown["sockets"], "another network namespace") {
+		t.Fatalf("before the kernel answered: asked %v, sockets %+v, unknown %v; want asked, none, and why", k.asked, st.Sockets, st.Observer.Unknown)
+	}
+	k.answered = true
+	k.socks = []Socket{{Name: "127.0.0.1:8000", Proto: "tcp", Queue: 3, MaxQueue: 100, Drops: 2, NetNS: 4026532000}}
+	p.MaxAge, p.last = 0, nil
+	p.gauges = gauges{}
+	st = snapshot(t, p)
+	if len(st.Sockets) != 1 || st.Sockets[0].Name != "127.0.0.1:8000" || st.ListenQueue != 3 || st.ListenQueueErrors != 2 || st.Observer.Unknown["sockets"] != "" {
+		t.Errorf("after: sockets %+v, listen_queue %d, errors %d, unknown %v; want the kernel's", st.Sockets, st.ListenQueue, st.ListenQueueErrors, st.Observer.Unknown)
 	}
 }

@@ -39,6 +39,10 @@ type Pool struct {
 	// storm of readers costs the kernel maps one read. 0 reads every time.
 	MaxAge time.Duration
 
+	// discovered: a Discovery watches the pool, and drops it once its
+	// master exits.
+	discovered bool
+
 	mu     sync.Mutex
 	master Proc // zero while the master is not found
 	self   masterSelf

@@ -52,6 +52,9 @@ type Socket struct {
 	// ACK twice): summed into the pool's listen_queue_errors, not shown
 	// per socket (uWSGI shows none).
 	Drops uint64 `json:"-"`
+	// NetNS is the network namespace the socket is in, as the inode
+	// number of /proc/PID/ns/net; 0 for the daemon's own. Not shown.
+	NetNS uint32 `json:"-"`
 	// QueueWait is added by workerstats: how long the connections its
 	// workers took waited in its accept queue (TCP only).
 	QueueWait *Durations `json:"queue_wait,omitempty"`

@@ -91,7 +91,7 @@ func (p Procfs) ListeningByInode(inodes map[uint64]bool) ([]Socket, error) {
 				continue
 			}
 			tcp = append(tcp, Socket{
-				Name:     tcpSocketName(s.family, s.addr, s.port),
+				Name:     TCPSocketName(s.family, s.addr, s.port),
 				Proto:    "tcp",
 				Queue:    uint64(s.rqueue),
 				MaxQueue: uint64(s.wqueue),
@@ -190,10 +190,12 @@ func socketInode(target string) (uint64, bool) {
 	return ino, err == nil
 }
 
-// tcpSocketName names a TCP socket bound to ip:port as uWSGI does: ":PORT"
-// for 0.0.0.0, "[ADDR]:PORT" for IPv6 (with inet_ntop's text, so "[::]:PORT"
-// for the wildcard and "[::ffff:1.2.3.4]:PORT" for a mapped address).
-func tcpSocketName(family uint8, ip []byte, port uint16) string {
+// TCPSocketName names a TCP socket of family (AF_INET, AF_INET6) bound to
+// ip:port as uWSGI does: ":PORT" for 0.0.0.0, "[ADDR]:PORT" for IPv6
+// (with inet_ntop's text, so "[::]:PORT" for the wildcard and
+// "[::ffff:1.2.3.4]:PORT" for a mapped address). An IPv4 ip may be 4 or
+// 16 bytes.
+func TCPSocketName(family uint8, ip []byte, port uint16) string {
 	p := strconv.Itoa(int(port))
 	a, _ := netip.AddrFromSlice(ip)
 	if family == unix.AF_INET6 {
@@ -206,16 +208,26 @@ func tcpSocketName(family uint8, ip []byte, port uint16) string {
 	return a.String() + ":" + p
 }
 
-// unixSocketName names a Unix socket from its UNIX_DIAG_NAME bytes as uWSGI
-// does: the path, or "@name" for an abstract socket (whose kernel name starts
-// with a NUL byte).
+// unixSocketName names a Unix socket from its UNIX_DIAG_NAME bytes, as
+// UnixSocketName does once an abstract name's over-read is trimmed
+// (trimDiagOverread).
+func unixSocketName(raw string) string {
+	if raw != "" && raw[0] == 0 {
+		raw = trimDiagOverread(raw)
+	}
+	return UnixSocketName(raw)
+}
+
+// UnixSocketName names a Unix socket from its bound name (sun_path's
+// bytes, as many as the kernel holds) as uWSGI does: the path, or "@name"
+// for an abstract socket (whose kernel name starts with a NUL byte).
 //
 // Pathnames end at the first NUL: the kernel's name includes the
 // terminating one. Abstract names have no terminator; uWSGI binds "@name"
 // with a trailing NUL, which is dropped here as uWSGI reads the name as a C
 // string. Other NULs inside an abstract name are shown as '@', as ss and
 // /proc/net/unix show them.
-func unixSocketName(raw string) string {
+func UnixSocketName(raw string) string {
 	if raw == "" {
 		return ""
 	}
@@ -225,7 +237,6 @@ func unixSocketName(raw string) string {
 		}
 		return raw
 	}
-	raw = trimDiagOverread(raw)
 	return "@" + strings.ReplaceAll(strings.TrimRight(raw[1:], "\x00"), "\x00", "@")
 }
 
@@ -301,7 +312,7 @@ func (p Procfs) AcceptedConnections(pids []int, listening []Socket) (map[int]int
 			if !ok || (s.State != netlink.TCP_ESTABLISHED && s.State != netlink.TCP_CLOSE_WAIT) {
 				continue
 			}
-			if name := tcpSocketName(s.Family, s.ID.Source, s.ID.SourcePort); names[name] || wildcard(name) {
+			if name := TCPSocketName(s.Family, s.ID.Source, s.ID.SourcePort); names[name] || wildcard(name) {
 				out[pid]++
 			}
 		}

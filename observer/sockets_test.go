@@ -392,8 +392,8 @@ func TestSocketNames(t *testing.T) {
 		{unix.AF_INET6, net.ParseIP("2001:db8::1"), 443, "[2001:db8::1]:443"},
 		{unix.AF_INET6, net.ParseIP("::ffff:10.0.0.1"), 80, "[::ffff:10.0.0.1]:80"},
 	} {
-		if got := tcpSocketName(c.family, c.ip, c.port); got != c.want {
-			t.Errorf("tcpSocketName(%d, %v, %d) = %q, want %q", c.family, c.ip, c.port, got, c.want)
+		if got := TCPSocketName(c.family, c.ip, c.port); got != c.want {
+			t.Errorf("TCPSocketName(%d, %v, %d) = %q, want %q", c.family, c.ip, c.port, got, c.want)
 		}
 	}
 
@@ -442,7 +442,7 @@ func TestParseInetDiagMsg(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := tcpSocketName(l.family, l.addr, l.port); got != "127.0.0.1:8080" || l.rqueue != 3 || l.wqueue != 128 || l.inode != 4242 || l.drops != 0 {
+	if got := TCPSocketName(l.family, l.addr, l.port); got != "127.0.0.1:8080" || l.rqueue != 3 || l.wqueue != 128 || l.inode != 4242 || l.drops != 0 {
 		t.Errorf("parsed %s %+v, want 127.0.0.1:8080 with queue 3 of 128, inode 4242, no drops", got, l)
 	}
 	// The SKMEMINFO attribute, after another one: its SK_MEMINFO_DROPS.

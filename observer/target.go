@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -223,6 +224,29 @@ func Candidates(p Procfs, skip ...int) ([]Candidate, error) {
 	if err != nil {
 		return nil, err
 	}
+	var out []Candidate
+	for _, m := range masters(procs, skip) {
+		out = append(out, Candidate{PID: m.PID, Name: m.Comm, Workers: m.workers})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Workers != out[j].Workers {
+			return out[i].Workers > out[j].Workers
+		}
+		return out[i].PID < out[j].PID
+	})
+	return out, nil
+}
+
+// master is a pre-fork master as a scan found it.
+type master struct {
+	ProcInfo
+	workers int
+}
+
+// masters picks the pre-fork masters out of procs (a scan, in pid order):
+// processes with children of their own name whose parent is not of that
+// name, leaving out those in skip. They come in pid order.
+func masters(procs []ProcInfo, skip []int) []master {
 	byPID := make(map[int]ProcInfo, len(procs))
 	for _, pi := range procs {
 		byPID[pi.PID] = pi
@@ -233,25 +257,16 @@ func Candidates(p Procfs, skip ...int) ([]Candidate, error) {
 			workers[pi.PPID]++
 		}
 	}
-	var out []Candidate
-	for pid, n := range workers {
-		pi := byPID[pid]
+	var out []master
+	for _, pi := range procs {
+		n := workers[pi.PID]
+		if n == 0 || slices.Contains(skip, pi.PID) {
+			continue
+		}
 		if parent, ok := byPID[pi.PPID]; ok && parent.Comm == pi.Comm {
 			continue // a worker that forked children of its own
 		}
-		skipped := false
-		for _, s := range skip {
-			skipped = skipped || s == pid
-		}
-		if !skipped {
-			out = append(out, Candidate{PID: pid, Name: pi.Comm, Workers: n})
-		}
+		out = append(out, master{ProcInfo: pi, workers: n})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Workers != out[j].Workers {
-			return out[i].Workers > out[j].Workers
-		}
-		return out[i].PID < out[j].PID
-	})
-	return out, nil
+	return out
 }

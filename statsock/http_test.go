@@ -560,11 +560,12 @@ func requestOf(raw []byte) (method, path string, ok bool) {
 	return m, u.Path, true
 }
 
-// FuzzServeHTTP feeds arbitrary bytes as the request to a Server in HTTP
-// mode on a Unix socket, then half-closes. The server must not panic (a
-// panic in a connection's goroutine kills the fuzzing process), must close
-// or answer a well-formed HTTP/1.0 response with a known status, and may
-// answer 200 only for GET or HEAD of / or /metrics.
+// FuzzServeHTTP feeds arbitrary bytes as the request to two Servers in
+// HTTP mode on Unix sockets, one with a Source and one with a Catalog,
+// then half-closes. Neither may panic (a panic in a connection's goroutine
+// kills the fuzzing process); each must close or answer a well-formed
+// HTTP/1.0 response with a known status, and may answer 200 only for GET
+// or HEAD of a path it serves: /, a catalog's /pools/ID, /metrics.
 func FuzzServeHTTP(f *testing.F) {
 	dump := fixture(f, fixtureJSON)
 	head := fixture(f, fixtureHeaders)
@@ -573,7 +574,15 @@ func FuzzServeHTTP(f *testing.F) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		io.WriteString(w, metricsBody)
 	})
-	path := httpServer(f, &Server{Source: fixed(dump), Metrics: metrics, Timeout: 200 * time.Millisecond})
+	list := []byte(`[{"id":"uwsgi-0a1b2c3d","path":"/pools/uwsgi-0a1b2c3d"}]`)
+	servers := []struct {
+		path   string
+		routes map[string][]byte // the dumps served, by path
+	}{
+		{httpServer(f, &Server{Source: fixed(dump), Metrics: metrics, Timeout: 200 * time.Millisecond}), map[string][]byte{"/": dump}},
+		{httpServer(f, &Server{Catalog: &fakeCatalog{list: list, pools: map[string][]byte{"uwsgi-0a1b2c3d": dump}}, Metrics: metrics, Timeout: 200 * time.Millisecond}),
+			map[string][]byte{"/": list, "/pools/uwsgi-0a1b2c3d": dump}},
+	}
 	for _, s := range []string{
 		"GET / HTTP/1.0\r\n\r\n",
 		"HEAD / HTTP/1.0\r\n\r\n",
@@ -593,73 +602,94 @@ func FuzzServeHTTP(f *testing.F) {
 		"GET / HTTP/1.0 \r\n\r\n",
 		"GET /%2e%2e/ HTTP/1.0\r\n\r\n",
 		"GET /metrics%00 HTTP/1.0\r\n\r\n",
+		"GET /pools/uwsgi-0a1b2c3d HTTP/1.0\r\n\r\n",
+		"HEAD /pools/uwsgi-0a1b2c3d HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET http://x/pools/uwsgi-0a1b2c3d?x=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /pools/%75wsgi-0a1b2c3d HTTP/1.0\r\n\r\n",
+		"GET /pools/uwsgi-0a1b2c3d/ HTTP/1.0\r\n\r\n",
+		"GET /pools/uwsgi-0a1b2c3d%2f HTTP/1.0\r\n\r\n",
+		"GET /pools/ HTTP/1.0\r\n\r\n",
+		"GET /pools HTTP/1.0\r\n\r\n",
+		"GET /pools/nope HTTP/1.0\r\n\r\n",
+		"GET /pools/../metrics HTTP/1.0\r\n\r\n",
+		"DELETE /pools/uwsgi-0a1b2c3d HTTP/1.0\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, req []byte) {
-		c, err := net.Dial("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		go func() {
-			c.Write(req)
-			c.(*net.UnixConn).CloseWrite()
-		}()
-		raw, err := readAll(c)
-		if err != nil {
-			t.Fatalf("the server neither answered nor closed: %v (got %q)", err, clip(raw))
-		}
-		if len(raw) == 0 {
-			return // closed without a word: allowed
-		}
-		m := statusLine.FindSubmatch(raw)
-		if m == nil {
-			t.Fatalf("answer does not start with an HTTP/1.0 status line: %q", clip(raw))
-		}
-		code, _ := strconv.Atoi(string(m[1]))
-		method, p, parsed := requestOf(req)
-		// A HEAD answer has no body; a request the server could not parse
-		// (so it cannot know it was HEAD) may get one.
-		parseAs := "GET"
-		if method == "HEAD" && (code == 200 || bytes.HasSuffix(raw, []byte("\r\n\r\n"))) {
-			parseAs = "HEAD"
-		}
-		resp, body := parseResponse(t, raw, parseAs)
-		switch code {
-		case 200:
-			if !parsed || (method != "GET" && method != "HEAD") || (p != "/" && p != "/metrics") {
-				t.Fatalf("200 for a request that is not GET or HEAD of / or /metrics: %q", clip(req))
-			}
-			switch {
-			case p == "/" && method == "GET":
-				if !bytes.Equal(raw, append(append([]byte{}, head...), dump...)) {
-					t.Fatalf("GET / answered %q", clip(raw))
-				}
-			case p == "/":
-				if !bytes.Equal(raw, head) {
-					t.Fatalf("HEAD / answered %q", clip(raw))
-				}
-			case method == "GET":
-				if string(body) != metricsBody || resp.Header.Get("Content-Length") != strconv.Itoa(len(metricsBody)) {
-					t.Fatalf("GET /metrics answered %q", clip(raw))
-				}
-			default:
-				if len(body) != 0 || resp.Header.Get("Content-Length") != strconv.Itoa(len(metricsBody)) {
-					t.Fatalf("HEAD /metrics answered %q", clip(raw))
-				}
-			}
-		case 400, 404, 405, 408, 431:
-			if code == 405 && resp.Header.Get("Allow") != "GET, HEAD" {
-				t.Fatalf("405 without Allow: %q", clip(raw))
-			}
-			cl, err := strconv.Atoi(resp.Header.Get("Content-Length"))
-			if err != nil || (parseAs == "GET" && cl != len(body)) || (parseAs == "HEAD" && len(body) != 0) || resp.Header.Get("Connection") != "close" {
-				t.Fatalf("error answer with bad headers: %q", clip(raw))
-			}
-		default:
-			t.Fatalf("status %d for %q", code, clip(req))
+		for _, s := range servers {
+			checkFuzzAnswer(t, s.path, req, head, s.routes, metricsBody)
 		}
 	})
+}
+
+// checkFuzzAnswer sends req to the server on the Unix socket at path and
+// checks its answer: routes are the dumps it serves by path, each with
+// uWSGI's head; /metrics answers metricsBody.
+func checkFuzzAnswer(t *testing.T, path string, req, head []byte, routes map[string][]byte, metricsBody string) {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	go func() {
+		c.Write(req)
+		c.(*net.UnixConn).CloseWrite()
+	}()
+	raw, err := readAll(c)
+	if err != nil {
+		t.Fatalf("the server neither answered nor closed: %v (got %q)", err, clip(raw))
+	}
+	if len(raw) == 0 {
+		return // closed without a word: allowed
+	}
+	m := statusLine.FindSubmatch(raw)
+	if m == nil {
+		t.Fatalf("answer does not start with an HTTP/1.0 status line: %q", clip(raw))
+	}
+	code, _ := strconv.Atoi(string(m[1]))
+	method, p, parsed := requestOf(req)
+	// A HEAD answer has no body; a request the server could not parse
+	// (so it cannot know it was HEAD) may get one.
+	parseAs := "GET"
+	if method == "HEAD" && (code == 200 || bytes.HasSuffix(raw, []byte("\r\n\r\n"))) {
+		parseAs = "HEAD"
+	}
+	resp, body := parseResponse(t, raw, parseAs)
+	switch code {
+	case 200:
+		dump, isDump := routes[p]
+		if !parsed || (method != "GET" && method != "HEAD") || (!isDump && p != "/metrics") {
+			t.Fatalf("200 for a request that is not GET or HEAD of a path served: %q", clip(req))
+		}
+		switch {
+		case isDump && method == "GET":
+			if !bytes.Equal(raw, append(append([]byte{}, head...), dump...)) {
+				t.Fatalf("GET %s answered %q", p, clip(raw))
+			}
+		case isDump:
+			if !bytes.Equal(raw, head) {
+				t.Fatalf("HEAD %s answered %q", p, clip(raw))
+			}
+		case method == "GET":
+			if string(body) != metricsBody || resp.Header.Get("Content-Length") != strconv.Itoa(len(metricsBody)) {
+				t.Fatalf("GET /metrics answered %q", clip(raw))
+			}
+		default:
+			if len(body) != 0 || resp.Header.Get("Content-Length") != strconv.Itoa(len(metricsBody)) {
+				t.Fatalf("HEAD /metrics answered %q", clip(raw))
+			}
+		}
+	case 400, 404, 405, 408, 431:
+		if code == 405 && resp.Header.Get("Allow") != "GET, HEAD" {
+			t.Fatalf("405 without Allow: %q", clip(raw))
+		}
+		cl, err := strconv.Atoi(resp.Header.Get("Content-Length"))
+		if err != nil || (parseAs == "GET" && cl != len(body)) || (parseAs == "HEAD" && len(body) != 0) || resp.Header.Get("Connection") != "close" {
+			t.Fatalf("error answer with bad headers: %q", clip(raw))
+		}
+	default:
+		t.Fatalf("status %d for %q", code, clip(req))
+	}
 }

@@ -31,6 +31,10 @@ const (
 // Server serves dumps on a listener.
 type Server struct {
 	Source Source
+	// Catalog, when set, serves several pools instead of Source: in HTTP
+	// mode GET / answers their list and GET /pools/ID each one's dump
+	// (see Catalog); in raw mode the list is written.
+	Catalog Catalog
 	// HTTP selects HTTP mode (uWSGI's --stats-http): GET / answers the
 	// JSON, GET /metrics is passed to Metrics.
 	HTTP    bool
@@ -112,9 +116,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// serveRaw writes the dump and closes, never reading: uWSGI's raw mode.
+// serveRaw writes the dump (a Catalog's list) and closes, never reading:
+// uWSGI's raw mode.
 func (s *Server) serveRaw(ctx context.Context, c net.Conn, log *slog.Logger) {
-	b, err := s.Source.Dump(ctx)
+	src, _ := s.source("/")
+	b, err := src.Dump(ctx)
 	if err != nil {
 		log.Error("cannot build stats dump", "error", err)
 		return
@@ -169,29 +175,36 @@ func (s *Server) serveHTTP(ctx context.Context, c net.Conn, log *slog.Logger) {
 		writeError(c, http.StatusMethodNotAllowed, [][2]string{{"Allow", "GET, HEAD"}}, false)
 		return
 	}
-	switch req.URL.Path {
-	case "/":
-		b, err := s.Source.Dump(ctx)
-		if err != nil {
-			log.Error("cannot build stats dump", "error", err)
-			writeError(c, http.StatusInternalServerError, nil, head)
-			return
-		}
-		writeResponse(c, http.StatusOK, uwsgiHeaders, b, head)
-	case "/metrics":
-		if s.Metrics == nil {
-			writeError(c, http.StatusNotFound, nil, head)
-			return
-		}
-		rec := &recorder{header: http.Header{}}
-		if !serveMetrics(s.Metrics, rec, req.WithContext(ctx), log) {
-			writeError(c, http.StatusInternalServerError, nil, head)
-			return
-		}
-		writeResponse(c, rec.status(), rec.headers(), rec.body.Bytes(), head)
-	default:
-		writeError(c, http.StatusNotFound, nil, head)
+	if req.URL.Path == "/metrics" {
+		s.serveMetricsRequest(ctx, c, req, head, log)
+		return
 	}
+	src, ok := s.source(req.URL.Path)
+	if !ok {
+		writeError(c, http.StatusNotFound, nil, head)
+		return
+	}
+	b, err := src.Dump(ctx)
+	if err != nil {
+		log.Error("cannot build stats dump", "error", err)
+		writeError(c, http.StatusInternalServerError, nil, head)
+		return
+	}
+	writeResponse(c, http.StatusOK, uwsgiHeaders, b, head)
+}
+
+// serveMetricsRequest answers GET /metrics from Metrics, 404 without.
+func (s *Server) serveMetricsRequest(ctx context.Context, c net.Conn, req *http.Request, head bool, log *slog.Logger) {
+	if s.Metrics == nil {
+		writeError(c, http.StatusNotFound, nil, head)
+		return
+	}
+	rec := &recorder{header: http.Header{}}
+	if !serveMetrics(s.Metrics, rec, req.WithContext(ctx), log) {
+		writeError(c, http.StatusInternalServerError, nil, head)
+		return
+	}
+	writeResponse(c, rec.status(), rec.headers(), rec.body.Bytes(), head)
 }
 
 // serveMetrics runs the metrics handler; a panic in it fails this request,

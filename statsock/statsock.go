@@ -1,7 +1,8 @@
 // Package statsock serves a stats dump the way uWSGI's stats server does:
 // in raw mode a client connects and the server writes the JSON and closes;
 // in HTTP mode it answers one bounded request. It knows nothing of where
-// the bytes come from: a Source produces them.
+// the bytes come from: a Source produces them, or for several pools on one
+// socket a Catalog (catalog.go).
 package statsock
 
 import "context"

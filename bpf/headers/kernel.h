@@ -45,6 +45,7 @@ enum {
 };
 
 #define MSG_PEEK 2
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
@@ -98,6 +99,17 @@ struct signal_struct {
 	atomic_t live;
 };
 
+/* A pid's number in each PID namespace, from the host's (level 0) to
+ * the process's own (level). numbers[] has level + 1 entries. */
+struct upid {
+	int nr;
+};
+
+struct pid {
+	unsigned int level;
+	struct upid numbers[1];
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -105,6 +117,7 @@ struct task_struct {
 	__u64 start_boottime;
 	struct files_struct *files;
 	struct signal_struct *signal;
+	struct pid *thread_pid;
 };
 
 struct inode {
@@ -119,22 +132,71 @@ struct file {
 
 struct socket;
 
-/* skc_num is the local port in host order; CO-RE finds both fields
- * inside the anonymous unions that hold them. */
+/* A network namespace: inum is its inode number, as /proc/PID/ns/net
+ * shows it. */
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+/* skc_num is the local port in host order, skc_rcv_saddr the local IPv4
+ * address; CO-RE finds those fields inside the anonymous unions that hold
+ * them. */
 struct sock_common {
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
 	__u16 skc_num;
+	__be32 skc_rcv_saddr;
+	struct in6_addr skc_v6_rcv_saddr;
+	possible_net_t skc_net;
+};
+
+struct sk_buff_head {
+	__u32 qlen;
 };
 
 struct sock {
 	struct sock_common __sk_common;
 	struct socket *sk_socket;
+	struct sk_buff_head sk_receive_queue;
+	__u32 sk_ack_backlog;
+	__u32 sk_max_ack_backlog;
+	atomic_t sk_drops;
 };
 
 struct socket {
 	short type;
 	struct sock *sk;
+	struct file *file;
+};
+
+struct sockaddr_un {
+	unsigned short sun_family;
+	char sun_path[108];
+};
+
+/* A Unix socket's bound name: len bytes of name, its family included. */
+struct unix_address {
+	int len;
+	struct sockaddr_un name[1];
+};
+
+struct unix_sock {
+	struct sock sk;
+	struct unix_address *addr;
 };
 
 /* x86-64's saved registers at syscall entry: the raw sys_enter/sys_exit

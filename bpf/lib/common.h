@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * What every concern uses: the counters, the watched filter, finding the
- * current worker, a connection's socket from its fd, and a syscall's user
- * buffer.
+ * current worker, a connection's socket from its fd, a socket's network
+ * namespace and whether its port may matter, and a syscall's user buffer.
  */
 #ifndef WORKERSTATS_COMMON_H
 #define WORKERSTATS_COMMON_H
@@ -89,6 +89,21 @@ static __always_inline __u64 socket_fd_to_sock(unsigned long fd)
 	if (!sock)
 		return 0;
 	return (__u64)BPF_CORE_READ(sock, sk);
+}
+
+/* The network namespace of socket sk: its inode number. */
+static __always_inline __u32 sock_netns(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* Whether TCP port may be a watched pool's listener's, in some network
+ * namespace: its bit in watched_ports. */
+static __always_inline int port_watched(__u32 port)
+{
+	__u32 i = port / WATCHED_WORD_BITS;
+	__u64 *word = bpf_map_lookup_elem(&watched_ports, &i);
+	return word && (*word & (1ULL << (port % WATCHED_WORD_BITS)));
 }
 
 static __always_inline __u64 fd_key(__u32 tgid, unsigned long fd)

@@ -59,13 +59,14 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
-/* Sock hooks without accept and close syscall tracepoints: the TCP ports
- * (host order) the watched pools listen on, each with its master's tgid.
- * Written by userspace only. */
+/* Sock hooks without accept and close syscall tracepoints: the TCP
+ * listeners (network namespace and port) the watched pools listen on,
+ * each with its master's tgid. Written by userspace, and by adoption from
+ * a scan's answer (conns.c). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
-	__type(key, __u32);
+	__type(key, struct listen_key);
 	__type(value, __u32);
 } listen_ports SEC(".maps");
 
@@ -80,18 +81,34 @@ struct {
 } untracked SEC(".maps");
 
 /*
- * Time in the listen queue (queue.c). queue_waits holds, for each TCP port
- * (host order) a watched pool listens on, the waits of the connections its
- * workers took: userspace adds and removes the entries, the kernel adds to
- * them. Per CPU: a CPU's accepts add to its own copy, no atomics, no
- * shared cache line; userspace sums them.
+ * Time in the listen queue (queue.c). queue_waits holds, for each TCP
+ * listener (network namespace and port) a watched pool listens on, the
+ * waits of the connections its workers took: userspace adds and removes
+ * the entries, the kernel adds to them. Per CPU: a CPU's accepts add to
+ * its own copy, no atomics, no shared cache line; userspace sums them.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
-	__type(key, __u32);
+	__type(key, struct listen_key);
 	__type(value, struct queue_wait);
 } queue_waits SEC(".maps");
+
+/*
+ * The ports of queue_waits' and listen_ports' keys, whatever their
+ * namespace: bit (port % 64) of word port / 64. Written by userspace only
+ * (a bit is set before its first key is added, cleared after its last is
+ * removed), so that a socket's namespace is read only when its port is
+ * one a watched pool listens on: one array load the verifier inlines
+ * tells every other inbound connection of the host, and every outbound
+ * socket of a watched worker, apart. A set bit is a hint; the keys decide.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536 / WATCHED_WORD_BITS);
+	__type(key, __u32);
+	__type(value, __u64);
+} watched_ports SEC(".maps");
 
 /* The connections waiting in a watched port's accept queue: when each
  * entered it, in a table indexed by a hash of the socket's address. An
@@ -141,6 +158,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } scans_asked SEC(".maps");
+
+/* read_listeners' answer (listeners.c): written by its run, which
+ * userspace makes one at a time, and read by userspace after it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct listeners_read);
+} listeners_read SEC(".maps");
 
 /*
  * The cheap filter: bit (tgid % 64) of word tgid / 64 is set when the

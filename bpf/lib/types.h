@@ -54,6 +54,12 @@ struct worker {
 	__u32 killer;
 	__u32 in_request_at;
 	__u64 kill_ns;
+	/* Its pid in its own (innermost) PID namespace, the one the server
+	 * itself reports: set by on_fork, or by userspace for the workers it
+	 * adds; 0 when unknown. Fields are only ever appended: a pinned
+	 * table whose values only grew is carried over. */
+	__u32 ns_pid;
+	__u32 pad;
 };
 
 /* Bits of a worker's in_request_at. */
@@ -141,6 +147,14 @@ struct queue_wait {
 	__u64 counts[QWAIT_BUCKETS];
 };
 
+/* A TCP listener as queue_waits and listen_ports know it: its network
+ * namespace (the inode number /proc/PID/ns/net shows) and its port (host
+ * order), so that pools on one port in two namespaces stay apart. */
+struct listen_key {
+	__u32 netns;
+	__u32 port;
+};
+
 /* The slots of the connections waiting in a watched port's accept queue
  * (the queued map). */
 #define QUEUED_SLOTS 65536
@@ -148,8 +162,7 @@ struct queue_wait {
 struct queued {
 	__u64 sk; /* struct sock *; 0 for none */
 	__u64 at_ns;
-	__u32 port;
-	__u32 pad;
+	struct listen_key key; /* its listener's */
 };
 
 /* ---- slots and listeners ---- */
@@ -164,12 +177,50 @@ struct slot_of {
 #define SCAN_FOUND 16
 
 struct listener_scan {
-	__u32 want;  /* userspace sets it, the scan clears it */
-	__u32 adopt; /* sock hooks with accept unhooked: the ports found are adopted */
-	__u32 found; /* entries of inodes and ports filled */
-	__u32 pad;
+	__u32 want;     /* userspace sets it, the scan clears it */
+	__u32 adopt;    /* sock hooks with accept unhooked: the ports found are adopted */
+	__u32 found;    /* entries of inodes, ports, socks and netns filled */
+	__u32 answered; /* set by the first answer, kept while asked again */
 	__u64 inodes[SCAN_FOUND];
 	__u32 ports[SCAN_FOUND]; /* a TCP listener's port, host order; 0 for Unix */
+	/* Appended (a pinned table whose values grew is carried over): each
+	 * listener's struct sock *, which read_listeners reads, never
+	 * dereferences, and its network namespace. */
+	__u64 socks[SCAN_FOUND];
+	__u32 netns[SCAN_FOUND];
+};
+
+/* What read_listeners found of a listener the scan recorded, now. */
+enum listener_kind {
+	LISTENER_GONE = 0, /* closed, or no longer listening: left out */
+	LISTENER_TCP = 1,
+	LISTENER_UNIX = 2,
+};
+
+/* The bytes of a Unix socket's name (sockaddr_un's sun_path). */
+enum { UNIX_PATH_MAX = 108 };
+
+struct listener_read {
+	__u64 inode;
+	__u32 netns;
+	__u32 kind;    /* enum listener_kind */
+	__u32 family;  /* AF_INET or AF_INET6 for TCP */
+	__u32 port;    /* TCP: host order */
+	__u8 addr[16]; /* TCP: the bound address, an IPv4 one in its first 4 bytes */
+	__u32 queue;   /* connections in the accept queue */
+	__u32 max_queue; /* its backlog */
+	__u32 drops;   /* TCP: sk_drops */
+	__u32 name_len; /* Unix: bytes of name, the bound name (an abstract one starts with NUL) */
+	__u8 name[UNIX_PATH_MAX];
+	__u8 pad[4];
+};
+
+/* read_listeners' answer: the listeners of master's scan, as found now;
+ * count entries of socks filled. */
+struct listeners_read {
+	__u32 master;
+	__u32 count;
+	struct listener_read socks[SCAN_FOUND];
 };
 
 /* ---- request capture (capture.c) ---- */
@@ -246,6 +297,7 @@ struct exported {
 	enum pid_limit pid_limit;
 	enum key_layout key_layout;
 	enum queue_wait_bucket queue_wait_bucket;
+	enum listener_kind listener_kind;
 };
 
 #endif

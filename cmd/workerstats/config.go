@@ -76,8 +76,18 @@ func (p poolOptions) socket() (statsock.Addr, os.FileMode, error) {
 }
 
 // configFile is serve's --config: daemon-wide settings, which the command
-// line's flags override, and one [[pool]] table per pool.
+// line's flags override, and one [[pool]] table per pool; or, with
+// discover = true, no [[pool]] and the one stats socket at the top.
 type configFile struct {
+	Discover         bool         `toml:"discover"`
+	DiscoverInterval tomlDuration `toml:"discover-interval"`
+	MaxPools         int          `toml:"max-pools"`
+	// With discover: its one stats socket, as a [[pool]]'s.
+	Stats         string `toml:"stats"`
+	StatsMinified bool   `toml:"stats-minified"`
+	StatsChmod    string `toml:"stats-chmod"`
+	StatsChown    string `toml:"stats-chown"`
+
 	Mode          string        `toml:"mode"`
 	Hooks         string        `toml:"hooks"`
 	BPFStats      bool          `toml:"bpf-stats"`
@@ -128,10 +138,26 @@ func loadConfig(path string) (configFile, error) {
 		return c, fmt.Errorf("config %s: unknown key %s (known: %s, and in [[pool]]: %s)", path,
 			strings.Join(keys, ", "), strings.Join(tomlKeys(configFile{}), ", "), strings.Join(tomlKeys(poolOptions{}), ", "))
 	}
-	if len(c.Pools) == 0 {
-		return c, fmt.Errorf("config %s has no [[pool]]: add one with a pid, pidfile or name and a stats address", path)
-	}
 	return c, nil
+}
+
+// checkConfig says what in config path c contradicts whether the daemon
+// discovers its pools (from the config, or --discover): [[pool]]s, or
+// their absence; discover's own keys without it.
+func checkConfig(path string, c configFile, discover bool) error {
+	switch {
+	case discover && len(c.Pools) > 0:
+		return fmt.Errorf("config %s: discover and [[pool]] exclude each other: pick one (discover watches every pool on the node, [[pool]] the ones it names)", path)
+	case discover:
+		return nil
+	case len(c.Pools) == 0:
+		return fmt.Errorf("config %s has no [[pool]]: add one with a pid, pidfile or name and a stats address, or set discover = true to watch every pool", path)
+	case c.Stats != "" || c.StatsMinified || c.StatsChmod != "" || c.StatsChown != "":
+		return fmt.Errorf("config %s: stats keys at the top are discover's one socket: put them in each [[pool]], or set discover = true", path)
+	case c.DiscoverInterval.set || c.MaxPools != 0:
+		return fmt.Errorf("config %s: discover-interval and max-pools go with discover = true: set it, or drop them", path)
+	}
+	return nil
 }
 
 // tomlKeys lists the keys a config table takes, from v's struct tags: the

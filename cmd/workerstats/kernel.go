@@ -61,6 +61,10 @@ type loadedKernel interface {
 	Close() error
 }
 
+// Discovery drops a pool's kernel entries, and its listeners', through
+// the kernel's Unwatch.
+var _ observer.Unwatcher = (*ebpfkernel.Kernel)(nil)
+
 // loadKernel loads the eBPF observer, or says why procfs mode serves
 // instead (a nil observer and the reason).
 func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error) {

@@ -10,7 +10,7 @@ import (
 // noTargetMessage is what the daemon says when it was given no target: what
 // it could watch, and how to choose.
 func noTargetMessage(cands []observer.Candidate) string {
-	const how = "give the pool's master with --pid PID, --pidfile FILE or --name NAME (or several pools with --config FILE)"
+	const how = "give the pool's master with --pid PID, --pidfile FILE or --name NAME (or several pools with --config FILE, or every pool on the node with --discover)"
 	if len(cands) == 0 {
 		return "no target: " + how + "; no pre-fork master (a process with forked children of its own name) is running now"
 	}

@@ -34,11 +34,13 @@ func newReadCmd() *cobra.Command {
 		Short: "Read a stats socket (ours or uWSGI's) and print the JSON on stdout",
 		Long: `read connects to a stats socket, reads the dump to its end, checks it is JSON
 and prints it on stdout. ADDR is any --stats form (host:port, [ipv6]:port,
-/path.sock, @abstract) or an http:// URL of a server started with --stats-http.
+/path.sock, @abstract) or an http:// URL of a server started with --stats-http
+(with --discover: / for the list of pools, /pools/ID for one).
 'workerstats --connect-and-read ADDR' does the same.`,
 		Example: `  workerstats read 127.0.0.1:1717
   workerstats read /run/workerstats/app.sock
-  workerstats read --pretty http://127.0.0.1:1717/`,
+  workerstats read --pretty http://127.0.0.1:1717/
+  workerstats read http://127.0.0.1:1717/pools/ID`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return readStatsTo(cmd.Context(), os.Stdout, args[0], o)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/workerstats/workerstats/observer"
@@ -35,8 +36,9 @@ const (
 )
 
 // maintenance is how often maintain refreshes the pools (follows their
-// masters, folds exited workers) and sweeps the kernel's connection table.
-type maintenance struct{ refresh, sweep time.Duration }
+// masters, folds exited workers), sweeps the kernel's connection table
+// and, with --discover (0 without), looks for pools.
+type maintenance struct{ refresh, sweep, discover time.Duration }
 
 var defaultMaintenance = maintenance{refresh: time.Second, sweep: 10 * time.Second}
 
@@ -55,6 +57,10 @@ type serveFlags struct {
 	procRoot string
 	config   string
 	host     hostOptions // --pin-path, --no-pin, --user: privileges.go
+
+	discover      bool
+	discoverEvery time.Duration
+	maxPools      int
 
 	pool poolOptions // the pool given by flags, when there is no --config
 
@@ -77,7 +83,10 @@ type daemonOptions struct {
 	maxXfers    int           // --max-transfers
 	ringSize    int           // --capture-ring
 	proc        observer.Procfs
-	pools       []poolSpec
+	// pools are the pools watched, each with its stats socket; with
+	// discover, the one socket that serves every pool found.
+	pools    []poolSpec
+	discover *discoverOptions // --discover; nil without
 	// poolsFromConfig: a pool that cannot start (two masters of one
 	// --name, say) is logged and the config's other pools go on; the one
 	// pool a command line names ends the daemon.
@@ -90,14 +99,18 @@ type daemonOptions struct {
 	statsMaxAge   time.Duration
 }
 
-// poolFlags are serve's flags that name one pool: they and --config exclude
-// each other.
+// poolFlags are serve's flags that name one pool: they and a config's
+// [[pool]]s exclude each other. With discover the socket's go with it,
+// and targetFlags exclude it.
 var poolFlags = []string{"pid", "pidfile", "name", "stats", "stats-http", "stats-minified", "stats-chmod", "stats-chown"}
+
+// targetFlags are the poolFlags that name a master: --discover finds them.
+var targetFlags = []string{"pid", "pidfile", "name"}
 
 func newServeCmd() *cobra.Command {
 	var o serveFlags
 	cmd := &cobra.Command{
-		Use:   "serve (--pid PID | --pidfile FILE | --name NAME) [--stats ADDR] | --config FILE",
+		Use:   "serve (--pid PID | --pidfile FILE | --name NAME) [--stats ADDR] | --discover [--stats ADDR] | --config FILE",
 		Short: "Watch a pool's workers and serve their stats",
 		Long: `serve watches the direct children of a pool's master process as its workers,
 counts their requests in the kernel, and serves uWSGI stats JSON on --stats
@@ -106,9 +119,14 @@ in uWSGI's address forms: host:port, :port, [ipv6]:port, /path.sock, @abstract.
 The master is --pid PID, the process named in --pidfile FILE (read again when
 the master restarts and rewrites it), or the one master called --name NAME
 (uwsgi, gunicorn, php-fpm, nginx...). With --config FILE, one daemon watches
-several pools, each with its own stats socket. It needs root.`,
+several pools, each with its own stats socket. With --discover, it watches
+every pre-fork master on the node, in or out of containers, as each starts
+and until it exits, and serves them all over HTTP on the one --stats socket:
+GET / lists the pools, GET /pools/ID is each one's uWSGI JSON, GET /metrics
+all of them. It needs root.`,
 		Example: `  workerstats serve --pidfile /run/uwsgi/app.pid --stats 127.0.0.1:1717
   workerstats serve --name php-fpm --stats /run/workerstats/fpm.sock
+  workerstats serve --discover --stats 127.0.0.1:1717
   workerstats serve --config /etc/workerstats/workerstats.toml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -119,16 +137,24 @@ several pools, each with its own stats socket. It needs root.`,
 			return serveDaemon(cmd.Context(), d)
 		},
 	}
-	f := cmd.Flags()
+	o.addFlags(cmd.Flags())
+	return cmd
+}
+
+// addFlags defines serve's flags on f.
+func (o *serveFlags) addFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.pool.PID, "pid", 0, "PID of the pool's master process")
 	f.StringVar(&o.pool.PIDFile, "pidfile", "", "the master's pidfile, followed when the master restarts")
 	f.StringVar(&o.pool.Name, "name", "", "the master's process name: uwsgi, gunicorn, php-fpm, nginx...")
-	f.StringVar(&o.pool.Stats, "stats", defaultStatsAddr, "stats socket: host:port, :port (all interfaces), [ipv6]:port, /path.sock or @abstract")
-	f.BoolVar(&o.pool.StatsHTTP, "stats-http", false, "speak HTTP on the stats socket: GET / for the JSON, GET /metrics for Prometheus")
+	f.BoolVar(&o.discover, "discover", false, "watch every pre-fork master on the node (uwsgi, gunicorn, php-fpm, nginx...), in or out of containers, as each starts and until it exits, all served over HTTP on --stats")
+	f.DurationVar(&o.discoverEvery, "discover-interval", defaultDiscoverEvery, "with --discover, how often to look for masters started or exited")
+	f.IntVar(&o.maxPools, "max-pools", defaultMaxPools, "with --discover, pools watched at once; a master found beyond them is not watched, and the log says so")
+	f.StringVar(&o.pool.Stats, "stats", defaultStatsAddr, "stats socket: host:port, :port (all interfaces), [ipv6]:port, /path.sock or @abstract; with --discover it speaks HTTP, --stats-http or not")
+	f.BoolVar(&o.pool.StatsHTTP, "stats-http", false, "speak HTTP on the stats socket: GET / for the JSON, GET /metrics for Prometheus (--discover always does)")
 	f.BoolVar(&o.pool.StatsMinified, "stats-minified", false, "compact JSON instead of uWSGI's tab-indented layout")
 	f.StringVar(&o.pool.StatsChmod, "stats-chmod", defaultStatsChmod, "mode of a Unix stats socket, in octal")
 	f.StringVar(&o.pool.StatsChown, "stats-chown", "", "owner of a Unix stats socket: user, user:group or :group")
-	f.StringVar(&o.config, "config", "", "TOML file with one [[pool]] per pool to watch (keys as these flags' names)")
+	f.StringVar(&o.config, "config", "", "TOML file with one [[pool]] per pool to watch (keys as these flags' names), or discover = true")
 	f.IntVar(&o.statsMaxConns, "stats-max-conns", statsock.DefaultMaxConns, "stats connections served at once; more are closed at once")
 	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
 	f.DurationVar(&o.statsMaxAge, "stats-max-age", defaultStatsMaxAge, "readers within this interval share one snapshot of the kernel counters")
@@ -143,7 +169,6 @@ several pools, each with its own stats socket. It needs root.`,
 	f.IntVar(&o.ringSize, "capture-ring", defaultCaptureRing, "with --requests, bytes of the ring the captured heads reach the daemon through (a power of two); a head that finds it full is lost, and the dump says how many")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
-	return cmd
 }
 
 // resolve merges --config into the flags and checks every option once, the
@@ -164,6 +189,9 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 		pools: specs, poolsFromConfig: o.config != "",
 		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
 	}
+	if o.discover {
+		d.discover = &discoverOptions{every: o.discoverEvery, maxPools: o.maxPools}
+	}
 	if err := d.check(); err != nil {
 		return daemonOptions{}, err
 	}
@@ -181,34 +209,47 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 	return d, nil
 }
 
-// poolSpecs returns the pools to watch: --config's, or the one the flags
-// name. With neither, it says what could be watched.
+// poolSpecs returns the pools to watch: --config's, the one the flags
+// name, or with --discover the one socket that serves them all. With
+// none, it says what could be watched.
 func (o *serveFlags) poolSpecs(changed func(string) bool, proc observer.Procfs) ([]poolSpec, error) {
-	if o.config == "" {
-		if o.pool.target() == (observer.Target{}) {
-			cands, err := observer.Candidates(proc, os.Getpid())
-			if err != nil {
-				return nil, err
-			}
-			return nil, errors.New(noTargetMessage(cands))
-		}
-		s, err := o.pool.check("serve", "--pid, --pidfile, --name")
+	var pools []poolOptions
+	if o.config != "" {
+		c, err := loadConfig(o.config)
 		if err != nil {
 			return nil, err
 		}
-		return []poolSpec{s}, nil
-	}
-	for _, name := range poolFlags {
-		if changed(name) {
-			return nil, fmt.Errorf("--%s and --config exclude each other: put the pool in the config file", name)
+		o.applyConfig(c, changed)
+		if err := checkConfig(o.config, c, o.discover); err != nil {
+			return nil, err
 		}
+		for _, name := range poolFlags {
+			if changed(name) && !o.discover { // discoverSpecs says which go with discover
+				return nil, fmt.Errorf("--%s and --config exclude each other: put the pool in the config file", name)
+			}
+		}
+		pools = c.Pools
 	}
-	c, err := loadConfig(o.config)
+	switch {
+	case o.discover:
+		return o.discoverSpecs(changed)
+	case changed("discover-interval") || changed("max-pools"):
+		return nil, errors.New("--discover-interval and --max-pools go with --discover: add --discover, or drop them")
+	case o.config != "":
+		return checkPools(pools, "config "+o.config+": ")
+	}
+	if o.pool.target() == (observer.Target{}) {
+		cands, err := observer.Candidates(proc, os.Getpid())
+		if err != nil {
+			return nil, err
+		}
+		return nil, errors.New(noTargetMessage(cands))
+	}
+	s, err := o.pool.check("serve", "--pid, --pidfile, --name")
 	if err != nil {
 		return nil, err
 	}
-	o.applyConfig(c, changed)
-	return checkPools(c.Pools, "config "+o.config+": ")
+	return []poolSpec{s}, nil
 }
 
 // applyConfig takes the config's daemon-wide settings, unless the command
@@ -219,6 +260,13 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 			apply()
 		}
 	}
+	set("discover", c.Discover, func() { o.discover = true })
+	set("discover-interval", c.DiscoverInterval.set, func() { o.discoverEvery = c.DiscoverInterval.Duration })
+	set("max-pools", c.MaxPools != 0, func() { o.maxPools = c.MaxPools })
+	set("stats", c.Stats != "", func() { o.pool.Stats = c.Stats })
+	set("stats-minified", c.StatsMinified, func() { o.pool.StatsMinified = true })
+	set("stats-chmod", c.StatsChmod != "", func() { o.pool.StatsChmod = c.StatsChmod })
+	set("stats-chown", c.StatsChown != "", func() { o.pool.StatsChown = c.StatsChown })
 	set("mode", c.Mode != "", func() { o.mode = c.Mode })
 	set("hooks", c.Hooks != "", func() { o.hooks = c.Hooks })
 	set("bpf-stats", c.BPFStats, func() { o.bpfStats = true })
@@ -256,7 +304,7 @@ func (d *daemonOptions) check() error {
 	if d.statsMaxConns <= 0 || d.statsTimeout <= 0 || d.statsMaxAge < 0 {
 		return errors.New("--stats-max-conns and --stats-timeout must be positive, --stats-max-age not negative")
 	}
-	return nil
+	return d.discover.check()
 }
 
 // checkPIDRuns says at once that a --pid given on the command line names no
@@ -274,12 +322,42 @@ func checkPIDRuns(t observer.Target, proc observer.Procfs) error {
 	return nil
 }
 
-// servedPool is a pool with its stats socket.
+// servedPool is a pool with its stats socket or, with --discover, the
+// one socket that serves every pool found (disc; pool is nil).
 type servedPool struct {
 	spec poolSpec
 	pool *observer.Pool
+	disc *discovery
 	ln   net.Listener
 	srv  *statsock.Server
+}
+
+// refresh brings the socket's pools up to date: its pool, or every pool
+// discovery found.
+func (sp *servedPool) refresh(log *slog.Logger) {
+	if sp.disc != nil {
+		sp.disc.refresh()
+		return
+	}
+	if err := sp.pool.Refresh(); err != nil {
+		log.Warn("refresh failed", "pool", sp.spec.opts.Stats, "error", err)
+	}
+}
+
+// masters are the masters whose workers the socket's pools count.
+func (sp *servedPool) masters() []int {
+	if sp.disc != nil {
+		return sp.disc.masters()
+	}
+	return sp.pool.Masters()
+}
+
+// watches says what the socket serves, for the log.
+func (sp *servedPool) watches() string {
+	if sp.disc != nil {
+		return "every pre-fork master (--discover)"
+	}
+	return sp.spec.target.String()
 }
 
 // serveDaemon runs the daemon, step by step, until ctx ends or a stats
@@ -320,13 +398,18 @@ func serveDaemon(ctx context.Context, o daemonOptions) error {
 	if err := dropPrivileges(o.user, k, log); err != nil {
 		return err
 	}
-	return serveAndMaintain(ctx, pools, k, defaultMaintenance, log)
+	every := defaultMaintenance
+	if o.discover != nil {
+		every.discover = o.discover.every
+	}
+	return serveAndMaintain(ctx, pools, k, every, log)
 }
 
-// everyPoolFound says whether every pool has found its master.
+// everyPoolFound says whether every pool has found its master: never
+// with --discover, whose pools are yet to come.
 func everyPoolFound(pools []*servedPool) bool {
 	for _, sp := range pools {
-		if sp.pool.Waiting() != "" {
+		if sp.disc != nil || sp.pool.Waiting() != "" {
 			return false
 		}
 	}
@@ -361,22 +444,21 @@ func closeListeners(pools []*servedPool) {
 	}
 }
 
-// startPools finds each pool's master and builds its stats server. Every
-// pool counts through k, and follows its requests through follower when
-// it is not nil (--requests); with k nil (procfs mode) each pool gets a
-// procfs kernel of its own, which says procfsReason.
+// startPools finds each pool's master (with --discover, every master) and
+// builds its stats server. Every pool counts through k, and follows its
+// requests through follower when it is not nil (--requests); with k nil
+// (procfs mode) each pool gets a procfs kernel of its own, which says
+// procfsReason.
 func startPools(ctx context.Context, pools []*servedPool, k observer.Kernel, follower *observer.Follower, procfsReason string, o daemonOptions, log *slog.Logger) error {
 	for _, sp := range pools {
-		kernel := k
-		if kernel == nil {
-			// Procfs mode follows one master per observer.
-			kernel = &observer.ProcfsKernel{Proc: o.proc, Reason: procfsReason}
-		}
 		plog := log.With("pool", sp.spec.opts.Stats)
-		sp.pool = &observer.Pool{Target: sp.spec.target, Proc: o.proc, Kernel: kernel, Log: plog.With("component", "pool"), MaxAge: o.statsMaxAge}
-		if follower != nil { // a nil *Follower in the field would not be nil: statuses of 0 would show
-			sp.pool.Follower = follower
+		if o.discover != nil {
+			sp.disc = newDiscovery(k, follower, procfsReason, o, sp.spec.opts.StatsMinified, log)
+			sp.disc.sweep(ctx)
+			sp.srv = newStatsServer(sp, o, plog)
+			continue
 		}
+		sp.pool = newPool(sp.spec.target, k, follower, procfsReason, o, plog)
 		if err := sp.pool.Start(ctx); err != nil && !errors.Is(err, observer.ErrNoTarget) {
 			if errors.Is(err, observer.ErrSeveralMasters) {
 				err = fmt.Errorf("%w: choose one with --pid or --pidfile", err)
@@ -393,19 +475,40 @@ func startPools(ctx context.Context, pools []*servedPool, k observer.Kernel, fol
 	return nil
 }
 
-// newStatsServer builds the stats server of a started pool: the JSON and,
-// with --stats-http, the Prometheus metrics.
+// newPool is the pool of target, not started, counting through k or,
+// with k nil, a procfs kernel of its own (procfs mode follows one master
+// per kernel), following requests through follower when not nil.
+func newPool(target observer.Target, k observer.Kernel, follower *observer.Follower, procfsReason string, o daemonOptions, log *slog.Logger) *observer.Pool {
+	if k == nil {
+		k = &observer.ProcfsKernel{Proc: o.proc, Reason: procfsReason}
+	}
+	p := &observer.Pool{Target: target, Proc: o.proc, Kernel: k, Log: log.With("component", "pool"), MaxAge: o.statsMaxAge}
+	if follower != nil { // a nil *Follower in the field would not be nil: statuses of 0 would show
+		p.Follower = follower
+	}
+	return p
+}
+
+// newStatsServer builds the stats server of a started pool, or of
+// discovery's pools: the JSON and, with HTTP, the Prometheus metrics.
 func newStatsServer(sp *servedPool, o daemonOptions, log *slog.Logger) *statsock.Server {
 	srv := &statsock.Server{
-		Source:   &observer.JSONSource{Pool: sp.pool, Minified: sp.spec.opts.StatsMinified},
 		HTTP:     sp.spec.opts.StatsHTTP,
 		MaxConns: o.statsMaxConns,
 		Timeout:  o.statsTimeout,
 		Log:      log.With("component", "statsock"),
 	}
-	if sp.spec.opts.StatsHTTP {
+	var pools func() []metrics.Pool
+	if sp.disc != nil {
+		srv.Catalog, pools = catalog{sp.disc.reg}, sp.disc.metricsPools
+	} else {
+		srv.Source = &observer.JSONSource{Pool: sp.pool, Minified: sp.spec.opts.StatsMinified}
+		one := []metrics.Pool{{Snapshot: sp.pool.Snapshot}}
+		pools = func() []metrics.Pool { return one }
+	}
+	if srv.HTTP {
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(&metrics.Collector{Snapshot: sp.pool.Snapshot, Log: log.With("component", "metrics")})
+		reg.MustRegister(metrics.New(metrics.PoolLabels, pools, log.With("component", "metrics")))
 		srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 	}
 	return srv
@@ -422,7 +525,7 @@ type pruner interface {
 func pruneUnwatched(k pruner, pools []*servedPool, log *slog.Logger) {
 	watched := map[int]bool{}
 	for _, sp := range pools {
-		for _, m := range sp.pool.Masters() {
+		for _, m := range sp.masters() {
 			watched[m] = true
 		}
 	}
@@ -452,7 +555,7 @@ func serveAndMaintain(ctx context.Context, pools []*servedPool, k sweeper, every
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, sp := range pools {
-		log.Info("serving stats", "addr", sp.spec.opts.Stats, "http", sp.spec.opts.StatsHTTP, "target", sp.spec.target.String(), "mode", info.Mode, "hooks", info.Hooks)
+		log.Info("serving stats", "addr", sp.spec.opts.Stats, "http", sp.spec.opts.StatsHTTP, "target", sp.watches(), "mode", info.Mode, "hooks", info.Hooks)
 		g.Go(func() error { return sp.srv.Serve(gctx, sp.ln) })
 	}
 	g.Go(func() error {
@@ -465,14 +568,21 @@ func serveAndMaintain(ctx context.Context, pools []*servedPool, k sweeper, every
 }
 
 // maintain follows each pool's master and folds exited workers into their
-// slots every.refresh and, with eBPF (k not nil), sweeps the kernel's
-// connection table every.sweep, so both stay true without readers. It
+// slots every.refresh, with --discover looks for pools started and
+// exited every.discover and, with eBPF (k not nil), sweeps the kernel's
+// connection table every.sweep, so all stay true without readers. It
 // returns when ctx ends, never in the middle of a sweep.
 func maintain(ctx context.Context, pools []*servedPool, k sweeper, every maintenance, log *slog.Logger) {
 	refresh := time.NewTicker(every.refresh)
 	defer refresh.Stop()
 	sweep := time.NewTicker(every.sweep)
 	defer sweep.Stop()
+	var discover <-chan time.Time // nil without --discover: never ready
+	if every.discover > 0 {
+		t := time.NewTicker(every.discover)
+		defer t.Stop()
+		discover = t.C
+	}
 	var untracked map[string]uint64
 	if k != nil {
 		untracked = warnUntracked(k.Info(), nil, log)
@@ -483,8 +593,12 @@ func maintain(ctx context.Context, pools []*servedPool, k sweeper, every mainten
 			return
 		case <-refresh.C:
 			for _, sp := range pools {
-				if err := sp.pool.Refresh(); err != nil {
-					log.Warn("refresh failed", "pool", sp.spec.opts.Stats, "error", err)
+				sp.refresh(log)
+			}
+		case <-discover:
+			for _, sp := range pools {
+				if sp.disc != nil {
+					sp.disc.sweep(ctx)
 				}
 			}
 		case <-sweep.C:

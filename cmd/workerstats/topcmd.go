@@ -34,7 +34,8 @@ defaults to ` + defaultStatsAddr + `. Keys: w p r t m s sort (again: reverse), q
 Without a terminal, --once prints one frame.`,
 		Example: `  workerstats top
   workerstats top /run/workerstats/app.sock
-  workerstats top --once 127.0.0.1:1717 | less`,
+  workerstats top --once 127.0.0.1:1717 | less
+  workerstats top http://127.0.0.1:1717/pools/ID   # a pool of serve --discover`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			addr := defaultStatsAddr

@@ -11,8 +11,8 @@ import (
 
 // CheckAccess performs, once, each kind of bpf(2) call the daemon makes
 // while it runs (read, iterate and write the maps; read the programs'
-// statistics), so a caller can find out whether they still work with fewer
-// capabilities. From Linux 5.19 they need none on descriptors already held
+// statistics; run the program that reads listeners), so a caller can
+// find out whether they still work with fewer capabilities. From Linux 5.19 they need none on descriptors already held
 // (seen on Debian 12's 6.1 with kernel.unprivileged_bpf_disabled=2);
 // before, with kernel.unprivileged_bpf_disabled set, every bpf(2) call
 // needs CAP_BPF.
@@ -40,6 +40,14 @@ func (k *Kernel) CheckAccess() error {
 	// bpf_stats.
 	if _, err := k.objs.OnFork.Stats(); err != nil {
 		return fmt.Errorf("read program statistics: %w", err)
+	}
+	// ReadListeners runs a program, where this kernel can.
+	if k.readErr == nil {
+		k.readMu.Lock()
+		defer k.readMu.Unlock()
+		if _, err := k.runReadListeners(0); err != nil {
+			return fmt.Errorf("run the program that reads listeners: %w", err)
+		}
 	}
 	return nil
 }

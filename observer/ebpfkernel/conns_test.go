@@ -216,7 +216,7 @@ func TestHooksFixedAtStartup(t *testing.T) {
 			t.Fatal(err)
 		}
 		var master uint32
-		if err := k.objs.ListenPorts.Lookup(uint32(8000), &master); !waiting && (err != nil || master != 1) {
+		if err := k.objs.ListenPorts.Lookup(ownKey(k, 8000), &master); !waiting && (err != nil || master != 1) {
 			t.Errorf("port 8000 after an empty read: master %d, %v", master, err)
 		}
 		for range 2 {
@@ -251,7 +251,7 @@ func TestListenPortGoesToNewMaster(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got uint32
-		if err := k.objs.ListenPorts.Lookup(uint32(8000), &got); err != nil || got != uint32(master) {
+		if err := k.objs.ListenPorts.Lookup(ownKey(k, 8000), &got); err != nil || got != uint32(master) {
 			t.Errorf("after master %d: port 8000 is master %d's (%v)", master, got, err)
 		}
 	}

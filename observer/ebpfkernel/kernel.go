@@ -100,9 +100,20 @@ type Kernel struct {
 	warnedFixed  bool
 
 	queueMu sync.Mutex
-	// queuePorts are each watched pool's TCP ports, by master, whose
+	// queueKeys are each watched pool's TCP listeners, by master, whose
 	// accept queues the kernel times (queue.go).
-	queuePorts map[int][]uint32
+	queueKeys map[int][]listenKey
+
+	// netns is the daemon's network namespace, which a Socket's NetNS 0
+	// stands for (ports.go).
+	netns     uint32
+	portsMu   sync.Mutex
+	portWords []uint64 // watched_ports as last written; nil before
+
+	readMu sync.Mutex // read_listeners' runs, one at a time (readlisteners.go)
+	// readErr says why this kernel cannot run read_listeners, probed at
+	// load; nil when it can.
+	readErr error
 }
 
 // Load checks the kernel, loads the programs and attaches them.
@@ -118,7 +129,11 @@ func Load(opts Options) (*Kernel, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
 	}
-	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask}
+	netns, err := ownNetNS()
+	if err != nil {
+		return nil, err
+	}
+	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask, netns: netns}
 	if err := k.open(opts); err != nil {
 		k.Close()
 		return nil, err
@@ -147,6 +162,10 @@ func (k *Kernel) open(opts Options) error {
 		}
 		return fmt.Errorf("load eBPF programs: %w", err)
 	}
+	if err := k.markPorts(); err != nil {
+		return err
+	}
+	k.probeListenerReads()
 	return k.attach()
 }
 

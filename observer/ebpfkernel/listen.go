@@ -3,6 +3,7 @@ package ebpfkernel
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -21,8 +22,9 @@ import (
 // other hook: attaching their syscall tracepoints would put every thread
 // of the host on the kernel's slow syscall path (make bench measures it).
 // So while every watched pool listens on TCP only, they stay detached: the
-// pools' ports are in listen_ports, and a connection is adopted at its
-// worker's first send, receive or close on one of them. While any pool
+// pools' listeners (network namespace and port) are in listen_ports, and a
+// connection is adopted at its worker's first send, receive or close on
+// one of them. While any pool
 // listens on a Unix socket, or its listeners are unknown, they are
 // attached and listen_ports is empty.
 
@@ -45,7 +47,7 @@ func (k *Kernel) startHooks() ([]hook, error) {
 			return k.tcpOnly(all), nil
 		}
 	}
-	return all, syncPorts(k.objs.ListenPorts, nil)
+	return all, k.syncPorts(nil)
 }
 
 // tcpOnly is hooks without accept's and close's syscall tracepoints.
@@ -68,8 +70,8 @@ var tcpStatePin = linkPinPrefix + bpf.ObserverProgOnTcpDone + "_inet_sock_set_st
 
 // listeners is one pool's listening sockets as the kernel side needs them.
 type listeners struct {
-	ports []uint32 // TCP ports
-	other bool     // a listener that is not TCP, or none known
+	keys  []listenKey // TCP listeners
+	other bool        // a listener that is not TCP, or none known
 }
 
 // Listening implements observer.ListenerAware: it records master's
@@ -93,20 +95,20 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 	}
 	l := listeners{other: len(sockets) == 0}
 	for _, s := range sockets {
-		port, ok := tcpPort(s)
+		key, ok := k.listenKey(s)
 		if !ok {
 			l.other = true
 			continue
 		}
-		l.ports = append(l.ports, port)
+		l.keys = append(l.keys, key)
 	}
 	if k.listening == nil {
 		k.listening = map[int]listeners{}
 	}
-	// A port is its newest master's: a pool's new master (a restart
+	// A listener is its newest master's: a pool's new master (a restart
 	// followed through its pidfile) takes over the old one's.
 	for m, old := range k.listening {
-		old.ports = slices.DeleteFunc(old.ports, func(p uint32) bool { return slices.Contains(l.ports, p) })
+		old.keys = slices.DeleteFunc(old.keys, func(key listenKey) bool { return slices.Contains(l.keys, key) })
 		k.listening[m] = old
 	}
 	k.listening[master] = l
@@ -149,7 +151,7 @@ func (k *Kernel) FixHooks(everyPoolFound bool) error {
 		if err := k.hookConns(true); err != nil {
 			return err
 		}
-		if err := syncPorts(k.objs.ListenPorts, nil); err != nil {
+		if err := k.syncPorts(nil); err != nil {
 			return err
 		}
 	}
@@ -176,7 +178,7 @@ func (k *Kernel) forgetListening(master int) error {
 	return k.applyListening()
 }
 
-// tcpPort is a TCP listener's port.
+// tcpPort is a TCP listener's port, from its name.
 func tcpPort(s observer.Socket) (uint32, bool) {
 	if s.Proto != "tcp" {
 		return 0, false
@@ -190,12 +192,12 @@ func tcpPort(s observer.Socket) (uint32, bool) {
 // Accept and close are hooked before listen_ports is emptied, and
 // unhooked before it is filled, so no connection is tracked both ways.
 func (k *Kernel) applyListening() error {
-	ports := map[uint32]uint32{}
+	ports := map[listenKey]uint32{}
 	other := false // a pool on a Unix socket, or that said none
 	for master, l := range k.listening {
 		other = other || l.other
-		for _, p := range l.ports {
-			ports[p] = uint32(master)
+		for _, key := range l.keys {
+			ports[key] = uint32(master)
 		}
 	}
 	// A pool not heard from (the daemon could not read its listeners)
@@ -218,7 +220,7 @@ func (k *Kernel) applyListening() error {
 	} else if err := k.hookConns(false); err != nil {
 		return err
 	}
-	return syncPorts(k.objs.ListenPorts, ports)
+	return k.syncPorts(ports)
 }
 
 // fixedListening is applyListening once the attachments are fixed
@@ -227,7 +229,7 @@ func (k *Kernel) applyListening() error {
 // only (need false), and then only the ports change. A pool not heard from
 // by then is adopted by the kernel from its answer (ScanListeners); only
 // one on a Unix socket (other) is missed.
-func (k *Kernel) fixedListening(need, other bool, ports map[uint32]uint32) error {
+func (k *Kernel) fixedListening(need, other bool, ports map[listenKey]uint32) error {
 	if !k.connHooksOff {
 		if need {
 			return nil // every connection is tracked from accept
@@ -246,12 +248,12 @@ func (k *Kernel) fixedListening(need, other bool, ports map[uint32]uint32) error
 	if err != nil {
 		return err
 	}
-	for p, master := range scanned {
-		if _, said := ports[p]; !said {
-			ports[p] = master
+	for key, master := range scanned {
+		if _, said := ports[key]; !said {
+			ports[key] = master
 		}
 	}
-	return syncPorts(k.objs.ListenPorts, ports)
+	return k.syncPorts(ports)
 }
 
 // hookConns attaches (on) or detaches accept's and close's syscall
@@ -312,28 +314,35 @@ func (k *Kernel) detachHook(h hook) error {
 	return l.Close()
 }
 
-// syncPorts makes m hold exactly want.
-func syncPorts(m *ebpf.Map, want map[uint32]uint32) error {
+// syncPorts makes listen_ports hold exactly want, each port's bit in
+// watched_ports set before its first key is added and cleared after its
+// last is deleted.
+func (k *Kernel) syncPorts(want map[listenKey]uint32) error {
+	m := k.objs.ListenPorts
 	var (
-		port, master uint32
-		stale        []uint32
+		key    listenKey
+		master uint32
+		stale  []listenKey
 	)
 	it := m.Iterate()
-	for it.Next(&port, &master) {
-		if w, ok := want[port]; !ok || w != master {
-			stale = append(stale, port)
+	for it.Next(&key, &master) {
+		if w, ok := want[key]; !ok || w != master {
+			stale = append(stale, key)
 		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read listen_ports: %w", err)
 	}
-	for _, p := range stale {
-		m.Delete(p)
+	if err := k.markPorts(slices.Collect(maps.Keys(want))...); err != nil {
+		return err
 	}
-	for p, master := range want {
-		if err := m.Put(p, master); err != nil {
-			return fmt.Errorf("listen_ports: port %d: %w", p, err)
+	for _, key := range stale {
+		m.Delete(key)
+	}
+	for key, master := range want {
+		if err := m.Put(key, master); err != nil {
+			return fmt.Errorf("listen_ports: port %d of network namespace %d: %w", key.Port, key.Netns, err)
 		}
 	}
-	return nil
+	return k.markPorts()
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,11 @@ import (
 // worker pid.
 
 func TestMain(m *testing.M) {
+	// The main thread stays the main goroutine's: a test that moves a
+	// thread of its own into another namespace (newNetNS) must not get
+	// the main thread, whose namespaces are the process's in /proc/self.
+	runtime.LockOSThread()
+	runHeld()
 	forkpool.Run()
 	os.Exit(m.Run())
 }

@@ -3,6 +3,9 @@ package ebpfkernel
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -53,7 +56,7 @@ var ErrWorkersFull = errors.New("the workers table is full")
 // watchWorker adds a worker the master already had; false when the
 // workers table has no room for it (counted, once per pid, as untracked).
 func (k *Kernel) watchWorker(master int, w observer.Proc) (bool, error) {
-	v := bpf.ObserverWorker{Role: roleWorker, Master: uint32(master), StartNs: observer.TicksToNs(w.StartTicks)}
+	v := bpf.ObserverWorker{Role: roleWorker, Master: uint32(master), StartNs: observer.TicksToNs(w.StartTicks), NsPid: nsPID(w.PID)}
 	// NoExist: a worker the kernel saw fork meanwhile keeps its counts.
 	err := k.objs.Workers.Update(uint32(w.PID), &v, ebpf.UpdateNoExist)
 	if errors.Is(err, unix.E2BIG) {
@@ -75,6 +78,27 @@ func (k *Kernel) watchWorker(master int, w observer.Proc) (bool, error) {
 		return true, k.objs.Workers.Put(uint32(w.PID), &v)
 	}
 	return true, nil
+}
+
+// nsPID is process pid's pid in its own (innermost) PID namespace, as
+// the kernel's on_fork notes it for the workers it adds: the last field
+// of the NSpid line of /proc/PID/status. 0 when it cannot be read.
+func nsPID(pid int) uint32 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				return 0
+			}
+			n, _ := strconv.ParseUint(f[len(f)-1], 10, 32)
+			return uint32(n)
+		}
+	}
+	return 0
 }
 
 // unfitWorkers is how many workers watchWorker found no room for.
@@ -119,6 +143,7 @@ func counters(pid uint32, v *bpf.ObserverWorker, now, suspended uint64) observer
 	return observer.Counters{
 		PID:        int(pid),
 		Master:     int(v.Master),
+		NSPID:      int(v.NsPid),
 		Start:      v.StartNs,
 		Exited:     v.ExitNs != 0,
 		ExitNs:     exitBoot(v.ExitNs, suspended),

@@ -14,9 +14,9 @@ import (
 
 // Time in the listen queue (see bpf/queue.c): the kernel times each TCP
 // connection from its listener's accept queue to a watched worker's
-// accept, for the ports the watched pools listen on. A Unix socket's
-// connect is seen by no tracepoint, so a Unix listener's waits are not
-// timed.
+// accept, for the listeners (network namespace and port) the watched pools
+// listen on. A Unix socket's connect is seen by no tracepoint, so a Unix
+// listener's waits are not timed.
 
 // queueWaitFirstUs and queueWaitBuckets are the programs' QWAIT_FIRST_US and
 // QWAIT_BUCKETS: bucket i holds the waits of at most queueWaitFirstUs << i µs.
@@ -35,96 +35,93 @@ var queueWaitBoundsUs = func() []uint64 {
 }()
 
 // watchQueues makes the kernel time the waits on master's TCP listeners.
-// A port's entry is created once and kept while a pool listens on it, so
-// a restarted daemon goes on from the sums the last one left.
+// A listener's entry is created once and kept while a pool listens on it,
+// so a restarted daemon goes on from the sums the last one left.
 func (k *Kernel) watchQueues(master int, sockets []observer.Socket) error {
 	k.queueMu.Lock()
 	defer k.queueMu.Unlock()
-	var ports []uint32
+	var keys []listenKey
 	for _, s := range sockets {
-		if port, ok := tcpPort(s); ok {
-			ports = append(ports, port)
-		} else if _, known := k.queuePorts[master]; !known {
+		if key, ok := k.listenKey(s); ok {
+			keys = append(keys, key)
+		} else if _, known := k.queueKeys[master]; !known {
 			k.log.Info("listen queue wait not timed", "socket", s.Name, "proto", s.Proto, "master", master,
 				"why", "no tracepoint sees a connect to a Unix socket")
 		}
 	}
-	if k.queuePorts == nil {
-		k.queuePorts = map[int][]uint32{}
+	if k.queueKeys == nil {
+		k.queueKeys = map[int][]listenKey{}
 	}
-	k.queuePorts[master] = ports
+	k.queueKeys[master] = keys
+	if err := k.markPorts(keys...); err != nil {
+		return err
+	}
 	var errs []error
 	zero := make([]bpf.ObserverQueueWait, ebpf.MustPossibleCPU()) // a copy per CPU
-	for _, p := range ports {
-		err := k.objs.QueueWaits.Update(p, zero, ebpf.UpdateNoExist)
+	for _, key := range keys {
+		err := k.objs.QueueWaits.Update(key, zero, ebpf.UpdateNoExist)
 		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-			errs = append(errs, fmt.Errorf("queue_waits: port %d: %w", p, err))
+			errs = append(errs, fmt.Errorf("queue_waits: port %d of network namespace %d: %w", key.Port, key.Netns, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// forgetQueues stops timing master's listeners, but for the ports another
+// forgetQueues stops timing master's listeners, but for those another
 // watched pool listens on.
 func (k *Kernel) forgetQueues(master int) error {
 	k.queueMu.Lock()
 	defer k.queueMu.Unlock()
-	if _, ok := k.queuePorts[master]; !ok {
+	if _, ok := k.queueKeys[master]; !ok {
 		return nil
 	}
-	delete(k.queuePorts, master)
+	delete(k.queueKeys, master)
 	return k.keepQueues()
 }
 
-// pruneQueues drops the entries of ports no watched pool listens on: an
-// earlier daemon's, once every pool has said its listeners.
+// pruneQueues drops the entries of listeners no watched pool listens on:
+// an earlier daemon's, once every pool has said its listeners.
 func (k *Kernel) pruneQueues() error {
 	k.queueMu.Lock()
 	defer k.queueMu.Unlock()
 	return k.keepQueues()
 }
 
-// keepQueues deletes every queue_waits entry whose port is not in
-// k.queuePorts.
+// keepQueues deletes every queue_waits entry whose listener is not in
+// k.queueKeys.
 func (k *Kernel) keepQueues() error {
-	keep := map[uint32]bool{}
-	for ports := range maps.Values(k.queuePorts) {
-		for _, p := range ports {
-			keep[p] = true
+	keep := map[listenKey]bool{}
+	for keys := range maps.Values(k.queueKeys) {
+		for _, key := range keys {
+			keep[key] = true
 		}
 	}
-	var (
-		port  uint32
-		stale []uint32
-	)
-	var perCPU []bpf.ObserverQueueWait
-	it := k.objs.QueueWaits.Iterate()
-	for it.Next(&port, &perCPU) {
-		if !keep[port] {
-			stale = append(stale, port)
+	var stale []listenKey
+	if err := eachKey(k.objs.QueueWaits, func(key listenKey) {
+		if !keep[key] {
+			stale = append(stale, key)
 		}
-	}
-	if err := it.Err(); err != nil {
+	}); err != nil {
 		return fmt.Errorf("read queue_waits: %w", err)
 	}
-	for _, p := range stale {
-		if err := k.objs.QueueWaits.Delete(p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("queue_waits: port %d: %w", p, err)
+	for _, key := range stale {
+		if err := k.objs.QueueWaits.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("queue_waits: port %d of network namespace %d: %w", key.Port, key.Netns, err)
 		}
 	}
-	return nil
+	return k.markPorts()
 }
 
 // QueueWait implements observer.QueueAware: the waits in s's accept queue
 // of the connections watched workers took from it; nil for a socket not
 // timed (a Unix one).
 func (k *Kernel) QueueWait(s observer.Socket) *observer.Durations {
-	port, ok := tcpPort(s)
+	key, ok := k.listenKey(s)
 	if !ok {
 		return nil
 	}
 	var perCPU []bpf.ObserverQueueWait
-	if err := k.objs.QueueWaits.Lookup(port, &perCPU); err != nil {
+	if err := k.objs.QueueWaits.Lookup(key, &perCPU); err != nil {
 		return nil
 	}
 	var v bpf.ObserverQueueWait

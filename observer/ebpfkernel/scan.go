@@ -91,22 +91,23 @@ func (k *Kernel) settleAsked() error {
 	return k.objs.ScansAsked.Put(uint32(0), uint32(0))
 }
 
-// scannedPorts are the TCP ports the kernel adopted from answers (port to
-// master), which listen_ports keeps until the daemon has read them.
-func (k *Kernel) scannedPorts() (map[uint32]uint32, error) {
+// scannedPorts are the TCP listeners the kernel adopted from answers
+// (listener to master), which listen_ports keeps until the daemon has read
+// them.
+func (k *Kernel) scannedPorts() (map[listenKey]uint32, error) {
 	var (
 		master uint32
 		s      bpf.ObserverListenerScan
 	)
-	ports := map[uint32]uint32{}
+	ports := map[listenKey]uint32{}
 	it := k.objs.ListenerScans.Iterate()
 	for it.Next(&master, &s) {
 		if s.Adopt == 0 || s.Want != 0 {
 			continue
 		}
-		for _, p := range s.Ports[:min(int(s.Found), len(s.Ports))] {
+		for i, p := range s.Ports[:min(int(s.Found), len(s.Ports))] {
 			if p != 0 {
-				ports[p] = master
+				ports[listenKey{Netns: s.Netns[i], Port: p}] = master
 			}
 		}
 	}

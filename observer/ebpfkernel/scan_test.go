@@ -66,7 +66,7 @@ func TestListenerScanAnswersFromTheKernel(t *testing.T) {
 				if hooks == HooksSock && !connHooked(k) {
 					var master uint32
 					port := portOf(t, pool.Addr)
-					if err := k.objs.ListenPorts.Lookup(port, &master); err != nil || master != uint32(pool.Master) {
+					if err := k.objs.ListenPorts.Lookup(ownKey(k, port), &master); err != nil || master != uint32(pool.Master) {
 						t.Errorf("port %d is master %d's (%v), want the pool's %d", port, master, err, pool.Master)
 					}
 				}
@@ -80,12 +80,19 @@ func TestListenerScanAnswersFromTheKernel(t *testing.T) {
 // said of their listeners.
 func watchUnread(t testing.TB, k *Kernel, pool *forkpool.Pool) {
 	t.Helper()
+	watchMaster(t, k, pool.Master)
+}
+
+// watchMaster puts master and its workers in the kernel maps, nothing
+// said of their listeners.
+func watchMaster(t testing.TB, k *Kernel, master int) {
+	t.Helper()
 	proc := observer.Procfs{Root: "/proc"}
-	_, m, err := proc.Stat(pool.Master)
+	_, m, err := proc.Stat(master)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kids, err := proc.Children(pool.Master)
+	kids, err := proc.Children(master)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,6 +150,10 @@ func kernelAgrees(t testing.TB, k *Kernel, ts *forkpool.Tallies) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// ownKey is port's key in listen_ports and queue_waits, in the test's
+// network namespace.
+func ownKey(k *Kernel, port uint32) listenKey { return listenKey{Netns: k.netns, Port: port} }
 
 func portOf(t testing.TB, addr string) uint32 {
 	t.Helper()

@@ -1,4 +1,4 @@
-// Package metrics exposes a pool's dump as Prometheus metrics: the one
+// Package metrics exposes pools' dumps as Prometheus metrics: the one
 // part of observer that needs the Prometheus client.
 package metrics
 
@@ -10,113 +10,170 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/workerstats/workerstats/observer"
+	"github.com/workerstats/workerstats/observer/container"
 )
 
-// Collector exposes a pool's dump as Prometheus metrics. Counters are
-// cumulative per worker slot (they survive respawns, as uWSGI's do), so a
-// slot is labelled by its id; its current pid is a label of
-// workerstats_worker_info only, keeping series stable across respawns.
+// Pool is one pool as the collector reads it: its dump, and who it is.
+type Pool struct {
+	// ID and Server name a discovered pool (serve --discover); "" for a
+	// pool on a stats socket of its own.
+	ID, Server string
+	// Container is who the pool is as the daemon found it; nil takes
+	// the dump's (none while the pool waits for its master).
+	Container *container.Identity
+	Snapshot  func(ctx context.Context) (*observer.Stats, error)
+}
+
+// Label is a label every series of a pool carries: its name, and its
+// value for a pool and its dump (st is nil when the dump could not be
+// built).
+type Label struct {
+	Name  string
+	Value func(p Pool, st *observer.Stats) string
+}
+
+// PoolLabels are the labels that say which pool a series is of: pool and
+// server (a discovered pool's ID and server), container_runtime,
+// container_id and pod_uid (empty out of a container or a pod). Never a
+// pid: a label that changes with every respawn would make series without
+// end.
+var PoolLabels = []Label{
+	{"pool", func(p Pool, _ *observer.Stats) string { return p.ID }},
+	{"server", func(p Pool, _ *observer.Stats) string { return p.Server }},
+	{"container_runtime", func(p Pool, st *observer.Stats) string { return identity(p, st).Runtime }},
+	{"container_id", func(p Pool, st *observer.Stats) string { return identity(p, st).ID }},
+	{"pod_uid", func(p Pool, st *observer.Stats) string { return identity(p, st).PodUID }},
+}
+
+// identity is who pool p is: as the daemon found it, else as its dump says.
+func identity(p Pool, st *observer.Stats) container.Identity {
+	switch {
+	case p.Container != nil:
+		return *p.Container
+	case st != nil && st.Container != nil:
+		return *st.Container
+	}
+	return container.Identity{}
+}
+
+// Collector exposes the dumps of every pool Pools returns, on one
+// /metrics: each series carries the pool's labels, so pools sharing a
+// name never collide. Counters are cumulative per worker slot (they
+// survive respawns, as uWSGI's do), so a slot is labelled by its id, and
+// its process's pids are the values of workerstats_worker_pid and
+// workerstats_worker_host_pid, keeping series stable across respawns.
 type Collector struct {
-	Snapshot func(ctx context.Context) (*observer.Stats, error)
-	Log      *slog.Logger
+	pools  func() []Pool
+	labels []Label
+	log    *slog.Logger
+	d      descs
 }
 
-func desc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc("workerstats_"+name, help, labels, nil)
+// New returns a collector of the pools pools returns (called at every
+// scrape), their series labelled by labels (PoolLabels, or more).
+func New(labels []Label, pools func() []Pool, log *slog.Logger) *Collector {
+	names := make([]string, len(labels))
+	for i, l := range labels {
+		names[i] = l.Name
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Collector{pools: pools, labels: labels, log: log, d: newDescs(names)}
 }
-
-var (
-	descUp           = desc("up", "1 when the pool's master is watched and its stats could be read; 0 while it is missing (see the JSON's observer.waiting).")
-	descListenQueue  = desc("listen_queue", "Largest accept queue among the pool's listening sockets.")
-	descLoad         = desc("load", "Requests in progress across the pool.")
-	descSocketQueue  = desc("socket_queue", "Connections waiting in a listening socket's accept queue.", "socket")
-	descSocketMax    = desc("socket_max_queue", "Backlog of a listening socket.", "socket")
-	descDropped      = desc("dropped_total", "Events the kernel side could not record, by kind.", "kind")
-	descWorkerInfo   = desc("worker_info", "The process currently in a worker slot.", "worker", "pid")
-	descRequests     = desc("worker_requests_total", "Requests served by the worker slot.", "worker")
-	descTx           = desc("worker_transmitted_bytes_total", "Bytes the worker sent on connections it accepted.", "worker")
-	descRx           = desc("worker_received_bytes_total", "Bytes the worker received on connections it accepted.", "worker")
-	descAccepted     = desc("worker_accepted_connections_total", "Connections the worker accepted.", "worker")
-	descRunning      = desc("worker_request_seconds_total", "Time the worker spent in requests.", "worker")
-	descAvgRT        = desc("worker_average_response_seconds", "uWSGI's running average of the worker's response time.", "worker")
-	descBusy         = desc("worker_busy", "1 while the worker has a request in progress.", "worker")
-	descRSS          = desc("worker_resident_memory_bytes", "Resident memory of the worker process.", "worker")
-	descVSZ          = desc("worker_virtual_memory_bytes", "Virtual memory of the worker process.", "worker")
-	descRespawns     = desc("worker_respawns_total", "Processes that have held the worker slot.", "worker")
-	descLastSpawn    = desc("worker_last_spawn_timestamp_seconds", "Start time of the slot's current process.", "worker")
-	descQueueErrors  = desc("listen_queue_errors_total", "Connection attempts the pool's TCP listening sockets refused with their accept queue full, as the kernel counts them per socket: a SYN once, a handshake's last ACK twice (uWSGI's listen_queue_errors).")
-	descExits        = desc("worker_exits_total", "Worker processes of the pool that ended, by cause: exited, exited_error, killed_by_master, _kernel, _itself, _other or _unknown (since the daemon started).", "cause")
-	descExceptions   = desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (seen with serve --requests) or never answered.", "worker")
-	descByStatus     = desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (serve --requests; since the daemon started).", "class")
-	descDuration     = desc("request_duration_seconds", "Answered requests across the pool, first request byte to last response byte (serve --requests; since the daemon started).")
-	descQueueWait    = desc("queue_wait_seconds", "Time the connections the pool's workers accepted waited in a TCP listening socket's accept queue, from the end of the handshake to the accept.", "socket")
-	descAllDescribed = []*prometheus.Desc{descUp, descListenQueue, descLoad, descSocketQueue, descSocketMax, descDropped,
-		descWorkerInfo, descRequests, descTx, descRx, descAccepted, descRunning, descAvgRT, descBusy, descRSS, descVSZ,
-		descRespawns, descLastSpawn, descExceptions, descByStatus, descDuration, descQueueWait, descQueueErrors, descExits}
-)
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range descAllDescribed {
+	for _, d := range c.d.all() {
 		ch <- d
 	}
 }
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. What the kernel side dropped
+// is the daemon's, not a pool's: it is sent once, from the first dump.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	st, err := c.Snapshot(context.Background())
-	if err != nil {
-		if c.Log != nil {
-			c.Log.Error("cannot build stats for metrics", "error", err)
+	dropped := false
+	for _, p := range c.pools() {
+		st, err := p.Snapshot(context.Background())
+		if err != nil {
+			c.log.Error("cannot build stats for metrics", "pool", p.ID, "error", err)
+			st = nil
 		}
-		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 0)
-		return
+		e := emitter{ch: ch, pool: c.values(p, st)}
+		if st == nil {
+			e.gauge(c.d.up, 0)
+			continue
+		}
+		c.collectPool(e, st)
+		c.collectWorkers(e, st.Workers)
+		c.requestSeries(e, st.Workers)
+		if !dropped {
+			for kind, n := range st.Observer.Dropped {
+				ch <- prometheus.MustNewConstMetric(c.d.dropped, prometheus.CounterValue, float64(n), kind)
+			}
+			dropped = true
+		}
 	}
-	gauge := func(d *prometheus.Desc, v float64, l ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+}
+
+// values are pool p's label values, in the collector's order.
+func (c *Collector) values(p Pool, st *observer.Stats) []string {
+	v := make([]string, len(c.labels))
+	for i, l := range c.labels {
+		v[i] = l.Value(p, st)
 	}
-	counter := func(d *prometheus.Desc, v float64, l ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
+	return v
+}
+
+// emitter sends one pool's series, its label values first.
+type emitter struct {
+	ch   chan<- prometheus.Metric
+	pool []string
+}
+
+func (e emitter) send(d *prometheus.Desc, t prometheus.ValueType, v float64, l ...string) {
+	e.ch <- prometheus.MustNewConstMetric(d, t, v, append(e.pool[:len(e.pool):len(e.pool)], l...)...)
+}
+
+func (e emitter) gauge(d *prometheus.Desc, v float64, l ...string) {
+	e.send(d, prometheus.GaugeValue, v, l...)
+}
+
+func (e emitter) counter(d *prometheus.Desc, v float64, l ...string) {
+	e.send(d, prometheus.CounterValue, v, l...)
+}
+
+// histogram sends du as a Prometheus histogram, whose buckets are
+// cumulative, by upper bound in seconds.
+func (e emitter) histogram(d *prometheus.Desc, du *observer.Durations, l ...string) {
+	cumulative := make(map[float64]uint64, len(du.BoundsUs))
+	var below uint64
+	for i, b := range du.BoundsUs {
+		if i < len(du.Counts) {
+			below += du.Counts[i]
+		}
+		cumulative[float64(b)/1e6] = below
 	}
+	e.ch <- prometheus.MustNewConstHistogram(d, du.Count, float64(du.SumUs)/1e6, cumulative, append(e.pool[:len(e.pool):len(e.pool)], l...)...)
+}
+
+// collectPool sends the pool-wide series: up, load, listen queues, exits.
+func (c *Collector) collectPool(e emitter, st *observer.Stats) {
 	up := 1.0
 	if st.Observer.Waiting != "" {
 		up = 0
 	}
-	gauge(descUp, up)
-	gauge(descListenQueue, float64(st.ListenQueue))
-	gauge(descLoad, float64(st.Load))
-	counter(descQueueErrors, float64(st.ListenQueueErrors))
+	e.gauge(c.d.up, up)
+	e.gauge(c.d.listenQueue, float64(st.ListenQueue))
+	e.gauge(c.d.load, float64(st.Load))
+	e.counter(c.d.queueErrors, float64(st.ListenQueueErrors))
 	for _, s := range st.Sockets {
-		gauge(descSocketQueue, float64(s.Queue), s.Name)
-		gauge(descSocketMax, float64(s.MaxQueue), s.Name)
+		e.gauge(c.d.socketQueue, float64(s.Queue), s.Name)
+		e.gauge(c.d.socketMax, float64(s.MaxQueue), s.Name)
 		if s.QueueWait != nil {
-			ch <- histogram(descQueueWait, s.QueueWait, s.Name)
+			e.histogram(c.d.queueWait, s.QueueWait, s.Name)
 		}
 	}
-	for kind, n := range st.Observer.Dropped {
-		counter(descDropped, float64(n), kind)
-	}
-	for _, w := range st.Workers {
-		id := strconv.Itoa(w.ID)
-		gauge(descWorkerInfo, 1, id, strconv.Itoa(w.PID))
-		counter(descRequests, float64(w.Requests), id)
-		counter(descTx, float64(w.TX), id)
-		counter(descRx, float64(w.RX), id)
-		counter(descAccepted, float64(w.Accepted), id)
-		counter(descRunning, float64(w.RunningTime)/1e6, id)
-		gauge(descAvgRT, float64(w.AvgRT)/1e6, id)
-		busy := 0.0
-		if w.Status == "busy" {
-			busy = 1
-		}
-		gauge(descBusy, busy, id)
-		gauge(descRSS, float64(w.RSS), id)
-		gauge(descVSZ, float64(w.VSZ), id)
-		counter(descRespawns, float64(w.RespawnCount), id)
-		gauge(descLastSpawn, float64(w.LastSpawn), id)
-		counter(descExceptions, float64(w.Exceptions), id)
-	}
-	requestSeries(ch, st.Workers)
 	exits := map[string]uint64{}
 	for _, w := range st.Workers {
 		for cause, n := range w.Exits {
@@ -124,18 +181,42 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for cause, n := range exits {
-		counter(descExits, float64(n), cause)
+		e.counter(c.d.exits, float64(n), cause)
+	}
+}
+
+// collectWorkers sends each slot's series, labelled by the slot's id.
+func (c *Collector) collectWorkers(e emitter, workers []observer.Worker) {
+	for _, w := range workers {
+		id := strconv.Itoa(w.ID)
+		e.gauge(c.d.workerInfo, 1, id)
+		e.gauge(c.d.workerPID, float64(w.PID), id)
+		e.gauge(c.d.workerHostPID, float64(w.HostPID), id)
+		e.counter(c.d.requests, float64(w.Requests), id)
+		e.counter(c.d.tx, float64(w.TX), id)
+		e.counter(c.d.rx, float64(w.RX), id)
+		e.counter(c.d.accepted, float64(w.Accepted), id)
+		e.counter(c.d.running, float64(w.RunningTime)/1e6, id)
+		e.gauge(c.d.avgRT, float64(w.AvgRT)/1e6, id)
+		busy := 0.0
+		if w.Status == "busy" {
+			busy = 1
+		}
+		e.gauge(c.d.busy, busy, id)
+		e.gauge(c.d.rss, float64(w.RSS), id)
+		e.gauge(c.d.vsz, float64(w.VSZ), id)
+		e.counter(c.d.respawns, float64(w.RespawnCount), id)
+		e.gauge(c.d.lastSpawn, float64(w.LastSpawn), id)
+		e.counter(c.d.exceptions, float64(w.Exceptions), id)
 	}
 }
 
 // requestSeries sends the pool's requests by status class and their
 // durations, from what request capture saw; nothing without it. They are
 // per pool: per-worker histograms would multiply the series by the slots.
-func requestSeries(ch chan<- prometheus.Metric, workers []observer.Worker) {
+func (c *Collector) requestSeries(e emitter, workers []observer.Worker) {
 	var by observer.Statuses
-	var count, sumUs uint64
-	var buckets []uint64
-	var bounds []uint64
+	sum := observer.Durations{}
 	seen := false
 	for _, w := range workers {
 		if w.Statuses == nil || w.Durations == nil {
@@ -146,33 +227,19 @@ func requestSeries(ch chan<- prometheus.Metric, workers []observer.Worker) {
 		by.S2xx, by.S3xx, by.S4xx, by.S5xx = by.S2xx+s.S2xx, by.S3xx+s.S3xx, by.S4xx+s.S4xx, by.S5xx+s.S5xx
 		by.Other, by.Unanswered = by.Other+s.Other, by.Unanswered+s.Unanswered
 		d := w.Durations
-		count, sumUs, bounds = count+d.Count, sumUs+d.SumUs, d.BoundsUs
-		if buckets == nil {
-			buckets = make([]uint64, len(d.Counts))
+		sum.Count, sum.SumUs, sum.BoundsUs = sum.Count+d.Count, sum.SumUs+d.SumUs, d.BoundsUs
+		if sum.Counts == nil {
+			sum.Counts = make([]uint64, len(d.Counts))
 		}
-		for i := range min(len(buckets), len(d.Counts)) {
-			buckets[i] += d.Counts[i]
+		for i := range min(len(sum.Counts), len(d.Counts)) {
+			sum.Counts[i] += d.Counts[i]
 		}
 	}
 	if !seen {
 		return
 	}
 	for class, n := range map[string]uint64{"2xx": by.S2xx, "3xx": by.S3xx, "4xx": by.S4xx, "5xx": by.S5xx, "other": by.Other, "unanswered": by.Unanswered} {
-		ch <- prometheus.MustNewConstMetric(descByStatus, prometheus.CounterValue, float64(n), class)
+		e.counter(c.d.byStatus, float64(n), class)
 	}
-	ch <- histogram(descDuration, &observer.Durations{Count: count, SumUs: sumUs, BoundsUs: bounds, Counts: buckets})
-}
-
-// histogram is d as a Prometheus histogram, whose buckets are cumulative,
-// by upper bound in seconds.
-func histogram(desc *prometheus.Desc, d *observer.Durations, labels ...string) prometheus.Metric {
-	cumulative := make(map[float64]uint64, len(d.BoundsUs))
-	var below uint64
-	for i, b := range d.BoundsUs {
-		if i < len(d.Counts) {
-			below += d.Counts[i]
-		}
-		cumulative[float64(b)/1e6] = below
-	}
-	return prometheus.MustNewConstHistogram(desc, d.Count, float64(d.SumUs)/1e6, cumulative, labels...)
+	e.histogram(c.d.duration, &sum)
 }

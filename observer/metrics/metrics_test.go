@@ -17,7 +17,7 @@ import (
 func scrape(t *testing.T, snap func(context.Context) (*observer.Stats, error)) map[string][]*dto.Metric {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&Collector{Snapshot: snap, Log: testutil.NewLog(t).Logger})
+	reg.MustRegister(New(PoolLabels, func() []Pool { return []Pool{{Snapshot: snap}} }, testutil.NewLog(t).Logger))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -62,10 +62,10 @@ func TestUpFollowsTheMaster(t *testing.T) {
 }
 
 // TestWorkerSeriesBySlot: counters are labelled by slot id, so a respawn
-// keeps its series; the slot's pid is only on workerstats_worker_info.
+// keeps its series; the slot's pids are values, never labels.
 func TestWorkerSeriesBySlot(t *testing.T) {
 	st := &observer.Stats{
-		Workers:  []observer.Worker{{ID: 1, PID: 4001, Requests: 7, TX: 700, RunningTime: 1_500_000, Status: "busy"}, {ID: 2, PID: 4002, Status: "idle"}},
+		Workers:  []observer.Worker{{ID: 1, PID: 4001, HostPID: 9001, Requests: 7, TX: 700, RunningTime: 1_500_000, Status: "busy"}, {ID: 2, PID: 4002, HostPID: 9002, Status: "idle"}},
 		Observer: observer.ObserverInfo{Dropped: map[string]uint64{"connections_untracked": 3}},
 	}
 	got := scrape(t, func(context.Context) (*observer.Stats, error) { return st, nil })
@@ -79,8 +79,14 @@ func TestWorkerSeriesBySlot(t *testing.T) {
 	if b := got["workerstats_worker_busy"]; b[0].GetGauge().GetValue() != 1 || b[1].GetGauge().GetValue() != 0 {
 		t.Errorf("busy: %v, want slot 1 busy and slot 2 idle", b)
 	}
-	if info := got["workerstats_worker_info"]; label(info[1], "pid") != "4002" {
-		t.Errorf("worker_info: %v, want slot 2's pid 4002", info)
+	if info := got["workerstats_worker_info"]; len(info) != 2 || label(info[1], "worker") != "2" || info[1].GetGauge().GetValue() != 1 {
+		t.Errorf("worker_info: %v, want 1 for each slot", info)
+	}
+	if p := got["workerstats_worker_pid"]; len(p) != 2 || label(p[1], "worker") != "2" || p[1].GetGauge().GetValue() != 4002 {
+		t.Errorf("worker_pid: %v, want slot 2's 4002", p)
+	}
+	if p := got["workerstats_worker_host_pid"]; len(p) != 2 || p[1].GetGauge().GetValue() != 9002 {
+		t.Errorf("worker_host_pid: %v, want slot 2's 9002", p)
 	}
 	if d := got["workerstats_dropped_total"]; len(d) != 1 || label(d[0], "kind") != "connections_untracked" || d[0].GetCounter().GetValue() != 3 {
 		t.Errorf("dropped: %v", d)

@@ -1,6 +1,9 @@
 package harness
 
 import (
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -177,4 +180,51 @@ func SocketNames(socks []observer.Socket) []string {
 		names = append(names, s.Name)
 	}
 	return names
+}
+
+// MetricValue is the value of the sample of metric name (a histogram's
+// _count or _sum, a counter, a gauge) whose labels include match, in a
+// /metrics body in Prometheus' text format, parsed with Prometheus' own
+// parser; ok false when there is no such sample. Labels not in match (a
+// pool's, say) are ignored.
+func MetricValue(t testing.TB, body, name string, match map[string]string) (v float64, ok bool) {
+	t.Helper()
+	var p expfmt.TextParser
+	families, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	base, part := name, ""
+	for _, suffix := range []string{"_count", "_sum"} {
+		if b, ok := strings.CutSuffix(name, suffix); ok && families[name] == nil && families[b] != nil {
+			base, part = b, suffix
+		}
+	}
+	for _, m := range families[base].GetMetric() {
+		if !labelsInclude(m.GetLabel(), match) {
+			continue
+		}
+		switch {
+		case part == "_count":
+			return float64(m.GetHistogram().GetSampleCount()), true
+		case part == "_sum":
+			return m.GetHistogram().GetSampleSum(), true
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// labelsInclude reports whether labels have every name and value of match.
+func labelsInclude(labels []*dto.LabelPair, match map[string]string) bool {
+	n := 0
+	for _, l := range labels {
+		if v, ok := match[l.GetName()]; ok && v == l.GetValue() {
+			n++
+		}
+	}
+	return n == len(match)
 }

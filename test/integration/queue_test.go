@@ -45,8 +45,8 @@ func TestGunicornQueueWaitAddsUp(t *testing.T) {
 			}
 			checkWaitBuckets(t, before, got, seen.waits())
 			body := harness.MetricsText(t, d)
-			if want := fmt.Sprintf("workerstats_queue_wait_seconds_count{socket=%q} %d\n", p.Addr, got.Count); !strings.Contains(body, want) {
-				t.Errorf("/metrics lacks %q", want)
+			if n, ok := harness.MetricValue(t, body, "workerstats_queue_wait_seconds_count", map[string]string{"socket": p.Addr}); !ok || n != float64(got.Count) {
+				t.Errorf("/metrics: workerstats_queue_wait_seconds_count{socket=%q} %v (found: %v), want %d", p.Addr, n, ok, got.Count)
 			}
 			t.Logf("5 clients at once, 300 ms each, one worker: waits %v (%v on average), the clients' schedule %v", sum, sum/5, want)
 		})
@@ -204,8 +204,8 @@ func TestGunicornListenQueueErrorsCountDrops(t *testing.T) {
 		return nil
 	})
 	body := harness.MetricsText(t, d)
-	if want := fmt.Sprintf("workerstats_listen_queue_errors_total %d\n", st.ListenQueueErrors); !strings.Contains(body, want) {
-		t.Errorf("/metrics lacks %q", want)
+	if n, ok := harness.MetricValue(t, body, "workerstats_listen_queue_errors_total", nil); !ok || n != float64(st.ListenQueueErrors) {
+		t.Errorf("/metrics: workerstats_listen_queue_errors_total %v (found: %v), want %d", n, ok, st.ListenQueueErrors)
 	}
 	t.Logf("8 clients at once on an accept queue of 1: listen_queue_errors %d (host's ListenDrops %+d)", st.ListenQueueErrors, drops)
 }

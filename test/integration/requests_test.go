@@ -197,9 +197,10 @@ func checkDurations(t *testing.T, st *observer.Stats, slept, waited []time.Durat
 func checkDurationMetrics(t *testing.T, d *harness.Daemon, n int) {
 	t.Helper()
 	body := harness.MetricsText(t, d)
-	want := fmt.Sprintf("workerstats_request_duration_seconds_count %d\n", n)
-	if !strings.Contains(body, want) || !strings.Contains(body, `workerstats_requests_total{class="4xx"}`) {
-		t.Errorf("/metrics lacks %q or requests by class:\n%s", want, body)
+	count, ok := harness.MetricValue(t, body, "workerstats_request_duration_seconds_count", nil)
+	_, byClass := harness.MetricValue(t, body, "workerstats_requests_total", map[string]string{"class": "4xx"})
+	if !ok || count != float64(n) || !byClass {
+		t.Errorf("/metrics: request_duration_seconds_count %v (found: %v), want %d, and requests by class (found: %v):\n%s", count, ok, n, byClass, body)
 	}
 }
 
