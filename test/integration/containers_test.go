@@ -276,7 +276,8 @@ func sameQueues(ours, theirs *observer.Stats, who string) error {
 // CRI-O under Kubernetes with a pod UID and QoS class, Podman, the
 // kubelet's cgroupfs layout): the dump's container names the runtime, the
 // container's ID, the pod's UID and QoS, and the requests still count
-// exactly. The shapes take the kernel's hook sets in turn.
+// exactly, and /metrics labels the workers' series with the container's
+// runtime, ID and pod UID. The shapes take the kernel's hook sets in turn.
 func TestCgroupNamesContainer(t *testing.T) {
 	testutil.RequireEBPF(t)
 	sets := testutil.HookSets(t, ebpfkernel.AvailableHooks)
@@ -285,10 +286,18 @@ func TestCgroupNamesContainer(t *testing.T) {
 		t.Run(shape.Name+"/"+hooks, func(t *testing.T) {
 			c := harness.NewContainer(t, shape)
 			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 2, Container: c})
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--stats-http", "--hooks", hooks)
 			res := harness.Drive(t, p, 500, 8, 0)
 			ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
 			checkInContainer(t, c, ours, p.PID, theirs.PID)
+			body := harness.MetricsText(t, d)
+			for _, w := range ours.Workers {
+				match := containerLabels(c)
+				match["worker"] = strconv.Itoa(w.ID)
+				if v, ok := harness.MetricValue(t, body, "workerstats_worker_requests_total", match); !ok || v != float64(w.Requests) {
+					t.Errorf("/metrics: workerstats_worker_requests_total%v = %v (found: %v), want %d", match, v, ok, w.Requests)
+				}
+			}
 			cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.PID))
 			if err != nil {
 				t.Fatal(err)

@@ -4,10 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/workerstats/workerstats/internal/testutil"
 	"github.com/workerstats/workerstats/observer"
@@ -120,13 +124,15 @@ func TestDiscoverPoolsOnOneAddressInTwoNamespaces(t *testing.T) {
 			for i, p := range pools {
 				res[i] = harness.Drive(t, p, requests[i], 16, 0)
 			}
+			dumps := make([]*observer.Stats, len(pools))
 			for i, p := range pools {
 				ours, theirs := settleAt(t, p, poolURL(d, listed[i]), uint64(res[i].OK)+warm[i].requests)
 				harness.LogComparison(t, ours, theirs)
 				checkInContainer(t, cs[i], ours, p.PID, theirs.PID)
 				checkQueueWaitApart(t, d, listed[i], warm[i])
+				dumps[i] = ours
 			}
-			checkPoolLabels(t, harness.MetricsText(t, d), listed, cs)
+			checkPoolLabels(t, harness.MetricsText(t, d), listed, dumps, cs)
 		})
 	}
 }
@@ -198,74 +204,47 @@ func checkQueueWaitApart(t *testing.T, d *harness.Daemon, l harness.Listed, warm
 	t.Logf("pool %s: socket %s timed %d waits (%d µs in all) since its warm-up, as many as its workers accepted", l.ID, w.socket, w.timed-warm.timed, w.sumUs-warm.sumUs)
 }
 
-// checkPoolLabels fails t unless every worker series of the pools in
-// listed carries the pool's ID, server and container (runtime, ID, pod
-// UID) as labels on /metrics, and no series has a pid label.
-func checkPoolLabels(t *testing.T, metrics string, listed []harness.Listed, cs []*harness.Container) {
+// checkPoolLabels fails t unless /metrics (body) has, for every slot of
+// each pool in listed (its dump in dumps, in container cs[i]), its
+// requests labelled with the pool's ID, its server and its container, and
+// no series a label for a pid.
+func checkPoolLabels(t *testing.T, body string, listed []harness.Listed, dumps []*observer.Stats, cs []*harness.Container) {
 	t.Helper()
 	for i, l := range listed {
-		want := map[string]string{"pool": l.ID, "server": "uwsgi", "container_runtime": cs[i].Shape.Runtime,
-			"container_id": cs[i].ID, "pod_uid": cs[i].PodUID}
-		n := 0
-		for _, s := range parseSamples(metrics, "workerstats_worker_requests_total") {
-			if s.labels["pool"] != l.ID {
-				continue
+		for _, w := range dumps[i].Workers {
+			match := containerLabels(cs[i])
+			match["pool"], match["server"], match["worker"] = l.ID, "uwsgi", strconv.Itoa(w.ID)
+			if v, ok := harness.MetricValue(t, body, "workerstats_worker_requests_total", match); !ok || v != float64(w.Requests) {
+				t.Errorf("/metrics: workerstats_worker_requests_total%v = %v (found: %v), want %d", match, v, ok, w.Requests)
 			}
-			n++
-			for k, v := range want {
-				if s.labels[k] != v {
-					t.Errorf("pool %s: %s has %s=%q, want %q", l.ID, s.line, k, s.labels[k], v)
+		}
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.Contains(l.GetName(), "pid") {
+					t.Errorf("/metrics: %s has a label %s=%q", name, l.GetName(), l.GetValue())
 				}
 			}
 		}
-		if n != l.Workers {
-			t.Errorf("pool %s: %d workerstats_worker_requests_total series, want one per worker (%d)", l.ID, n, l.Workers)
-		}
-	}
-	for _, s := range parseSamples(metrics, "") {
-		for k := range s.labels {
-			if strings.Contains(k, "pid") {
-				t.Errorf("a series labelled by a pid: %s", s.line)
-			}
-		}
 	}
 }
 
-// sample is one sample line of /metrics, its labels parsed.
-type sample struct {
-	line   string
-	labels map[string]string
-}
-
-// parseSamples returns the samples of metric name (every sample when
-// name is empty) in a text exposition.
-func parseSamples(text, name string) []sample {
-	var out []sample
-	for _, line := range strings.Split(text, "\n") {
-		metric, rest, ok := strings.Cut(line, "{")
-		if !ok || strings.HasPrefix(line, "#") || (name != "" && metric != name) {
-			continue
+// containerLabels are the labels /metrics gives a pool in container c,
+// those with a value.
+func containerLabels(c *harness.Container) map[string]string {
+	m := map[string]string{}
+	for k, v := range map[string]string{"container_runtime": c.Shape.Runtime, "container_id": c.ID, "pod_uid": c.PodUID} {
+		if v != "" {
+			m[k] = v
 		}
-		s := sample{line: line, labels: map[string]string{}}
-		body, _, _ := strings.Cut(rest, "}")
-		for body != "" {
-			k, v, ok := strings.Cut(body, `="`)
-			if !ok {
-				break
-			}
-			end := strings.Index(v, `"`)
-			for end > 0 && v[end-1] == '\\' {
-				end += 1 + strings.Index(v[end+1:], `"`)
-			}
-			if end < 0 {
-				break
-			}
-			s.labels[k] = v[:end]
-			body = strings.TrimPrefix(v[end+1:], ",")
-		}
-		out = append(out, s)
 	}
-	return out
+	return m
 }
 
 // TestDiscoverPoolsComeAndGo: a discovery daemon runs while pools start
