@@ -90,7 +90,7 @@ var Shapes = []Shape{Docker, DockerCgroupfs, Containerd, CRIO, CRIOGuaranteed, P
 // name: dashes are underscores.
 func systemdUID(uid string) string { return strings.ReplaceAll(uid, "-", "_") }
 
-// Container is a container NewContainer made.
+// Container is a container NewContainer or NewRuncContainer made.
 type Container struct {
 	Shape  Shape
 	ID     string // 64 hex digits
@@ -104,6 +104,10 @@ type Container struct {
 	Dir string
 
 	root, hide, procs, nsenter, unshare string
+	// NewRuncContainer's: runc, the directory of its bundles, and the
+	// container IDs it ran under.
+	runc, bundles string
+	runs          []string
 
 	dialOnce sync.Once
 	dials    chan dialRequest
@@ -118,6 +122,14 @@ func (c *Container) Identity() container.Identity {
 // NewContainer makes a container of shape s, removed when t ends. It
 // skips t (or fails it, in CI) without root or the tools it needs.
 func NewContainer(t testing.TB, s Shape) *Container {
+	t.Helper()
+	c := newContainer(t, s)
+	c.procs = filepath.Join(makeCgroup(t, c.Cgroup), "cgroup.procs")
+	return c
+}
+
+// newContainer is a container of shape s but for its cgroup.
+func newContainer(t testing.TB, s Shape) *Container {
 	t.Helper()
 	testutil.RequireRoot(t, "make network, PID and mount namespaces and cgroups")
 	ip := testutil.RequireCommand(t, "ip", "iproute2")
@@ -136,7 +148,6 @@ func NewContainer(t testing.TB, s Shape) *Container {
 	// hidden inside but for the volumes.
 	c.hide = filepath.Dir(c.Dir)
 	c.Cgroup = s.path(c.ID, c.PodUID)
-	c.procs = filepath.Join(makeCgroup(t, c.Cgroup), "cgroup.procs")
 	name := fmt.Sprintf("wstest-%d-%s", os.Getpid(), randomHex(t, 4))
 	run(t, ip, "netns", "add", name)
 	t.Cleanup(func() {
@@ -170,16 +181,14 @@ func randomHex(t testing.TB, n int) string {
 
 // containerInit is the container's start, run by sh -c in a mount
 // namespace of its own (private: nothing it mounts is seen outside) with
-// the arguments UNSHARE ROOT HIDE PROCS WD VOLUME... -- COMMAND...: it
-// makes the root (the host's, HIDE hidden under an empty tmpfs, each
-// VOLUME bound again at its own path), then has UNSHARE start COMMAND as
-// pid 1 of a new PID namespace, with its own /proc, chrooted into ROOT
-// and in WD, once it has entered the cgroup whose cgroup.procs is PROCS.
-// The unshare that forks it stays outside, waiting (a runtime's shim);
-// it kills the container's init if it dies first.
+// the arguments ROOT HIDE VOLUME... -- LAUNCHER...: it makes the
+// container's root (the host's, bound recursively at ROOT, with HIDE
+// hidden under an empty tmpfs and each VOLUME bound again at its own
+// path), then becomes LAUNCHER, which starts the server in its PID
+// namespace, chrooted into ROOT (see launcher).
 const containerInit = `set -e
-unshare=$1 root=$2 hide=$3 procs=$4 wd=$5
-shift 5
+root=$1 hide=$2
+shift 2
 mount --rbind / "$root"
 mount -t tmpfs -o mode=0755 container "$root$hide"
 while [ "$1" != -- ]; do
@@ -188,7 +197,7 @@ while [ "$1" != -- ]; do
 	shift
 done
 shift
-exec "$unshare" --pid --fork --kill-child --mount-proc --root="$root" --wd="$wd" -- /bin/sh -c 'echo 0 >"$0" && exec "$@"' "$procs" "$@"
+exec "$@"
 `
 
 // Wrap makes cmd run in c: its network namespace, a new PID and mount
@@ -196,16 +205,31 @@ exec "$unshare" --pid --fork --kill-child --mount-proc --root="$root" --wd="$wd"
 // needs, seen inside at the same paths (c.Dir always is). The process
 // cmd starts is the container's launcher, outside; Master gives the
 // server's master inside.
-func (c *Container) Wrap(cmd *exec.Cmd, volumes ...string) {
+func (c *Container) Wrap(t testing.TB, cmd *exec.Cmd, volumes ...string) {
+	t.Helper()
 	wd := cmd.Dir
 	if wd == "" {
 		wd, _ = os.Getwd()
 	}
 	args := []string{c.nsenter, "--net=" + c.NetNS, "--", c.unshare, "--mount", "--propagation", "private", "--",
-		"/bin/sh", "-c", containerInit, "container-init", c.unshare, c.root, c.hide, c.procs, wd, c.Dir}
-	args = append(args, volumes...)
-	args = append(append(args, "--", cmd.Path), cmd.Args[1:]...)
+		"/bin/sh", "-c", containerInit, "container-init", c.root, c.hide, c.Dir}
+	args = append(append(args, volumes...), "--")
+	if c.runc != "" {
+		args = append(args, c.runcLauncher(t, cmd, wd)...)
+	} else {
+		args = append(args, c.launcher(cmd, wd)...)
+	}
 	cmd.Path, cmd.Args = c.nsenter, args
+}
+
+// launcher is the command that starts cmd in c by hand: unshare forks it
+// as pid 1 of a new PID namespace, with its own /proc, chrooted into the
+// container's root and in wd, once it has entered the container's cgroup.
+// The unshare stays outside, waiting (a runtime's shim); it kills the
+// container's init if it dies first.
+func (c *Container) launcher(cmd *exec.Cmd, wd string) []string {
+	return append([]string{c.unshare, "--pid", "--fork", "--kill-child", "--mount-proc", "--root=" + c.root, "--wd=" + wd, "--",
+		"/bin/sh", "-c", `echo 0 >"$0" && exec "$@"`, c.procs, cmd.Path}, cmd.Args[1:]...)
 }
 
 // StartGroupIn is StartGroup for a server in c (on the host when c is
@@ -217,7 +241,7 @@ func StartGroupIn(t testing.TB, c *Container, cmd *exec.Cmd, stop syscall.Signal
 		exited := StartGroup(t, cmd, stop, describe)
 		return cmd.Process.Pid, exited
 	}
-	c.Wrap(cmd, volumes...)
+	c.Wrap(t, cmd, volumes...)
 	exited := StartGroup(t, cmd, stop, describe)
 	return c.Master(t, cmd.Process.Pid, exited, describe), exited
 }
@@ -346,9 +370,11 @@ func emptyCgroup(dir string) error {
 
 // cgroup2Root returns where the cgroup v2 hierarchy is mounted: / on a v2
 // host, /unified on a hybrid one. Where it is mounted nowhere (make
-// vm-test's guests mount no cgroup filesystem), it is mounted in a
-// temporary directory until t ends: the hierarchy is there all the same,
-// and /proc/PID/cgroup shows its paths on its "0::" line.
+// vm-test's guests mount no cgroup filesystem) it is mounted at
+// /sys/fs/cgroup when that is an empty directory, as a host that runs
+// containers has it (runc looks there), and left there; else in a
+// temporary directory until t ends. The hierarchy is there all the same:
+// /proc/PID/cgroup shows its paths on its "0::" line.
 func cgroup2Root(t testing.TB) string {
 	t.Helper()
 	if dir, err := cgroup2Mount(); err != nil || dir != "" {
@@ -356,6 +382,13 @@ func cgroup2Root(t testing.TB) string {
 			t.Fatal(err)
 		}
 		return dir
+	}
+	const sysfs = "/sys/fs/cgroup"
+	if ents, err := os.ReadDir(sysfs); err == nil && len(ents) == 0 {
+		if err := syscall.Mount("cgroup2", sysfs, "cgroup2", 0, ""); err == nil {
+			t.Logf("no cgroup v2 hierarchy was mounted: mounted one at %s", sysfs)
+			return sysfs
+		}
 	}
 	dir, err := os.MkdirTemp("", "workerstats-cgroup2-")
 	if err != nil {
@@ -365,7 +398,7 @@ func cgroup2Root(t testing.TB) string {
 		os.Remove(dir)
 		t.Fatalf("no cgroup v2 hierarchy is mounted, and mounting one failed: %v", err)
 	}
-	t.Logf("no cgroup v2 hierarchy was mounted: mounted one at %s", dir)
+	t.Logf("no cgroup v2 hierarchy was mounted: mounted one at %s until the test ends", dir)
 	t.Cleanup(func() {
 		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
 			t.Errorf("unmount %s: %v", dir, err)

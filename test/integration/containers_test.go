@@ -413,3 +413,41 @@ func followRestartInContainer(t *testing.T, hooks string, extra []string) {
 	t.Logf("master pid 1 on host %d, then pid 1 on host %d; %d requests before the restart and %d after, every slot equal to uWSGI's plus what it had",
 		p1.PID, p2.PID, l1.OK, l2.OK)
 }
+
+// TestUWSGIInRuncContainer: uWSGI, 4 workers, in a container a real OCI
+// runtime starts (runc, with Docker's default capabilities and its own
+// PID, mount, IPC, UTS and cgroup namespaces and /proc, /dev, /sys), in a
+// cgroup of Docker's cgroupfs layout, compared with its own stats worker
+// by worker, its sockets and accept queue with the kernel's in the
+// container.
+func TestUWSGIInRuncContainer(t *testing.T) {
+	testutil.RequireEBPF(t)
+	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+		t.Run(hooks, func(t *testing.T) {
+			c := harness.NewRuncContainer(t, harness.DockerCgroupfs)
+			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c})
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
+			checkSocketsSaid(t, d)
+			res := harness.Drive(t, p, 4000, 16, 100)
+			ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
+			harness.LogComparison(t, ours, theirs)
+			checkInContainer(t, c, ours, p.PID, theirs.PID)
+			if ours.CWD != theirs.CWD {
+				t.Errorf("cwd %q, uWSGI's %q", ours.CWD, theirs.CWD)
+			}
+			harness.CheckDropped(t, ours, 0)
+			cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.PID))
+			t.Logf("runc's container: master host pid %d, pid %d, cwd %q, container %+v; its cgroup file:\n%s", p.PID, ours.PID, ours.CWD, ours.Container, cg)
+			t.Run("sockets", func(t *testing.T) {
+				hold := httpGet(fmt.Sprintf("/0?sleep=%d", holdTime.Milliseconds()))
+				checkHeldQueue(t, c, d, "tcp", p.Addr, 4, hold, httpGet("/0"), func(st *observer.Stats) error {
+					u, err := harness.ReadStats(p.Stats)
+					if err != nil {
+						return err
+					}
+					return sameQueues(st, u, "uWSGI's")
+				})
+			})
+		})
+	}
+}
