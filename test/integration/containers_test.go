@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -152,6 +153,11 @@ func checkInContainer(t *testing.T, c *harness.Container, st *observer.Stats, ma
 	if len(st.Workers) != len(kids) {
 		t.Errorf("%d workers in the dump, the master has %d children", len(st.Workers), len(kids))
 	}
+	pids := make([]string, len(st.Workers))
+	for i, w := range st.Workers {
+		pids[i] = fmt.Sprintf("%d (host %d)", w.PID, w.HostPID)
+	}
+	t.Logf("pool pid %d (host %d), workers' pids %s", st.PID, st.HostPID, strings.Join(pids, ", "))
 	want := c.Identity()
 	if st.Container == nil || *st.Container != want {
 		t.Errorf("container %+v, want %+v", st.Container, want)
@@ -414,13 +420,13 @@ func followRestartInContainer(t *testing.T, hooks string, extra []string) {
 		p1.PID, p2.PID, l1.OK, l2.OK)
 }
 
-// TestUWSGIInRuncContainer: uWSGI, 4 workers, in a container a real OCI
+// TestUWSGIInContainerByRunc: uWSGI, 4 workers, in a container a real OCI
 // runtime starts (runc, with Docker's default capabilities and its own
 // PID, mount, IPC, UTS and cgroup namespaces and /proc, /dev, /sys), in a
 // cgroup of Docker's cgroupfs layout, compared with its own stats worker
 // by worker, its sockets and accept queue with the kernel's in the
 // container.
-func TestUWSGIInRuncContainer(t *testing.T) {
+func TestUWSGIInContainerByRunc(t *testing.T) {
 	testutil.RequireEBPF(t)
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
