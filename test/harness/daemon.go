@@ -2,7 +2,10 @@ package harness
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -10,7 +13,9 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer/container"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
+	"github.com/workerstats/workerstats/statsock"
 )
 
 // Daemon is a running `workerstats serve`.
@@ -58,10 +63,64 @@ func StartDaemonAt(t testing.TB, addr string, args ...string) *Daemon {
 	return RunDaemon(t, addr, exec.Command(binPath, append([]string{"serve"}, args...)...))
 }
 
+// StartDiscovery runs `workerstats serve --discover` with args on a stats
+// socket of its own, which speaks HTTP, and waits until it answers its
+// list of pools at Addr, http://ADDR/ (a pool's dump is at
+// Addr+"pools/ID"). It runs with --no-pin and --log-level debug, as
+// StartDaemon.
+func StartDiscovery(t testing.TB, args ...string) *Daemon {
+	t.Helper()
+	addr := "http://" + FreeAddr(t) + "/"
+	args = append([]string{"serve", "--discover", "--stats", strings.TrimSuffix(strings.TrimPrefix(addr, "http://"), "/")}, args...)
+	args = append(args, "--no-pin", "--log-level", "debug")
+	return runDaemon(t, addr, exec.Command(binPath, args...), func() error {
+		_, err := ReadList(addr)
+		return err
+	})
+}
+
+// Listed is one pool in a discovery daemon's list (GET /).
+type Listed struct {
+	ID        string              `json:"id"`
+	Server    string              `json:"server"`
+	PID       int                 `json:"pid"`      // the master's, as the server reports it
+	HostPID   int                 `json:"host_pid"` // the master's on the host
+	Container *container.Identity `json:"container"`
+	Path      string              `json:"path"` // where its dump is served: /pools/ID
+	Workers   int                 `json:"workers"`
+	Waiting   string              `json:"waiting"`
+	Error     string              `json:"error"`
+}
+
+// ReadList reads and decodes a discovery daemon's list of pools at addr,
+// http://ADDR/.
+func ReadList(addr string) ([]Listed, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b, err := statsock.Read(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	var l []Listed
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("decode the list of pools %q: %w", Truncate(b), err)
+	}
+	return l, nil
+}
+
 // RunDaemon starts cmd, a `workerstats serve` (possibly under a wrapper
 // such as setpriv), stops it with SIGTERM at cleanup, and waits until its
 // stats socket addr answers.
 func RunDaemon(t testing.TB, addr string, cmd *exec.Cmd) *Daemon {
+	t.Helper()
+	return runDaemon(t, addr, cmd, func() error {
+		_, err := ReadStats(addr)
+		return err
+	})
+}
+
+// runDaemon is RunDaemon waiting until ready returns nil.
+func runDaemon(t testing.TB, addr string, cmd *exec.Cmd, ready func() error) *Daemon {
 	t.Helper()
 	d := &Daemon{Log: &bytes.Buffer{}, Exited: make(chan error, 1), Addr: addr, Cmd: cmd}
 	d.Cmd.Stdout, d.Cmd.Stderr = d.Log, d.Log
@@ -88,8 +147,7 @@ func RunDaemon(t testing.TB, addr string, cmd *exec.Cmd) *Daemon {
 			t.Fatalf("workerstats exited early (%v):\n%s", err, d.Log.String())
 		default:
 		}
-		_, err := ReadStats(d.Addr)
-		return err
+		return ready()
 	})
 	return d
 }

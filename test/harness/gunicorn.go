@@ -67,9 +67,12 @@ const gunicornMaxBody = 20000
 
 // GunicornPool is a gunicorn pool StartGunicorn started.
 type GunicornPool struct {
-	PID     int
+	PID     int // its master's, on the host
 	Addr    string
 	Workers int
+	// DialFunc connects to Addr: nil for net.Dial, the Container's Dial
+	// for a pool in one (StartGunicornIn).
+	DialFunc DialFunc
 }
 
 // StartGunicorn runs `gunicorn -w N -k KIND ... app:application` in its own
@@ -84,6 +87,18 @@ func StartGunicorn(t testing.TB, workers int, extra ...string) *GunicornPool {
 // script under another name, say.
 func StartGunicornBin(t testing.TB, bin string, workers int, extra ...string) *GunicornPool {
 	t.Helper()
+	return startGunicorn(t, nil, bin, workers, extra)
+}
+
+// StartGunicornIn is StartGunicorn in container c: PID is its master's
+// host pid, and its clients connect with DriveHTTPWith(t, p.DialFunc, ...).
+func StartGunicornIn(t testing.TB, c *Container, workers int, extra ...string) *GunicornPool {
+	t.Helper()
+	return startGunicorn(t, c, testutil.RequireCommand(t, "gunicorn", "gunicorn"), workers, extra)
+}
+
+func startGunicorn(t testing.TB, c *Container, bin string, workers int, extra []string) *GunicornPool {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "app.py"), []byte(gunicornApp), 0o644); err != nil {
 		t.Fatal(err)
@@ -92,6 +107,9 @@ func StartGunicornBin(t testing.TB, bin string, workers int, extra ...string) *G
 		t.Fatal(err)
 	}
 	p := &GunicornPool{Addr: FreeAddr(t), Workers: workers}
+	if c != nil {
+		p.DialFunc = c.Dial
+	}
 	args := append([]string{
 		"--chdir", dir, "-w", strconv.Itoa(workers), "-b", p.Addr,
 		"--backlog", "512", "--log-level", "info", "--worker-tmp-dir", dir,
@@ -101,8 +119,8 @@ func StartGunicornBin(t testing.TB, bin string, workers int, extra ...string) *G
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &log, &log
-	exited := StartGroup(t, cmd, syscall.SIGKILL, func() string { return "gunicorn log:\n" + log.String() })
-	p.PID = cmd.Process.Pid
+	var exited <-chan struct{}
+	p.PID, exited = StartGroupIn(t, c, cmd, syscall.SIGKILL, func() string { return "gunicorn log:\n" + log.String() }, dir)
 	WaitFor(t, 60*time.Second, "gunicorn's workers to start", func() error {
 		select {
 		case <-exited:
@@ -187,7 +205,15 @@ type HTTPClient struct {
 // DialHTTP connects a client to addr whose requests and bytes count in
 // load.
 func DialHTTP(addr string, load *HTTPLoad) (*HTTPClient, error) {
-	c, err := net.Dial("tcp", addr)
+	return DialHTTPWith(nil, addr, load)
+}
+
+// DialHTTPWith is DialHTTP connecting with dial (net.Dial when nil).
+func DialHTTPWith(dial DialFunc, addr string, load *HTTPLoad) (*HTTPClient, error) {
+	if dial == nil {
+		dial = net.Dial
+	}
+	c, err := dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -252,8 +278,10 @@ func (h *HTTPClient) Do(i int) (closing bool, err error) {
 
 // IdleConn makes the i-th idle connection to addr (every other one slow,
 // see IdleConn) and counts it.
-func (l *HTTPLoad) IdleConn(addr string, i int) error {
-	if err := IdleConn("tcp", addr, i%2 == 0); err != nil {
+func (l *HTTPLoad) IdleConn(addr string, i int) error { return l.idleConn(nil, addr, i) }
+
+func (l *HTTPLoad) idleConn(dial DialFunc, addr string, i int) error {
+	if err := IdleConnWith(dial, "tcp", addr, i%2 == 0); err != nil {
 		return err
 	}
 	l.add(func(l *HTTPLoad) { l.Idle++ })
@@ -265,6 +293,12 @@ func (l *HTTPLoad) IdleConn(addr string, i int) error {
 // close (sync workers); otherwise the client closes after its last request.
 func DriveHTTP(t testing.TB, addr string, conns, perConn, conc, idle int) *HTTPLoad {
 	t.Helper()
+	return DriveHTTPWith(t, nil, addr, conns, perConn, conc, idle)
+}
+
+// DriveHTTPWith is DriveHTTP connecting with dial (net.Dial when nil).
+func DriveHTTPWith(t testing.TB, dial DialFunc, addr string, conns, perConn, conc, idle int) *HTTPLoad {
+	t.Helper()
 	load := &HTTPLoad{}
 	conns, idle = testutil.Scale(conns), testutil.Scale(idle)
 	idleEvery := 0
@@ -273,11 +307,11 @@ func DriveHTTP(t testing.TB, addr string, conns, perConn, conc, idle int) *HTTPL
 	}
 	Parallel(t, conns, conc, func(n int) error {
 		if idleEvery > 0 && n%idleEvery == 0 {
-			if err := load.IdleConn(addr, n/idleEvery); err != nil {
+			if err := load.idleConn(dial, addr, n/idleEvery); err != nil {
 				return err
 			}
 		}
-		h, err := DialHTTP(addr, load)
+		h, err := DialHTTPWith(dial, addr, load)
 		if err != nil {
 			return err
 		}

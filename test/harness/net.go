@@ -42,10 +42,22 @@ func FreeAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 }
 
+// DialFunc connects to addr on network: net.Dial, or a Container's Dial
+// from inside its network namespace.
+type DialFunc func(network, addr string) (net.Conn, error)
+
 // IdleConn connects to addr and closes the connection without sending a
 // byte; slow holds it open 5 ms first, like a slow health checker.
 func IdleConn(network, addr string, slow bool) error {
-	c, err := net.Dial(network, addr)
+	return IdleConnWith(nil, network, addr, slow)
+}
+
+// IdleConnWith is IdleConn connecting with dial (net.Dial when nil).
+func IdleConnWith(dial DialFunc, network, addr string, slow bool) error {
+	if dial == nil {
+		dial = net.Dial
+	}
+	c, err := dial(network, addr)
 	if err != nil {
 		return fmt.Errorf("idle connect: %w", err)
 	}

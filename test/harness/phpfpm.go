@@ -72,6 +72,14 @@ type FPMPool struct {
 // is the test's, made once workerstats watches.
 func StartPHPFPM(t testing.TB) *FPMPool {
 	t.Helper()
+	return StartPHPFPMIn(t, nil)
+}
+
+// StartPHPFPMIn is StartPHPFPM in container c (on the host when nil): PID
+// is its master's host pid; its socket, in its directory, is seen at the
+// same path inside.
+func StartPHPFPMIn(t testing.TB, c *Container) *FPMPool {
+	t.Helper()
 	bins, _ := filepath.Glob("/usr/sbin/php-fpm*")
 	sort.Strings(bins)
 	if len(bins) == 0 {
@@ -109,11 +117,11 @@ pm.status_path = /status
 	cmd := exec.Command(bin, "-F", "-y", confPath, "-R")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// SIGTERM: FPM's immediate shutdown of master and workers.
-	exited := StartGroup(t, cmd, syscall.SIGTERM, func() string {
+	var exited <-chan struct{}
+	p.PID, exited = StartGroupIn(t, c, cmd, syscall.SIGTERM, func() string {
 		flog, _ := os.ReadFile(p.Log)
 		return fmt.Sprintf("%s output:\n%s\nFPM log:\n%s", filepath.Base(bin), out.String(), flog)
-	})
-	p.PID = cmd.Process.Pid
+	}, dir)
 	WaitFor(t, 30*time.Second, "PHP-FPM's workers to start", func() error {
 		select {
 		case <-exited:

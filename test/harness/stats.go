@@ -3,6 +3,7 @@ package harness
 import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"context"
 	"encoding/json"
@@ -189,7 +190,7 @@ func SocketNames(socks []observer.Socket) []string {
 // pool's, say) are ignored.
 func MetricValue(t testing.TB, body, name string, match map[string]string) (v float64, ok bool) {
 	t.Helper()
-	var p expfmt.TextParser
+	p := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := p.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
 		t.Fatalf("parse /metrics: %v", err)

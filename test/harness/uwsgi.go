@@ -117,10 +117,18 @@ type UWSGIPool struct {
 	// Raises says request i makes the app raise (UWSGIOptions.RaiseEvery):
 	// uWSGI closes its connection without a response.
 	Raises func(i int) bool
+	// DialFunc connects to the app's socket: nil for net.Dial, the
+	// Container's Dial for a pool in one.
+	DialFunc DialFunc
 }
 
 // Dial connects to the app's socket.
-func (p *UWSGIPool) Dial() (net.Conn, error) { return net.Dial(p.Network, p.Addr) }
+func (p *UWSGIPool) Dial() (net.Conn, error) {
+	if p.DialFunc != nil {
+		return p.DialFunc(p.Network, p.Addr)
+	}
+	return net.Dial(p.Network, p.Addr)
+}
 
 // UWSGIOptions is the pool StartUWSGI runs.
 type UWSGIOptions struct {
@@ -134,6 +142,14 @@ type UWSGIOptions struct {
 	// by one from SlowEvery's).
 	RaiseEvery int
 	Extra      []string // more uWSGI options
+	// Addr is the http-socket's address; FreeAddr's when empty. Pools in
+	// two network namespaces may share one.
+	Addr string
+	// Container runs the pool in a container: the PID is then its
+	// master's host pid, Stats a Unix socket in the pool's directory
+	// (seen at the same path inside), and the pidfile in the
+	// container's Dir, where a pool started again in it writes too.
+	Container *Container
 }
 
 // SlowTime is how long a slow request (UWSGIOptions.SlowEvery) takes.
@@ -155,6 +171,9 @@ func StartUWSGI(t testing.TB, o UWSGIOptions) *UWSGIPool {
 		t.Fatal(err)
 	}
 	p := &UWSGIPool{Bin: bin, Stats: FreeAddr(t)}
+	if o.Container != nil {
+		p.Stats, p.DialFunc = filepath.Join(dir, "stats.sock"), o.Container.Dial
+	}
 	args := []string{
 		"--plugin", "python3", "--master", "--processes", strconv.Itoa(o.Processes),
 		"--wsgi-file", app, "--stats", p.Stats, "--need-app", "--disable-logging",
@@ -166,6 +185,9 @@ func StartUWSGI(t testing.TB, o UWSGIOptions) *UWSGIPool {
 	args = append(args, o.Extra...)
 	if o.Pidfile {
 		p.Pidfile = filepath.Join(dir, "uwsgi.pid")
+		if o.Container != nil {
+			p.Pidfile = filepath.Join(o.Container.Dir, "uwsgi.pid")
+		}
 		args = append(args, "--pidfile", p.Pidfile)
 	}
 	p.Raises = func(i int) bool { return o.RaiseEvery > 0 && i%o.RaiseEvery == 1 }
@@ -184,7 +206,10 @@ func StartUWSGI(t testing.TB, o UWSGIOptions) *UWSGIPool {
 		p.Network, p.Addr = "unix", sock
 		p.Request = func(i int) []byte { return UWSGIRequest(i, query(i)) }
 	} else {
-		addr := FreeAddr(t)
+		addr := o.Addr
+		if addr == "" {
+			addr = FreeAddr(t)
+		}
 		args = append(args, "--http-socket", addr)
 		p.Network, p.Addr = "tcp", addr
 		p.Request = func(i int) []byte {
@@ -200,8 +225,7 @@ func StartUWSGI(t testing.TB, o UWSGIOptions) *UWSGIPool {
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	// SIGINT: uWSGI's immediate shutdown of master and workers.
-	StartGroup(t, cmd, syscall.SIGINT, func() string { return "uWSGI log:\n" + log.String() })
-	p.PID = cmd.Process.Pid
+	p.PID, _ = StartGroupIn(t, o.Container, cmd, syscall.SIGINT, func() string { return "uWSGI log:\n" + log.String() }, dir)
 	WaitStats(t, p.Stats, 30*time.Second, "uWSGI's workers to start", func(st *observer.Stats) error {
 		if len(st.Workers) != o.Processes {
 			return fmt.Errorf("%d workers", len(st.Workers))
@@ -211,7 +235,7 @@ func StartUWSGI(t testing.TB, o UWSGIOptions) *UWSGIPool {
 				return fmt.Errorf("worker %d not accepting yet", w.ID)
 			}
 		}
-		return IdleConn(p.Network, p.Addr, false) // a connection without data: no request for uWSGI
+		return IdleConnWith(p.DialFunc, p.Network, p.Addr, false) // a connection without data: no request for uWSGI
 	})
 	return p
 }
@@ -383,7 +407,7 @@ func DriveLoad(t testing.TB, p *UWSGIPool, spec LoadSpec, res *LoadResult) {
 	}
 	Parallel(t, spec.Requests, spec.Conc, func(i int) error {
 		if idleEvery > 0 && i%idleEvery == 0 {
-			if err := IdleConn(p.Network, p.Addr, i%(2*idleEvery) == 0); err != nil {
+			if err := IdleConnWith(p.DialFunc, p.Network, p.Addr, i%(2*idleEvery) == 0); err != nil {
 				return err
 			}
 			res.mu.Lock()
