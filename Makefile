@@ -51,9 +51,10 @@ demo: build ## (as root) run ./workerstats demo: a pre-fork pool of its own, wat
 	./$(BIN) demo
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, and the docs' links (every doc linked from the README, every relative link resolving)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
 	$(GO) vet ./...
+	python3 docs/check-links
 
 # The packages of unit tests, then test/'s black-box packages one at a
 # time: two packages of real servers at once would compete for a 2-core
