@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -31,6 +32,11 @@ var binPath string
 // (make vm-test hands its guests one built on the host, where a build
 // inside an emulated guest would take minutes), runs the tests and exits.
 func Main(m *testing.M) {
+	// The process's main thread stays the main goroutine's: a test that
+	// moves a thread of its own into a container's network namespace
+	// (Container.Dial) must never get that one, whose namespace is the
+	// one /proc/self/net, /proc/net, shows the whole process.
+	runtime.LockOSThread()
 	if bin := os.Getenv(testutil.BinaryEnv); bin != "" {
 		binPath = bin
 		os.Exit(m.Run())

@@ -46,7 +46,7 @@ func TestUWSGIWorkerExitsSayWhy(t *testing.T) {
 				tell := filepath.Join(dir, strconv.Itoa(i))
 				pid := dieOnce(t, p, tell, c.query)
 				want := c.want
-				want.PID = pid
+				want.PID, want.HostPID = pid, pid // on the host, its own pid is the host's
 				if want.By == "itself" {
 					want.ByPID = pid
 				}
@@ -175,7 +175,7 @@ func TestGunicornTimeoutIsHarakiri(t *testing.T) {
 	})
 	got := *w.LastExit
 	got.At = 0
-	want := observer.LastExit{PID: kids[0], Status: "exited", Code: 1, Signal: "SIGABRT", By: "master", ByPID: p.PID, InRequest: 1, Request: "GET /sleep/30000"}
+	want := observer.LastExit{PID: kids[0], HostPID: kids[0], Status: "exited", Code: 1, Signal: "SIGABRT", By: "master", ByPID: p.PID, InRequest: 1, Request: "GET /sleep/30000"}
 	if got != want || w.HarakiriCount != 1 {
 		t.Errorf("slot 1: last_exit %+v, harakiri_count %d; want %+v and 1", got, w.HarakiriCount, want)
 	}

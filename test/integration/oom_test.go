@@ -35,7 +35,7 @@ func TestUWSGIWorkerOOMKilled(t *testing.T) {
 			cg.add(t, theirs.Workers[0].PID)
 			tell := filepath.Join(t.TempDir(), "tell")
 			pid := dieOnce(t, p, tell, "alloc=512")
-			want := observer.LastExit{PID: pid, Status: "killed", Signal: "SIGKILL", By: "oom killer", InRequest: 1,
+			want := observer.LastExit{PID: pid, HostPID: pid, Status: "killed", Signal: "SIGKILL", By: "oom killer", InRequest: 1,
 				Request: "GET /0?tell=" + tell + "&alloc=512"}
 			st := harness.WaitStats(t, d.Addr, 30*time.Second, "the slot to say how pid "+strconv.Itoa(pid)+" ended", func(st *observer.Stats) error {
 				if x := st.Workers[0].LastExit; x == nil || x.PID != pid {
