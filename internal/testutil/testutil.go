@@ -100,6 +100,23 @@ func HookSets(t testing.TB, available func() ([]string, error)) []string {
 	return sets
 }
 
+// HookSetsInTurn is HookSets for the tests whose subject is not the hook
+// sets themselves (pools in containers: their pids, listeners, cgroups),
+// of which a VM leg under software emulation (ScaleEnv below 1) cannot
+// afford every set: there it returns one, the turn-th (wrapping), so that
+// tests given turns 0, 1, 2... share the sets out between them and every
+// set still runs some of them on every kernel. Elsewhere, every set.
+func HookSetsInTurn(t testing.TB, available func() ([]string, error), turn int) []string {
+	t.Helper()
+	sets := HookSets(t, available)
+	if f, err := strconv.ParseFloat(os.Getenv(ScaleEnv), 64); err != nil || f >= 1 || len(sets) < 2 {
+		return sets
+	}
+	one := sets[turn%len(sets)]
+	t.Logf("under emulation, the %s hooks only (of %v): the other tests of its kind take the others", one, sets)
+	return []string{one}
+}
+
 // ScaleEnv is a factor (0.1, say) for the request counts of the load
 // tests, which make vm-test sets under software emulation, where every
 // request costs several times what it does here. Comparisons stay exact:

@@ -33,7 +33,7 @@ import (
 // Unix socket, which any namespace reaches) worker by worker.
 func TestUWSGIInContainer(t *testing.T) {
 	testutil.RequireEBPF(t)
-	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 0) {
 		t.Run(hooks, func(t *testing.T) {
 			c := harness.NewContainer(t, harness.Docker)
 			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c})
@@ -68,7 +68,7 @@ func TestUWSGIInContainer(t *testing.T) {
 // worker pid, its own inside, and the clients count what they got.
 func TestGunicornInContainer(t *testing.T) {
 	testutil.RequireEBPF(t)
-	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 1) {
 		t.Run(hooks, func(t *testing.T) {
 			c := harness.NewContainer(t, harness.Containerd)
 			p := harness.StartGunicornIn(t, c, 4, "-k", "sync")
@@ -98,7 +98,7 @@ func TestGunicornInContainer(t *testing.T) {
 // status page worker by worker.
 func TestPHPFPMInContainer(t *testing.T) {
 	testutil.RequireEBPF(t)
-	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 2) {
 		t.Run(hooks, func(t *testing.T) {
 			c := harness.NewContainer(t, harness.CRIO)
 			p := harness.StartPHPFPMIn(t, c)
@@ -350,7 +350,7 @@ func TestCgroupNamesContainer(t *testing.T) {
 // file is left, naming pid 1, while no master of the container runs).
 func TestPidfileInContainerFollowsRestart(t *testing.T) {
 	testutil.RequireEBPF(t)
-	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 3) {
 		t.Run(hooks+"/vacuum", func(t *testing.T) { followRestartInContainer(t, hooks, []string{"--vacuum"}) })
 		t.Run(hooks+"/pidfile-left", func(t *testing.T) { followRestartInContainer(t, hooks, nil) })
 	}
@@ -428,7 +428,7 @@ func followRestartInContainer(t *testing.T, hooks string, extra []string) {
 // container.
 func TestUWSGIInContainerByRunc(t *testing.T) {
 	testutil.RequireEBPF(t)
-	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 4) {
 		t.Run(hooks, func(t *testing.T) {
 			c := harness.NewRuncContainer(t, harness.DockerCgroupfs)
 			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c})

@@ -100,7 +100,7 @@ func settleAt(t *testing.T, p *harness.UWSGIPool, addr string, want uint64) (our
 // never a pid.
 func TestDiscoverPoolsOnOneAddressInTwoNamespaces(t *testing.T) {
 	testutil.RequireEBPF(t)
-	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 5) {
 		t.Run(hooks, func(t *testing.T) {
 			addr := harness.FreeAddr(t)
 			shapes := []harness.Shape{harness.Docker, harness.Containerd}
@@ -256,7 +256,7 @@ func containerLabels(c *harness.Container) map[string]string {
 // equal to the new uWSGI's own.
 func TestDiscoverPoolsComeAndGo(t *testing.T) {
 	testutil.RequireEBPF(t)
-	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
+	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 6) {
 		t.Run(hooks, func(t *testing.T) {
 			d := harness.StartDiscovery(t, "--discover-interval", discoverEvery, "--hooks", hooks)
 
