@@ -133,7 +133,11 @@ int on_signal(struct bpf_raw_tracepoint_args *ctx)
 	w->kill_sig = sig;
 	w->killer = ctx->args[1] == 1 ? 0 : bpf_get_current_pid_tgid() >> 32;
 	w->kill_ns = now;
-	w->in_request_at = in_request(w, now) ? IN_REQUEST_AT_SIGNAL : 0;
+	/* Kept once set: a master that kills a stuck worker may follow its
+	 * first signal with SIGKILL after the request's connection closed
+	 * (gunicorn, when its SIGABRT is not obeyed within a second). */
+	if (in_request(w, now))
+		w->in_request_at |= IN_REQUEST_AT_SIGNAL;
 	return 0;
 }
 

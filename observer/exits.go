@@ -34,7 +34,8 @@ func (e *exitRecord) killed() int { return int(e.c.ExitStatus & 0x7f) }
 
 // harakiri says the master killed the process in a request: uWSGI's
 // harakiri (SIGKILL), gunicorn's worker timeout (SIGABRT, which the worker
-// handles by closing the request's connection and exiting 1). A worker
+// handles by closing the request's connection and exiting 1, or, when it
+// does not within a second, the SIGKILL gunicorn follows it with). A worker
 // the master asked to stop gracefully in a request finishes it and exits
 // 0: no harakiri.
 func (e *exitRecord) harakiri() bool {
@@ -45,7 +46,8 @@ func (e *exitRecord) harakiri() bool {
 }
 
 // inRequest says the process was in a request when it exited, or when it
-// was sent the signal it ended by.
+// was sent a fatal signal (the first of a master's two, say: gunicorn
+// follows a SIGABRT its worker does not obey within a second by SIGKILL).
 func (e *exitRecord) inRequest() bool { return e.c.ExitedInRequest || e.c.SignalledInRequest }
 
 // sender names who sent the process's last fatal signal.

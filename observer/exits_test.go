@@ -18,6 +18,7 @@ func TestHarakiriIsAKillInARequest(t *testing.T) {
 	}{
 		{"uWSGI harakiri", Counters{ExitStatus: 9, KillSig: 9, Killer: master, ExitedInRequest: true, SignalledInRequest: true}, true},
 		{"gunicorn timeout", Counters{ExitStatus: 1 << 8, KillSig: 6, Killer: master, SignalledInRequest: true}, true},
+		{"gunicorn timeout, not obeyed within a second", Counters{ExitStatus: 9, KillSig: 9, Killer: master, SignalledInRequest: true}, true},
 		{"graceful stop in a request", Counters{ExitStatus: 0, KillSig: 15, Killer: master, SignalledInRequest: true}, false},
 		{"master's kill while idle", Counters{ExitStatus: 9, KillSig: 9, Killer: master}, false},
 		{"another's kill in a request", Counters{ExitStatus: 9, KillSig: 9, Killer: 555, ExitedInRequest: true}, false},

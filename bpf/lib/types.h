@@ -48,7 +48,7 @@ struct worker {
 	 * << 8, or the signal that killed it), the last fatal signal sent to
 	 * it, by whom (a tgid; 0 for the kernel, KILLER_OOM for its OOM
 	 * killer) and when, and whether it was in a request when it exited
-	 * and when that signal came (enum in_request_at bits). */
+	 * and when any fatal signal came (enum in_request_at bits). */
 	__u32 exit_status;
 	__u32 kill_sig;
 	__u32 killer;

@@ -73,7 +73,11 @@ type GunicornPool struct {
 	// DialFunc connects to Addr: nil for net.Dial, the Container's Dial
 	// for a pool in one (StartGunicornIn).
 	DialFunc DialFunc
+	log      *testutil.Buffer
 }
+
+// Log is what gunicorn has logged so far.
+func (p *GunicornPool) Log() string { return p.log.String() }
 
 // StartGunicorn runs `gunicorn -w N -k KIND ... app:application` in its own
 // process group, killed at cleanup, and waits until the master has all its
@@ -115,10 +119,11 @@ func startGunicorn(t testing.TB, c *Container, bin string, workers int, extra []
 		"--backlog", "512", "--log-level", "info", "--worker-tmp-dir", dir,
 	}, extra...)
 	args = append(args, "app:application")
-	var log testutil.Buffer
+	log := &testutil.Buffer{}
+	p.log = log
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.Stdout, cmd.Stderr = log, log
 	var exited <-chan struct{}
 	p.PID, exited = StartGroupIn(t, c, cmd, syscall.SIGKILL, func() string { return "gunicorn log:\n" + log.String() }, dir)
 	WaitFor(t, 60*time.Second, "gunicorn's workers to start", func() error {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -150,13 +151,30 @@ func dieOnce(t *testing.T, p *harness.UWSGIPool, tell, query string) int {
 }
 
 // TestGunicornTimeoutIsHarakiri: gunicorn's master kills a worker stuck in
-// a request past --timeout (SIGABRT, which the worker handles by exiting
-// 1): its slot shows that end, by the master, in the request, and counts
-// it in harakiri_count, as uWSGI counts its harakiri.
+// a request past --timeout (SIGABRT, which the worker handles by closing
+// the connection and exiting 1; or, when it has not exited a second later,
+// SIGKILL, as under emulation, or here where a worker_exit hook lingers):
+// its slot shows that end, as gunicorn's log tells it, by the master, in
+// the request, and counts it in harakiri_count, as uWSGI counts its
+// harakiri.
 func TestGunicornTimeoutIsHarakiri(t *testing.T) {
 	testutil.RequireEBPF(t)
 	hooks := testutil.HookSets(t, ebpfkernel.AvailableHooks)[0]
-	p := harness.StartGunicorn(t, 1, "--timeout", "2")
+	t.Run("obeyed", func(t *testing.T) { gunicornTimeout(t, hooks, false) })
+	t.Run("escalated", func(t *testing.T) { gunicornTimeout(t, hooks, true) })
+}
+
+func gunicornTimeout(t *testing.T, hooks string, linger bool) {
+	extra := []string{"--timeout", "2"}
+	if linger {
+		conf := filepath.Join(t.TempDir(), "linger.py")
+		hook := "import time\ndef worker_exit(server, worker):\n    time.sleep(5)\n"
+		if err := os.WriteFile(conf, []byte(hook), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		extra = append(extra, "-c", conf)
+	}
+	p := harness.StartGunicorn(t, 1, extra...)
 	kids, err := harness.ChildPIDs(p.PID)
 	if err != nil || len(kids) != 1 {
 		t.Fatalf("gunicorn's workers %v, %v", kids, err)
@@ -176,6 +194,21 @@ func TestGunicornTimeoutIsHarakiri(t *testing.T) {
 	got := *w.LastExit
 	got.At = 0
 	want := observer.LastExit{PID: kids[0], HostPID: kids[0], Status: "exited", Code: 1, Signal: "SIGABRT", By: "master", ByPID: p.PID, InRequest: 1, Request: "GET /sleep/30000"}
+	killed := fmt.Sprintf("Worker with pid %d was terminated due to signal 9", kids[0])
+	if linger || got.Status == "killed" {
+		harness.WaitFor(t, 10*time.Second, "gunicorn to log how its worker ended", func() error {
+			if !strings.Contains(p.Log(), killed) {
+				return fmt.Errorf("gunicorn's log has no %q:\n%s", killed, p.Log())
+			}
+			return nil
+		})
+		want.Status, want.Code, want.Signal = "killed", 0, "SIGKILL"
+	} else if strings.Contains(p.Log(), killed) {
+		t.Errorf("gunicorn logged %q; the slot says %+v", killed, got)
+	}
+	if !strings.Contains(p.Log(), fmt.Sprintf("WORKER TIMEOUT (pid:%d)", kids[0])) {
+		t.Errorf("gunicorn logged no timeout of worker %d:\n%s", kids[0], p.Log())
+	}
 	if got != want || w.HarakiriCount != 1 {
 		t.Errorf("slot 1: last_exit %+v, harakiri_count %d; want %+v and 1", got, w.HarakiriCount, want)
 	}
