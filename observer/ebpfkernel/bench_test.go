@@ -2,6 +2,7 @@ package ebpfkernel
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -105,11 +106,39 @@ func reportPerRequest(b *testing.B, k *Kernel, empty *EmptyHooks, hooks string, 
 		goal, mode = 500, "one connection per request"
 	}
 	figure := fmt.Sprintf("%.0f ns (bpf_stats %.0f ns, %.1f runs per request, empty program %.0f ns/run)", own, stats, float64(runs)/reqs, base)
+	reportPerProgram(b, k, base, hooks, mode, reqs)
 	if capture {
 		testutil.BenchRow(b, fmt.Sprintf("kernel time per request, %s, capturing its heads: %s hooks", mode, hooks), "(shown)", figure, true)
 		return
 	}
 	testutil.BenchRow(b, fmt.Sprintf("kernel time per request, %s: %s hooks", mode, hooks), fmt.Sprintf("<= %.0f ns", goal), figure, own <= goal)
+}
+
+// reportPerProgram tables each program's own time per run (bpf_stats
+// less an empty program's) and runs per request, and checks that no
+// program costs more per run than twice the dearest send program.
+func reportPerProgram(b *testing.B, k *Kernel, base float64, hooks, mode string, reqs float64) {
+	var parts []string
+	var send, dearest float64
+	dearestName := ""
+	for _, ps := range k.Info().Programs {
+		if ps.RunCount == 0 {
+			continue
+		}
+		own := float64(ps.RunTimeNs)/float64(ps.RunCount) - base
+		parts = append(parts, fmt.Sprintf("%s %.0f ns x %.2f", ps.Name, own, float64(ps.RunCount)/reqs))
+		if strings.Contains(ps.Name, "send") {
+			send = max(send, own)
+		}
+		if own > dearest {
+			dearest, dearestName = own, ps.Name
+		}
+	}
+	if send == 0 {
+		return // the raw hooks: one program per syscall, sends included
+	}
+	testutil.BenchRow(b, fmt.Sprintf("own time per run, per program, %s: %s hooks", mode, hooks), "none over 2x a send",
+		fmt.Sprintf("dearest %s %.0f ns, send %.0f ns (%s)", dearestName, dearest, send, strings.Join(parts, ", ")), dearest <= 2*send)
 }
 
 // drainHeads reads and drops k's captured heads until the returned

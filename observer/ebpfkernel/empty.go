@@ -15,7 +15,7 @@ import (
 // programs attach: what the attachment points cost by themselves, which
 // make bench measures ours against. Nothing of the daemon uses them.
 type EmptyHooks struct {
-	progs map[ebpf.ProgramType]*ebpf.Program
+	progs []*ebpf.Program
 	links []link.Link
 }
 
@@ -39,7 +39,7 @@ func AttachEmpty(hooks string, unixPool bool) (*EmptyHooks, error) {
 	if hooks == HooksSock && !unixPool {
 		list = k.tcpOnly(list)
 	}
-	e := &EmptyHooks{progs: map[ebpf.ProgramType]*ebpf.Program{}}
+	e := &EmptyHooks{}
 	for _, h := range list {
 		if err := e.attach(h, spec.Programs[h.name].Type); err != nil {
 			e.Close()
@@ -49,20 +49,18 @@ func AttachEmpty(hooks string, unixPool bool) (*EmptyHooks, error) {
 	return e, nil
 }
 
-// attach attaches the empty program of type typ to h.
+// attach attaches an empty program of type typ to h: one of its own, for
+// a tracepoint takes a program once (several of ours share
+// inet_sock_set_state).
 func (e *EmptyHooks) attach(h hook, typ ebpf.ProgramType) error {
-	p := e.progs[typ]
-	if p == nil {
-		var err error
-		p, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name: "empty", Type: typ, License: "GPL",
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		})
-		if err != nil {
-			return fmt.Errorf("load an empty %s program: %w", typ, err)
-		}
-		e.progs[typ] = p
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "empty", Type: typ, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("load an empty %s program: %w", typ, err)
 	}
+	e.progs = append(e.progs, p)
 	l, err := h.attach(p)
 	if err != nil {
 		return err

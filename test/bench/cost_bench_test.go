@@ -30,7 +30,9 @@ import (
 //
 // WORKERSTATS_BENCH_SECONDS (5) is each run's length and
 // WORKERSTATS_BENCH_PAIRS (5) the rounds; make bench's CI smoke shortens
-// both.
+// both. make bench-vm's one-vCPU guests set WORKERSTATS_BENCH_WRK_THREADS
+// and _CONNS (wrk's -t and -c: 1 and 4 there), and
+// WORKERSTATS_BENCH_DAEMON_ARGS (extra flags of the daemon, --requests).
 
 // costCase is one server loaded one way.
 type costCase struct {
@@ -50,7 +52,8 @@ func BenchmarkServerCost(b *testing.B) {
 	cases := []costCase{
 		{name: "nginx-keepalive", start: costNginx, conns: 32, minTPS: 0.99},
 		{name: "nginx-close", start: costNginx, close: true, conns: 32, minTPS: 0.99},
-		{name: "uwsgi", start: costUWSGI, serverCloses: true, conns: 8, minTPS: 0.99},
+		{name: "uwsgi", start: costUWSGI, serverCloses: true, conns: 8, minTPS: 0.995},
+		{name: "gunicorn", start: costGunicorn, conns: 8, minTPS: 0.995},
 		{name: "demo", start: costDemo, conns: 8, minTPS: 0.99},
 	}
 	for _, c := range cases {
@@ -124,7 +127,8 @@ func runState(b *testing.B, wrk string, c costCase, hooks string, master int, ur
 		}
 		defer e.Close()
 	case 2:
-		d := harness.StartDaemon(b, "--pid", strconv.Itoa(master), "--stats", harness.FreeAddr(b), "--hooks", hooks)
+		args := []string{"--pid", strconv.Itoa(master), "--stats", harness.FreeAddr(b), "--hooks", hooks}
+		d := harness.StartDaemon(b, append(args, strings.Fields(os.Getenv("WORKERSTATS_BENCH_DAEMON_ARGS"))...)...)
 		defer d.Stop(b)
 	}
 	return runWrk(b, wrk, url, c, secs)
@@ -149,7 +153,9 @@ var (
 // runWrk loads url for secs seconds.
 func runWrk(b *testing.B, wrk, url string, c costCase, secs int) wrkResult {
 	b.Helper()
-	args := []string{"-t", "2", "-c", strconv.Itoa(c.conns), "-d", fmt.Sprintf("%ds", secs), "--latency"}
+	threads := testutil.EnvInt(b, "WORKERSTATS_BENCH_WRK_THREADS", 2)
+	conns := testutil.EnvInt(b, "WORKERSTATS_BENCH_WRK_CONNS", c.conns)
+	args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", fmt.Sprintf("%ds", secs), "--latency"}
 	if c.close {
 		args = append(args, "-H", "Connection: close")
 	}
@@ -219,6 +225,13 @@ func costNginx(b *testing.B) (int, string) {
 // app, answering 512 bytes.
 func costUWSGI(b *testing.B) (int, string) {
 	p := harness.StartUWSGI(b, harness.UWSGIOptions{Processes: 4})
+	return p.PID, "http://" + p.Addr + "/512"
+}
+
+// costGunicorn is gunicorn (four sync workers) running the tests' app,
+// answering 512 bytes.
+func costGunicorn(b *testing.B) (int, string) {
+	p := harness.StartGunicorn(b, 4, "-k", "sync")
 	return p.PID, "http://" + p.Addr + "/512"
 }
 
