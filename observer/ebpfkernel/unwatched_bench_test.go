@@ -22,7 +22,7 @@ import (
 const unwatchedLoops = 100_000
 
 // loopChunks is the runs a timing of unwatchedLoops iterations is cut in.
-const loopChunks = 10
+const loopChunks = 100
 
 // unwatchedLoop is one loop BenchmarkUnwatchedEvents times: its ns per
 // iteration (instructions, in make bench-vm's icount guests).
@@ -114,7 +114,8 @@ func benchUnwatched(b *testing.B, hooks string, unixPool bool, loop unwatchedLoo
 }
 
 // timeLoop returns the ns per iteration of f on one locked thread: the
-// fastest of loopChunks runs of unwatchedLoops/loopChunks iterations.
+// fastest of loopChunks runs of unwatchedLoops/loopChunks iterations
+// (a thousand: a few ms, shorter than the periods of what else wakes up).
 // Whatever else runs on the CPU meanwhile (the kernel freeing the programs
 // of the state before, a timer) only ever adds, so the fastest chunk is
 // the loop's own cost: in make bench-vm's icount guests, where a chunk's
