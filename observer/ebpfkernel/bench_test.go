@@ -106,7 +106,11 @@ func reportPerRequest(b *testing.B, k *Kernel, empty *EmptyHooks, hooks string, 
 		goal, mode = 500, "one connection per request"
 	}
 	figure := fmt.Sprintf("%.0f ns (bpf_stats %.0f ns, %.1f runs per request, empty program %.0f ns/run)", own, stats, float64(runs)/reqs, base)
-	reportPerProgram(b, k, base, hooks, mode, reqs)
+	if capture {
+		reportPerProgram(b, k, base, hooks, mode+", capturing its heads", reqs)
+	} else {
+		reportPerProgram(b, k, base, hooks, mode, reqs)
+	}
 	if capture {
 		testutil.BenchRow(b, fmt.Sprintf("kernel time per request, %s, capturing its heads: %s hooks", mode, hooks), "(shown)", figure, true)
 		return
