@@ -41,9 +41,12 @@ func TestGunicornShowsWhatWorkersServe(t *testing.T) {
 			want := []string{"REQUEST_METHOD=GET", "REQUEST_URI=/sleep/3000?who=test", "PATH_INFO=/sleep/3000",
 				"QUERY_STRING=who=test", "SERVER_PROTOCOL=HTTP/1.1", "HTTP_HOST=app.test"}
 			var busy observer.Worker
+			// The kernel's counters say busy at the request's first byte;
+			// its head reaches the daemon through the capture ring a poll
+			// later (20 ms, more under emulation): wait for both.
 			harness.WaitStats(t, d.Addr, 2500*time.Millisecond, "a worker to show the request it serves", func(st *observer.Stats) error {
 				for _, w := range st.Workers {
-					if w.Status == "busy" && len(w.Cores) == 1 && w.Cores[0].InRequest == 1 {
+					if w.Status == "busy" && len(w.Cores) == 1 && w.Cores[0].InRequest == 1 && w.Cores[0].ReqInfo["request_start"] != nil {
 						busy = w
 						return nil
 					}
