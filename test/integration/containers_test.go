@@ -35,32 +35,42 @@ func TestUWSGIInContainer(t *testing.T) {
 	testutil.RequireEBPF(t)
 	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 0) {
 		t.Run(hooks, func(t *testing.T) {
-			c := harness.NewContainer(t, harness.Docker)
-			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c})
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
-			checkSocketsSaid(t, d)
-			res := harness.Drive(t, p, 8000, 32, 200)
-			ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
-			harness.LogComparison(t, ours, theirs)
-			checkInContainer(t, c, ours, p.PID, theirs.PID)
-			if ours.CWD != theirs.CWD {
-				t.Errorf("cwd %q, uWSGI's %q", ours.CWD, theirs.CWD)
-			}
-			harness.CheckDropped(t, ours, 0)
-			t.Logf("%d requests and %d idle connections: counts equal uWSGI's for all %d workers; pid %d (host %d), cwd %q",
-				res.OK, res.Idle, len(theirs.Workers), ours.PID, ours.HostPID, ours.CWD)
-			t.Run("sockets", func(t *testing.T) {
-				hold := httpGet(fmt.Sprintf("/0?sleep=%d", holdTime.Milliseconds()))
-				checkHeldQueue(t, c, d, "tcp", p.Addr, 4, hold, httpGet("/0"), func(st *observer.Stats) error {
-					u, err := harness.ReadStats(p.Stats)
-					if err != nil {
-						return err
-					}
-					return sameQueues(st, u, "uWSGI's")
-				})
-			})
+			uwsgiInContainer(t, harness.NewContainer(t, harness.Docker), hooks, 8000, 32, 200)
 		})
 	}
+}
+
+// uwsgiInContainer starts uWSGI with 4 workers on an http-socket in c and
+// the daemon on it, drives n requests (conc at once, idle connections
+// beside), and checks the dump against uWSGI's own stats worker by worker,
+// its pids and cwd the container's own; then its sockets and accept queue
+// against the kernel's in the container. It returns the dump.
+func uwsgiInContainer(t *testing.T, c *harness.Container, hooks string, n, conc, idle int) *observer.Stats {
+	t.Helper()
+	p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c})
+	d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
+	checkSocketsSaid(t, d)
+	res := harness.Drive(t, p, n, conc, idle)
+	ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
+	harness.LogComparison(t, ours, theirs)
+	checkInContainer(t, c, ours, p.PID, theirs.PID)
+	if ours.CWD != theirs.CWD {
+		t.Errorf("cwd %q, uWSGI's %q", ours.CWD, theirs.CWD)
+	}
+	harness.CheckDropped(t, ours, 0)
+	t.Logf("%d requests and %d idle connections: counts equal uWSGI's for all %d workers; pid %d (host %d), cwd %q",
+		res.OK, res.Idle, len(theirs.Workers), ours.PID, ours.HostPID, ours.CWD)
+	t.Run("sockets", func(t *testing.T) {
+		hold := httpGet(fmt.Sprintf("/0?sleep=%d", holdTime.Milliseconds()))
+		checkHeldQueue(t, c, d, "tcp", p.Addr, 4, hold, httpGet("/0"), func(st *observer.Stats) error {
+			u, err := harness.ReadStats(p.Stats)
+			if err != nil {
+				return err
+			}
+			return sameQueues(st, u, "uWSGI's")
+		})
+	})
+	return ours
 }
 
 // TestGunicornInContainer: gunicorn, 4 sync workers in the container's
@@ -430,30 +440,9 @@ func TestUWSGIInContainerByRunc(t *testing.T) {
 	testutil.RequireEBPF(t)
 	for _, hooks := range testutil.HookSetsInTurn(t, ebpfkernel.AvailableHooks, 4) {
 		t.Run(hooks, func(t *testing.T) {
-			c := harness.NewRuncContainer(t, harness.DockerCgroupfs)
-			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 4, Container: c})
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
-			checkSocketsSaid(t, d)
-			res := harness.Drive(t, p, 4000, 16, 100)
-			ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
-			harness.LogComparison(t, ours, theirs)
-			checkInContainer(t, c, ours, p.PID, theirs.PID)
-			if ours.CWD != theirs.CWD {
-				t.Errorf("cwd %q, uWSGI's %q", ours.CWD, theirs.CWD)
-			}
-			harness.CheckDropped(t, ours, 0)
-			cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.PID))
-			t.Logf("runc's container: master host pid %d, pid %d, cwd %q, container %+v; its cgroup file:\n%s", p.PID, ours.PID, ours.CWD, ours.Container, cg)
-			t.Run("sockets", func(t *testing.T) {
-				hold := httpGet(fmt.Sprintf("/0?sleep=%d", holdTime.Milliseconds()))
-				checkHeldQueue(t, c, d, "tcp", p.Addr, 4, hold, httpGet("/0"), func(st *observer.Stats) error {
-					u, err := harness.ReadStats(p.Stats)
-					if err != nil {
-						return err
-					}
-					return sameQueues(st, u, "uWSGI's")
-				})
-			})
+			ours := uwsgiInContainer(t, harness.NewRuncContainer(t, harness.DockerCgroupfs), hooks, 4000, 16, 100)
+			cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ours.HostPID))
+			t.Logf("runc's container: pid %d (host %d), cwd %q, container %+v; its master's cgroup file:\n%s", ours.PID, ours.HostPID, ours.CWD, ours.Container, cg)
 		})
 	}
 }
