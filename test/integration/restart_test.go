@@ -101,7 +101,7 @@ func pinned(t testing.TB, dir string) (names []string, progs []ebpf.ProgramID, m
 }
 
 // wantPins is what a daemon with hooks pins for a pool whose listeners
-// are unknown (a master with no worker): its maps (the C file's fourteen),
+// are unknown (a master with no worker): its maps (every map of the object),
 // its links, and the distinct programs those links run. The sock set
 // keeps accept and close hooked for such a pool.
 func wantPins(t *testing.T, hooks string) (maps, links, programs int) {
