@@ -17,7 +17,12 @@
  * response ends at its last outbound byte, which is known when the next
  * request starts or the connection closes.
  *
- * Bytes come from one of three attachment sets, picked by userspace:
+ * Bytes come from one of four attachment sets, picked by userspace:
+ *  - fexit programs on the socket layer's send and receive operations,
+ *    TCP and Unix (any kernel whose BPF trampolines load), which hand us
+ *    the socket as the sock set's tracepoints do and patch only their own
+ *    functions: no syscall hook at all. Unix connections are taken at
+ *    unix_accept and ended at unix_release;
  *  - the sock_recv_length / sock_send_length raw tracepoints (kernel >=
  *    6.3), which hand us the socket directly. There a TCP pool needs no
  *    syscall tracepoint: a connection is adopted at its worker's first
@@ -57,6 +62,7 @@
  *                  never attached)
  *  - conns.c       connections: accept, close, adoption, their end
  *  - sock.c        bytes, the sock hook set
+ *  - fentry.c      bytes, the fentry hook set (kernel functions)
  *  - syscall.c     bytes, the syscall hook set
  *  - raw.c         bytes, the raw hook set
  */
@@ -71,5 +77,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #include "listeners.c"
 #include "conns.c"
 #include "sock.c"
+#include "fentry.c"
 #include "syscall.c"
 #include "raw.c"

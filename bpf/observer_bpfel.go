@@ -268,6 +268,11 @@ const (
 	ObserverProgOnDataExit      = "on_data_exit"
 	ObserverProgOnExit          = "on_exit"
 	ObserverProgOnFork          = "on_fork"
+	ObserverProgOnInet6Recv     = "on_inet6_recv"
+	ObserverProgOnInet6Send     = "on_inet6_send"
+	ObserverProgOnInetRecv      = "on_inet_recv"
+	ObserverProgOnInetSend      = "on_inet_send"
+	ObserverProgOnInetSendpage  = "on_inet_sendpage"
 	ObserverProgOnOomVictim     = "on_oom_victim"
 	ObserverProgOnRawSysEnter   = "on_raw_sys_enter"
 	ObserverProgOnRawSysExit    = "on_raw_sys_exit"
@@ -283,9 +288,15 @@ const (
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
 	ObserverProgOnTcpQueued     = "on_tcp_queued"
 	ObserverProgOnTcpQueuedTwin = "on_tcp_queued_twin"
+	ObserverProgOnUnixAccept    = "on_unix_accept"
+	ObserverProgOnUnixRecv      = "on_unix_recv"
+	ObserverProgOnUnixRelease   = "on_unix_release"
+	ObserverProgOnUnixSend      = "on_unix_send"
+	ObserverProgOnUnixSendpage  = "on_unix_sendpage"
 	ObserverProgReadListeners   = "read_listeners"
 	ObserverVarCaptureHeads     = "capture_heads"
 	ObserverVarOomVictimTask    = "oom_victim_task"
+	ObserverVarRegsHelper       = "regs_helper"
 	ObserverVarSockHooks        = "sock_hooks"
 )
 
@@ -336,6 +347,11 @@ type ObserverProgramSpecs struct {
 	OnDataExit      *ebpf.ProgramSpec `ebpf:"on_data_exit"`
 	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork          *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnInet6Recv     *ebpf.ProgramSpec `ebpf:"on_inet6_recv"`
+	OnInet6Send     *ebpf.ProgramSpec `ebpf:"on_inet6_send"`
+	OnInetRecv      *ebpf.ProgramSpec `ebpf:"on_inet_recv"`
+	OnInetSend      *ebpf.ProgramSpec `ebpf:"on_inet_send"`
+	OnInetSendpage  *ebpf.ProgramSpec `ebpf:"on_inet_sendpage"`
 	OnOomVictim     *ebpf.ProgramSpec `ebpf:"on_oom_victim"`
 	OnRawSysEnter   *ebpf.ProgramSpec `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.ProgramSpec `ebpf:"on_raw_sys_exit"`
@@ -351,6 +367,11 @@ type ObserverProgramSpecs struct {
 	OnTcpDoneTwin   *ebpf.ProgramSpec `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.ProgramSpec `ebpf:"on_tcp_queued"`
 	OnTcpQueuedTwin *ebpf.ProgramSpec `ebpf:"on_tcp_queued_twin"`
+	OnUnixAccept    *ebpf.ProgramSpec `ebpf:"on_unix_accept"`
+	OnUnixRecv      *ebpf.ProgramSpec `ebpf:"on_unix_recv"`
+	OnUnixRelease   *ebpf.ProgramSpec `ebpf:"on_unix_release"`
+	OnUnixSend      *ebpf.ProgramSpec `ebpf:"on_unix_send"`
+	OnUnixSendpage  *ebpf.ProgramSpec `ebpf:"on_unix_sendpage"`
 	ReadListeners   *ebpf.ProgramSpec `ebpf:"read_listeners"`
 }
 
@@ -382,6 +403,7 @@ type ObserverMapSpecs struct {
 type ObserverVariableSpecs struct {
 	CaptureHeads  *ebpf.VariableSpec `ebpf:"capture_heads"`
 	OomVictimTask *ebpf.VariableSpec `ebpf:"oom_victim_task"`
+	RegsHelper    *ebpf.VariableSpec `ebpf:"regs_helper"`
 	SockHooks     *ebpf.VariableSpec `ebpf:"sock_hooks"`
 }
 
@@ -450,6 +472,7 @@ func (m *ObserverMaps) Close() error {
 type ObserverVariables struct {
 	CaptureHeads  *ebpf.Variable `ebpf:"capture_heads"`
 	OomVictimTask *ebpf.Variable `ebpf:"oom_victim_task"`
+	RegsHelper    *ebpf.Variable `ebpf:"regs_helper"`
 	SockHooks     *ebpf.Variable `ebpf:"sock_hooks"`
 }
 
@@ -462,6 +485,11 @@ type ObserverPrograms struct {
 	OnDataExit      *ebpf.Program `ebpf:"on_data_exit"`
 	OnExit          *ebpf.Program `ebpf:"on_exit"`
 	OnFork          *ebpf.Program `ebpf:"on_fork"`
+	OnInet6Recv     *ebpf.Program `ebpf:"on_inet6_recv"`
+	OnInet6Send     *ebpf.Program `ebpf:"on_inet6_send"`
+	OnInetRecv      *ebpf.Program `ebpf:"on_inet_recv"`
+	OnInetSend      *ebpf.Program `ebpf:"on_inet_send"`
+	OnInetSendpage  *ebpf.Program `ebpf:"on_inet_sendpage"`
 	OnOomVictim     *ebpf.Program `ebpf:"on_oom_victim"`
 	OnRawSysEnter   *ebpf.Program `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.Program `ebpf:"on_raw_sys_exit"`
@@ -477,6 +505,11 @@ type ObserverPrograms struct {
 	OnTcpDoneTwin   *ebpf.Program `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.Program `ebpf:"on_tcp_queued"`
 	OnTcpQueuedTwin *ebpf.Program `ebpf:"on_tcp_queued_twin"`
+	OnUnixAccept    *ebpf.Program `ebpf:"on_unix_accept"`
+	OnUnixRecv      *ebpf.Program `ebpf:"on_unix_recv"`
+	OnUnixRelease   *ebpf.Program `ebpf:"on_unix_release"`
+	OnUnixSend      *ebpf.Program `ebpf:"on_unix_send"`
+	OnUnixSendpage  *ebpf.Program `ebpf:"on_unix_sendpage"`
 	ReadListeners   *ebpf.Program `ebpf:"read_listeners"`
 }
 
@@ -487,6 +520,11 @@ func (p *ObserverPrograms) Close() error {
 		p.OnDataExit,
 		p.OnExit,
 		p.OnFork,
+		p.OnInet6Recv,
+		p.OnInet6Send,
+		p.OnInetRecv,
+		p.OnInetSend,
+		p.OnInetSendpage,
 		p.OnOomVictim,
 		p.OnRawSysEnter,
 		p.OnRawSysExit,
@@ -502,6 +540,11 @@ func (p *ObserverPrograms) Close() error {
 		p.OnTcpDoneTwin,
 		p.OnTcpQueued,
 		p.OnTcpQueuedTwin,
+		p.OnUnixAccept,
+		p.OnUnixRecv,
+		p.OnUnixRelease,
+		p.OnUnixSend,
+		p.OnUnixSendpage,
 		p.ReadListeners,
 	)
 }

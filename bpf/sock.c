@@ -11,21 +11,29 @@
  * while such a pool is watched (and then leaves listen_ports empty, so
  * nothing is adopted twice).
  *
+ * sock_moved is what the fentry set's programs (fentry.c) run too.
+ *
  * Included after conns.c, whose adopt it calls.
  */
 #include "lib/common.h"
 
-static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
+/* A send or receive on a socket moved ret bytes (flags, a receive's):
+ * count them if the current process is a watched worker and the socket
+ * a connection one of its pool's listeners gave it. The socket is sk, or
+ * when sk is 0 sock's, read only once the filter has passed. */
+static __always_inline int sock_moved(__u64 sk, struct socket *sock, int ret, int flags, __u32 dir)
 {
-	int ret = (int)ctx->args[1];
-	int flags = (int)ctx->args[2];
 	if (ret <= 0 || (flags & MSG_PEEK))
 		return 0;
+	/* Positive: widened without its sign, whose extension older
+	 * verifiers cannot bound where the capture reads ret bytes. */
+	long n = (__u32)ret;
 	__u32 tgid;
 	struct worker *cur = current_worker(&tgid);
 	if (!cur)
 		return 0;
-	__u64 sk = ctx->args[0];
+	if (!sk)
+		sk = (__u64)BPF_CORE_READ(sock, sk);
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
 	int full = 0;
 	if (!c)
@@ -36,18 +44,23 @@ static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u3
 	 * only where a request or response may begin. */
 	struct pt_regs *regs = 0;
 	int same = 0;
-	if (sock_hooks && may_continue(c, dir, ret)) {
-		regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (sock_hooks && may_continue(c, dir, n)) {
+		regs = syscall_regs();
 		same = same_request(BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
 	int more = head_continues(c, dir);
-	__u64 at = conn_bytes(c, dir, ret, tgid, cur, same);
+	__u64 at = conn_bytes(c, dir, n, tgid, cur, same);
 	if ((at || more) && capture_heads == CAPTURE_SOCK) {
 		if (!regs)
-			regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-		capture(sk, c, tgid, dir, ret, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+			regs = syscall_regs();
+		capture(sk, c, tgid, dir, n, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
 	return 0;
+}
+
+static __always_inline int sock_length(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
+{
+	return sock_moved(ctx->args[0], 0, (int)ctx->args[1], (int)ctx->args[2], dir);
 }
 
 SEC("raw_tracepoint/sock_recv_length")

@@ -110,7 +110,12 @@ struct pid {
 	struct upid numbers[1];
 };
 
+/* x86-64's kernel stack, 16 KiB (without KASAN, as distributions
+ * build): its saved user registers are at its top. */
+#define THREAD_SIZE 16384
+
 struct task_struct {
+	void *stack;
 	int pid;
 	int tgid;
 	int exit_code;

@@ -118,6 +118,21 @@ static __always_inline struct worker *owner_of(struct conn *c, __u32 tgid, struc
 	return bpf_map_lookup_elem(&workers, &c->owner);
 }
 
+/* The current task's registers saved at its syscall's entry, whose
+ * orig_ax and si are the syscall's number and second argument. From
+ * bpf_task_pt_regs where the kernel has it (5.15+); before, from where
+ * x86-64 keeps them, the top of the task's kernel stack (task_pt_regs):
+ * only called under a socket-layer hook, from a syscall of a user task. */
+static __always_inline struct pt_regs *syscall_regs(void)
+{
+	if (regs_helper)
+		return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u64 top = (__u64)BPF_CORE_READ(t, stack) + THREAD_SIZE;
+	/* The kernel's size of the struct, not this file's few fields. */
+	return (struct pt_regs *)(top - bpf_core_type_size(struct pt_regs));
+}
+
 /* The first user buffer of syscall nr, whose second argument is arg1, and
  * its length in *len: the buffer of a read, write, recvfrom or sendto; the
  * first iovec of a readv, writev, recvmsg or sendmsg (msg_iov is 16 bytes

@@ -207,15 +207,19 @@ struct {
 
 /* Set at load: whether the programs capture heads (capture.c). While it
  * is CAPTURE_OFF the verifier drops the capture code (and userspace makes
- * the ring one page); the sock programs capture only with CAPTURE_SOCK,
- * since they need bpf_task_pt_regs (5.15+) and are loaded on every
- * kernel. */
+ * the ring one page); the socket-layer programs (sock.c, fentry.c)
+ * capture only with CAPTURE_SOCK, reading the syscall's buffer from its
+ * saved registers (syscall_regs). */
 volatile const enum capture_mode capture_heads = CAPTURE_OFF;
 
-/* Set at load when the sock hooks are the ones attached: only then may
- * their programs call bpf_task_pt_regs (5.15+), as they are loaded on
- * every kernel. */
+/* Set at load when the socket-layer hooks (the sock or fentry set) are
+ * the ones attached: only then do the programs read a syscall's saved
+ * registers. */
 volatile const __u8 sock_hooks = 0;
+
+/* Set at load when the kernel has bpf_task_pt_regs (5.15+); without it
+ * syscall_regs finds the registers at the top of the task's stack. */
+volatile const __u8 regs_helper = 0;
 
 /* Set at load: whether mark_victim's first argument is the victim's task
  * (newer kernels) rather than its pid (5.10). */

@@ -61,7 +61,7 @@ until q. It needs nothing but this binary, and root to count with eBPF;
 	f.StringVar(&o.listen, "listen", "127.0.0.1:0", "address the demo pool serves HTTP on (port 0: any free port)")
 	f.StringVar(&o.stats, "stats", defaultStatsAddr, "stats socket, in any form serve takes")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto, ebpf or procfs, as serve takes it")
-	f.StringVar(&o.hooks, "hooks", defaultHooks, "auto, sock, syscall or raw, as serve takes it")
+	f.StringVar(&o.hooks, "hooks", defaultHooks, "auto, fentry, sock, syscall or raw, as serve takes it")
 	f.BoolVar(&o.exit, "exit", false, "stop once the stats are shown")
 	return cmd
 }

@@ -159,7 +159,7 @@ func (o *serveFlags) addFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.statsTimeout, "stats-timeout", statsock.DefaultTimeout, "longest a stats client may take to send its request and read the answer")
 	f.DurationVar(&o.statsMaxAge, "stats-max-age", defaultStatsMaxAge, "readers within this interval share one snapshot of the kernel counters")
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
-	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit; what auto picks without sock)")
+	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, fentry (kernel functions, wherever BPF trampolines load; what auto picks there), sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
 	f.BoolVar(&o.requests, "requests", false, "capture the first bytes of each request and response (eBPF mode) to show in each worker's cores what it is serving now; costs about 1 µs of kernel time per request")
 	f.StringVar(&o.reqVars, "request-vars", requests.AllVars.String(), "with --requests, which vars of a request a core shows: all (as uWSGI, less cookies and authorization), no-query (and no query strings), or none")

@@ -6,6 +6,7 @@ package testutil
 
 import (
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -87,8 +88,37 @@ func PinPath(t testing.TB, remove func(dir string) error) string {
 
 // HookSets returns the hook sets a test runs under: every one that
 // available (ebpfkernel.AvailableHooks) says the kernel carries, so CI runs
-// each.
+// each. Under software emulation (ScaleEnv below 1), where a VM leg cannot
+// afford every set for every test, it is the set auto picks (the first)
+// for every test, and for every other test, by a hash of its name, one of
+// the others in turn: every set still runs on every kernel, and what auto
+// picks runs everything.
 func HookSets(t testing.TB, available func() ([]string, error)) []string {
+	t.Helper()
+	sets := allHookSets(t, available)
+	if !emulated() || len(sets) < 2 {
+		return sets
+	}
+	h := fnv.New32a()
+	h.Write([]byte(t.Name()))
+	n := h.Sum32()
+	if n%2 == 0 {
+		t.Logf("under emulation, the %s hooks only (of %v): other tests take the others in turn", sets[0], sets)
+		return sets[:1]
+	}
+	other := sets[1+int(n/2)%(len(sets)-1)]
+	t.Logf("under emulation, the %s and %s hooks (of %v): other tests take the others in turn", sets[0], other, sets)
+	return []string{sets[0], other}
+}
+
+// emulated says whether the tests run under software emulation, their
+// request counts scaled down (ScaleEnv below 1).
+func emulated() bool {
+	f, err := strconv.ParseFloat(os.Getenv(ScaleEnv), 64)
+	return err == nil && f < 1
+}
+
+func allHookSets(t testing.TB, available func() ([]string, error)) []string {
 	t.Helper()
 	sets, err := available()
 	if err != nil {
@@ -108,8 +138,8 @@ func HookSets(t testing.TB, available func() ([]string, error)) []string {
 // set still runs some of them on every kernel. Elsewhere, every set.
 func HookSetsInTurn(t testing.TB, available func() ([]string, error), turn int) []string {
 	t.Helper()
-	sets := HookSets(t, available)
-	if f, err := strconv.ParseFloat(os.Getenv(ScaleEnv), 64); err != nil || f >= 1 || len(sets) < 2 {
+	sets := allHookSets(t, available)
+	if !emulated() || len(sets) < 2 {
 		return sets
 	}
 	one := sets[turn%len(sets)]

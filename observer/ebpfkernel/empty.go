@@ -20,7 +20,7 @@ type EmptyHooks struct {
 }
 
 // AttachEmpty attaches an empty program to every attachment point of hooks
-// (sock, syscall or raw); for the sock set, with accept's and close's
+// (fentry, sock, syscall or raw); for the sock set, with accept's and close's
 // syscall tracepoints only when unixPool says a watched pool listens on a
 // Unix socket (listen.go).
 func AttachEmpty(hooks string, unixPool bool) (*EmptyHooks, error) {
@@ -35,13 +35,20 @@ func AttachEmpty(hooks string, unixPool bool) (*EmptyHooks, error) {
 		return nil, fmt.Errorf("read the programs' spec: %w", err)
 	}
 	k := &Kernel{hooks: hooks}
+	if hooks == HooksFentry {
+		kspec, err := kernelBTF()
+		if err != nil {
+			return nil, err
+		}
+		k.absent = absentFunctions(kspec)
+	}
 	list := k.hookList()
 	if hooks == HooksSock && !unixPool {
 		list = k.tcpOnly(list)
 	}
 	e := &EmptyHooks{}
 	for _, h := range list {
-		if err := e.attach(h, spec.Programs[h.name].Type); err != nil {
+		if err := e.attach(h, spec.Programs[h.name]); err != nil {
 			e.Close()
 			return nil, err
 		}
@@ -49,16 +56,16 @@ func AttachEmpty(hooks string, unixPool bool) (*EmptyHooks, error) {
 	return e, nil
 }
 
-// attach attaches an empty program of type typ to h: one of its own, for
-// a tracepoint takes a program once (several of ours share
-// inet_sock_set_state).
-func (e *EmptyHooks) attach(h hook, typ ebpf.ProgramType) error {
+// attach attaches an empty program of ours' type (and kernel function,
+// for fentry and fexit) to h: one of its own, for a tracepoint takes a
+// program once (several of ours share inet_sock_set_state).
+func (e *EmptyHooks) attach(h hook, ours *ebpf.ProgramSpec) error {
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "empty", Type: typ, License: "GPL",
+		Name: "empty", Type: ours.Type, AttachType: ours.AttachType, AttachTo: ours.AttachTo, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 	})
 	if err != nil {
-		return fmt.Errorf("load an empty %s program: %w", typ, err)
+		return fmt.Errorf("load an empty %s program: %w", ours.Type, err)
 	}
 	e.progs = append(e.progs, p)
 	l, err := h.attach(p)

@@ -13,7 +13,12 @@ import (
 
 // Hook sets: where the kernel side learns of bytes moved.
 const (
-	HooksAuto    = "auto"
+	HooksAuto = "auto"
+	// HooksFentry is fexit and fentry programs on the socket layer's
+	// send, receive, accept and release functions (any kernel whose BPF
+	// trampolines load): no syscall hook, so nothing else on the host
+	// pays.
+	HooksFentry  = "fentry"
 	HooksSock    = "sock"    // the sock_{send,recv}_length raw tracepoints, Linux >= 6.3
 	HooksSyscall = "syscall" // per-syscall enter/exit tracepoints, any kernel with BTF
 	// HooksRaw is the raw sys_exit tracepoint, and sys_enter for close
@@ -27,13 +32,17 @@ const (
 // for on a kernel that lacks their tracepoints.
 var ErrNoSockTracepoints = errors.New("the sock hooks need the sock:sock_send_length and sock:sock_recv_length tracepoints (Linux 6.3 or newer), which this kernel lacks")
 
+// ErrNoFentry is returned by Load when the fentry hooks are asked for on
+// a kernel where BPF trampolines do not load or attach.
+var ErrNoFentry = errors.New("the fentry hooks need BPF trampolines (fentry/fexit programs), which this kernel refuses")
+
 // CheckHooks returns an error when s names no hook set.
 func CheckHooks(s string) error {
 	switch s {
-	case "", HooksAuto, HooksSock, HooksSyscall, HooksRaw:
+	case "", HooksAuto, HooksFentry, HooksSock, HooksSyscall, HooksRaw:
 		return nil
 	}
-	return fmt.Errorf("%q is not one of %s, %s, %s, %s", s, HooksAuto, HooksSock, HooksSyscall, HooksRaw)
+	return fmt.Errorf("%q is not one of %s, %s, %s, %s, %s", s, HooksAuto, HooksFentry, HooksSock, HooksSyscall, HooksRaw)
 }
 
 // resolveHooks probes the kernel and picks the hook set for want; it
@@ -50,20 +59,30 @@ func resolveHooks(want string, log *slog.Logger) (string, features, error) {
 	if err != nil {
 		return "", features{}, err
 	}
+	if want == HooksAuto && hooks != HooksFentry {
+		log.Info("BPF trampolines do not load here, so the hooks are tracepoints: every syscall of the host pays a little", "hooks", hooks, "fentry", k.fentry)
+	}
 	if hooks == HooksSock && !k.sendfileSeen {
 		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the raw hooks, or auto")
 	}
 	return hooks, k, nil
 }
 
-// chooseHooks resolves HooksAuto against what the kernel has: the sock
-// tracepoints, whether sendfile's bytes pass them, and whether tracepoint
-// attachments are links that can be pinned. Without the sock hooks auto
-// picks raw over syscall on every kernel: one program per syscall exit and
-// no map between enter and exit cost less, for a watched worker's request
-// and for every other process (make bench), and their links pin from 5.8.
+// chooseHooks resolves HooksAuto against what the kernel has. fentry
+// first wherever BPF trampolines load: it hooks no syscall, so no other
+// process of the host pays (make bench-vm measures it), and its links pin.
+// Then the sock tracepoints, where sendfile's bytes pass them and their
+// links pin. Else raw over syscall on every kernel: one program per
+// syscall exit and no map between enter and exit cost less, for a watched
+// worker's request and for every other process, and their links pin from
+// 5.8.
 func chooseHooks(want string, k features) (string, error) {
 	switch want {
+	case HooksFentry:
+		if k.fentry != nil {
+			return "", fmt.Errorf("%w (%w)", ErrNoFentry, k.fentry)
+		}
+		return HooksFentry, nil
 	case HooksSock:
 		if !k.sock {
 			return "", ErrNoSockTracepoints
@@ -72,7 +91,10 @@ func chooseHooks(want string, k features) (string, error) {
 	case HooksSyscall, HooksRaw:
 		return want, nil
 	}
-	if k.sock && k.sendfileSeen && k.tracepointLinks {
+	switch {
+	case k.fentry == nil:
+		return HooksFentry, nil
+	case k.sock && k.sendfileSeen && k.tracepointLinks:
 		return HooksSock, nil
 	}
 	return HooksRaw, nil
@@ -116,6 +138,18 @@ func tracepointHook(group, name, progName string, prog **ebpf.Program) hook {
 	}}
 }
 
+// tracingHook attaches prog, named progName, an fentry or fexit program,
+// to the kernel function it was loaded for, fn.
+func tracingHook(fn, progName string, prog **ebpf.Program) hook {
+	return hook{name: progName, pin: linkPinPrefix + progName + "_" + fn, prog: prog, attach: func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			return nil, fmt.Errorf("attach to kernel function %s: %w", fn, err)
+		}
+		return l, nil
+	}}
+}
+
 // syscallHooks attaches prog to the enter or exit tracepoint of each syscall.
 func syscallHooks(hooks []hook, edge string, syscalls []string, progName string, prog **ebpf.Program) []hook {
 	for _, sc := range syscalls {
@@ -140,6 +174,9 @@ func (k *Kernel) hookList() []hook {
 			rawTracepointHook("sys_enter", bpf.ObserverProgOnRawSysEnter, &p.OnRawSysEnter),
 			rawTracepointHook("sys_exit", bpf.ObserverProgOnRawSysExit, &p.OnRawSysExit))
 	}
+	if k.hooks == HooksFentry {
+		return append(hooks, k.fentryHooks()...)
+	}
 	hooks = append(hooks, k.connHooks()...)
 	if k.hooks == HooksSock {
 		return append(hooks,
@@ -155,6 +192,38 @@ func (k *Kernel) hookList() []hook {
 	hooks = syscallHooks(hooks, "enter", sendSyscalls, bpf.ObserverProgOnSendEnter, &p.OnSendEnter)
 	hooks = syscallHooks(hooks, "exit", recvSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)
 	return syscallHooks(hooks, "exit", sendSyscalls, bpf.ObserverProgOnDataExit, &p.OnDataExit)
+}
+
+// fentryHooks are the fentry set's own: its programs on kernel functions
+// (those of them the kernel has, see fentryTargets) and the TCP state
+// programs the sock set uses too.
+func (k *Kernel) fentryHooks() []hook {
+	p := &k.objs.ObserverPrograms
+	hooks := []hook{
+		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpClose, &p.OnTcpClose),
+		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpDone, &p.OnTcpDone),
+		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpDoneTwin, &p.OnTcpDoneTwin),
+	}
+	for _, t := range []struct {
+		fn, name string
+		prog     **ebpf.Program
+	}{
+		{"inet_recvmsg", bpf.ObserverProgOnInetRecv, &p.OnInetRecv},
+		{"inet6_recvmsg", bpf.ObserverProgOnInet6Recv, &p.OnInet6Recv},
+		{"unix_stream_recvmsg", bpf.ObserverProgOnUnixRecv, &p.OnUnixRecv},
+		{"inet_sendmsg", bpf.ObserverProgOnInetSend, &p.OnInetSend},
+		{"inet6_sendmsg", bpf.ObserverProgOnInet6Send, &p.OnInet6Send},
+		{"unix_stream_sendmsg", bpf.ObserverProgOnUnixSend, &p.OnUnixSend},
+		{"inet_sendpage", bpf.ObserverProgOnInetSendpage, &p.OnInetSendpage},
+		{"unix_stream_sendpage", bpf.ObserverProgOnUnixSendpage, &p.OnUnixSendpage},
+		{"unix_accept", bpf.ObserverProgOnUnixAccept, &p.OnUnixAccept},
+		{"unix_release", bpf.ObserverProgOnUnixRelease, &p.OnUnixRelease},
+	} {
+		if !k.absent[t.fn] {
+			hooks = append(hooks, tracingHook(t.fn, t.name, t.prog))
+		}
+	}
+	return hooks
 }
 
 // connHooks are accept's and close's syscall tracepoints: part of the

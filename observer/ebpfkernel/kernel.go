@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 
@@ -78,9 +79,14 @@ type Kernel struct {
 	hooks  string
 	// oomVictimTask is the C file's oom_victim_task, as probed.
 	oomVictimTask bool
-	stats         io.Closer
-	log           *slog.Logger
-	pins          *pinDir // nil when not pinning
+	// regsHelper is the C file's regs_helper, as probed.
+	regsHelper bool
+	// absent are the fentry set's optional kernel functions this kernel
+	// lacks, whose programs are left out.
+	absent map[string]bool
+	stats  io.Closer
+	log    *slog.Logger
+	pins   *pinDir // nil when not pinning
 
 	bitsMu sync.Mutex // userspace's writes to the watched bitmap
 	// unfit are the workers userspace found no room for in the workers
@@ -133,7 +139,8 @@ func Load(opts Options) (*Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask, netns: netns}
+	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask, regsHelper: probed.regsHelper,
+		absent: probed.absent, netns: netns}
 	if err := k.open(opts); err != nil {
 		k.Close()
 		return nil, err
@@ -176,22 +183,9 @@ func (k *Kernel) load(o Options, capture bpf.ObserverCaptureMode) error {
 	if err != nil {
 		return err
 	}
-	if k.hooks == HooksSock {
-		if err := spec.Variables[bpf.ObserverVarSockHooks].Set(uint8(1)); err != nil {
-			return fmt.Errorf("set the sock hooks' constant: %w", err)
-		}
-	}
-	if k.oomVictimTask {
-		if err := spec.Variables[bpf.ObserverVarOomVictimTask].Set(uint8(1)); err != nil {
-			return fmt.Errorf("set the OOM victim's constant: %w", err)
-		}
-	}
-	if capture != bpf.ObserverCaptureModeCAPTURE_OFF {
-		if err := spec.Variables[bpf.ObserverVarCaptureHeads].Set(capture); err != nil {
-			return fmt.Errorf("turn on request capture: %w", err)
-		}
-	} else {
-		spec.Maps["heads"].MaxEntries = uint32(os.Getpagesize()) // the least a ring takes
+	k.keepHookSet(spec)
+	if err := k.setConstants(spec, capture); err != nil {
+		return err
 	}
 	if err := sizeTables(spec, o); err != nil {
 		return err
@@ -232,12 +226,73 @@ func (k *Kernel) load(o Options, capture bpf.ObserverCaptureMode) error {
 			return fmt.Errorf("read the programs' constants: %w", err)
 		}
 	}
-	if err := coll.Assign(&k.objs); err != nil {
+	if err := coll.Assign(&k.objs.ObserverMaps); err != nil {
 		coll.Close()
 		return err
 	}
-	coll.Close() // what Assign did not take: the constants, which the programs hold
+	takePrograms(coll, &k.objs.ObserverPrograms)
+	coll.Close() // what was not taken: the constants, which the programs hold
 	return nil
+}
+
+// keepHookSet leaves out of spec the programs of the other hook sets,
+// which would never run: a kernel that refuses programs on kernel
+// functions refuses the whole collection with them, and an older one's
+// verifier need not pass the sock set's capture, say. Under the fentry
+// set, the programs for functions this kernel lacks go too. What no set
+// attaches (read_listeners, run on demand) stays.
+func (k *Kernel) keepHookSet(spec *ebpf.CollectionSpec) {
+	ours := map[string]bool{}
+	for _, h := range append(k.hookList(), k.connHooks()...) {
+		ours[h.name] = true
+	}
+	for _, set := range []string{HooksFentry, HooksSock, HooksSyscall, HooksRaw} {
+		other := &Kernel{hooks: set}
+		for _, h := range append(other.hookList(), other.connHooks()...) {
+			if !ours[h.name] {
+				delete(spec.Programs, h.name)
+			}
+		}
+	}
+}
+
+// setConstants sets the C file's constants that say what the kernel and
+// the hook set are (lib/maps.h).
+func (k *Kernel) setConstants(spec *ebpf.CollectionSpec, capture bpf.ObserverCaptureMode) error {
+	set := func(name string, on bool, v any) error {
+		if !on {
+			return nil
+		}
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set the programs' constant %s: %w", name, err)
+		}
+		return nil
+	}
+	if err := set(bpf.ObserverVarSockHooks, k.hooks == HooksSock || k.hooks == HooksFentry, uint8(1)); err != nil {
+		return err
+	}
+	if err := set(bpf.ObserverVarRegsHelper, k.regsHelper, uint8(1)); err != nil {
+		return err
+	}
+	if err := set(bpf.ObserverVarOomVictimTask, k.oomVictimTask, uint8(1)); err != nil {
+		return err
+	}
+	if capture == bpf.ObserverCaptureModeCAPTURE_OFF {
+		spec.Maps["heads"].MaxEntries = uint32(os.Getpagesize()) // the least a ring takes
+		return nil
+	}
+	return set(bpf.ObserverVarCaptureHeads, true, capture)
+}
+
+// takePrograms moves coll's programs into progs' fields, by their ebpf
+// tags; those keepHookSet left out stay nil.
+func takePrograms(coll *ebpf.Collection, progs *bpf.ObserverPrograms) {
+	v := reflect.ValueOf(progs).Elem()
+	for i := range v.NumField() {
+		if p := coll.DetachProgram(v.Type().Field(i).Tag.Get("ebpf")); p != nil {
+			v.Field(i).Set(reflect.ValueOf(p))
+		}
+	}
 }
 
 // captureMode is the C file's capture_heads for Options.CaptureHeads with
@@ -247,7 +302,7 @@ func captureMode(on bool, hooks string) bpf.ObserverCaptureMode {
 	switch {
 	case !on:
 		return bpf.ObserverCaptureModeCAPTURE_OFF
-	case hooks == HooksSock:
+	case hooks == HooksSock || hooks == HooksFentry:
 		return bpf.ObserverCaptureModeCAPTURE_SOCK
 	}
 	return bpf.ObserverCaptureModeCAPTURE_SYSCALLS

@@ -173,18 +173,28 @@ func TestHooksUnavailableIsOneClearError(t *testing.T) {
 	if _, err := chooseHooks(HooksSock, features{}); !errors.Is(err, ErrNoSockTracepoints) {
 		t.Errorf("sock hooks on a kernel without them: %v, want ErrNoSockTracepoints", err)
 	}
-	if err := CheckHooks("kprobe"); err == nil || err.Error() != `"kprobe" is not one of auto, sock, syscall, raw` {
+	refused := errors.New("load an fexit program: operation not permitted")
+	if _, err := chooseHooks(HooksFentry, features{fentry: refused}); !errors.Is(err, ErrNoFentry) || !errors.Is(err, refused) {
+		t.Errorf("fentry hooks where trampolines are refused: %v, want ErrNoFentry saying why", err)
+	}
+	if err := CheckHooks("kprobe"); err == nil || err.Error() != `"kprobe" is not one of auto, fentry, sock, syscall, raw` {
 		t.Errorf("unknown hooks: %v", err)
 	}
-	v66 := features{sock: true, sendfileSeen: true, tracepointLinks: true}
-	v63 := features{sock: true, tracepointLinks: true}
-	v61 := features{tracepointLinks: true}
-	v510 := features{}
+	// Where trampolines work, auto takes them on every kernel; the rest
+	// is what a kernel that refuses them (this machine's 6.18) gets.
+	v66 := features{fentry: refused, sock: true, sendfileSeen: true, tracepointLinks: true}
+	v63 := features{fentry: refused, sock: true, tracepointLinks: true}
+	v61 := features{fentry: refused, tracepointLinks: true}
+	v510 := features{fentry: refused}
 	for _, c := range []struct {
 		want   string
 		kernel features
 		got    string
 	}{
+		{HooksAuto, features{sock: true, sendfileSeen: true, tracepointLinks: true}, HooksFentry},
+		{HooksAuto, features{tracepointLinks: true}, HooksFentry},
+		{HooksAuto, features{}, HooksFentry}, // 5.10
+		{HooksFentry, features{}, HooksFentry},
 		{HooksAuto, v66, HooksSock},
 		{HooksAuto, v63, HooksRaw}, // 6.3-6.4: sendfile would be missed
 		{HooksAuto, v61, HooksRaw}, // cheaper than syscall

@@ -27,6 +27,10 @@ import (
 // one of them. While any pool
 // listens on a Unix socket, or its listeners are unknown, they are
 // attached and listen_ports is empty.
+//
+// The fentry set adopts TCP connections the same way, and takes Unix ones
+// at unix_accept, a kernel function, not a syscall: it never hooks a
+// syscall, and listen_ports always holds the pools' listeners.
 
 // startHooks is what to attach at load. The sock set starts as its pins
 // left it: TCP-only (accept and close unhooked, listen_ports as pinned)
@@ -35,6 +39,9 @@ import (
 // pools say what they listen on.
 func (k *Kernel) startHooks() ([]hook, error) {
 	all := k.hookList()
+	if k.hooks == HooksFentry && k.pins != nil {
+		return all, nil // listen_ports as the last daemon left it
+	}
 	if k.hooks == HooksSock && k.pins != nil {
 		pinned, err := k.pins.pinnedLinks()
 		if err != nil {
@@ -83,7 +90,7 @@ func (k *Kernel) Listening(master int, sockets []observer.Socket) error {
 			return err
 		}
 	}
-	if k.hooks != HooksSock {
+	if k.hooks != HooksSock && k.hooks != HooksFentry {
 		return nil // the syscall and raw sets see accept and close anyway
 	}
 	k.listenMu.Lock()
@@ -208,6 +215,9 @@ func (k *Kernel) applyListening() error {
 			delete(k.unheard, m)
 		}
 	}
+	if k.hooks == HooksFentry {
+		return k.syncPortsWithScanned(ports)
+	}
 	need := other || len(k.listening) == 0 || len(k.unheard) > 0
 	if k.hooksFixed {
 		return k.fixedListening(need, other, ports)
@@ -242,8 +252,13 @@ func (k *Kernel) fixedListening(need, other bool, ports map[listenKey]uint32) er
 		k.warnedFixed = true
 		k.log.Warn("a pool found after start-up listens on a Unix socket (or says it listens on nothing): its connections are not counted until the daemon restarts, since accept and close are hooked only at start-up")
 	}
-	// What the kernel adopted from its answers stays until the pools say
-	// their listeners themselves.
+	return k.syncPortsWithScanned(ports)
+}
+
+// syncPortsWithScanned makes listen_ports hold ports and what the kernel
+// adopted from its answers (ScanListeners), which stays until the pools
+// say their listeners themselves.
+func (k *Kernel) syncPortsWithScanned(ports map[listenKey]uint32) error {
 	scanned, err := k.scannedPorts()
 	if err != nil {
 		return err

@@ -70,10 +70,13 @@ func sendfileReachesSendmsg(spec *btf.Spec) bool {
 
 // features is what the hook sets depend on, probed once per Load.
 type features struct {
-	sock            bool // the sock:sock_{send,recv}_length tracepoints (6.3+)
-	sendfileSeen    bool // sendfile's bytes pass them (6.5+)
-	tracepointLinks bool // tracepoint attachments are links, which can be pinned (5.15+)
-	oomVictimTask   bool // mark_victim's first argument is the task, not its pid
+	fentry          error           // why fentry/fexit programs do not load or attach; nil when they do
+	absent          map[string]bool // the fentry set's optional functions the kernel lacks
+	regsHelper      bool            // bpf_task_pt_regs (5.15+)
+	sock            bool            // the sock:sock_{send,recv}_length tracepoints (6.3+)
+	sendfileSeen    bool            // sendfile's bytes pass them (6.5+)
+	tracepointLinks bool            // tracepoint attachments are links, which can be pinned (5.15+)
+	oomVictimTask   bool            // mark_victim's first argument is the task, not its pid
 }
 
 // probeKernel probes the features, mounting tracefs first when needed.
@@ -86,8 +89,63 @@ func probeKernel() (features, error) {
 	if err != nil {
 		return features{}, err
 	}
-	return features{sock: sock, sendfileSeen: sendfileReachesSendmsg(spec), tracepointLinks: tracepointLinksPin(),
+	return features{fentry: trampolinesWork(), absent: absentFunctions(spec), regsHelper: hasHelper(spec, "BPF_FUNC_task_pt_regs"),
+		sock: sock, sendfileSeen: sendfileReachesSendmsg(spec), tracepointLinks: tracepointLinksPin(),
 		oomVictimTask: oomVictimIsTask(spec)}, nil
+}
+
+// trampolinesWork says why fentry and fexit programs cannot be used here
+// (nil when they can): it loads an fexit program that does nothing for
+// inet_recvmsg, one of the fentry set's functions, and attaches it for a
+// moment. Some kernels refuse the load (lockdown, or no trampolines on
+// the architecture); some the attach (no ftrace).
+func trampolinesWork() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "probe_fexit", Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFExit, AttachTo: "inet_recvmsg",
+		License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("load an fexit program: %w", err)
+	}
+	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach an fexit program: %w", err)
+	}
+	return l.Close()
+}
+
+// optionalFunctions are the fentry set's kernel functions a kernel may
+// lack: the sendpage operations, gone from 6.5, where sendfile and splice
+// reach sendmsg instead.
+var optionalFunctions = []string{"inet_sendpage", "unix_stream_sendpage"}
+
+// absentFunctions is which of optionalFunctions spec, the kernel's BTF,
+// lacks.
+func absentFunctions(spec *btf.Spec) map[string]bool {
+	absent := map[string]bool{}
+	for _, name := range optionalFunctions {
+		var fn *btf.Func
+		if spec.TypeByName(name, &fn) != nil {
+			absent[name] = true
+		}
+	}
+	return absent
+}
+
+// hasHelper reports whether the kernel knows helper (a name from enum
+// bpf_func_id, BPF_FUNC_...), from its BTF.
+func hasHelper(spec *btf.Spec, helper string) bool {
+	var ids *btf.Enum
+	if spec.TypeByName("bpf_func_id", &ids) != nil {
+		return false
+	}
+	for _, v := range ids.Values {
+		if v.Name == helper {
+			return true
+		}
+	}
+	return false
 }
 
 // oomVictimIsTask reports whether the oom:mark_victim tracepoint passes
@@ -143,8 +201,9 @@ func AvailableHooks() ([]string, error) {
 	}
 	first, _ := chooseHooks(HooksAuto, k)
 	sets := []string{first}
-	for _, h := range []string{HooksSock, HooksSyscall, HooksRaw} {
-		usable := h == HooksRaw || h == HooksSyscall && k.tracepointLinks || h == HooksSock && k.sock && k.tracepointLinks
+	for _, h := range []string{HooksFentry, HooksSock, HooksSyscall, HooksRaw} {
+		usable := h == HooksRaw || h == HooksFentry && k.fentry == nil || h == HooksSyscall && k.tracepointLinks ||
+			h == HooksSock && k.sock && k.tracepointLinks
 		if usable && h != first {
 			sets = append(sets, h)
 		}

@@ -37,13 +37,14 @@ func (k *Kernel) ScanListeners(master int) error {
 	return k.objs.ScansAsked.Put(uint32(0), uint32(1))
 }
 
-// adoptsPorts says whether the sock set follows connections from
-// listen_ports now (accept unhooked): the ports a scan finds are then
-// adopted by the kernel at once, before the daemon reads the answer.
+// adoptsPorts says whether the hook set follows connections from
+// listen_ports now (the fentry set always, the sock set with accept
+// unhooked): the ports a scan finds are then adopted by the kernel at
+// once, before the daemon reads the answer.
 func (k *Kernel) adoptsPorts() bool {
 	k.listenMu.Lock()
 	defer k.listenMu.Unlock()
-	return k.hooks == HooksSock && k.connHooksOff
+	return k.hooks == HooksFentry || k.hooks == HooksSock && k.connHooksOff
 }
 
 // ScannedListeners implements observer.ListenerScanner: the inodes of the

@@ -63,7 +63,7 @@ func TestListenerScanAnswersFromTheKernel(t *testing.T) {
 					t.Errorf("the kernel found listeners %v, the fd tables hold %v", sorted(got), want)
 				}
 				kernelAgrees(t, k, &ts)
-				if hooks == HooksSock && !connHooked(k) {
+				if hooks == HooksFentry || hooks == HooksSock && !connHooked(k) {
 					var master uint32
 					port := portOf(t, pool.Addr)
 					if err := k.objs.ListenPorts.Lookup(ownKey(k, port), &master); err != nil || master != uint32(pool.Master) {

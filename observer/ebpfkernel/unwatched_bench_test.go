@@ -183,14 +183,14 @@ func eventLoop(b *testing.B) float64 {
 	})
 }
 
-// socketpair is a connected pair of Unix stream sockets, closed when b
-// ends.
-func socketpair(b *testing.B) [2]int {
+// socketpair is a connected pair of blocking Unix stream sockets, closed
+// when t ends.
+func socketpair(t testing.TB) [2]int {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	b.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
 	return fds
 }
 
