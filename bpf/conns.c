@@ -124,38 +124,52 @@ int on_close_enter(struct sys_enter_ctx *ctx)
 
 /* ---- sock hooks without accept: adoption, and the end at a TCP state ---- */
 
-/* Worker tgid (entry w) moves bytes on, or closes, socket sk, which is not
- * in conns: a TCP connection on a listener (network namespace and port)
- * its pool listens on is one it accepted (an outbound connection's local
- * port is never a listener's). Tracks it and returns its entry; NULL for
- * anything else, or when conns is full (*full set). Userspace fills
- * listen_ports, and only while accept is not hooked; so does a scan's
- * answer, here. The namespace is read only for a port a watched pool
- * listens on (watched_ports), or one of the answer's. */
-static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w, int *full)
+/* Is TCP socket s on a listener (network namespace and port) the pool of
+ * worker w listens on? Userspace fills listen_ports, and only while
+ * accept is not hooked; so does a scan's answer, here. The namespace is
+ * read only for a port a watched pool listens on (watched_ports), or one
+ * of the answer's. */
+static __always_inline int on_pool_port(struct sock *s, struct worker *w)
 {
-	struct sock *s = (struct sock *)sk;
 	struct listen_key key = { .port = BPF_CORE_READ(s, __sk_common.skc_num) };
 	__u32 *master = 0;
 	if (port_watched(key.port)) {
 		key.netns = sock_netns(s);
 		master = bpf_map_lookup_elem(&listen_ports, &key);
 	}
-	if (!master || *master != w->master) {
-		/* A pool's new master, or a pool found once the daemon could
-		 * no longer read its listeners: its answer says (the ports
-		 * adopted from it have no bit until userspace says them). */
-		if (!scan_asked(w->master) && !bpf_map_lookup_elem(&listener_scans, &w->master))
-			return 0;
-		if (!scanned_port(w->master, s, &key))
-			return 0;
-		if (master)
-			*master = w->master;
-		else
-			bpf_map_update_elem(&listen_ports, &key, &w->master, BPF_NOEXIST);
-	}
+	if (master && *master == w->master)
+		return 1;
+	/* A pool's new master, or a pool found once the daemon could no
+	 * longer read its listeners: its answer says (the ports adopted from
+	 * it have no bit until userspace says them). */
+	if (!scan_asked(w->master) && !bpf_map_lookup_elem(&listener_scans, &w->master))
+		return 0;
+	if (!scanned_port(w->master, s, &key))
+		return 0;
+	if (master)
+		*master = w->master;
+	else
+		bpf_map_update_elem(&listen_ports, &key, &w->master, BPF_NOEXIST);
+	return 1;
+}
+
+/* Worker tgid (entry w) moves bytes on, or closes, socket sk, which is not
+ * in conns: a TCP connection on a port its pool listens on (an outbound
+ * connection's local port is never a listener's), or a Unix one accepted
+ * from one of its pool's listeners, by the scan's answer, is one it
+ * accepted. Tracks it and returns its entry; NULL for anything else, or
+ * when conns is full (*full set). */
+static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w, int *full)
+{
+	struct sock *s = (struct sock *)sk;
 	__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
-	if ((family != AF_INET && family != AF_INET6) || BPF_CORE_READ(s, sk_socket, type) != SOCK_STREAM)
+	if (family == AF_UNIX) {
+		if (!scanned_unix(w->master, s))
+			return 0;
+	} else if ((family != AF_INET && family != AF_INET6) || !on_pool_port(s, w)) {
+		return 0;
+	}
+	if (BPF_CORE_READ(s, sk_socket, type) != SOCK_STREAM)
 		return 0; /* a UDP socket on the same port */
 	struct conn c = { .owner = tgid };
 	if (bpf_map_update_elem(&conns, &sk, &c, BPF_NOEXIST)) {
@@ -184,6 +198,23 @@ static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w
  * change landing inside the worker's close): on_tcp_close, for the
  * worker's own close, has nothing to do in a softirq, so what it misses
  * there costs nothing, and on_tcp_done still runs. */
+/* Worker tgid (entry cur) closes socket sk, which is not in conns: a
+ * connection it accepted but never read or wrote (an idle one) is
+ * adopted and ended all the same. */
+static __always_inline void close_untracked(__u64 sk, __u32 tgid, struct worker *cur)
+{
+	if (bpf_map_lookup_elem(&untracked, &sk)) {
+		bpf_map_delete_elem(&untracked, &sk); /* counted untracked, now over */
+		return;
+	}
+	int full = 0;
+	struct conn *c = adopt(sk, tgid, cur, &full);
+	if (c)
+		end_conn(tgid, cur, sk, c);
+	else if (full)
+		bpf_map_delete_elem(&untracked, &sk);
+}
+
 SEC("raw_tracepoint/inet_sock_set_state")
 int on_tcp_close(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -196,22 +227,10 @@ int on_tcp_close(struct bpf_raw_tracepoint_args *ctx)
 		end_conn(0, 0, sk, c);
 		return 0;
 	}
-	/* A worker closes a connection it never read or wrote: an idle one,
-	 * accepted all the same. */
 	__u32 tgid;
 	struct worker *cur = current_worker(&tgid);
-	if (!cur)
-		return 0;
-	if (bpf_map_lookup_elem(&untracked, &sk)) {
-		bpf_map_delete_elem(&untracked, &sk); /* counted untracked, now over */
-		return 0;
-	}
-	int full = 0;
-	c = adopt(sk, tgid, cur, &full);
-	if (c)
-		end_conn(tgid, cur, sk, c);
-	else if (full)
-		bpf_map_delete_elem(&untracked, &sk);
+	if (cur)
+		close_untracked(sk, tgid, cur);
 	return 0;
 }
 

@@ -12,17 +12,21 @@
  * set's body (sock_moved) with the socket from the function's first
  * argument and the bytes from its return value.
  *
- * A TCP connection is adopted and ended as with the sock set (conns.c). A
- * Unix one is taken at unix_accept's return and ended at unix_release,
- * the socket's last close in any process: neither runs more than once a
- * connection, and neither is a syscall hook.
+ * A connection is adopted at its worker's first send or receive (conns.c):
+ * a TCP one on a port its pool listens on, as with the sock set, a Unix
+ * one when it shares the bound address of one of its pool's listeners.
+ * No accept is hooked: an fexit program sees only the calls that begin
+ * after it is attached, and a worker is asleep in accept when the daemon
+ * starts. A TCP connection ends at its state change, a Unix one at
+ * unix_release, its last close in any process, an fentry program: once
+ * a connection, and no syscall hook.
  *
  * The programs' targets are looked up in the kernel's BTF at load:
  * userspace leaves out the ones a kernel lacks (the sendpage operations
  * are gone from 6.5), and all of them under another hook set.
  *
- * Included after sock.c and conns.c, whose sock_moved and take_conn it
- * calls.
+ * Included after sock.c and conns.c, whose sock_moved and close_untracked
+ * it calls.
  */
 #include "lib/common.h"
 
@@ -60,34 +64,22 @@ SEND_HOOK(on_unix_send, unix_stream_sendmsg)
 SENDPAGE_HOOK(on_inet_sendpage, inet_sendpage)
 SENDPAGE_HOOK(on_unix_sendpage, unix_stream_sendpage)
 
-/* unix_accept(struct socket *sock, struct socket *newsock, ...): the
- * arguments after these two changed in 6.10, and are not read. newsock
- * holds the connection once the accept succeeded. */
-SEC("fexit/unix_accept")
-int on_unix_accept(__u64 *ctx)
-{
-	__u32 tgid;
-	struct worker *w = current_worker(&tgid);
-	if (!w)
-		return 0;
-	__u64 sk = (__u64)BPF_CORE_READ((struct socket *)ctx[1], sk);
-	if (!sk)
-		return 0; /* the accept failed */
-	answer_scan(w->master);
-	if (take_conn(tgid, w, sk))
-		tracked(w);
-	return 0;
-}
-
 /* unix_release(struct socket *sock): the socket's last reference is gone,
  * in whichever process dropped it (an exiting worker's, too). Once per
- * Unix socket of the host: the lookup in conns is the filter. */
+ * Unix socket of the host: the lookup in conns is the filter, then the
+ * watched bit for one never read or written. */
 SEC("fentry/unix_release")
 int on_unix_release(__u64 *ctx)
 {
 	__u64 sk = (__u64)BPF_CORE_READ((struct socket *)ctx[0], sk);
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (c)
+	if (c) {
 		end_conn(0, 0, sk, c);
+		return 0;
+	}
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (cur)
+		close_untracked(sk, tgid, cur);
 	return 0;
 }

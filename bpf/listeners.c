@@ -111,6 +111,32 @@ static __always_inline int scanned_port(__u32 master, struct sock *sk, struct li
 	return 0;
 }
 
+/* Socket layer hooks: is Unix socket sk a connection accepted from one of
+ * master's listeners, by its answer? An accepted socket shares its
+ * listener's bound address (struct unix_address); a socketpair or an
+ * unbound client has none, and is told at the first read. The question is
+ * answered first if it waits. */
+static __always_inline int scanned_unix(__u32 master, struct sock *sk)
+{
+	struct unix_address *addr = BPF_CORE_READ((struct unix_sock *)sk, addr);
+	if (!addr || BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_ESTABLISHED)
+		return 0;
+	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
+	if (!s || !s->adopt)
+		return 0;
+	if (s->want)
+		scan_listeners(s);
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < SCAN_FOUND; i++) {
+		if (i >= s->found)
+			break;
+		struct unix_sock *l = (struct unix_sock *)s->socks[i];
+		if (!s->ports[i] && BPF_CORE_READ(l, addr) == addr)
+			return 1;
+	}
+	return 0;
+}
+
 /* ---- the listeners an answer found, read now ---- */
 
 /* Unix listener u's bound name into out (none when it is unbound). */

@@ -21,8 +21,9 @@
  *  - fexit programs on the socket layer's send and receive operations,
  *    TCP and Unix (any kernel whose BPF trampolines load), which hand us
  *    the socket as the sock set's tracepoints do and patch only their own
- *    functions: no syscall hook at all. Unix connections are taken at
- *    unix_accept and ended at unix_release;
+ *    functions: no syscall hook at all. A Unix connection is adopted
+ *    as a TCP one is (below), by its listener's address, and ends at
+ *    unix_release;
  *  - the sock_recv_length / sock_send_length raw tracepoints (kernel >=
  *    6.3), which hand us the socket directly. There a TCP pool needs no
  *    syscall tracepoint: a connection is adopted at its worker's first

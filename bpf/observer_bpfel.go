@@ -288,7 +288,6 @@ const (
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
 	ObserverProgOnTcpQueued     = "on_tcp_queued"
 	ObserverProgOnTcpQueuedTwin = "on_tcp_queued_twin"
-	ObserverProgOnUnixAccept    = "on_unix_accept"
 	ObserverProgOnUnixRecv      = "on_unix_recv"
 	ObserverProgOnUnixRelease   = "on_unix_release"
 	ObserverProgOnUnixSend      = "on_unix_send"
@@ -367,7 +366,6 @@ type ObserverProgramSpecs struct {
 	OnTcpDoneTwin   *ebpf.ProgramSpec `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.ProgramSpec `ebpf:"on_tcp_queued"`
 	OnTcpQueuedTwin *ebpf.ProgramSpec `ebpf:"on_tcp_queued_twin"`
-	OnUnixAccept    *ebpf.ProgramSpec `ebpf:"on_unix_accept"`
 	OnUnixRecv      *ebpf.ProgramSpec `ebpf:"on_unix_recv"`
 	OnUnixRelease   *ebpf.ProgramSpec `ebpf:"on_unix_release"`
 	OnUnixSend      *ebpf.ProgramSpec `ebpf:"on_unix_send"`
@@ -505,7 +503,6 @@ type ObserverPrograms struct {
 	OnTcpDoneTwin   *ebpf.Program `ebpf:"on_tcp_done_twin"`
 	OnTcpQueued     *ebpf.Program `ebpf:"on_tcp_queued"`
 	OnTcpQueuedTwin *ebpf.Program `ebpf:"on_tcp_queued_twin"`
-	OnUnixAccept    *ebpf.Program `ebpf:"on_unix_accept"`
 	OnUnixRecv      *ebpf.Program `ebpf:"on_unix_recv"`
 	OnUnixRelease   *ebpf.Program `ebpf:"on_unix_release"`
 	OnUnixSend      *ebpf.Program `ebpf:"on_unix_send"`
@@ -540,7 +537,6 @@ func (p *ObserverPrograms) Close() error {
 		p.OnTcpDoneTwin,
 		p.OnTcpQueued,
 		p.OnTcpQueuedTwin,
-		p.OnUnixAccept,
 		p.OnUnixRecv,
 		p.OnUnixRelease,
 		p.OnUnixSend,

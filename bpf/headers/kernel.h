@@ -54,6 +54,7 @@ enum {
 
 /* TCP states (include/net/tcp_states.h). */
 enum {
+	TCP_ESTABLISHED = 1,
 	TCP_SYN_RECV = 3,
 	TCP_FIN_WAIT1 = 4,
 	TCP_CLOSE = 7,

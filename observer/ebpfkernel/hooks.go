@@ -216,7 +216,6 @@ func (k *Kernel) fentryHooks() []hook {
 		{"unix_stream_sendmsg", bpf.ObserverProgOnUnixSend, &p.OnUnixSend},
 		{"inet_sendpage", bpf.ObserverProgOnInetSendpage, &p.OnInetSendpage},
 		{"unix_stream_sendpage", bpf.ObserverProgOnUnixSendpage, &p.OnUnixSendpage},
-		{"unix_accept", bpf.ObserverProgOnUnixAccept, &p.OnUnixAccept},
 		{"unix_release", bpf.ObserverProgOnUnixRelease, &p.OnUnixRelease},
 	} {
 		if !k.absent[t.fn] {

@@ -296,8 +296,8 @@ func takePrograms(coll *ebpf.Collection, progs *bpf.ObserverPrograms) {
 }
 
 // captureMode is the C file's capture_heads for Options.CaptureHeads with
-// hooks: the sock programs' capture is compiled in only when they are the
-// ones attached, since it needs a helper older kernels lack.
+// hooks: the socket-layer programs (the sock and fentry sets) find the
+// syscall's buffer in its saved registers, the others in its arguments.
 func captureMode(on bool, hooks string) bpf.ObserverCaptureMode {
 	switch {
 	case !on:

@@ -28,9 +28,9 @@ import (
 // listens on a Unix socket, or its listeners are unknown, they are
 // attached and listen_ports is empty.
 //
-// The fentry set adopts TCP connections the same way, and takes Unix ones
-// at unix_accept, a kernel function, not a syscall: it never hooks a
-// syscall, and listen_ports always holds the pools' listeners.
+// The fentry set adopts TCP connections the same way, and Unix ones by
+// their listener's address (the scan's answer): it never hooks a syscall,
+// and listen_ports always holds the pools' listeners.
 
 // startHooks is what to attach at load. The sock set starts as its pins
 // left it: TCP-only (accept and close unhooked, listen_ports as pinned)

@@ -122,9 +122,9 @@ func wantPins(t *testing.T, hooks string) (maps, links, programs int) {
 		// fork, exit, signal, OOM victim, TCP queued and its twin, TCP
 		// close, TCP done and its twin; three receives and three sends
 		// (TCP over IPv4 and IPv6, Unix), the two sendpages where the
-		// kernel has them (before 6.5), Unix accept and release: each
-		// link its own program.
-		n := 19 - lacking(t, "inet_sendpage", "unix_stream_sendpage")
+		// kernel has them (before 6.5), Unix release: each link its own
+		// program.
+		n := 18 - lacking(t, "inet_sendpage", "unix_stream_sendpage")
 		return maps, n, n
 	case ebpfkernel.HooksSock:
 		return maps, 14, 13 // fork, exit, signal, OOM victim, TCP queued and its twin, accept4, accept, close, send, recv, TCP close, TCP done and its twin
