@@ -60,7 +60,7 @@ func resolveHooks(want string, log *slog.Logger) (string, features, error) {
 		return "", features{}, err
 	}
 	if want == HooksAuto && hooks != HooksFentry {
-		log.Info("BPF trampolines do not load here, so the hooks are tracepoints: every syscall of the host pays a little", "hooks", hooks, "fentry", k.fentry)
+		log.Info("the fentry hooks do not load here: using tracepoints instead", "hooks", hooks, "why", k.fentry)
 	}
 	if hooks == HooksSock && !k.sendfileSeen {
 		log.Warn("on this kernel sendfile(2) bypasses sock_sendmsg, so the sock hooks miss the bytes a server sends with it (nginx's static files): prefer the raw hooks, or auto")
