@@ -10,7 +10,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -118,11 +120,23 @@ func emulated() bool {
 	return err == nil && f < 1
 }
 
+// HooksEnv, a comma-separated list of hook sets, narrows a developer's
+// run (make bench-vm BENCH_HOOKS=fentry, say) to those of them the kernel
+// carries.
+const HooksEnv = "WORKERSTATS_HOOKS"
+
 func allHookSets(t testing.TB, available func() ([]string, error)) []string {
 	t.Helper()
 	sets, err := available()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if only := os.Getenv(HooksEnv); only != "" {
+		want := strings.Split(only, ",")
+		sets = slices.DeleteFunc(sets, func(s string) bool { return !slices.Contains(want, s) })
+		if len(sets) == 0 {
+			t.Skipf("%s=%s: this kernel carries none of them", HooksEnv, only)
+		}
 	}
 	if len(sets) == 1 {
 		t.Logf("this kernel carries only the %s hooks", sets[0])
