@@ -46,7 +46,7 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"bad pid", []string{"serve", "--pid", "abc"}, `invalid argument "abc" for "--pid"`},
 		{"unknown flag", []string{"serve", "--pdi", "1"}, "unknown flag: --pdi"},
 		{"bad mode", []string{"serve", "--pid", "1", "--mode", "kernel"}, `--mode "kernel" is not one of auto, ebpf, procfs`},
-		{"bad hooks", []string{"serve", "--pid", "1", "--hooks", "kprobe"}, `--hooks "kprobe" is not one of auto, sock, syscall, raw`},
+		{"bad hooks", []string{"serve", "--pid", "1", "--hooks", "kprobe"}, `--hooks "kprobe" is not one of auto, fentry, sock, syscall, raw`},
 		{"bad max connections", []string{"serve", "--pid", "1", "--max-connections", "0"}, "--max-connections 0: give 1 to 16777216"},
 		{"bad max transfers", []string{"serve", "--pid", "1", "--max-transfers", "0"}, "--max-transfers 0: give 1 to 4194304"},
 		{"bad capture ring", []string{"serve", "--pid", "1", "--capture-ring", "5000"}, "--capture-ring 5000: give a power of two from 4096 to 1073741824 (bytes)"},
