@@ -215,22 +215,28 @@ static __always_inline void close_untracked(__u64 sk, __u32 tgid, struct worker 
 		bpf_map_delete_elem(&untracked, &sk);
 }
 
+/* Socket sk is closed, in any process: end its connection if it is
+ * tracked, else adopt it if a worker closes it (close_untracked). */
+static __always_inline void socket_closed(__u64 sk)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (c) {
+		end_conn(0, 0, sk, c);
+		return;
+	}
+	__u32 tgid;
+	struct worker *cur = current_worker(&tgid);
+	if (cur)
+		close_untracked(sk, tgid, cur);
+}
+
 SEC("raw_tracepoint/inet_sock_set_state")
 int on_tcp_close(struct bpf_raw_tracepoint_args *ctx)
 {
 	int state = (int)ctx->args[2];
 	if (state != TCP_FIN_WAIT1 && state != TCP_LAST_ACK)
 		return 0;
-	__u64 sk = ctx->args[0];
-	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (c) {
-		end_conn(0, 0, sk, c);
-		return 0;
-	}
-	__u32 tgid;
-	struct worker *cur = current_worker(&tgid);
-	if (cur)
-		close_untracked(sk, tgid, cur);
+	socket_closed(ctx->args[0]);
 	return 0;
 }
 

@@ -25,7 +25,7 @@
  * userspace leaves out the ones a kernel lacks (the sendpage operations
  * are gone from 6.5), and all of them under another hook set.
  *
- * Included after sock.c and conns.c, whose sock_moved and close_untracked
+ * Included after sock.c and conns.c, whose sock_moved and socket_closed
  * it calls.
  */
 #include "lib/common.h"
@@ -71,15 +71,6 @@ SENDPAGE_HOOK(on_unix_sendpage, unix_stream_sendpage)
 SEC("fentry/unix_release")
 int on_unix_release(__u64 *ctx)
 {
-	__u64 sk = (__u64)BPF_CORE_READ((struct socket *)ctx[0], sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (c) {
-		end_conn(0, 0, sk, c);
-		return 0;
-	}
-	__u32 tgid;
-	struct worker *cur = current_worker(&tgid);
-	if (cur)
-		close_untracked(sk, tgid, cur);
+	socket_closed((__u64)BPF_CORE_READ((struct socket *)ctx[0], sk));
 	return 0;
 }
