@@ -117,6 +117,8 @@ func settingError(err error) (setting bool, _ error) {
 		return true, fmt.Errorf("--pin-path %s: %w; or pass --no-pin", pe.Path, pe.Err)
 	case errors.Is(err, ebpfkernel.ErrNoSockTracepoints):
 		return true, fmt.Errorf("--hooks sock: %w: use --hooks raw or auto", err)
+	case errors.Is(err, ebpfkernel.ErrNoFentry):
+		return true, fmt.Errorf("--hooks fentry: %w: use --hooks auto, which picks what this kernel carries", err)
 	case errors.Is(err, ebpfkernel.ErrNoBTF):
 		return false, fmt.Errorf("%w: or serve what procfs shows with --mode procfs", err)
 	}

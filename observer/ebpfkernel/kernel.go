@@ -128,12 +128,15 @@ func Load(opts Options) (*Kernel, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// Before 5.11 programs and maps are charged to the locked memory
+	// limit, which those already pinned share: lifted before the probes
+	// load theirs.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
+	}
 	hooks, probed, err := resolveHooks(opts.Hooks, log)
 	if err != nil {
 		return nil, err
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
 	}
 	netns, err := ownNetNS()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -80,11 +81,15 @@ type features struct {
 }
 
 // probeKernel probes the features, mounting tracefs first when needed.
+// Some probes load a program, which before 5.11 is charged to the locked
+// memory limit that the programs and maps already pinned share: it is
+// lifted first where it may be (Load says why when it may not).
 func probeKernel() (features, error) {
 	spec, err := kernelBTF()
 	if err != nil {
 		return features{}, err
 	}
+	_ = rlimit.RemoveMemlock()
 	sock, err := SockTracepoints()
 	if err != nil {
 		return features{}, err
