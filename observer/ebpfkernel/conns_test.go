@@ -3,7 +3,6 @@ package ebpfkernel
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -137,7 +136,7 @@ func agreeSince(before, st *observer.Stats, ts *forkpool.Tallies) error {
 // pool on a Unix socket, or one whose listeners are unknown, gets them.
 func TestTCPPoolNeedsNoSyscallTracepoint(t *testing.T) {
 	testutil.RequireEBPF(t)
-	if !slices.Contains(hookSets(t), HooksSock) {
+	if !carries(t, HooksSock) {
 		t.Skip("this kernel has no sock hooks")
 	}
 	pool := forkpool.Start(t, 2, "")
@@ -190,7 +189,7 @@ func connHooked(k *Kernel) bool {
 // close hooked, whatever it turns out to listen on.
 func TestHooksFixedAtStartup(t *testing.T) {
 	testutil.RequireEBPF(t)
-	if !slices.Contains(hookSets(t), HooksSock) {
+	if !carries(t, HooksSock) {
 		t.Skip("this kernel has no sock hooks")
 	}
 	tcp := []observer.Socket{{Proto: "tcp", Name: "127.0.0.1:8000"}}
@@ -237,7 +236,7 @@ func TestHooksFixedAtStartup(t *testing.T) {
 // the new master's workers, not the old one's.
 func TestListenPortGoesToNewMaster(t *testing.T) {
 	testutil.RequireEBPF(t)
-	if !slices.Contains(hookSets(t), HooksSock) {
+	if !carries(t, HooksSock) {
 		t.Skip("this kernel has no sock hooks")
 	}
 	k, err := Load(Options{Hooks: HooksSock, Log: testutil.NewLog(t).Logger})

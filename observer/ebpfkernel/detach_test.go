@@ -22,7 +22,7 @@ import (
 // where every process may be asleep in recvmsg.
 func TestDetachWhileTasksSleepInside(t *testing.T) {
 	testutil.RequireEBPF(t)
-	if !slices.Contains(hookSets(t), HooksFentry) {
+	if !carries(t, HooksFentry) {
 		t.Skip("this kernel refuses fentry programs: nothing to detach")
 	}
 	unixPair := socketpair(t)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,17 @@ func TestMain(m *testing.M) {
 
 // hookSets returns every hook set this kernel can run.
 func hookSets(t testing.TB) []string { return testutil.HookSets(t, AvailableHooks) }
+
+// carries says whether the kernel carries hook set h, for the tests of
+// one set: hookSets, under emulation, leaves some sets to other tests.
+func carries(t testing.TB, h string) bool {
+	t.Helper()
+	sets, err := AvailableHooks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.Contains(sets, h)
+}
 
 // pinnable is the hook set auto picks here, whose links can be pinned.
 func pinnable(t testing.TB) string { return hookSets(t)[0] }

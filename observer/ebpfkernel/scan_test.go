@@ -172,7 +172,7 @@ func portOf(t testing.TB, addr string) uint32 {
 // its connections are adopted from its port, every request still counted.
 func TestUnreadPoolUnhooksAcceptOnceAnswered(t *testing.T) {
 	testutil.RequireEBPF(t)
-	if !slices.Contains(hookSets(t), HooksSock) {
+	if !carries(t, HooksSock) {
 		t.Skip("this kernel has no sock hooks")
 	}
 	pool := forkpool.Start(t, 2, "")
