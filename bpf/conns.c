@@ -37,32 +37,6 @@ static __always_inline void close_conn(__u32 tgid, struct worker *cur, __u64 sk)
 		end_conn(tgid, cur, sk, c);
 }
 
-/* Worker tgid (entry w) has accepted connection sk: track it (0 when
- * conns is full). */
-static __always_inline int take_conn(__u32 tgid, struct worker *w, __u64 sk)
-{
-	dequeued(sk);
-	struct conn *stale = bpf_map_lookup_elem(&conns, &sk);
-	if (stale) {
-		/* A socket address still in conns: its close was missed. End
-		 * it before it is replaced. */
-		count(CNT_CONN_STALE);
-		end_conn(tgid, w, sk, stale);
-	}
-	struct conn c = { .owner = tgid };
-	if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
-		count(CNT_CONN_FULL);
-		return 0;
-	}
-	return 1;
-}
-
-static __always_inline void tracked(struct worker *w)
-{
-	count(CNT_CONN_TRACKED);
-	__sync_fetch_and_add(&w->accepts, 1);
-}
-
 /* A worker's accept returned fd (or an error): track the connection. */
 static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 {
@@ -72,6 +46,7 @@ static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 	__u64 sk = socket_fd_to_sock(fd);
 	if (!sk)
 		return;
+	dequeued(sk);
 	__u64 key = fd_key(tgid, fd);
 	/* The fd number held a connection before: the fd was released, so it
 	 * is over. Its close was missed, or (raw hooks, another thread) is
@@ -79,15 +54,26 @@ static __always_inline void accepted(__u32 tgid, struct worker *w, long fd)
 	__u64 *old = bpf_map_lookup_elem(&fds, &key);
 	if (old)
 		close_conn(tgid, w, *old);
-	if (!take_conn(tgid, w, sk))
+	struct conn *stale = bpf_map_lookup_elem(&conns, &sk);
+	if (stale) {
+		/* A socket address still in conns under another fd: its close
+		 * was missed. End it before it is replaced. */
+		count(CNT_CONN_STALE);
+		end_conn(tgid, w, sk, stale);
+	}
+	struct conn c = { .owner = tgid };
+	if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY)) {
+		count(CNT_CONN_FULL);
 		return;
+	}
 	if (bpf_map_update_elem(&fds, &key, &sk, BPF_ANY)) {
 		/* Without its fd its close would be missed: not tracked. */
 		bpf_map_delete_elem(&conns, &sk);
 		count(CNT_CONN_FULL);
 		return;
 	}
-	tracked(w);
+	count(CNT_CONN_TRACKED);
+	__sync_fetch_and_add(&w->accepts, 1);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
