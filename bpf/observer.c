@@ -58,6 +58,7 @@
  *  - capture.c     request capture: the heads ring
  *  - process.c     process lifecycle: fork, exit, fatal signals, OOM kills
  *  - queue.c       time in the listen queue
+ *  - refused.c     connection attempts a full accept queue refused
  *  - listeners.c   which listening sockets a pool's workers hold, and
  *                  reading them when userspace asks (read_listeners,
  *                  never attached)
@@ -75,6 +76,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #include "capture.c"
 #include "process.c"
 #include "queue.c"
+#include "refused.c"
 #include "listeners.c"
 #include "conns.c"
 #include "sock.c"

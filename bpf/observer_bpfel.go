@@ -167,10 +167,12 @@ const (
 )
 
 type ObserverQueueWait struct {
-	_      structs.HostLayout
-	Count  uint64
-	SumNs  uint64
-	Counts [22]uint64
+	_       structs.HostLayout
+	Count   uint64
+	SumNs   uint64
+	Counts  [22]uint64
+	Refused uint64
+	Strays  uint64
 }
 
 type ObserverQueueWaitBucket uint32
@@ -264,6 +266,8 @@ const (
 	ObserverMapWatchedPorts     = "watched_ports"
 	ObserverMapWorkers          = "workers"
 	ObserverProgOnAcceptExit    = "on_accept_exit"
+	ObserverProgOnAckRefused    = "on_ack_refused"
+	ObserverProgOnAckRefused6   = "on_ack_refused6"
 	ObserverProgOnCloseEnter    = "on_close_enter"
 	ObserverProgOnDataExit      = "on_data_exit"
 	ObserverProgOnExit          = "on_exit"
@@ -273,6 +277,7 @@ const (
 	ObserverProgOnInetRecv      = "on_inet_recv"
 	ObserverProgOnInetSend      = "on_inet_send"
 	ObserverProgOnInetSendpage  = "on_inet_sendpage"
+	ObserverProgOnListenerDrop  = "on_listener_drop"
 	ObserverProgOnOomVictim     = "on_oom_victim"
 	ObserverProgOnRawSysEnter   = "on_raw_sys_enter"
 	ObserverProgOnRawSysExit    = "on_raw_sys_exit"
@@ -283,6 +288,7 @@ const (
 	ObserverProgOnSignal        = "on_signal"
 	ObserverProgOnSockRecv      = "on_sock_recv"
 	ObserverProgOnSockSend      = "on_sock_send"
+	ObserverProgOnSynRefused    = "on_syn_refused"
 	ObserverProgOnTcpClose      = "on_tcp_close"
 	ObserverProgOnTcpDone       = "on_tcp_done"
 	ObserverProgOnTcpDoneTwin   = "on_tcp_done_twin"
@@ -297,6 +303,10 @@ const (
 	ObserverVarOomVictimTask    = "oom_victim_task"
 	ObserverVarRegsHelper       = "regs_helper"
 	ObserverVarSockHooks        = "sock_hooks"
+	ObserverVarTcpV4RcvAt       = "tcp_v4_rcv_at"
+	ObserverVarTcpV4RcvLen      = "tcp_v4_rcv_len"
+	ObserverVarTcpV6RcvAt       = "tcp_v6_rcv_at"
+	ObserverVarTcpV6RcvLen      = "tcp_v6_rcv_len"
 )
 
 // LoadObserver returns the embedded CollectionSpec for Observer.
@@ -342,6 +352,8 @@ type ObserverSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverProgramSpecs struct {
 	OnAcceptExit    *ebpf.ProgramSpec `ebpf:"on_accept_exit"`
+	OnAckRefused    *ebpf.ProgramSpec `ebpf:"on_ack_refused"`
+	OnAckRefused6   *ebpf.ProgramSpec `ebpf:"on_ack_refused6"`
 	OnCloseEnter    *ebpf.ProgramSpec `ebpf:"on_close_enter"`
 	OnDataExit      *ebpf.ProgramSpec `ebpf:"on_data_exit"`
 	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
@@ -351,6 +363,7 @@ type ObserverProgramSpecs struct {
 	OnInetRecv      *ebpf.ProgramSpec `ebpf:"on_inet_recv"`
 	OnInetSend      *ebpf.ProgramSpec `ebpf:"on_inet_send"`
 	OnInetSendpage  *ebpf.ProgramSpec `ebpf:"on_inet_sendpage"`
+	OnListenerDrop  *ebpf.ProgramSpec `ebpf:"on_listener_drop"`
 	OnOomVictim     *ebpf.ProgramSpec `ebpf:"on_oom_victim"`
 	OnRawSysEnter   *ebpf.ProgramSpec `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.ProgramSpec `ebpf:"on_raw_sys_exit"`
@@ -361,6 +374,7 @@ type ObserverProgramSpecs struct {
 	OnSignal        *ebpf.ProgramSpec `ebpf:"on_signal"`
 	OnSockRecv      *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnSynRefused    *ebpf.ProgramSpec `ebpf:"on_syn_refused"`
 	OnTcpClose      *ebpf.ProgramSpec `ebpf:"on_tcp_close"`
 	OnTcpDone       *ebpf.ProgramSpec `ebpf:"on_tcp_done"`
 	OnTcpDoneTwin   *ebpf.ProgramSpec `ebpf:"on_tcp_done_twin"`
@@ -403,6 +417,10 @@ type ObserverVariableSpecs struct {
 	OomVictimTask *ebpf.VariableSpec `ebpf:"oom_victim_task"`
 	RegsHelper    *ebpf.VariableSpec `ebpf:"regs_helper"`
 	SockHooks     *ebpf.VariableSpec `ebpf:"sock_hooks"`
+	TcpV4RcvAt    *ebpf.VariableSpec `ebpf:"tcp_v4_rcv_at"`
+	TcpV4RcvLen   *ebpf.VariableSpec `ebpf:"tcp_v4_rcv_len"`
+	TcpV6RcvAt    *ebpf.VariableSpec `ebpf:"tcp_v6_rcv_at"`
+	TcpV6RcvLen   *ebpf.VariableSpec `ebpf:"tcp_v6_rcv_len"`
 }
 
 // ObserverObjects contains all objects after they have been loaded into the kernel.
@@ -472,6 +490,10 @@ type ObserverVariables struct {
 	OomVictimTask *ebpf.Variable `ebpf:"oom_victim_task"`
 	RegsHelper    *ebpf.Variable `ebpf:"regs_helper"`
 	SockHooks     *ebpf.Variable `ebpf:"sock_hooks"`
+	TcpV4RcvAt    *ebpf.Variable `ebpf:"tcp_v4_rcv_at"`
+	TcpV4RcvLen   *ebpf.Variable `ebpf:"tcp_v4_rcv_len"`
+	TcpV6RcvAt    *ebpf.Variable `ebpf:"tcp_v6_rcv_at"`
+	TcpV6RcvLen   *ebpf.Variable `ebpf:"tcp_v6_rcv_len"`
 }
 
 // ObserverPrograms contains all programs after they have been loaded into the kernel.
@@ -479,6 +501,8 @@ type ObserverVariables struct {
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverPrograms struct {
 	OnAcceptExit    *ebpf.Program `ebpf:"on_accept_exit"`
+	OnAckRefused    *ebpf.Program `ebpf:"on_ack_refused"`
+	OnAckRefused6   *ebpf.Program `ebpf:"on_ack_refused6"`
 	OnCloseEnter    *ebpf.Program `ebpf:"on_close_enter"`
 	OnDataExit      *ebpf.Program `ebpf:"on_data_exit"`
 	OnExit          *ebpf.Program `ebpf:"on_exit"`
@@ -488,6 +512,7 @@ type ObserverPrograms struct {
 	OnInetRecv      *ebpf.Program `ebpf:"on_inet_recv"`
 	OnInetSend      *ebpf.Program `ebpf:"on_inet_send"`
 	OnInetSendpage  *ebpf.Program `ebpf:"on_inet_sendpage"`
+	OnListenerDrop  *ebpf.Program `ebpf:"on_listener_drop"`
 	OnOomVictim     *ebpf.Program `ebpf:"on_oom_victim"`
 	OnRawSysEnter   *ebpf.Program `ebpf:"on_raw_sys_enter"`
 	OnRawSysExit    *ebpf.Program `ebpf:"on_raw_sys_exit"`
@@ -498,6 +523,7 @@ type ObserverPrograms struct {
 	OnSignal        *ebpf.Program `ebpf:"on_signal"`
 	OnSockRecv      *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend      *ebpf.Program `ebpf:"on_sock_send"`
+	OnSynRefused    *ebpf.Program `ebpf:"on_syn_refused"`
 	OnTcpClose      *ebpf.Program `ebpf:"on_tcp_close"`
 	OnTcpDone       *ebpf.Program `ebpf:"on_tcp_done"`
 	OnTcpDoneTwin   *ebpf.Program `ebpf:"on_tcp_done_twin"`
@@ -513,6 +539,8 @@ type ObserverPrograms struct {
 func (p *ObserverPrograms) Close() error {
 	return _ObserverClose(
 		p.OnAcceptExit,
+		p.OnAckRefused,
+		p.OnAckRefused6,
 		p.OnCloseEnter,
 		p.OnDataExit,
 		p.OnExit,
@@ -522,6 +550,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnInetRecv,
 		p.OnInetSend,
 		p.OnInetSendpage,
+		p.OnListenerDrop,
 		p.OnOomVictim,
 		p.OnRawSysEnter,
 		p.OnRawSysExit,
@@ -532,6 +561,7 @@ func (p *ObserverPrograms) Close() error {
 		p.OnSignal,
 		p.OnSockRecv,
 		p.OnSockSend,
+		p.OnSynRefused,
 		p.OnTcpClose,
 		p.OnTcpDone,
 		p.OnTcpDoneTwin,

@@ -105,6 +105,14 @@ type QueueAware interface {
 	QueueWait(s Socket) *Durations
 }
 
+// RefusalCounter is a Kernel that counts the connection attempts a
+// listener's full accept queue refused: ListenErrors is s's, false when it
+// cannot tell them from s's other dropped packets (s.Drops then stands
+// for them).
+type RefusalCounter interface {
+	ListenErrors(s Socket) (uint64, bool)
+}
+
 // ListenerAware is a Kernel that wants to know each pool's listening
 // sockets (the eBPF observer's sock hooks follow a TCP-only pool's
 // connections without syscall tracepoints). The pool says them when it

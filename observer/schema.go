@@ -46,11 +46,12 @@ type Socket struct {
 	MaxQueue   uint64 `json:"max_queue"`
 	Shared     int    `json:"shared"`
 	CanOffload int    `json:"can_offload"`
-	// Drops are the packets a TCP listener dropped since it was created,
-	// nearly all connection attempts its full accept queue refused (the
-	// kernel's sk_drops: a refused SYN counts once, a refused handshake
-	// ACK twice): summed into the pool's listen_queue_errors, not shown
-	// per socket (uWSGI shows none).
+	// Drops are the packets a TCP listener dropped since it was created
+	// (the kernel's sk_drops): the connection attempts its full accept
+	// queue refused (a SYN once, a handshake's last ACK twice), and stray
+	// segments of connections already gone. Where the kernel side counts
+	// the refusals alone, those are the pool's listen_queue_errors, else
+	// these; not shown per socket (uWSGI shows none).
 	Drops uint64 `json:"-"`
 	// NetNS is the network namespace the socket is in, as the inode
 	// number of /proc/PID/ns/net; 0 for the daemon's own. Not shown.

@@ -16,13 +16,13 @@ const GaugeMaxAge = time.Second
 
 // gauges are the pool-wide figures read from procfs and sock_diag.
 type gauges struct {
-	at          time.Time
-	uid, gid    int
-	cwd         string
-	boot        int64
-	sockets     []Socket
-	listenQueue uint64
-	listenDrops uint64 // the listeners' Drops: uWSGI's listen_queue_errors
+	at           time.Time
+	uid, gid     int
+	cwd          string
+	boot         int64
+	sockets      []Socket
+	listenQueue  uint64
+	listenErrors uint64 // the listeners' refusals: uWSGI's listen_queue_errors
 }
 
 // Snapshot returns the pool in uWSGI's schema, read from the kernel now or
@@ -61,7 +61,7 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	st.UID, st.GID, st.CWD = g.uid, g.gid, g.cwd
 	st.Container = p.self.identity
 	st.Observer.Unknown = p.unknown()
-	st.Sockets, st.ListenQueue, st.ListenQueueErrors = p.queueWaits(g.sockets), g.listenQueue, g.listenDrops
+	st.Sockets, st.ListenQueue, st.ListenQueueErrors = p.queueWaits(g.sockets), g.listenQueue, g.listenErrors
 	now := time.Now()
 	for _, s := range p.slots {
 		w := p.show(ctx, s, g.boot, now)
@@ -125,7 +125,7 @@ func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
 		g.sockets = socks
 		for _, s := range socks {
 			g.listenQueue = max(g.listenQueue, s.Queue)
-			g.listenDrops += s.Drops
+			g.listenErrors += p.listenErrors(s)
 		}
 		p.announce(socks)
 	}
@@ -135,6 +135,17 @@ func (p *Pool) readGauges(ctx context.Context) (gauges, error) {
 	g.at = time.Now()
 	p.gauges = g
 	return g, nil
+}
+
+// listenErrors is how many connection attempts s's full accept queue
+// refused: as the kernel side counts them, or where it cannot, s's drops.
+func (p *Pool) listenErrors(s Socket) uint64 {
+	if c, ok := p.Kernel.(RefusalCounter); ok {
+		if n, counted := c.ListenErrors(s); counted {
+			return n
+		}
+	}
+	return s.Drops
 }
 
 // queueWaits is sockets (the gauges', left as they are) with each one's

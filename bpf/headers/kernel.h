@@ -45,6 +45,7 @@ enum {
 };
 
 #define MSG_PEEK 2
+#define ETH_P_IP 0x0800
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
@@ -172,6 +173,18 @@ struct sock_common {
 
 struct sk_buff_head {
 	__u32 qlen;
+};
+
+/* skb_shinfo(skb) is at head + end (end an offset on 64-bit kernels);
+ * protocol is the frame's ethertype, network order. */
+struct sk_buff {
+	unsigned char *head;
+	unsigned int end;
+	__be16 protocol;
+};
+
+struct skb_shared_info {
+	unsigned short gso_segs;
 };
 
 struct sock {

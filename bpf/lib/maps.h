@@ -221,6 +221,14 @@ volatile const __u8 sock_hooks = 0;
  * syscall_regs finds the registers at the top of the task's stack. */
 volatile const __u8 regs_helper = 0;
 
+/* Set at load, where on_listener_drop runs (refused.c): where tcp_v4_rcv
+ * and tcp_v6_rcv are in the kernel's text, and how long each is (0 for
+ * one the kernel lacks). */
+volatile const __u64 tcp_v4_rcv_at = 0;
+volatile const __u64 tcp_v4_rcv_len = 0;
+volatile const __u64 tcp_v6_rcv_at = 0;
+volatile const __u64 tcp_v6_rcv_len = 0;
+
 /* Set at load: whether mark_victim's first argument is the victim's task
  * (newer kernels) rather than its pid (5.10). */
 volatile const __u8 oom_victim_task = 0;

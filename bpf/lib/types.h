@@ -145,6 +145,15 @@ struct queue_wait {
 	__u64 count;
 	__u64 sum_ns;
 	__u64 counts[QWAIT_BUCKETS];
+	/* Connection attempts the listener's full accept queue refused, a
+	 * SYN or a handshake's last ACK each once (refused.c: the fentry
+	 * set). */
+	__u64 refused;
+	/* Packets the kernel dropped on the listener, and counted in its
+	 * sk_drops, that were no such refusal (refused.c: other sets, where
+	 * kfree_skb names the socket): its sk_drops less these are its
+	 * refusals. */
+	__u64 strays;
 };
 
 /* A TCP listener as queue_waits and listen_ports know it: its network

@@ -169,6 +169,9 @@ func (k *Kernel) hookList() []hook {
 		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpQueued, &p.OnTcpQueued),
 		rawTracepointHook("inet_sock_set_state", bpf.ObserverProgOnTcpQueuedTwin, &p.OnTcpQueuedTwin),
 	}
+	if k.listenerDrops {
+		hooks = append(hooks, rawTracepointHook("kfree_skb", bpf.ObserverProgOnListenerDrop, &p.OnListenerDrop))
+	}
 	if k.hooks == HooksRaw {
 		return append(hooks,
 			rawTracepointHook("sys_enter", bpf.ObserverProgOnRawSysEnter, &p.OnRawSysEnter),
@@ -217,6 +220,9 @@ func (k *Kernel) fentryHooks() []hook {
 		{"inet_sendpage", bpf.ObserverProgOnInetSendpage, &p.OnInetSendpage},
 		{"unix_stream_sendpage", bpf.ObserverProgOnUnixSendpage, &p.OnUnixSendpage},
 		{"unix_release", bpf.ObserverProgOnUnixRelease, &p.OnUnixRelease},
+		{"tcp_conn_request", bpf.ObserverProgOnSynRefused, &p.OnSynRefused},
+		{"tcp_v4_syn_recv_sock", bpf.ObserverProgOnAckRefused, &p.OnAckRefused},
+		{"tcp_v6_syn_recv_sock", bpf.ObserverProgOnAckRefused6, &p.OnAckRefused6},
 	} {
 		if !k.absent[t.fn] {
 			hooks = append(hooks, tracingHook(t.fn, t.name, t.prog))

@@ -84,9 +84,13 @@ type Kernel struct {
 	// absent are the fentry set's optional kernel functions this kernel
 	// lacks, whose programs are left out.
 	absent map[string]bool
-	stats  io.Closer
-	log    *slog.Logger
-	pins   *pinDir // nil when not pinning
+	// listenerDrops says on_listener_drop runs (refused.go), with rcv the
+	// C file's tcp_v4_rcv_at and friends.
+	listenerDrops bool
+	rcv           receivers
+	stats         io.Closer
+	log           *slog.Logger
+	pins          *pinDir // nil when not pinning
 
 	bitsMu sync.Mutex // userspace's writes to the watched bitmap
 	// unfit are the workers userspace found no room for in the workers
@@ -109,6 +113,8 @@ type Kernel struct {
 	// queueKeys are each watched pool's TCP listeners, by master, whose
 	// accept queues the kernel times (queue.go).
 	queueKeys map[int][]listenKey
+	// refusedSeen is the most each listener's refusals were (refused.go).
+	refusedSeen map[listenKey]uint64
 
 	// netns is the daemon's network namespace, which a Socket's NetNS 0
 	// stands for (ports.go).
@@ -144,6 +150,7 @@ func Load(opts Options) (*Kernel, error) {
 	}
 	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask, regsHelper: probed.regsHelper,
 		absent: probed.absent, netns: netns}
+	k.probeRefusals()
 	if err := k.open(opts); err != nil {
 		k.Close()
 		return nil, err
@@ -250,7 +257,7 @@ func (k *Kernel) keepHookSet(spec *ebpf.CollectionSpec) {
 		ours[h.name] = true
 	}
 	for _, set := range []string{HooksFentry, HooksSock, HooksSyscall, HooksRaw} {
-		other := &Kernel{hooks: set}
+		other := &Kernel{hooks: set, listenerDrops: true}
 		for _, h := range append(other.hookList(), other.connHooks()...) {
 			if !ours[h.name] {
 				delete(spec.Programs, h.name)
@@ -279,6 +286,14 @@ func (k *Kernel) setConstants(spec *ebpf.CollectionSpec, capture bpf.ObserverCap
 	}
 	if err := set(bpf.ObserverVarOomVictimTask, k.oomVictimTask, uint8(1)); err != nil {
 		return err
+	}
+	for name, v := range map[string]uint64{
+		bpf.ObserverVarTcpV4RcvAt: k.rcv[0].at, bpf.ObserverVarTcpV4RcvLen: k.rcv[0].len,
+		bpf.ObserverVarTcpV6RcvAt: k.rcv[1].at, bpf.ObserverVarTcpV6RcvLen: k.rcv[1].len,
+	} {
+		if err := set(name, k.listenerDrops, v); err != nil {
+			return err
+		}
 	}
 	if capture == bpf.ObserverCaptureModeCAPTURE_OFF {
 		spec.Maps["heads"].MaxEntries = uint32(os.Getpagesize()) // the least a ring takes

@@ -122,8 +122,8 @@ func trampolinesWork() error {
 
 // optionalFunctions are the fentry set's kernel functions a kernel may
 // lack: the sendpage operations, gone from 6.5, where sendfile and splice
-// reach sendmsg instead.
-var optionalFunctions = []string{"inet_sendpage", "unix_stream_sendpage"}
+// reach sendmsg instead, and IPv6's, in a module some kernels build it as.
+var optionalFunctions = []string{"inet_sendpage", "unix_stream_sendpage", "tcp_v6_syn_recv_sock"}
 
 // absentFunctions is which of optionalFunctions spec, the kernel's BTF,
 // lacks.

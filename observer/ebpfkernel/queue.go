@@ -57,9 +57,16 @@ func (k *Kernel) watchQueues(master int, sockets []observer.Socket) error {
 		return err
 	}
 	var errs []error
-	zero := make([]bpf.ObserverQueueWait, ebpf.MustPossibleCPU()) // a copy per CPU
-	for _, key := range keys {
-		err := k.objs.QueueWaits.Update(key, zero, ebpf.UpdateNoExist)
+	for _, s := range sockets {
+		key, ok := k.listenKey(s)
+		if !ok {
+			continue
+		}
+		// What the listener dropped before count as no refusal of
+		// ours (refused.go): the first CPU's copy carries them.
+		first := make([]bpf.ObserverQueueWait, ebpf.MustPossibleCPU()) // a copy per CPU
+		first[0].Strays = s.Drops
+		err := k.objs.QueueWaits.Update(key, first, ebpf.UpdateNoExist)
 		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, fmt.Errorf("queue_waits: port %d of network namespace %d: %w", key.Port, key.Netns, err))
 		}
@@ -120,18 +127,29 @@ func (k *Kernel) QueueWait(s observer.Socket) *observer.Durations {
 	if !ok {
 		return nil
 	}
-	var perCPU []bpf.ObserverQueueWait
-	if err := k.objs.QueueWaits.Lookup(key, &perCPU); err != nil {
+	v, ok := k.queueCounts(key)
+	if !ok {
 		return nil
-	}
-	var v bpf.ObserverQueueWait
-	for _, c := range perCPU {
-		v.Count, v.SumNs = v.Count+c.Count, v.SumNs+c.SumNs
-		for i, n := range c.Counts {
-			v.Counts[i] += n
-		}
 	}
 	return &observer.Durations{
 		Count: v.Count, SumUs: v.SumNs / 1000, BoundsUs: slices.Clone(queueWaitBoundsUs), Counts: v.Counts[:],
 	}
+}
+
+// queueCounts is listener key's queue_waits entry, its CPUs' copies summed;
+// false when it has none.
+func (k *Kernel) queueCounts(key listenKey) (bpf.ObserverQueueWait, bool) {
+	var perCPU []bpf.ObserverQueueWait
+	var v bpf.ObserverQueueWait
+	if err := k.objs.QueueWaits.Lookup(key, &perCPU); err != nil {
+		return v, false
+	}
+	for _, c := range perCPU {
+		v.Count, v.SumNs = v.Count+c.Count, v.SumNs+c.SumNs
+		v.Refused, v.Strays = v.Refused+c.Refused, v.Strays+c.Strays
+		for i, n := range c.Counts {
+			v.Counts[i] += n
+		}
+	}
+	return v, true
 }

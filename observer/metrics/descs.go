@@ -24,7 +24,7 @@ func newDescs(pool []string) descs {
 		load:          desc("load", "Requests in progress across the pool."),
 		socketQueue:   desc("socket_queue", "Connections waiting in a listening socket's accept queue.", "socket"),
 		socketMax:     desc("socket_max_queue", "Backlog of a listening socket.", "socket"),
-		queueErrors:   desc("listen_queue_errors_total", "Connection attempts the pool's TCP listening sockets refused with their accept queue full, as the kernel counts them per socket: a SYN once, a handshake's last ACK twice (uWSGI's listen_queue_errors)."),
+		queueErrors:   desc("listen_queue_errors_total", "Connection attempts the pool's TCP listening sockets refused because their accept queue was full, each once, as the host's ListenOverflows counts them (uWSGI's listen_queue_errors; see docs/limits.md for kernels where stray segments count too)."),
 		queueWait:     desc("queue_wait_seconds", "Time the connections the pool's workers accepted waited in a TCP listening socket's accept queue, from the end of the handshake to the accept.", "socket"),
 		exits:         desc("worker_exits_total", "Worker processes of the pool that ended, by cause: exited, exited_error, killed_by_master, _kernel, _itself, _other or _unknown (since the daemon started).", "cause"),
 		workerInfo:    desc("worker_info", "1 for each worker slot of the pool; its process's pids are workerstats_worker_pid and workerstats_worker_host_pid.", "worker"),
