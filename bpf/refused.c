@@ -5,9 +5,11 @@
  * uWSGI's listen_queue_errors, nothing else. The kernel refuses one in two
  * places: a SYN in tcp_conn_request, a handshake's last ACK in
  * tcp_v4_syn_recv_sock or tcp_v6_syn_recv_sock, each once in the host's
- * ListenOverflows. Per listener it has only sk_drops, which also counts
- * the stray segments of connections already gone (under a load that
- * closes every connection, two a request) and a refused ACK twice.
+ * ListenOverflows, each when the accept queue is full as it is called
+ * (fentry programs there test the same). Per listener it has only
+ * sk_drops, which also counts the stray segments of connections already
+ * gone (under a load that closes every connection, two a request) and a
+ * refused ACK twice.
  *
  * Where BPF trampolines load (the fentry set), the programs here count
  * each refusal where it is made, into its listener's queue_waits entry
@@ -62,23 +64,21 @@ int on_syn_refused(__u64 *ctx)
 }
 
 /* tcp_v4_syn_recv_sock(const struct sock *sk, skb, req, dst, req_unhash,
- * own_req) -> struct sock *: a handshake completes at listener sk; no
- * socket made and the queue full, the kernel refused it. */
-SEC("fexit/tcp_v4_syn_recv_sock")
+ * own_req): a handshake's last ACK at listener sk, which it refuses when
+ * the accept queue is full (its first test). An fentry program, not an
+ * fexit one on the returned socket: Debian's 6.12 types
+ * tcp_v6_syn_recv_sock's return so that no program may read it. */
+SEC("fentry/tcp_v4_syn_recv_sock")
 int on_ack_refused(__u64 *ctx)
 {
-	if (ctx[6])
-		return 0;
 	return refused_if_full((struct sock *)ctx[0]);
 }
 
 /* The same for IPv6, but for an IPv4 connection to a dual-stack listener
- * (skb's protocol IPv4), which tcp_v4_syn_recv_sock counted. */
-SEC("fexit/tcp_v6_syn_recv_sock")
+ * (skb's protocol IPv4), which it hands to tcp_v4_syn_recv_sock. */
+SEC("fentry/tcp_v6_syn_recv_sock")
 int on_ack_refused6(__u64 *ctx)
 {
-	if (ctx[6])
-		return 0;
 	struct sk_buff *skb = (struct sk_buff *)ctx[1];
 	if (BPF_CORE_READ(skb, protocol) == __builtin_bswap16(ETH_P_IP))
 		return 0;
