@@ -78,8 +78,8 @@ func kfreeSkbNamesSocket(spec *btf.Spec) bool {
 
 // textRanges reads kallsyms (lines "address type name [module]") for where
 // each of names starts and how long it is: up to the next symbol of the
-// kernel's or a module's text. A name not found, or found at address 0 (hidden), has a
-// zero range.
+// kernel's or a module's text. A name not found, or found at address 0
+// (hidden), has a zero range.
 func textRanges(kallsyms io.Reader, names ...string) ([]textRange, error) {
 	out := make([]textRange, len(names))
 	var text []uint64
