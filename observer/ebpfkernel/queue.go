@@ -112,6 +112,7 @@ func (k *Kernel) keepQueues() error {
 		return fmt.Errorf("read queue_waits: %w", err)
 	}
 	for _, key := range stale {
+		delete(k.refusedSeen, key) // its entry, and its count, go
 		if err := k.objs.QueueWaits.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("queue_waits: port %d of network namespace %d: %w", key.Port, key.Netns, err)
 		}
