@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // RequirePrivilegedEnv is the environment variable that turns a missing
@@ -111,6 +112,17 @@ func HookSets(t testing.TB, available func() ([]string, error)) []string {
 	other := sets[1+int(n/2)%(len(sets)-1)]
 	t.Logf("under emulation, the %s and %s hooks (of %v): other tests take the others in turn", sets[0], other, sets)
 	return []string{sets[0], other}
+}
+
+// Patience is d for a wait on a server's own start-up, stretched (three
+// times) under software emulation, where a loaded guest has been seen to
+// take more than 30 s to bring PHP-FPM up. Waits on what workerstats
+// counts are not stretched: their bounds are what a user would wait.
+func Patience(d time.Duration) time.Duration {
+	if emulated() {
+		return 3 * d
+	}
+	return d
 }
 
 // emulated says whether the tests run under software emulation, their

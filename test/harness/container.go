@@ -251,7 +251,7 @@ func StartGroupIn(t testing.TB, c *Container, cmd *exec.Cmd, stop syscall.Signal
 func (c *Container) Master(t testing.TB, launcher int, exited <-chan struct{}, describe func() string) int {
 	t.Helper()
 	master := 0
-	WaitFor(t, 30*time.Second, "the container's init", func() error {
+	WaitFor(t, testutil.Patience(30*time.Second), "the container's init", func() error {
 		select {
 		case <-exited:
 			t.Fatalf("the container's launcher exited early:\n%s", describe())

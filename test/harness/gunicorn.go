@@ -126,7 +126,7 @@ func startGunicorn(t testing.TB, c *Container, bin string, workers int, extra []
 	cmd.Stdout, cmd.Stderr = log, log
 	var exited <-chan struct{}
 	p.PID, exited = StartGroupIn(t, c, cmd, syscall.SIGKILL, func() string { return "gunicorn log:\n" + log.String() }, dir)
-	WaitFor(t, 60*time.Second, "gunicorn's workers to start", func() error {
+	WaitFor(t, testutil.Patience(60*time.Second), "gunicorn's workers to start", func() error {
 		select {
 		case <-exited:
 			t.Fatalf("gunicorn exited early:\n%s", log.String())

@@ -142,7 +142,7 @@ func StartNginx(t testing.TB, sendfile bool) *NginxServer {
 	// The master opens the listening socket before it forks the workers, so
 	// once both exist a connection is served. None is made before
 	// workerstats watches.
-	WaitFor(t, 20*time.Second, "nginx's workers to start", func() error {
+	WaitFor(t, testutil.Patience(20*time.Second), "nginx's workers to start", func() error {
 		select {
 		case <-exited:
 			errLog, _ := os.ReadFile(filepath.Join(dir, "error.log"))

@@ -122,7 +122,7 @@ pm.status_path = /status
 		flog, _ := os.ReadFile(p.Log)
 		return fmt.Sprintf("%s output:\n%s\nFPM log:\n%s", filepath.Base(bin), out.String(), flog)
 	}, dir)
-	WaitFor(t, 30*time.Second, "PHP-FPM's workers to start", func() error {
+	WaitFor(t, testutil.Patience(30*time.Second), "PHP-FPM's workers to start", func() error {
 		select {
 		case <-exited:
 			flog, _ := os.ReadFile(p.Log)
@@ -130,14 +130,14 @@ pm.status_path = /status
 		default:
 		}
 		if _, err := os.Stat(p.Sock); err != nil {
-			return err
+			return fmt.Errorf("%w (master %s)", err, ProcState(p.PID))
 		}
 		kids, err := observer.Procfs{Root: "/proc"}.Children(p.PID)
 		if err != nil {
 			return err
 		}
 		if len(kids) != FPMWorkers {
-			return fmt.Errorf("%d workers", len(kids))
+			return fmt.Errorf("%d workers (master %s)", len(kids), ProcState(p.PID))
 		}
 		return nil
 	})

@@ -226,7 +226,7 @@ func StartUWSGI(t testing.TB, o UWSGIOptions) *UWSGIPool {
 	cmd.Stdout, cmd.Stderr = &log, &log
 	// SIGINT: uWSGI's immediate shutdown of master and workers.
 	p.PID, _ = StartGroupIn(t, o.Container, cmd, syscall.SIGINT, func() string { return "uWSGI log:\n" + log.String() }, dir)
-	WaitStats(t, p.Stats, 30*time.Second, "uWSGI's workers to start", func(st *observer.Stats) error {
+	WaitStats(t, p.Stats, testutil.Patience(30*time.Second), "uWSGI's workers to start", func(st *observer.Stats) error {
 		if len(st.Workers) != o.Processes {
 			return fmt.Errorf("%d workers", len(st.Workers))
 		}

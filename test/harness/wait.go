@@ -1,6 +1,9 @@
 package harness
 
 import (
+	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -60,4 +63,25 @@ func Parallel(t testing.TB, n, conc int, job func(i int) error) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+// ProcState describes where pid is, for a wait on it that timed out: its
+// state, the kernel function it sleeps in and the syscall it is in, as
+// /proc shows them ("?" for what cannot be read).
+func ProcState(pid int) string {
+	read := func(name string) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
+		if err != nil {
+			return "?"
+		}
+		return strings.TrimSpace(string(b))
+	}
+	state := "?"
+	if stat := read("stat"); stat != "?" {
+		// The state follows the command's closing parenthesis.
+		if i := strings.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			state = stat[i+2 : i+3]
+		}
+	}
+	return fmt.Sprintf("pid %d: state %s, wchan %s, syscall %s", pid, state, read("wchan"), read("syscall"))
 }
