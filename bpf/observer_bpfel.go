@@ -36,7 +36,7 @@ type ObserverConn struct {
 	ReqStartNs uint64
 	LastTxNs   uint64
 	Captured   uint32
-	Pad        uint32
+	Status     uint32
 }
 
 type ObserverConnState uint32
@@ -202,12 +202,29 @@ const (
 	ObserverRoleROLE_WORKER ObserverRole = 2
 )
 
+type ObserverRtBucket uint32
+
+const (
+	ObserverRtBucketRT_BUCKETS ObserverRtBucket = 13
+)
+
 type ObserverSlotOf struct {
 	_          structs.HostLayout
 	StartTicks uint64
 	Slot       uint32
 	Pad        uint32
 }
+
+type ObserverStatusClass uint32
+
+const (
+	ObserverStatusClassCLASS_2XX      ObserverStatusClass = 0
+	ObserverStatusClassCLASS_3XX      ObserverStatusClass = 1
+	ObserverStatusClassCLASS_4XX      ObserverStatusClass = 2
+	ObserverStatusClassCLASS_5XX      ObserverStatusClass = 3
+	ObserverStatusClassCLASS_OTHER    ObserverStatusClass = 4
+	ObserverStatusClassCLASS_ANSWERED ObserverStatusClass = 5
+)
 
 type ObserverTableSize uint32
 
@@ -243,6 +260,8 @@ type ObserverWorker struct {
 	KillNs      uint64
 	NsPid       uint32
 	Pad         uint32
+	Answered    [5]uint64
+	RtCounts    [13]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -300,6 +319,7 @@ const (
 	ObserverProgOnUnixSendpage  = "on_unix_sendpage"
 	ObserverProgReadListeners   = "read_listeners"
 	ObserverVarCaptureHeads     = "capture_heads"
+	ObserverVarCountStatus      = "count_status"
 	ObserverVarOomVictimTask    = "oom_victim_task"
 	ObserverVarRegsHelper       = "regs_helper"
 	ObserverVarSockHooks        = "sock_hooks"
@@ -414,6 +434,7 @@ type ObserverMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverVariableSpecs struct {
 	CaptureHeads  *ebpf.VariableSpec `ebpf:"capture_heads"`
+	CountStatus   *ebpf.VariableSpec `ebpf:"count_status"`
 	OomVictimTask *ebpf.VariableSpec `ebpf:"oom_victim_task"`
 	RegsHelper    *ebpf.VariableSpec `ebpf:"regs_helper"`
 	SockHooks     *ebpf.VariableSpec `ebpf:"sock_hooks"`
@@ -487,6 +508,7 @@ func (m *ObserverMaps) Close() error {
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverVariables struct {
 	CaptureHeads  *ebpf.Variable `ebpf:"capture_heads"`
+	CountStatus   *ebpf.Variable `ebpf:"count_status"`
 	OomVictimTask *ebpf.Variable `ebpf:"oom_victim_task"`
 	RegsHelper    *ebpf.Variable `ebpf:"regs_helper"`
 	SockHooks     *ebpf.Variable `ebpf:"sock_hooks"`

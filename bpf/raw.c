@@ -97,6 +97,8 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		same = same_request(nr, BPF_CORE_READ(regs, si));
 	int more = head_continues(c, dir);
 	__u64 at = conn_bytes(c, dir, ret, tgid, w, same);
+	if (at && dir == DIR_SEND)
+		response_began(c, nr, BPF_CORE_READ(regs, si), ret);
 	if ((at || more) && capture_heads)
 		capture(sk, c, tgid, dir, ret, at, nr, BPF_CORE_READ(regs, si));
 	return 0;

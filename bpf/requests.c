@@ -10,6 +10,34 @@
  */
 #include "lib/common.h"
 
+/* The bucket of a request of ns: the first bound it is at most, 5 ms to
+ * 30 s (requests.Bounds), else the last. */
+static __always_inline __u32 rt_bucket(__u64 ns)
+{
+	if (ns <= 100000000ULL)
+		return ns <= 5000000ULL ? 0 : ns <= 10000000ULL ? 1 : ns <= 25000000ULL ? 2 : ns <= 50000000ULL ? 3 : 4;
+	if (ns <= 1000000000ULL)
+		return ns <= 250000000ULL ? 5 : ns <= 500000000ULL ? 6 : 7;
+	return ns <= 2500000000ULL ? 8 : ns <= 5000000000ULL ? 9 : ns <= 10000000000ULL ? 10 : ns <= 30000000000ULL ? 11 : 12;
+}
+
+/* Counts an answered request of rt ns whose response was of class in its
+ * worker's classes and buckets. */
+static __always_inline void count_answered(struct worker *w, __u32 class, __u64 rt)
+{
+	if (!count_status)
+		return;
+	__u32 i = rt_bucket(rt);
+	/* Checked again in the registers that index: older verifiers lose
+	 * the bounds of the ternaries. */
+	barrier_var(i);
+	if (i < RT_BUCKETS)
+		__sync_fetch_and_add(&w->rt_counts[i], 1);
+	barrier_var(class);
+	if (class < CLASS_ANSWERED)
+		__sync_fetch_and_add(&w->answered[class], 1);
+}
+
 /* End the request on c. An answered one adds its time, first inbound byte
  * to last response byte; one never answered counts as such, unless its
  * worker has exited (on_exit counted it then). */
@@ -26,6 +54,7 @@ static __always_inline void finish_request(struct worker *w, struct conn *c)
 		__sync_fetch_and_add(&w->rt_ns, rt);
 		__sync_fetch_and_add(&w->finished, 1);
 		w->avg_rt_ns = (w->avg_rt_ns + rt) / 2;
+		count_answered(w, c->status, rt);
 	}
 	c->state = CONN_IDLE;
 }
@@ -88,4 +117,59 @@ static __always_inline int same_request(long nr, __u64 arg1)
 	if (!buf || room < sizeof(rec) || bpf_probe_read_user(rec, sizeof(rec), (void *)buf))
 		return 0;
 	return rec[0] == 1 && rec[1] >= 2 && rec[1] <= 11;
+}
+
+/* The class of an HTTP status whose digits are a, b, c. */
+static __always_inline __u32 digits_class(__u8 a, __u8 b, __u8 c)
+{
+	if (b < '0' || b > '9' || c < '0' || c > '9' || a < '2' || a > '5')
+		return CLASS_OTHER; /* none, or a 1xx */
+	return a - '2';
+}
+
+/* Whether b[0..6] is "Status:", in any case. */
+static __always_inline int status_header(const __u8 *b)
+{
+	return (b[0] | 0x20) == 's' && (b[1] | 0x20) == 't' && (b[2] | 0x20) == 'a' && (b[3] | 0x20) == 't' &&
+	       (b[4] | 0x20) == 'u' && (b[5] | 0x20) == 's' && b[6] == ':';
+}
+
+#define STATUS_PEEK 24
+#define FCGI_STDOUT 6
+
+/* The status class of a response from its first bytes, those syscall nr
+ * (second argument arg1) sent, n in all: an HTTP status line
+ * ("HTTP/1.1 404 ...", which uwsgi servers answer in too), or a FastCGI
+ * STDOUT record whose headers begin with Status (PHP writes it first when
+ * it writes it), a 200 when they begin with another. */
+static __always_inline __u32 response_class(long nr, __u64 arg1, long n)
+{
+	__u64 room = 0;
+	__u64 buf = user_buf(nr, arg1, &room);
+	__u64 len = (__u64)n < room ? (__u64)n : room;
+	if (!buf || len < 12)
+		return CLASS_OTHER;
+	barrier_var(len);
+	if (len > STATUS_PEEK)
+		len = STATUS_PEEK;
+	__u8 b[STATUS_PEEK] = {};
+	if (bpf_probe_read_user(b, len, (void *)buf))
+		return CLASS_OTHER;
+	if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[8] == ' ')
+		return digits_class(b[9], b[10], b[11]);
+	if (b[0] != 1 || b[1] != FCGI_STDOUT)
+		return CLASS_OTHER;
+	if (!status_header(b + 8))
+		return CLASS_2XX;
+	if (b[15] == ' ')
+		return digits_class(b[16], b[17], b[18]);
+	return digits_class(b[15], b[16], b[17]);
+}
+
+/* A response began on c with the bytes syscall nr (second argument arg1)
+ * sent, n in all: note its status class, for finish_request. */
+static __always_inline void response_began(struct conn *c, long nr, __u64 arg1, long n)
+{
+	if (count_status)
+		c->status = response_class(nr, arg1, n);
 }

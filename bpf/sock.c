@@ -50,6 +50,11 @@ static __always_inline int sock_moved(__u64 sk, struct socket *sock, int ret, in
 	}
 	int more = head_continues(c, dir);
 	__u64 at = conn_bytes(c, dir, n, tgid, cur, same);
+	if (at && dir == DIR_SEND && count_status && sock_hooks) {
+		if (!regs)
+			regs = syscall_regs();
+		response_began(c, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si), n);
+	}
 	if ((at || more) && capture_heads == CAPTURE_SOCK) {
 		if (!regs)
 			regs = syscall_regs();

@@ -77,6 +77,8 @@ static __always_inline struct conn *on_bytes(__u64 sk, __u32 dir, long n, __u32 
 		return 0;
 	*more = head_continues(c, dir);
 	*at = conn_bytes(c, dir, n, tgid, cur, may_continue(c, dir, n) && same_request(nr, arg1));
+	if (*at && dir == DIR_SEND)
+		response_began(c, nr, arg1, n);
 	return c;
 }
 

@@ -102,7 +102,7 @@ func (p *Pool) addFollowed(cs []Counters) {
 		return
 	}
 	for i := range cs {
-		if cs[i].Spawns == 0 {
+		if cs[i].Spawns == 0 && cs[i].Followed == nil { // the kernel's own counts first
 			s := p.Follower.Summary(cs[i].PID)
 			cs[i].Followed = &s
 		}

@@ -212,6 +212,11 @@ struct {
  * saved registers (syscall_regs). */
 volatile const enum capture_mode capture_heads = CAPTURE_OFF;
 
+/* Set at load: whether the programs read each response's status class
+ * from its first bytes and count classes and durations per worker
+ * (requests.c), once per request. */
+volatile const __u8 count_status = 0;
+
 /* Set at load when the socket-layer hooks (the sock or fentry set) are
  * the ones attached: only then do the programs read a syscall's saved
  * registers. */

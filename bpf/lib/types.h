@@ -19,6 +19,22 @@ enum role {
 };
 
 /* Per-process entry, keyed by tgid: a threaded worker is one worker. */
+/* How a request ended: its response's status class, read from the
+ * response's first bytes (an HTTP status line, or FastCGI's Status
+ * header), CLASS_OTHER when they say none, or never answered. */
+enum status_class {
+	CLASS_2XX = 0,
+	CLASS_3XX = 1,
+	CLASS_4XX = 2,
+	CLASS_5XX = 3,
+	CLASS_OTHER = 4,
+	CLASS_ANSWERED = 5, /* how many classes an answered request has */
+};
+
+/* The buckets of a worker's durations: 12 bounds, 5 ms to 30 s
+ * (requests.Bounds in Go), and the rest. */
+enum rt_bucket { RT_BUCKETS = 13 };
+
 struct worker {
 	enum role role;     /* 4 bytes, as a __u32 */
 	__u32 master;       /* tgid of the master, for workers */
@@ -60,6 +76,12 @@ struct worker {
 	 * table whose values only grew is carried over. */
 	__u32 ns_pid;
 	__u32 pad;
+	/* With count_status (lib/maps.h): the requests answered, by their
+	 * response's status class (enum status_class, but unanswered, which
+	 * is `unanswered`), and their durations (rt_ns's), by bucket: at most
+	 * rt_bounds_ns[i], the last above them all. */
+	__u64 answered[CLASS_ANSWERED];
+	__u64 rt_counts[RT_BUCKETS];
 };
 
 /* Bits of a worker's in_request_at. */
@@ -87,7 +109,7 @@ struct conn {
 	__u64 req_start_ns;
 	__u64 last_tx_ns;
 	__u32 captured; /* request capture: bytes of the request's head sent so far */
-	__u32 pad;
+	__u32 status;   /* the status class of the response being sent (count_status) */
 };
 
 /* Global per-CPU counters, indexed by enum counter: what was tracked, and what could not be. */
@@ -307,6 +329,8 @@ struct exported {
 	enum key_layout key_layout;
 	enum queue_wait_bucket queue_wait_bucket;
 	enum listener_kind listener_kind;
+	enum status_class status_class;
+	enum rt_bucket rt_bucket;
 };
 
 #endif

@@ -60,7 +60,11 @@ type Options struct {
 	// request and response of a watched worker, for Heads to read.
 	// Without it the capture code is left out at load.
 	CaptureHeads bool
-	Log          *slog.Logger
+	// CountStatus has the programs read each response's status class
+	// from its first bytes and count, per worker, the requests answered
+	// by class and their durations (Workers' Counters.Followed).
+	CountStatus bool
+	Log         *slog.Logger
 }
 
 // Kernel counts per worker in the kernel. It implements observer.Kernel.
@@ -81,6 +85,8 @@ type Kernel struct {
 	oomVictimTask bool
 	// regsHelper is the C file's regs_helper, as probed.
 	regsHelper bool
+	// countStatus is the C file's count_status: Options.CountStatus.
+	countStatus bool
 	// absent are the fentry set's optional kernel functions this kernel
 	// lacks, whose programs are left out.
 	absent map[string]bool
@@ -149,7 +155,7 @@ func Load(opts Options) (*Kernel, error) {
 		return nil, err
 	}
 	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask, regsHelper: probed.regsHelper,
-		absent: probed.absent, netns: netns}
+		absent: probed.absent, netns: netns, countStatus: opts.CountStatus}
 	k.probeRefusals()
 	if err := k.open(opts); err != nil {
 		k.Close()
@@ -285,6 +291,9 @@ func (k *Kernel) setConstants(spec *ebpf.CollectionSpec, capture bpf.ObserverCap
 		return err
 	}
 	if err := set(bpf.ObserverVarOomVictimTask, k.oomVictimTask, uint8(1)); err != nil {
+		return err
+	}
+	if err := set(bpf.ObserverVarCountStatus, k.countStatus, uint8(1)); err != nil {
 		return err
 	}
 	for name, v := range map[string]uint64{

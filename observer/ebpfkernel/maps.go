@@ -129,7 +129,11 @@ func (k *Kernel) Workers() ([]observer.Counters, error) {
 	it := k.objs.Workers.Iterate()
 	for it.Next(&pid, &v) {
 		if v.Role == roleWorker {
-			out = append(out, counters(pid, &v, now, suspended))
+			c := counters(pid, &v, now, suspended)
+			if k.countStatus {
+				c.Followed = summary(&v)
+			}
+			out = append(out, c)
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -204,6 +208,7 @@ func (k *Kernel) Remember(master int, h observer.Counters) error {
 	v.Accepts, v.Requests, v.Unanswered, v.Closes = h.Accepts, h.Requests, h.Unanswered, h.Closes
 	v.Rx, v.Tx, v.RtNs, v.AvgRtNs = h.RX, h.TX, h.RunNs, h.AvgRTNs
 	v.InProgress, v.Awaiting, v.Spawns = 0, 0, h.Spawns
+	keepSummary(&v, h)
 	if err := k.objs.Workers.Update(uint32(h.PID), &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write worker %d's slot history: %w", h.PID, err)
 	}
