@@ -72,7 +72,7 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 		return nil, "--mode procfs", nil
 	}
 	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
-		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureRing: o.ringSize, CaptureHeads: o.requests, CountStatus: o.requests, Log: log.With("component", "ebpf")})
+		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureRing: o.ringSize, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
 	if err == nil {
 		return k, "", nil
 	}

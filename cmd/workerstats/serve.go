@@ -161,7 +161,7 @@ func (o *serveFlags) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
 	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, fentry (kernel functions, wherever BPF trampolines load; what auto picks there), sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
-	f.BoolVar(&o.requests, "requests", false, "capture the first bytes of each request and response (eBPF mode) to show in each worker's cores what it is serving now; costs about 1 µs of kernel time per request")
+	f.BoolVar(&o.requests, "requests", false, "capture the first bytes of each request (eBPF mode) to show in each worker's cores what it is serving now; costs about 1 µs of kernel time per request (status classes and durations are counted without it)")
 	f.StringVar(&o.reqVars, "request-vars", requests.AllVars.String(), "with --requests, which vars of a request a core shows: all (as uWSGI, less cookies and authorization), no-query (and no query strings), or none")
 	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
 	f.IntVar(&o.maxProcs, "max-workers", defaultMaxWorkers, "processes the kernel tracks, every pool together: masters, workers and each slot's last exited process; more are not counted, and the dump says how many")

@@ -60,10 +60,11 @@ type Options struct {
 	// request and response of a watched worker, for Heads to read.
 	// Without it the capture code is left out at load.
 	CaptureHeads bool
-	// CountStatus has the programs read each response's status class
-	// from its first bytes and count, per worker, the requests answered
-	// by class and their durations (Workers' Counters.Followed).
-	CountStatus bool
+	// NoStatus leaves out what the programs count by default: each
+	// response's status class, read from its first bytes, and per worker
+	// the requests answered by class and their durations (Workers'
+	// Counters.Followed). Its code is left out at load.
+	NoStatus bool
 	Log         *slog.Logger
 }
 
@@ -85,7 +86,7 @@ type Kernel struct {
 	oomVictimTask bool
 	// regsHelper is the C file's regs_helper, as probed.
 	regsHelper bool
-	// countStatus is the C file's count_status: Options.CountStatus.
+	// countStatus is the C file's count_status: not Options.NoStatus.
 	countStatus bool
 	// absent are the fentry set's optional kernel functions this kernel
 	// lacks, whose programs are left out.
@@ -155,7 +156,7 @@ func Load(opts Options) (*Kernel, error) {
 		return nil, err
 	}
 	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask, regsHelper: probed.regsHelper,
-		absent: probed.absent, netns: netns, countStatus: opts.CountStatus}
+		absent: probed.absent, netns: netns, countStatus: !opts.NoStatus}
 	k.probeRefusals()
 	if err := k.open(opts); err != nil {
 		k.Close()

@@ -7,7 +7,7 @@ import (
 )
 
 // Status classes and durations counted in the kernel (bpf/requests.c,
-// with Options.CountStatus): each response's class is read from its first
+// unless Options.NoStatus): each response's class is read from its first
 // bytes as it begins, and each answered request's class and duration
 // counted in its worker's entry when it ends, so they need no captured
 // head to reach userspace.

@@ -41,9 +41,9 @@ func newDescs(pool []string) descs {
 		vsz:           desc("worker_virtual_memory_bytes", "Virtual memory of the worker process.", "worker"),
 		respawns:      desc("worker_respawns_total", "Processes that have held the worker slot.", "worker"),
 		lastSpawn:     desc("worker_last_spawn_timestamp_seconds", "Start time of the slot's current process.", "worker"),
-		exceptions:    desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (seen with serve --requests) or never answered.", "worker"),
-		byStatus:      desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (serve --requests; since the daemon started).", "class"),
-		duration:      desc("request_duration_seconds", "Answered requests across the pool, first request byte to last response byte (serve --requests; since the daemon started)."),
+		exceptions:    desc("worker_exceptions_total", "Requests the worker slot answered with a 5xx (eBPF mode) or never answered.", "worker"),
+		byStatus:      desc("requests_total", "Requests across the pool by how they ended: the status class of their answer, other (none to read), or unanswered (eBPF mode; since the daemon started).", "class"),
+		duration:      desc("request_duration_seconds", "Answered requests across the pool, first request byte to last response byte (eBPF mode; since the daemon started)."),
 		// The kernel side's, shared by every pool: no pool labels.
 		dropped: prometheus.NewDesc("workerstats_dropped_total", "Events the kernel side could not record, by kind, every pool together.", []string{"kind"}, nil),
 	}

@@ -147,7 +147,7 @@ func TestRequestSeriesPerPool(t *testing.T) {
 	st.Workers[0].Statuses, st.Workers[0].Durations, st.Workers[1].Statuses, st.Workers[1].Durations = nil, nil, nil, nil
 	got = scrape(t, func(context.Context) (*observer.Stats, error) { return st, nil })
 	if got["workerstats_requests_total"] != nil || got["workerstats_request_duration_seconds"] != nil {
-		t.Error("request series without request capture")
+		t.Error("request series where the dump has no statuses (procfs mode)")
 	}
 }
 

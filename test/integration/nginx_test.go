@@ -214,7 +214,7 @@ func TestNginxMatchesAccessLog(t *testing.T) {
 	}
 }
 
-// TestNginxStatusClassesMatchAccessLog: with --requests, each nginx
+// TestNginxStatusClassesMatchAccessLog: by default, each nginx
 // worker's requests by status class (200s, 404s for missing files, a 302
 // and a 503 from the config's returns) equal its $status in nginx's access
 // log, per $pid, and its 5xx answers are its exceptions.
@@ -225,7 +225,7 @@ func TestNginxStatusClassesMatchAccessLog(t *testing.T) {
 		t.Run(hooks, func(t *testing.T) {
 			s := harness.StartNginx(t, false)
 			d := harness.StartDaemon(t, "--pid", strconv.Itoa(s.PID), "--stats", harness.FreeAddr(t),
-				"--hooks", hooks, "--requests")
+				"--hooks", hooks) // counted by default
 			load := harness.DriveNginx(t, s, 100, 8)
 			for i := range 20 {
 				path := "/moved"

@@ -85,7 +85,7 @@ func TestGunicornShowsWhatWorkersServe(t *testing.T) {
 	}
 }
 
-// TestGunicornRequestsByStatusAndDuration: with --requests, each worker
+// TestGunicornRequestsByStatusAndDuration: by default, each worker
 // counts its answers by status class, as the clients received them from
 // it, and a 5xx answer is an exception; requests of known durations land
 // in the right buckets of the duration histogram, in the dump and in
@@ -100,7 +100,7 @@ func TestGunicornRequestsByStatusAndDuration(t *testing.T) {
 		t.Run(hooks, func(t *testing.T) {
 			p := harness.StartGunicorn(t, 2)
 			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t),
-				"--hooks", hooks, "--requests", "--stats-http")
+				"--hooks", hooks, "--stats-http") // counted by default
 			var jobs []string
 			var slept []time.Duration // the least each job takes
 			for path, n := range paths {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/workerstats/workerstats/bpf"
 	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/test/harness"
 )
@@ -204,6 +205,7 @@ func restartUnderLoad(t *testing.T, hooks string, sig syscall.Signal) {
 		t.Errorf("workers' tx %d rx %d, clients received %d sent %d", tx, rx,
 			under.Received+down.Received+after.Received, under.Sent+down.Sent+after.Sent)
 	}
+	checkAllAnswered(t, ours, total)
 	harness.CheckDropped(t, ours, 0)
 	if len(ours.Workers) != 4 {
 		t.Errorf("%d slots after the restart, uWSGI has 4", len(ours.Workers))
@@ -390,4 +392,23 @@ func bpffsEntries(t testing.TB) []string {
 		return nil
 	})
 	return out
+}
+
+// checkAllAnswered checks that the kernel's status classes and durations,
+// which go on while the daemon is down, count every one of the total
+// requests the clients had answered by the test app (a 200 each), across
+// restarts and respawns as the requests do.
+func checkAllAnswered(t *testing.T, st *observer.Stats, total uint64) {
+	t.Helper()
+	var ok, timed uint64
+	for _, w := range st.Workers {
+		if w.Statuses == nil || w.Durations == nil {
+			t.Errorf("worker %d: no statuses or durations in the dump", w.ID)
+			return
+		}
+		ok, timed = ok+w.Statuses.S2xx, timed+w.Durations.Count
+	}
+	if ok != total || timed != total {
+		t.Errorf("2xx %d and durations %d across the workers, want the %d requests", ok, timed, total)
+	}
 }
