@@ -65,7 +65,7 @@ type Options struct {
 	// the requests answered by class and their durations (Workers'
 	// Counters.Followed). Its code is left out at load.
 	NoStatus bool
-	Log         *slog.Logger
+	Log      *slog.Logger
 }
 
 // Kernel counts per worker in the kernel. It implements observer.Kernel.
