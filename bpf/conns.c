@@ -9,8 +9,8 @@
  * worker's first send or receive (or its close) on a port the pool
  * listens on, and ends at the TCP state change its close makes.
  *
- * Included after requests.c, capture.c, queue.c and listeners.c, whose
- * finish_request, capture_close, dequeued and scans it calls.
+ * Included after requests.c, queue.c and listeners.c, whose
+ * finish_request, dequeued and scans it calls.
  */
 #include "lib/common.h"
 
@@ -18,7 +18,6 @@
  * had open. */
 static __always_inline void end_conn(__u32 tgid, struct worker *cur, __u64 sk, struct conn *c)
 {
-	capture_close(sk, c, c->owner);
 	struct worker *w = owner_of(c, tgid, cur);
 	if (w) {
 		if (c->state != CONN_IDLE)

@@ -12,4 +12,4 @@
 // refers to in the object's BTF, where bpf2go finds them).
 package bpf
 
-//go:generate go tool bpf2go -cc ${BPF2GO_CC} -cflags ${BPF2GO_CFLAGS} -target bpfel -type worker -type conn -type queue_wait -type slot_of -type listener_scan -type listener_kind -type listener_read -type counter -type role -type head -type head_kind -type capture_size -type conn_state -type in_request_at -type killer -type response_idle -type table_size -type pid_limit -type key_layout -type queue_wait_bucket -type status_class -type rt_bucket Observer observer.c -- -I./headers
+//go:generate go tool bpf2go -cc ${BPF2GO_CC} -cflags ${BPF2GO_CFLAGS} -target bpfel -type worker -type conn -type queue_wait -type slot_of -type listener_scan -type listener_kind -type listener_read -type counter -type role -type req_head -type capture_size -type conn_state -type in_request_at -type killer -type response_idle -type table_size -type pid_limit -type key_layout -type queue_wait_bucket -type status_class -type rt_bucket Observer observer.c -- -I./headers

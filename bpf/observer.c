@@ -55,7 +55,7 @@
  *                  its port may be a watched listener's, a syscall's
  *                  user buffer
  *  - requests.c    requests and bytes: what every hook set counts
- *  - capture.c     request capture: the heads ring
+ *  - capture.c     request capture: each connection's request head, in req_heads
  *  - process.c     process lifecycle: fork, exit, fatal signals, OOM kills
  *  - queue.c       time in the listen queue
  *  - refused.c     connection attempts a full accept queue refused

@@ -24,9 +24,8 @@ const (
 type ObserverCaptureSize uint32
 
 const (
-	ObserverCaptureSizeRESPONSE_HEAD_MAX ObserverCaptureSize = 128
-	ObserverCaptureSizeHEAD_MAX          ObserverCaptureSize = 512
-	ObserverCaptureSizeHEADS_RING        ObserverCaptureSize = 1048576
+	ObserverCaptureSizeHEAD_MAX    ObserverCaptureSize = 512
+	ObserverCaptureSizeHEADS_TABLE ObserverCaptureSize = 4096
 )
 
 type ObserverConn struct {
@@ -59,27 +58,6 @@ const (
 	ObserverCounterCNT_INFLIGHT_FULL ObserverCounter = 6
 	ObserverCounterCNT_HEAD_LOST     ObserverCounter = 7
 	ObserverCounterCNT_MAX           ObserverCounter = 8
-)
-
-type ObserverHead struct {
-	_        structs.HostLayout
-	Sk       uint64
-	TsNs     uint64
-	LastTxNs uint64
-	Tgid     uint32
-	Kind     uint32
-	Len      uint32
-	Total    uint32
-	Data     [512]uint8
-}
-
-type ObserverHeadKind uint32
-
-const (
-	ObserverHeadKindHEAD_REQUEST  ObserverHeadKind = 0
-	ObserverHeadKindHEAD_RESPONSE ObserverHeadKind = 1
-	ObserverHeadKindHEAD_CLOSE    ObserverHeadKind = 2
-	ObserverHeadKindHEAD_MORE     ObserverHeadKind = 3
 )
 
 type ObserverInRequestAt uint32
@@ -189,6 +167,16 @@ type ObserverQueued struct {
 	Key  ObserverListenKey
 }
 
+type ObserverReqHead struct {
+	_       structs.HostLayout
+	StartNs uint64
+	Tgid    uint32
+	Len     uint32
+	Cut     uint32
+	Pad     uint32
+	Data    [1024]uint8
+}
+
 type ObserverResponseIdle uint32
 
 const (
@@ -268,16 +256,17 @@ type ObserverWorker struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ObserverMapBlankHead        = "blank_head"
 	ObserverMapConns            = "conns"
 	ObserverMapCounters         = "counters"
 	ObserverMapFds              = "fds"
-	ObserverMapHeads            = "heads"
 	ObserverMapInflight         = "inflight"
 	ObserverMapListenPorts      = "listen_ports"
 	ObserverMapListenerScans    = "listener_scans"
 	ObserverMapListenersRead    = "listeners_read"
 	ObserverMapQueueWaits       = "queue_waits"
 	ObserverMapQueued           = "queued"
+	ObserverMapReqHeads         = "req_heads"
 	ObserverMapScansAsked       = "scans_asked"
 	ObserverMapSlots            = "slots"
 	ObserverMapUntracked        = "untracked"
@@ -411,16 +400,17 @@ type ObserverProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ObserverMapSpecs struct {
+	BlankHead     *ebpf.MapSpec `ebpf:"blank_head"`
 	Conns         *ebpf.MapSpec `ebpf:"conns"`
 	Counters      *ebpf.MapSpec `ebpf:"counters"`
 	Fds           *ebpf.MapSpec `ebpf:"fds"`
-	Heads         *ebpf.MapSpec `ebpf:"heads"`
 	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
 	ListenPorts   *ebpf.MapSpec `ebpf:"listen_ports"`
 	ListenerScans *ebpf.MapSpec `ebpf:"listener_scans"`
 	ListenersRead *ebpf.MapSpec `ebpf:"listeners_read"`
 	QueueWaits    *ebpf.MapSpec `ebpf:"queue_waits"`
 	Queued        *ebpf.MapSpec `ebpf:"queued"`
+	ReqHeads      *ebpf.MapSpec `ebpf:"req_heads"`
 	ScansAsked    *ebpf.MapSpec `ebpf:"scans_asked"`
 	Slots         *ebpf.MapSpec `ebpf:"slots"`
 	Untracked     *ebpf.MapSpec `ebpf:"untracked"`
@@ -464,16 +454,17 @@ func (o *ObserverObjects) Close() error {
 //
 // It can be passed to LoadObserverObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ObserverMaps struct {
+	BlankHead     *ebpf.Map `ebpf:"blank_head"`
 	Conns         *ebpf.Map `ebpf:"conns"`
 	Counters      *ebpf.Map `ebpf:"counters"`
 	Fds           *ebpf.Map `ebpf:"fds"`
-	Heads         *ebpf.Map `ebpf:"heads"`
 	Inflight      *ebpf.Map `ebpf:"inflight"`
 	ListenPorts   *ebpf.Map `ebpf:"listen_ports"`
 	ListenerScans *ebpf.Map `ebpf:"listener_scans"`
 	ListenersRead *ebpf.Map `ebpf:"listeners_read"`
 	QueueWaits    *ebpf.Map `ebpf:"queue_waits"`
 	Queued        *ebpf.Map `ebpf:"queued"`
+	ReqHeads      *ebpf.Map `ebpf:"req_heads"`
 	ScansAsked    *ebpf.Map `ebpf:"scans_asked"`
 	Slots         *ebpf.Map `ebpf:"slots"`
 	Untracked     *ebpf.Map `ebpf:"untracked"`
@@ -484,16 +475,17 @@ type ObserverMaps struct {
 
 func (m *ObserverMaps) Close() error {
 	return _ObserverClose(
+		m.BlankHead,
 		m.Conns,
 		m.Counters,
 		m.Fds,
-		m.Heads,
 		m.Inflight,
 		m.ListenPorts,
 		m.ListenerScans,
 		m.ListenersRead,
 		m.QueueWaits,
 		m.Queued,
+		m.ReqHeads,
 		m.ScansAsked,
 		m.Slots,
 		m.Untracked,

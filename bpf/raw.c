@@ -99,7 +99,7 @@ int on_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	__u64 at = conn_bytes(c, dir, ret, tgid, w, same);
 	if (at && dir == DIR_SEND)
 		response_began(c, nr, BPF_CORE_READ(regs, si), ret);
-	if ((at || more) && capture_heads)
-		capture(sk, c, tgid, dir, ret, at, nr, BPF_CORE_READ(regs, si));
+	if (((at && dir == DIR_RECV) || more) && capture_heads)
+		capture(sk, c, tgid, ret, at, nr, BPF_CORE_READ(regs, si));
 	return 0;
 }

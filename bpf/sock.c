@@ -55,10 +55,10 @@ static __always_inline int sock_moved(__u64 sk, struct socket *sock, int ret, in
 			regs = syscall_regs();
 		response_began(c, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si), n);
 	}
-	if ((at || more) && capture_heads == CAPTURE_SOCK) {
+	if (((at && dir == DIR_RECV) || more) && capture_heads == CAPTURE_SOCK) {
 		if (!regs)
 			regs = syscall_regs();
-		capture(sk, c, tgid, dir, n, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
+		capture(sk, c, tgid, n, at, BPF_CORE_READ(regs, orig_ax), BPF_CORE_READ(regs, si));
 	}
 	return 0;
 }

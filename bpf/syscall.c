@@ -100,8 +100,8 @@ static __always_inline void data_exit(__u64 id, long ret)
 	__u64 at = 0;
 	int more = 0;
 	struct conn *c = on_bytes(done.sk, done.dir, ret, tgid, cur, done.nr, done.arg1, &at, &more);
-	if (c && (at || more) && capture_heads)
-		capture(done.sk, c, tgid, done.dir, ret, at, done.nr, done.arg1);
+	if (c && ((at && done.dir == DIR_RECV) || more) && capture_heads)
+		capture(done.sk, c, tgid, ret, at, done.nr, done.arg1);
 }
 
 /* Attached to the sys_exit of every syscall above. */

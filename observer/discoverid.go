@@ -96,22 +96,12 @@ func (p *Pool) current() Proc {
 	return p.master
 }
 
-// release lets go of a pool no longer watched: the follower forgets its
-// processes and, with an Unwatcher kernel, the kernel its masters (those
-// it counted, and also) and their workers. The pool is not used again.
+// release lets go of a pool no longer watched: with an Unwatcher kernel,
+// the kernel forgets its masters (those it counted, and also) and their
+// workers. The pool is not used again.
 func (p *Pool) release(also ...int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, s := range p.slots {
-		for _, pid := range []int{s.proc.PID, s.history.PID} {
-			if pid != 0 {
-				p.unfollow(pid)
-			}
-		}
-	}
-	for proc := range p.folded {
-		p.unfollow(proc.PID)
-	}
 	u, ok := p.Kernel.(Unwatcher)
 	if !ok {
 		return nil

@@ -1,12 +1,11 @@
 package observer
 
 import (
-	"context"
-	"errors"
+	"cmp"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,24 +14,32 @@ import (
 	"github.com/workerstats/workerstats/observer/requests"
 )
 
-// Request following (request capture on): the daemon's one Follower reads
-// the heads the kernel side captures and keeps, for every pool, what each
-// worker is serving now and how its requests ended. The kernel side only
-// hands the heads over (a HeadSource); the pools ask the Follower.
+// Request following (request capture on): the kernel side keeps the
+// head of each connection's latest request; the daemon's one Follower
+// reads the heads of the requests in flight when a dump asks, and parses
+// them then, never per request. The kernel side only keeps the heads (a
+// HeadSource); the pools ask the Follower.
 
-// HeadSource gives the heads the kernel side captures, in the order it
-// wrote them: the eBPF kernel's capture ring (ebpfkernel.HeadReader).
-// Their times are on CLOCK_MONOTONIC's clock (bpf_ktime_get_ns()).
-type HeadSource interface {
-	// Read waits for the next head. Once the source is closed it returns
-	// an error wrapping ErrHeadsClosed; any other error is one head lost.
-	Read() (requests.Head, error)
-	// Close ends Read, at once.
-	Close() error
+// RequestHead is the head of a request, as the kernel side keeps it.
+type RequestHead struct {
+	PID      int    // the worker it came to
+	Conn     uint64 // its connection (the kernel's socket address)
+	StartNs  uint64 // its first byte, on CLOCK_MONOTONIC's clock
+	Answered bool   // its response has begun
+	Data     []byte // its first bytes, at most requests.HeadMax
+	Cut      bool   // a read brought more than Data holds
 }
 
-// ErrHeadsClosed is what a HeadSource's Read returns once it is closed.
-var ErrHeadsClosed = errors.New("head reader closed")
+// HeadSource gives the heads the kernel side keeps: the eBPF kernel's
+// (ebpfkernel.Kernel).
+type HeadSource interface {
+	// InFlight returns the heads of the requests the watched workers'
+	// connections are in now.
+	InFlight() ([]RequestHead, error)
+	// Latest returns the head of the request pid began last, in flight or
+	// over; false when none is kept.
+	Latest(pid int) (RequestHead, bool, error)
+}
 
 // RequestFollower is what a Pool asks of the daemon's request follower (a
 // *Follower; tests use a fake).
@@ -43,11 +50,6 @@ type RequestFollower interface {
 	// LastRequest is the vars of the request pid began last, in flight
 	// or over: for a worker that died in a request, the one it died in.
 	LastRequest(pid int) []string
-	// Summary is how the requests of pid that were followed ended.
-	Summary(pid int) requests.Summary
-	// Forget drops what is held of pid, an exited worker whose counts its
-	// slot holds now.
-	Forget(pid int)
 }
 
 // Serving is one request a worker is in, its response not begun.
@@ -59,102 +61,76 @@ type Serving struct {
 	Truncated bool
 }
 
-// Follower follows every watched worker's requests from the heads a
-// HeadSource gives, into a requests.Tracker. One serves every pool of a
-// daemon, as the kernel's capture ring is host-wide. A nil *Follower
-// follows nothing.
-type Follower struct {
-	src     HeadSource
-	tracker *requests.Tracker
-	log     *slog.Logger
-	done    chan struct{} // closed when the reader has returned
-	// unwatch stops ctx's end from closing src, once Close has.
-	unwatch func() bool
+// FollowerMaxAge is how long the Follower answers from one read of the
+// heads in flight: a dump asks for each worker's in turn.
+const FollowerMaxAge = 100 * time.Millisecond
 
-	closeOnce sync.Once
-	closing   atomic.Bool // src is closed or being closed: Read's errors end the reader
-	closeErr  error
+// Follower answers what every watched worker is serving from the heads a
+// HeadSource keeps, read when asked (at most every FollowerMaxAge). One
+// serves every pool of a daemon, as the kernel's heads are host-wide. A
+// nil *Follower follows nothing.
+type Follower struct {
+	src  HeadSource
+	vars requests.Vars
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	at      time.Time         // when serving was read
+	serving map[int][]Serving // by worker
+	failed  bool              // a read failed, said once
 }
 
-// Follow starts reading src's heads into tracker until ctx ends or Close,
-// and returns the Follower that answers from it. tracker's MaxConns should
-// be as many connections as the kernel side tracks. The Follower owns src
-// and tracker from then on.
-func Follow(ctx context.Context, src HeadSource, tracker *requests.Tracker, log *slog.Logger) *Follower {
+// NewFollower returns the Follower of src's heads, showing the vars keep
+// keeps.
+func NewFollower(src HeadSource, keep requests.Vars, log *slog.Logger) *Follower {
 	if log == nil {
 		log = slog.Default()
 	}
-	f := &Follower{src: src, tracker: tracker, log: log, done: make(chan struct{})}
-	f.unwatch = context.AfterFunc(ctx, f.closeSource)
-	go f.read()
-	return f
-}
-
-// read adds each head to the tracker until the source is closed.
-func (f *Follower) read() {
-	defer close(f.done)
-	bad := 0
-	for {
-		h, err := f.src.Read()
-		if errors.Is(err, ErrHeadsClosed) || (err != nil && f.closing.Load()) {
-			return
-		}
-		if err != nil {
-			if bad++; bad == 1 { // said once: the next would say the same
-				f.log.Warn("a captured head could not be read; its request is not followed", "error", err)
-			}
-			continue
-		}
-		f.tracker.Add(h)
-	}
-}
-
-// closeSource closes the source, once.
-func (f *Follower) closeSource() {
-	f.closeOnce.Do(func() {
-		f.closing.Store(true)
-		if err := f.src.Close(); err != nil {
-			f.closeErr = fmt.Errorf("close the captured heads: %w", err)
-		}
-	})
-}
-
-// Close stops the reading: no head is read after it returns. What was
-// followed is still answered. Close it before the kernel side whose heads
-// it reads.
-func (f *Follower) Close() error {
-	if f == nil {
-		return nil
-	}
-	f.unwatch()
-	f.closeSource()
-	<-f.done
-	return f.closeErr
+	return &Follower{src: src, vars: keep, log: log}
 }
 
 // Serving implements RequestFollower: the requests pid is in now whose
-// response has not begun, with their vars as uWSGI writes them. One whose
-// response has begun may be over: the kernel cannot see where a response
-// ends, and a kept-alive connection then waits for its next request.
+// response has not begun, with their vars as uWSGI writes them, in the
+// order they began. One whose response has begun may be over: the kernel
+// cannot see where a response ends, and a kept-alive connection then
+// waits for its next request.
 func (f *Follower) Serving(pid int) []Serving {
 	if f == nil {
 		return nil
 	}
-	inFlight := f.tracker.Worker(pid).InFlight
-	if len(inFlight) == 0 {
-		return nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if time.Since(f.at) >= FollowerMaxAge {
+		f.read()
 	}
+	return f.serving[pid]
+}
+
+// read reads the heads in flight into f.serving.
+func (f *Follower) read() {
+	f.at, f.serving = time.Now(), map[int][]Serving{}
+	heads, err := f.src.InFlight()
+	if err != nil {
+		if !f.failed { // said once: the next would say the same
+			f.log.Warn("the requests in flight could not be read", "error", err)
+			f.failed = true
+		}
+		return
+	}
+	slices.SortFunc(heads, func(a, b RequestHead) int {
+		return cmp.Or(cmp.Compare(a.StartNs, b.StartNs), cmp.Compare(a.Conn, b.Conn))
+	})
 	toUnix, err := monoToUnix()
 	if err != nil {
 		f.log.Debug("request start times unknown", "error", err)
 	}
-	var out []Serving
-	for _, r := range inFlight {
-		if !r.Answered {
-			out = append(out, Serving{Vars: varStrings(r.Vars), Start: toUnix(r.StartNs), Truncated: r.Truncated})
+	for _, h := range heads {
+		if h.Answered {
+			continue
 		}
+		vars, truncated := requests.Parse(h.Data, h.Cut, f.vars)
+		f.serving[h.PID] = append(f.serving[h.PID], Serving{Vars: varStrings(vars), Start: toUnix(h.StartNs), Truncated: truncated})
 	}
-	return out
 }
 
 // LastRequest implements RequestFollower.
@@ -162,26 +138,15 @@ func (f *Follower) LastRequest(pid int) []string {
 	if f == nil {
 		return nil
 	}
-	r, ok := f.tracker.Latest(pid)
+	h, ok, err := f.src.Latest(pid)
+	if err != nil {
+		f.log.Debug("a worker's last request could not be read", "pid", pid, "error", err)
+	}
 	if !ok {
 		return nil
 	}
-	return varStrings(r.Vars)
-}
-
-// Summary implements RequestFollower.
-func (f *Follower) Summary(pid int) requests.Summary {
-	if f == nil {
-		return requests.Summary{}
-	}
-	return f.tracker.Summary(pid)
-}
-
-// Forget implements RequestFollower.
-func (f *Follower) Forget(pid int) {
-	if f != nil {
-		f.tracker.Forget(pid)
-	}
+	vars, _ := requests.Parse(h.Data, h.Cut, f.vars)
+	return varStrings(vars)
 }
 
 // varStrings writes vars as uWSGI writes a core's: "KEY=VALUE".

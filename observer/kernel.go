@@ -49,9 +49,9 @@ type Counters struct {
 	KillNs             uint64
 	ExitedInRequest    bool
 	SignalledInRequest bool
-	// Followed is how the requests request capture followed ended, since
-	// the daemon started (nil without capture). The Kernel leaves it nil:
-	// the Pool sets it from its Follower.
+	// Followed is how the process's requests ended, by status class, and
+	// how long they took, as the kernel counts them (nil where it does
+	// not: procfs mode).
 	Followed *requests.Summary
 }
 

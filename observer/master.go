@@ -158,7 +158,6 @@ func (p *Pool) replay(m Proc) error {
 	if err != nil {
 		return fmt.Errorf("read kernel counters: %w", err)
 	}
-	p.addFollowed(all)
 	evs := replayEvents(all, m.PID)
 	kept := p.keptSlots()
 	for _, e := range evs {

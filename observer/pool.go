@@ -31,8 +31,8 @@ type Pool struct {
 	Target Target
 	Proc   Procfs
 	Kernel Kernel
-	// Follower follows the workers' requests when request capture is on
-	// (nil: off). The daemon's one Follower serves every pool.
+	// Follower says what the workers are serving when request capture is
+	// on (nil: off). The daemon's one Follower serves every pool.
 	Follower RequestFollower
 	Log      *slog.Logger
 	// MaxAge lets readers arriving within it of a snapshot share it, so a

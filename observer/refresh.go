@@ -90,23 +90,7 @@ func (p *Pool) readMine() ([]Counters, error) {
 			}
 		}
 	}
-	p.addFollowed(mine)
 	return mine, nil
-}
-
-// addFollowed sets each process's Followed: how the requests the follower
-// saw it serve ended. A slot's history entry (Spawns set) has none of its
-// own: its counters are the slot's sums.
-func (p *Pool) addFollowed(cs []Counters) {
-	if p.Follower == nil {
-		return
-	}
-	for i := range cs {
-		if cs[i].Spawns == 0 && cs[i].Followed == nil { // the kernel's own counts first
-			s := p.Follower.Summary(cs[i].PID)
-			cs[i].Followed = &s
-		}
-	}
 }
 
 // known says an exited process was folded already: its entry is a slot's

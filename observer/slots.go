@@ -204,7 +204,6 @@ func (p *Pool) remember(s *slot, proc Proc, c Counters) {
 		p.forget(proc)
 		return
 	}
-	p.unfollow(proc.PID) // its requests are in the history now
 	if old := s.history; old.PID != 0 && old != proc {
 		delete(p.history, old)
 		p.forget(old)
@@ -232,16 +231,7 @@ func (p *Pool) forget(proc Proc) {
 	}
 }
 
-// forgetPID drops pid's kernel entry, and what the follower holds of it.
+// forgetPID drops pid's kernel entry.
 func (p *Pool) forgetPID(pid int) error {
-	p.unfollow(pid)
 	return p.Kernel.Forget(pid)
-}
-
-// unfollow drops what the follower holds of pid, an exited process whose
-// requests its slot holds now.
-func (p *Pool) unfollow(pid int) {
-	if p.Follower != nil {
-		p.Follower.Forget(pid)
-	}
 }

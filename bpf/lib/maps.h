@@ -198,16 +198,30 @@ struct {
  */
 #define __naming(name, t) t (*name)[0]
 
-/* The captured heads (capture.c), to userspace. */
+/* The head of the request each connection began last (capture.c), by
+ * socket, for userspace to read for the requests in flight when it is
+ * asked for a dump. Least recently used first out: an in-flight request
+ * began after all but the latest HEADS_TABLE. */
 struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, HEADS_RING);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HEADS_TABLE);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct req_head);
 	__naming(map_flags, struct exported); /* no flags */
-} heads SEC(".maps");
+} req_heads SEC(".maps");
+
+/* A blank head (one, per CPU), which a connection's first entry in
+ * req_heads is made from: a head is too large for the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct req_head);
+} blank_head SEC(".maps");
 
 /* Set at load: whether the programs capture heads (capture.c). While it
  * is CAPTURE_OFF the verifier drops the capture code (and userspace makes
- * the ring one page); the socket-layer programs (sock.c, fentry.c)
+ * req_heads one entry); the socket-layer programs (sock.c, fentry.c)
  * capture only with CAPTURE_SOCK, reading the syscall's buffer from its
  * saved registers (syscall_regs). */
 volatile const enum capture_mode capture_heads = CAPTURE_OFF;

@@ -108,7 +108,7 @@ struct conn {
 	__u32 state;
 	__u64 req_start_ns;
 	__u64 last_tx_ns;
-	__u32 captured; /* request capture: bytes of the request's head sent so far */
+	__u32 captured; /* request capture: bytes of the request's head kept so far */
 	__u32 status;   /* the status class of the response being sent (count_status) */
 };
 
@@ -121,7 +121,7 @@ enum counter {
 	CNT_WORKER_FULL = 4,   /* new worker not tracked: workers insert failed */
 	CNT_WORKER_REUSED = 5, /* a dead worker's unread entry overwritten by a reused pid */
 	CNT_INFLIGHT_FULL = 6, /* syscall path: a send/recv not tracked */
-	CNT_HEAD_LOST = 7,     /* a request's or response's first bytes not captured: heads full */
+	CNT_HEAD_LOST = 7,     /* a request's head not kept: req_heads would take no entry */
 	CNT_MAX = 8,
 };
 
@@ -256,33 +256,26 @@ struct listeners_read {
 
 /* ---- request capture (capture.c) ---- */
 
-/* How many first bytes of a request (HEAD_MAX) and of a response
- * (RESPONSE_HEAD_MAX) are captured, and the ring's size in bytes
- * (HEADS_RING; userspace may size it otherwise at load, --capture-ring). */
+/* How many first bytes of a request's head are kept (HEAD_MAX), and for
+ * how many connections at most (HEADS_TABLE: the latest connections to
+ * begin a request; userspace reads the in-flight ones at dump time). */
 enum capture_size {
-	RESPONSE_HEAD_MAX = 128,
 	HEAD_MAX = 512,
-	HEADS_RING = 1 << 20,
+	HEADS_TABLE = 4096,
 };
 
-/* What a record says of its connection: a request began (and so the
- * previous one on the connection, answered, is over), its response began,
- * or the connection closed with a request on it. */
-enum head_kind { HEAD_REQUEST = 0, HEAD_RESPONSE = 1, HEAD_CLOSE = 2, HEAD_MORE = 3 };
-
-struct head {
-	__u64 sk;
-	__u64 ts_ns;      /* when the request or response began, or the close */
-	__u64 last_tx_ns; /* the connection's last response byte before this */
-	__u32 tgid;
-	__u32 kind;  /* enum head_kind; HEAD_REQUEST is DIR_RECV, HEAD_RESPONSE DIR_SEND;
-		      * HEAD_MORE the next bytes of a request whose head came in
-		      * several reads (PHP-FPM reads each FastCGI record's header
-		      * apart), until HEAD_MAX in all */
-	__u32 len;   /* bytes in data; none for HEAD_CLOSE */
-	__u32 total; /* bytes the syscall moved (more than len when cut short);
-		      * for HEAD_CLOSE the request's state, enum conn_state */
-	__u8 data[HEAD_MAX]; /* a response's record ends after RESPONSE_HEAD_MAX */
+/* The head of the request a connection began last, as capture.c keeps it
+ * in req_heads for userspace to read. */
+struct req_head {
+	__u64 start_ns; /* the request's conn.req_start_ns */
+	__u32 tgid;     /* the worker it came to */
+	__u32 len;      /* bytes of data kept, at most HEAD_MAX */
+	__u32 cut;      /* a read brought more than was kept */
+	__u32 pad;
+	/* HEAD_MAX bytes are used: the rest lets a later read's copy, at a
+	 * variable offset, end past them where a verifier cannot bound both
+	 * the offset and the length. */
+	__u8 data[2 * HEAD_MAX];
 };
 
 enum capture_mode { CAPTURE_OFF = 0, CAPTURE_SYSCALLS = 1, CAPTURE_SOCK = 2 };
@@ -311,14 +304,12 @@ struct user_iovec {
  * What userspace reads by name that no map refers to. bpf2go generates Go
  * for a type it finds in the object's BTF, and clang puts a type there
  * only when something the object keeps refers to it: a map's key or value,
- * a constant's type, and what those refer to. A head is written to its
- * ring as bytes, and an enum whose values only code uses is referred to
- * by nothing; so this struct refers to each, and the heads ring's
- * definition to it (lib/maps.h). No instance of it is ever made.
+ * a constant's type, and what those refer to. An enum whose values only
+ * code uses is referred to by nothing; so this struct refers to each, and
+ * the req_heads table's definition to it (lib/maps.h). No instance of it
+ * is ever made.
  */
 struct exported {
-	struct head head;
-	enum head_kind head_kind;
 	enum capture_size capture_size;
 	enum conn_state conn_state;
 	enum in_request_at in_request_at;

@@ -91,12 +91,12 @@ type configFile struct {
 	Mode          string        `toml:"mode"`
 	Hooks         string        `toml:"hooks"`
 	BPFStats      bool          `toml:"bpf-stats"`
-	Requests      bool          `toml:"requests"`
+	Requests      *bool         `toml:"requests"`
 	RequestVars   string        `toml:"request-vars"`
 	MaxConns      int           `toml:"max-connections"`
 	MaxWorkers    int           `toml:"max-workers"`
 	MaxTransfers  int           `toml:"max-transfers"`
-	CaptureRing   int           `toml:"capture-ring"`
+	CaptureRing   int           `toml:"capture-ring"` // ignored, as --capture-ring is
 	StatsMaxConns int           `toml:"stats-max-conns"`
 	StatsTimeout  tomlDuration  `toml:"stats-timeout"`
 	StatsMaxAge   tomlDuration  `toml:"stats-max-age"`

@@ -27,7 +27,6 @@ func TestConfigMistakesAreOneClearLine(t *testing.T) {
 		{"same stats", "[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n[[pool]]\nname = \"x\"\nstats = \"127.0.0.1:1\"\n", nil, "[[pool]] 2: stats 127.0.0.1:1 is already pool 1's"},
 		{"bad chmod", "[[pool]]\npid = 1\nstats = \"/tmp/x.sock\"\nstats-chmod = \"rw\"\n", nil, `stats-chmod "rw" is not an octal file mode`},
 		{"bad connection limit", "max-connections = -1\n[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", nil, "--max-connections -1: give 1 to"},
-		{"bad capture ring", "capture-ring = 1000\n[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", nil, "--capture-ring 1000: give a power of two"},
 		{"bad duration", "stats-timeout = \"5\"\n[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", nil, `"5" is not a duration`},
 		{"flag and config", "[[pool]]\npid = 1\nstats = \"127.0.0.1:1\"\n", []string{"--pid", "1"}, "--pid and --config exclude each other"},
 	} {

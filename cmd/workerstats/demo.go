@@ -78,7 +78,7 @@ func (o demoOptions) daemon() (daemonOptions, error) {
 		return daemonOptions{}, err
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, requests: o.mode != modeProcfs, maxConns: defaultMaxConns, maxWorkers: defaultMaxWorkers, maxXfers: defaultMaxTransfers, ringSize: defaultCaptureRing,
+		mode: o.mode, hooks: o.hooks, requests: o.mode != modeProcfs, maxConns: defaultMaxConns, maxWorkers: defaultMaxWorkers, maxXfers: defaultMaxTransfers,
 		proc:          observer.Procfs{Root: defaultProcRoot},
 		pools:         []poolSpec{{addr: addr, opts: p, mode: mode}},
 		statsMaxConns: statsock.DefaultMaxConns, statsTimeout: statsock.DefaultTimeout, statsMaxAge: defaultStatsMaxAge,

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
-	"github.com/workerstats/workerstats/observer/requests"
 )
 
 // This file holds serve's and demo's every use of the eBPF observer's own
@@ -31,9 +29,6 @@ const defaultMaxWorkers = ebpfkernel.DefaultMaxWorkers
 // the syscall hooks' in-flight table.
 const defaultMaxTransfers = ebpfkernel.DefaultMaxTransfers
 
-// defaultCaptureRing is --capture-ring's default: the programs' 1 MiB.
-const defaultCaptureRing = ebpfkernel.DefaultCaptureRing
-
 // limits are the tables the kernel side can fill: the dump's count of
 // what a full one left untracked, what that costs, and the flag that
 // sizes it.
@@ -41,18 +36,17 @@ var limits = []struct{ dropped, what, lost, flag string }{
 	{"connections_untracked", "connection tables", "what it could not hold since is not counted", "--max-connections"},
 	{"workers_untracked", "workers table", "what it could not hold since is not counted", "--max-workers"},
 	{"transfers_untracked", "in-flight transfers table", "the sends and receives it could not hold since are not counted", "--max-transfers"},
-	{"heads_lost", "capture ring", "the request and response heads it could not hold since are not shown (counts are unaffected)", "--capture-ring"},
 }
 
 var defaultPinPath = ebpfkernel.DefaultPinPath
 
 // loadedKernel is the eBPF observer as the daemon's steps use it: the pools
-// count through it, its captured heads are followed, unwatched masters are
+// count through it, the heads it keeps are read, unwatched masters are
 // pruned from it, dropPrivileges probes it, the run step sweeps it, and it
 // is closed last.
 type loadedKernel interface {
 	observer.Kernel
-	Heads() (*ebpfkernel.HeadReader, error)
+	observer.HeadSource
 	MaxConnections() int
 	Prune(watched map[int]bool) (int, error)
 	CheckAccess() error
@@ -72,7 +66,7 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 		return nil, "--mode procfs", nil
 	}
 	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
-		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureRing: o.ringSize, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
+		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
 	if err == nil {
 		return k, "", nil
 	}
@@ -91,19 +85,14 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 	return nil, err.Error(), nil
 }
 
-// followRequests starts the daemon's one request follower (--requests) on
-// k's captured heads, until ctx ends or it is closed, which must come
-// before k's close. Nil without --requests or without eBPF.
-func followRequests(ctx context.Context, k loadedKernel, o daemonOptions, log *slog.Logger) (*observer.Follower, error) {
+// newFollower is the daemon's one request follower (--requests), which
+// reads the heads k keeps when a dump asks. Nil without --requests or
+// without eBPF.
+func newFollower(k loadedKernel, o daemonOptions, log *slog.Logger) *observer.Follower {
 	if k == nil || !o.requests {
-		return nil, nil
+		return nil
 	}
-	heads, err := k.Heads()
-	if err != nil {
-		return nil, fmt.Errorf("follow the captured requests: %w", err)
-	}
-	tracker := &requests.Tracker{MaxConns: k.MaxConnections(), HeadMax: ebpfkernel.HeadMax, Vars: o.requestVars}
-	return observer.Follow(ctx, heads, tracker, log.With("component", "requests")), nil
+	return observer.NewFollower(k, o.requestVars, log.With("component", "requests"))
 }
 
 // settingError says which flag to change for an error of the kernel side,
@@ -140,9 +129,6 @@ func checkLimits(d daemonOptions) error {
 		if r.n < r.lo || r.n > r.hi {
 			return fmt.Errorf("%s %d: give %d to %d", r.flag, r.n, r.lo, r.hi)
 		}
-	}
-	if !ebpfkernel.ValidCaptureRing(d.ringSize) {
-		return fmt.Errorf("--capture-ring %d: give a power of two from %d to %d (bytes)", d.ringSize, os.Getpagesize(), ebpfkernel.CaptureRingLimit)
 	}
 	return nil
 }

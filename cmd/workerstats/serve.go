@@ -53,7 +53,6 @@ type serveFlags struct {
 	maxConns int
 	maxProcs int
 	maxXfers int
-	ringSize int
 	procRoot string
 	config   string
 	host     hostOptions // --pin-path, --no-pin, --user: privileges.go
@@ -67,6 +66,8 @@ type serveFlags struct {
 	statsMaxConns int
 	statsTimeout  time.Duration
 	statsMaxAge   time.Duration
+
+	ignored []string // the config's keys that are taken and ignored, and why
 }
 
 // daemonOptions are the daemon's options resolved: flags, --config and
@@ -81,7 +82,6 @@ type daemonOptions struct {
 	maxConns    int           // --max-connections
 	maxWorkers  int           // --max-workers
 	maxXfers    int           // --max-transfers
-	ringSize    int           // --capture-ring
 	proc        observer.Procfs
 	// pools are the pools watched, each with its stats socket; with
 	// discover, the one socket that serves every pool found.
@@ -97,6 +97,7 @@ type daemonOptions struct {
 	statsMaxConns int
 	statsTimeout  time.Duration
 	statsMaxAge   time.Duration
+	ignored       []string // config keys taken and ignored: said once at start
 }
 
 // poolFlags are serve's flags that name one pool: they and a config's
@@ -161,12 +162,13 @@ func (o *serveFlags) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
 	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, fentry (kernel functions, wherever BPF trampolines load; what auto picks there), sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
-	f.BoolVar(&o.requests, "requests", false, "capture the first bytes of each request (eBPF mode) to show in each worker's cores what it is serving now; costs about 1 µs of kernel time per request (status classes and durations are counted without it)")
+	f.BoolVar(&o.requests, "requests", true, "keep the first bytes of each request in the kernel (eBPF mode), read at each dump to show in each worker's cores what it is serving now; --requests=false leaves them out (status classes and durations are counted all the same)")
 	f.StringVar(&o.reqVars, "request-vars", requests.AllVars.String(), "with --requests, which vars of a request a core shows: all (as uWSGI, less cookies and authorization), no-query (and no query strings), or none")
 	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
 	f.IntVar(&o.maxProcs, "max-workers", defaultMaxWorkers, "processes the kernel tracks, every pool together: masters, workers and each slot's last exited process; more are not counted, and the dump says how many")
 	f.IntVar(&o.maxXfers, "max-transfers", defaultMaxTransfers, "with the syscall hooks, sends and receives the kernel follows at once (one per thread inside one), every pool together; more are not counted, and the dump says how many")
-	f.IntVar(&o.ringSize, "capture-ring", defaultCaptureRing, "with --requests, bytes of the ring the captured heads reach the daemon through (a power of two); a head that finds it full is lost, and the dump says how many")
+	f.Int("capture-ring", 0, "ignored")
+	f.MarkDeprecated("capture-ring", "request heads no longer reach the daemon through a ring, and it is ignored")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
 }
@@ -180,13 +182,16 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 	if err != nil {
 		return daemonOptions{}, err
 	}
+	if o.mode == modeProcfs && !changed("requests") {
+		o.requests = false // on by default where there is eBPF to keep them
+	}
 	vars, err := requests.ParseVars(o.reqVars)
 	if err != nil {
 		return daemonOptions{}, fmt.Errorf("--request-vars %w", err)
 	}
 	d := daemonOptions{
-		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, requestVars: vars, maxConns: o.maxConns, maxWorkers: o.maxProcs, maxXfers: o.maxXfers, ringSize: o.ringSize, proc: proc,
-		pools: specs, poolsFromConfig: o.config != "",
+		mode: o.mode, hooks: o.hooks, bpfStats: o.bpfStats, requests: o.requests, requestVars: vars, maxConns: o.maxConns, maxWorkers: o.maxProcs, maxXfers: o.maxXfers, proc: proc,
+		pools: specs, poolsFromConfig: o.config != "", ignored: o.ignored,
 		statsMaxConns: o.statsMaxConns, statsTimeout: o.statsTimeout, statsMaxAge: o.statsMaxAge,
 	}
 	if o.discover {
@@ -270,12 +275,14 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 	set("mode", c.Mode != "", func() { o.mode = c.Mode })
 	set("hooks", c.Hooks != "", func() { o.hooks = c.Hooks })
 	set("bpf-stats", c.BPFStats, func() { o.bpfStats = true })
-	set("requests", c.Requests, func() { o.requests = true })
+	set("requests", c.Requests != nil, func() { o.requests = *c.Requests })
 	set("request-vars", c.RequestVars != "", func() { o.reqVars = c.RequestVars })
 	set("max-connections", c.MaxConns != 0, func() { o.maxConns = c.MaxConns })
 	set("max-workers", c.MaxWorkers != 0, func() { o.maxProcs = c.MaxWorkers })
 	set("max-transfers", c.MaxTransfers != 0, func() { o.maxXfers = c.MaxTransfers })
-	set("capture-ring", c.CaptureRing != 0, func() { o.ringSize = c.CaptureRing })
+	if c.CaptureRing != 0 {
+		o.ignored = append(o.ignored, "capture-ring: request heads no longer reach the daemon through a ring")
+	}
 	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
 	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
 	set("stats-max-age", c.StatsMaxAge.set, func() { o.statsMaxAge = c.StatsMaxAge.Duration })
@@ -296,7 +303,7 @@ func (d *daemonOptions) check() error {
 		return err
 	}
 	if d.requestVars != requests.AllVars && !d.requests {
-		return errors.New("--request-vars says which vars --requests shows: add --requests")
+		return errors.New("--request-vars says which vars --requests shows: drop --requests=false")
 	}
 	if d.requests && d.mode == modeProcfs {
 		return errors.New("--requests needs eBPF: procfs mode sees no request; drop --mode procfs or --requests")
@@ -368,6 +375,9 @@ func (sp *servedPool) watches() string {
 func serveDaemon(ctx context.Context, o daemonOptions) error {
 	log := slog.Default()
 	observer.Version = "workerstats-" + version
+	for _, why := range o.ignored {
+		log.Warn("a config key is ignored", "key", why)
+	}
 	pools, err := bindSockets(o.pools, log)
 	if err != nil {
 		return err
@@ -380,11 +390,7 @@ func serveDaemon(ctx context.Context, o daemonOptions) error {
 	if k != nil {
 		defer k.Close()
 	}
-	follower, err := followRequests(ctx, k, o, log)
-	if err != nil {
-		return err
-	}
-	defer follower.Close() // before k's: it reads k's capture ring
+	follower := newFollower(k, o, log)
 	if err := startPools(ctx, pools, k, follower, procfsReason, o, log); err != nil {
 		return err
 	}

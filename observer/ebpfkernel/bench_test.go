@@ -20,7 +20,8 @@ import (
 // empty one's per run, times our runs) is what our programs' code costs
 // per request, and "stats-ns/req" the whole of what bpf_stats saw.
 // "keepalive+capture" is kept alive with request capture on
-// (Options.CaptureHeads), its heads read and dropped.
+// (Options.CaptureHeads, the daemon's default): each request's head kept
+// in the kernel.
 func BenchmarkWatchedRequest(b *testing.B) {
 	testutil.RequireEBPF(b)
 	for _, hooks := range hookSets(b) {
@@ -39,9 +40,6 @@ func benchWatched(b *testing.B, hooks string, keepAlive, capture bool) {
 		b.Fatal(err)
 	}
 	defer k.Close()
-	if capture {
-		defer drainHeads(b, k)()
-	}
 	p := watch(b, k, pool)
 	defer k.Unwatch(pool.Master)
 	empty, err := AttachEmpty(hooks, false) // the pool listens on TCP
@@ -143,26 +141,4 @@ func reportPerProgram(b *testing.B, k *Kernel, base float64, hooks, mode string,
 	}
 	testutil.BenchRow(b, fmt.Sprintf("own time per run, per program, %s: %s hooks", mode, hooks), "none over 2x a send",
 		fmt.Sprintf("dearest %s %.0f ns, send %.0f ns (%s)", dearestName, dearest, send, strings.Join(parts, ", ")), dearest <= 2*send)
-}
-
-// drainHeads reads and drops k's captured heads until the returned
-// function is called.
-func drainHeads(b *testing.B, k *Kernel) func() {
-	hr, err := k.Heads()
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			if _, err := hr.Read(); err != nil {
-				return
-			}
-		}
-	}()
-	return func() {
-		hr.Close()
-		<-done
-	}
 }

@@ -3,109 +3,110 @@ package ebpfkernel
 import (
 	"errors"
 	"fmt"
-	"os"
-	"time"
-	"unsafe"
 
-	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf"
 
 	"github.com/workerstats/workerstats/bpf"
 	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/requests"
 )
 
-// HeadMax and ResponseHeadMax are how many first bytes of a request and
-// of a response are captured (enum capture_size in bpf/lib/types.h): a
-// response's status is at its start.
-const (
-	HeadMax         = int(bpf.ObserverCaptureSizeHEAD_MAX)
-	ResponseHeadMax = int(bpf.ObserverCaptureSizeRESPONSE_HEAD_MAX)
-)
+// Request capture (Options.CaptureHeads): the programs keep the head of
+// each connection's latest request in req_heads (bpf/capture.c), and the
+// daemon reads the in-flight ones when a dump asks. Kernel implements
+// observer.HeadSource.
 
-// headFixed is the size of a struct head before its data: a close's whole
-// record.
-const headFixed = int(unsafe.Offsetof(bpf.ObserverHead{}.Data))
+// HeadMax is how many first bytes of a request's head the programs keep
+// (enum capture_size in bpf/lib/types.h): requests.HeadMax.
+const HeadMax = int(bpf.ObserverCaptureSizeHEAD_MAX)
 
-// headKinds are the records' enum head_kind, as requests.Kind says them.
-var headKinds = [...]requests.Kind{
-	bpf.ObserverHeadKindHEAD_REQUEST:  requests.Request,
-	bpf.ObserverHeadKindHEAD_RESPONSE: requests.Response,
-	bpf.ObserverHeadKindHEAD_CLOSE:    requests.Close,
-	bpf.ObserverHeadKindHEAD_MORE:     requests.More,
-}
+var _ = [1]struct{}{}[HeadMax-requests.HeadMax]
 
-// HeadReader reads captured heads as the kernel writes them.
-type HeadReader struct{ r *ringbuf.Reader }
+// tableBatch is how many entries a batched read of a table takes.
+const tableBatch = 1024
 
-// ErrHeadsClosed is returned by Read once the reader is closed: it is
-// observer.ErrHeadsClosed, at which an observer.Follower stops.
-var ErrHeadsClosed = observer.ErrHeadsClosed
-
-// Heads opens a reader of the captured heads. Only one reader should be
-// open at a time: each head goes to one of them.
-func (k *Kernel) Heads() (*HeadReader, error) {
-	r, err := ringbuf.NewReader(k.objs.Heads)
-	if err != nil {
-		return nil, fmt.Errorf("open the captured heads: %w", err)
-	}
-	return &HeadReader{r: r}, nil
-}
-
-// HeadPoll is how often Read looks for heads: the kernel wakes the
-// reader only when its ring is half full, since waking it for each head
-// would cost more than capturing it.
-const HeadPoll = 20 * time.Millisecond
-
-// Read waits for the next head.
-func (hr *HeadReader) Read() (requests.Head, error) {
-	for {
-		hr.r.SetDeadline(time.Now().Add(HeadPoll))
-		rec, err := hr.r.Read()
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			continue
-		case errors.Is(err, ringbuf.ErrClosed):
-			return requests.Head{}, ErrHeadsClosed
-		case err != nil:
-			return requests.Head{}, fmt.Errorf("read a captured head: %w", err)
+// InFlight implements observer.HeadSource: the heads of the requests the
+// watched workers' connections are in, those whose first bytes the
+// programs kept (a connection whose request began before the programs
+// were attached, or after HEADS_TABLE others, has none).
+func (k *Kernel) InFlight() ([]observer.RequestHead, error) {
+	var out []observer.RequestHead
+	var h bpf.ObserverReqHead
+	err := eachEntry(k.objs.Conns, func(sk uint64, c bpf.ObserverConn) {
+		if bpf.ObserverConnState(c.State) == bpf.ObserverConnStateCONN_IDLE {
+			return
 		}
-		return decodeHead(rec.RawSample)
+		if k.objs.ReqHeads.Lookup(sk, &h) != nil || h.StartNs != c.ReqStartNs || h.Tgid != c.Owner {
+			return
+		}
+		r := requestHead(sk, &h)
+		r.Answered = bpf.ObserverConnState(c.State) == bpf.ObserverConnStateCONN_RESPONDING
+		out = append(out, r)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the requests in flight: %w", err)
+	}
+	return out, nil
+}
+
+// Latest implements observer.HeadSource: the head kept of the request pid
+// began last, found among every connection's (a worker that has exited
+// has none left open).
+func (k *Kernel) Latest(pid int) (observer.RequestHead, bool, error) {
+	var (
+		best  observer.RequestHead
+		found bool
+	)
+	err := eachEntry(k.objs.ReqHeads, func(sk uint64, h bpf.ObserverReqHead) {
+		if int(h.Tgid) == pid && (!found || h.StartNs > best.StartNs) {
+			best, found = requestHead(sk, &h), true
+		}
+	})
+	if err != nil {
+		return observer.RequestHead{}, false, fmt.Errorf("read worker %d's last request: %w", pid, err)
+	}
+	return best, found, nil
+}
+
+// requestHead is entry h of connection sk, its bytes copied out and
+// bounded by HeadMax whatever its length says.
+func requestHead(sk uint64, h *bpf.ObserverReqHead) observer.RequestHead {
+	n := min(int(h.Len), HeadMax)
+	return observer.RequestHead{PID: int(h.Tgid), Conn: sk, StartNs: h.StartNs,
+		Data: append([]byte(nil), h.Data[:n]...), Cut: h.Cut != 0 || int(h.Len) > HeadMax}
+}
+
+// eachEntry calls f with each entry of m, read in batches (Linux 5.6+), a
+// system call per tableBatch entries, or one by one where the kernel
+// cannot batch.
+func eachEntry[K, V any](m *ebpf.Map, f func(K, V)) error {
+	keys, vals := make([]K, tableBatch), make([]V, tableBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			f(keys[i], vals[i])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil // the last batch
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return eachOne(m, f)
+		case err != nil:
+			return err
+		}
 	}
 }
 
-// Close ends Read, at once.
-func (hr *HeadReader) Close() error { return hr.r.Close() }
-
-// decodeHead decodes a struct head record: a request's (HeadMax bytes of
-// room), a response's (ResponseHeadMax), or a close's (none). The record
-// is in the host's byte order, as bpf.ObserverHead is: it is copied into
-// one, zeroed and aligned, whatever the ring's alignment of its bytes.
-func decodeHead(b []byte) (requests.Head, error) {
-	var rec bpf.ObserverHead
-	if len(b) < headFixed || len(b) > int(unsafe.Sizeof(rec)) {
-		return requests.Head{}, fmt.Errorf("a captured head of %d bytes, where a record has %d to %d", len(b), headFixed, unsafe.Sizeof(rec))
+// eachOne is eachEntry one entry at a time.
+func eachOne[K, V any](m *ebpf.Map, f func(K, V)) error {
+	var (
+		key K
+		val V
+	)
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		f(key, val)
 	}
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), unsafe.Sizeof(rec)), b)
-	n := int(rec.Len)
-	if headFixed+n > len(b) {
-		return requests.Head{}, fmt.Errorf("a captured head claims %d bytes in a record of %d", n, len(b))
-	}
-	if rec.Kind >= uint32(len(headKinds)) {
-		return requests.Head{}, fmt.Errorf("a captured head of kind %d", rec.Kind)
-	}
-	h := requests.Head{
-		Conn:     rec.Sk,
-		TimeNs:   rec.TsNs,
-		LastTxNs: rec.LastTxNs,
-		PID:      int(rec.Tgid),
-		Kind:     headKinds[rec.Kind],
-		Data:     append([]byte(nil), rec.Data[:n]...),
-	}
-	if h.Kind == requests.Close {
-		h.Answered = bpf.ObserverConnState(rec.Total) == bpf.ObserverConnStateCONN_RESPONDING
-	} else {
-		h.Total = int(rec.Total)
-		h.Truncated = h.Total > n
-	}
-	return h, nil
+	return it.Err()
 }

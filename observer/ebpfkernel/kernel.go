@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -51,14 +50,9 @@ type Options struct {
 	// transfer that finds it full is not counted, and Info says how many
 	// were not. The raw and sock hooks keep no such table.
 	MaxTransfers int
-	// CaptureRing is the size in bytes of the ring the captured heads
-	// reach userspace through (0: DefaultCaptureRing); a power of two, at
-	// least a page. A head that finds it full is lost, and Info says how
-	// many were.
-	CaptureRing int
-	// CaptureHeads has the programs capture the first bytes of each
-	// request and response of a watched worker, for Heads to read.
-	// Without it the capture code is left out at load.
+	// CaptureHeads has the programs keep the first bytes of each request
+	// of a watched worker, for InFlight and Latest to read. Without it the
+	// capture code is left out at load.
 	CaptureHeads bool
 	// NoStatus leaves out what the programs count by default: each
 	// response's status class, read from its first bytes, and per worker
@@ -306,7 +300,7 @@ func (k *Kernel) setConstants(spec *ebpf.CollectionSpec, capture bpf.ObserverCap
 		}
 	}
 	if capture == bpf.ObserverCaptureModeCAPTURE_OFF {
-		spec.Maps["heads"].MaxEntries = uint32(os.Getpagesize()) // the least a ring takes
+		spec.Maps["req_heads"].MaxEntries = 1 // never written
 		return nil
 	}
 	return set(bpf.ObserverVarCaptureHeads, true, capture)
@@ -336,14 +330,12 @@ func captureMode(on bool, hooks string) bpf.ObserverCaptureMode {
 	return bpf.ObserverCaptureModeCAPTURE_SYSCALLS
 }
 
-// The sizes of the tables and of the capture ring that Options leave 0:
-// the programs' own (enum table_size and enum capture_size in
-// bpf/lib/types.h).
+// The sizes of the tables that Options leave 0: the programs' own (enum
+// table_size in bpf/lib/types.h).
 const (
 	DefaultMaxConnections = int(bpf.ObserverTableSizeCONN_MAX)
 	DefaultMaxWorkers     = int(bpf.ObserverTableSizeWORKERS_MAX)
 	DefaultMaxTransfers   = int(bpf.ObserverTableSizeINFLIGHT_MAX)
-	DefaultCaptureRing    = int(bpf.ObserverCaptureSizeHEADS_RING) // 1 MiB
 )
 
 // connMaps are the maps sized by Options.MaxConnections.
@@ -361,16 +353,7 @@ const MaxWorkersLimit = 1 << 22
 // send or receive at once, as many as a pid can number.
 const MaxTransfersLimit = 1 << 22
 
-// CaptureRingLimit is the largest Options.CaptureRing: 1 GiB.
-const CaptureRingLimit = 1 << 30
-
-// ValidCaptureRing says whether n bytes can be the capture ring: a power
-// of two from a page to CaptureRingLimit.
-func ValidCaptureRing(n int) bool {
-	return n >= os.Getpagesize() && n <= CaptureRingLimit && n&(n-1) == 0
-}
-
-// sizeTables sizes the kernel's tables and the capture ring as o says.
+// sizeTables sizes the kernel's tables as o says.
 func sizeTables(spec *ebpf.CollectionSpec, o Options) error {
 	if err := checkSizes(o); err != nil {
 		return err
@@ -385,9 +368,6 @@ func sizeTables(spec *ebpf.CollectionSpec, o Options) error {
 	set(o.MaxConnections, connMaps...)
 	set(o.MaxWorkers, "workers", "slots")
 	set(o.MaxTransfers, "inflight")
-	if o.CaptureHeads {
-		set(o.CaptureRing, "heads")
-	}
 	return nil
 }
 
@@ -400,8 +380,6 @@ func checkSizes(o Options) error {
 		return fmt.Errorf("%d workers: the workers table holds 2 to %d", o.MaxWorkers, MaxWorkersLimit)
 	case o.MaxTransfers < 0 || o.MaxTransfers > MaxTransfersLimit:
 		return fmt.Errorf("%d transfers: the in-flight transfers table holds 1 to %d", o.MaxTransfers, MaxTransfersLimit)
-	case o.CaptureRing != 0 && !ValidCaptureRing(o.CaptureRing):
-		return fmt.Errorf("%d bytes: the capture ring is a power of two from %d to %d", o.CaptureRing, os.Getpagesize(), CaptureRingLimit)
 	}
 	return nil
 }
@@ -409,8 +387,7 @@ func checkSizes(o Options) error {
 // Hooks reports the hook set in use: HooksSock, HooksSyscall or HooksRaw.
 func (k *Kernel) Hooks() string { return k.hooks }
 
-// MaxConnections is how many connections the kernel's tables hold: as
-// many as a follower of the captured heads (Heads) may need to at once.
+// MaxConnections is how many connections the kernel's tables hold.
 func (k *Kernel) MaxConnections() int { return int(k.objs.Conns.MaxEntries()) }
 
 // Pinned reports whether the kernel objects are pinned, and so outlive the
@@ -419,7 +396,7 @@ func (k *Kernel) Pinned() bool { return k.pins != nil }
 
 // Close detaches the programs and frees the maps, gathering every error.
 // Pinned links and maps stay, and the programs go on counting: only
-// RemovePins removes them. Close the follower of its heads (Heads) first.
+// RemovePins removes them.
 func (k *Kernel) Close() error {
 	var errs []error
 	for _, l := range k.links {

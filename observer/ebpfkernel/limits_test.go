@@ -3,7 +3,6 @@ package ebpfkernel
 import (
 	"encoding/binary"
 	"fmt"
-	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -92,41 +91,6 @@ func fillTable(t *testing.T, m *ebpf.Map, n int) func() {
 	return empty
 }
 
-// TestCaptureRingFull: the capture ring is sized by CaptureRing. With a
-// ring of one page that nothing reads, the heads that find it full are
-// counted as lost, and the requests and bytes are counted exactly all the
-// same.
-func TestCaptureRingFull(t *testing.T) {
-	testutil.RequireEBPF(t)
-	page := os.Getpagesize()
-	for _, hooks := range hookSets(t) {
-		t.Run(hooks, func(t *testing.T) {
-			pool := forkpool.Start(t, 2, "")
-			k, err := Load(Options{Hooks: hooks, CaptureHeads: true, CaptureRing: page, Log: testutil.NewLog(t).Logger})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { k.Unwatch(pool.Master); k.Close() })
-			p := watch(t, k, pool)
-			if n := k.maps["heads"].MaxEntries(); n != uint32(page) {
-				t.Fatalf("capture ring of %d bytes, asked for %d", n, page)
-			}
-			// Each request and each response takes a record of over 100
-			// bytes: 40 of each overflow a page.
-			var ts forkpool.Tallies
-			if err := pool.Session(&ts, 40, func(int) int { return 300 }, 0, 0); err != nil {
-				t.Fatal(err)
-			}
-			st := settleOn(t, p, &ts)
-			n := st.Observer.Dropped["heads_lost"]
-			if n == 0 {
-				t.Errorf("heads_lost 0 after 80 heads into a ring of %d bytes", page)
-			}
-			t.Logf("80 heads into an unread ring of %d bytes: %d lost, the requests and bytes counted exactly", page, n)
-		})
-	}
-}
-
 // TestSizesOutOfRange: each size the kernel side cannot take is refused
 // at load with its range, before anything is loaded.
 func TestSizesOutOfRange(t *testing.T) {
@@ -135,15 +99,12 @@ func TestSizesOutOfRange(t *testing.T) {
 		{MaxWorkers: 1},
 		{MaxTransfers: -1},
 		{MaxTransfers: MaxTransfersLimit + 1},
-		{CaptureRing: 3 * os.Getpagesize()},
-		{CaptureRing: os.Getpagesize() / 2},
-		{CaptureRing: 2 * CaptureRingLimit},
 	} {
 		if err := checkSizes(o); err == nil {
 			t.Errorf("%+v taken", o)
 		}
 	}
-	if err := checkSizes(Options{MaxTransfers: 1, CaptureRing: os.Getpagesize()}); err != nil {
+	if err := checkSizes(Options{MaxTransfers: 1, MaxWorkers: 2, MaxConnections: 1}); err != nil {
 		t.Errorf("the least sizes refused: %v", err)
 	}
 }

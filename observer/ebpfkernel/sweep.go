@@ -1,7 +1,6 @@
 package ebpfkernel
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -42,57 +41,20 @@ func (k *Kernel) liveWorkers() (map[uint32]bool, error) {
 	return live, nil
 }
 
-// sweepBatch is how many entries sweepMap reads per system call.
-const sweepBatch = 4096
-
-// sweepMap deletes the entries of m for which stale is true. It reads the
-// map in batches (Linux 5.6+), a system call per sweepBatch entries rather
-// than per entry, and entry by entry where the kernel cannot.
+// sweepMap deletes the entries of m for which stale is true, read in
+// batches where the kernel can (eachEntry).
 func sweepMap[K, V any](m *ebpf.Map, stale func(K, V) bool) error {
 	var doomed []K
-	keys, vals := make([]K, sweepBatch), make([]V, sweepBatch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			if stale(keys[i], vals[i]) {
-				doomed = append(doomed, keys[i])
-			}
+	err := eachEntry(m, func(k K, v V) {
+		if stale(k, v) {
+			doomed = append(doomed, k)
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break // the last batch
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return sweepEach(m, stale)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	for _, key := range doomed {
-		m.Delete(key) // gone already: closed meanwhile
-	}
-	return nil
-}
-
-// sweepEach is sweepMap one entry at a time.
-func sweepEach[K, V any](m *ebpf.Map, stale func(K, V) bool) error {
-	var (
-		key    K
-		val    V
-		doomed []K
-	)
-	it := m.Iterate()
-	for it.Next(&key, &val) {
-		if stale(key, val) {
-			doomed = append(doomed, key)
-		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	for _, key := range doomed {
-		m.Delete(key)
+		m.Delete(key) // gone already: closed meanwhile
 	}
 	return nil
 }

@@ -7,7 +7,7 @@ import (
 	"github.com/workerstats/workerstats/observer/proto"
 )
 
-// Vars says which of a request's variables a Tracker keeps to show.
+// Vars says which of a request's variables a dump shows.
 // Credentials (proto.Secret) are never kept.
 type Vars uint8
 

@@ -25,13 +25,13 @@ import (
 // uWSGI's handler catches it and exits 1), an exit code (os._exit(3)),
 // and uWSGI's harakiri (the master kills a worker stuck in
 // a request: by the master, in the request, and harakiri_count equal to
-// uWSGI's own). With --requests, a death in a request names it.
+// uWSGI's own). A death in a request names it (request detail is on by default).
 func TestUWSGIWorkerExitsSayWhy(t *testing.T) {
 	testutil.RequireEBPF(t)
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 2, Extra: []string{"--harakiri", "2"}})
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--requests")
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
 			dir := t.TempDir()
 			me := os.Getpid()
 			for i, c := range []struct {
@@ -179,7 +179,7 @@ func gunicornTimeout(t *testing.T, hooks string, linger bool) {
 	if err != nil || len(kids) != 1 {
 		t.Fatalf("gunicorn's workers %v, %v", kids, err)
 	}
-	d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--requests")
+	d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
 	if _, err := harness.GetOnce(p.Addr, "/sleep/30000"); err == nil {
 		t.Fatal("a request of 30 s got an answer under --timeout 2")
 	}

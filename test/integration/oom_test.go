@@ -27,7 +27,7 @@ func TestUWSGIWorkerOOMKilled(t *testing.T) {
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 1})
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--requests")
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
 			theirs, err := harness.ReadStats(p.Stats)
 			if err != nil {
 				t.Fatal(err)

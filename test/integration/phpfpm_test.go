@@ -217,7 +217,7 @@ type fpmProcess struct {
 	Duration int64  `json:"request duration"` // µs
 }
 
-// TestPHPFPMShowsWhatWorkersServe: with --requests, during a slow script
+// TestPHPFPMShowsWhatWorkersServe: by default, during a slow script
 // the busy process's core shows the request method, URI and script FPM's
 // own full status shows for it, and a request_start that agrees with FPM's
 // request duration; per-pid requests still equal FPM's once it is done.
@@ -230,7 +230,7 @@ func TestPHPFPMShowsWhatWorkersServe(t *testing.T) {
 			if err := os.WriteFile(slow, []byte("<?php usleep((int)$_GET['ms'] * 1000); echo 'done';\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--requests")
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
 			tr := &harness.FPMTraffic{}
 			done := make(chan error, 1)
 			go func() {

@@ -18,7 +18,7 @@ import (
 	"github.com/workerstats/workerstats/test/harness"
 )
 
-// TestGunicornShowsWhatWorkersServe: with --requests, a worker in a slow
+// TestGunicornShowsWhatWorkersServe: by default, a worker in a slow
 // request shows it as uWSGI shows a core's: busy, in_request 1, the
 // request's vars (method, URI, path, query, protocol, host; the cookie
 // left out) and when it started; once answered, the worker is idle again.
@@ -28,7 +28,7 @@ func TestGunicornShowsWhatWorkersServe(t *testing.T) {
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := harness.StartGunicorn(t, 2)
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--requests")
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
 			c, err := net.Dial("tcp", p.Addr)
 			if err != nil {
 				t.Fatal(err)
@@ -42,8 +42,8 @@ func TestGunicornShowsWhatWorkersServe(t *testing.T) {
 				"QUERY_STRING=who=test", "SERVER_PROTOCOL=HTTP/1.1", "HTTP_HOST=app.test"}
 			var busy observer.Worker
 			// The kernel's counters say busy at the request's first byte;
-			// its head reaches the daemon through the capture ring a poll
-			// later (20 ms, more under emulation): wait for both.
+			// its head is in the kernel's table once the worker has read
+			// it (later under emulation): wait for both.
 			harness.WaitStats(t, d.Addr, 2500*time.Millisecond, "a worker to show the request it serves", func(st *observer.Stats) error {
 				for _, w := range st.Workers {
 					if w.Status == "busy" && len(w.Cores) == 1 && w.Cores[0].InRequest == 1 && w.Cores[0].ReqInfo["request_start"] != nil {
@@ -207,7 +207,7 @@ func checkDurationMetrics(t *testing.T, d *harness.Daemon, n int) {
 	}
 }
 
-// TestUWSGIShowsWhatWorkersServe: with --requests, during a slow request
+// TestUWSGIShowsWhatWorkersServe: by default, during a slow request
 // the busy worker's core shows the vars uWSGI's own stats show for it, in
 // uWSGI's order, and the same request_start. Over http-socket uWSGI adds
 // vars that are not in the request's bytes (SCRIPT_NAME, SERVER_NAME,
@@ -217,7 +217,7 @@ func TestUWSGIShowsWhatWorkersServe(t *testing.T) {
 	notInBytes := map[string]bool{"SCRIPT_NAME": true, "SERVER_NAME": true, "SERVER_PORT": true, "REMOTE_ADDR": true, "REMOTE_PORT": true}
 	eachSocketAndHooks(t, func(t *testing.T, unix bool, hooks string) {
 		p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 2, Unix: unix})
-		d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--requests")
+		d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
 		req := harness.UWSGIRequest(7, "sleep=3000&who=test")
 		if !unix {
 			req = []byte("GET /7?sleep=3000&who=test HTTP/1.1\r\nHost: app.test\r\nUser-Agent: workerstats-test\r\nCookie: s=secret\r\n\r\n")
@@ -271,15 +271,19 @@ func busyCore(t *testing.T, addr, who string) observer.Core {
 
 // TestRequestVarsLeaveOutQueries: --request-vars no-query shows a busy
 // worker's request without its query string anywhere; none shows no vars,
-// only that the worker is in a request and since when.
+// only that the worker is in a request and since when; --requests=false
+// keeps no head, and shows only that it is in a request.
 func TestRequestVarsLeaveOutQueries(t *testing.T) {
 	testutil.RequireEBPF(t)
 	hooks := testutil.HookSets(t, ebpfkernel.AvailableHooks)[0]
-	for _, policy := range []string{"no-query", "none"} {
+	for _, policy := range []string{"no-query", "none", "off"} {
 		t.Run(policy, func(t *testing.T) {
 			p := harness.StartGunicorn(t, 1)
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t),
-				"--hooks", hooks, "--requests", "--request-vars", policy)
+			args := []string{"--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--request-vars", policy}
+			if policy == "off" {
+				args = append(args[:len(args)-2], "--requests=false")
+			}
+			d := harness.StartDaemon(t, args...)
 			c, err := net.Dial("tcp", p.Addr)
 			if err != nil {
 				t.Fatal(err)
@@ -291,17 +295,23 @@ func TestRequestVarsLeaveOutQueries(t *testing.T) {
 				t.Fatal(err)
 			}
 			var core observer.Core
-			// Busy comes from the counters, the head a capture-ring poll
-			// later: wait for both.
+			// Busy comes from the counters, the head from the kernel's
+			// table once the request's first bytes are read: wait for both.
 			harness.WaitStats(t, d.Addr, 15*time.Second, "the worker to be in the request, its head read", func(st *observer.Stats) error {
 				for _, w := range st.Workers {
-					if w.Status == "busy" && w.Cores[0].InRequest == 1 && w.Cores[0].ReqInfo["request_start"] != nil {
+					if w.Status == "busy" && w.Cores[0].InRequest == 1 && (policy == "off" || w.Cores[0].ReqInfo["request_start"] != nil) {
 						core = w.Cores[0]
 						return nil
 					}
 				}
 				return fmt.Errorf("workers %+v", st.Workers)
 			})
+			if policy == "off" {
+				if len(core.Vars) != 0 || core.ReqInfo["request_start"] != nil {
+					t.Errorf("--requests=false: core %+v, want no vars, no request_start", core)
+				}
+				return
+			}
 			if core.ReqInfo["request_start"] == nil {
 				t.Errorf("no request_start: %+v", core)
 			}
@@ -325,7 +335,7 @@ func TestUWSGIThreadsShowEachRequest(t *testing.T) {
 	for _, hooks := range testutil.HookSets(t, ebpfkernel.AvailableHooks) {
 		t.Run(hooks, func(t *testing.T) {
 			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 1, Threads: 4})
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks, "--requests")
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--hooks", hooks)
 			var want []string
 			for i := range 3 {
 				c, err := p.Dial()

@@ -71,7 +71,7 @@ func steadyLoad(t *testing.T, addr string) {
 var running = regexp.MustCompile(`^([1-9][0-9]*s|[0-9]+m[0-9]{2}s)$`)
 
 // TestUWSGITopShowsWorkersLive: top on our daemon's socket, watching a
-// real uWSGI with --requests, shows a row per worker with its pid,
+// real uWSGI (request detail on, by default), shows a row per worker with its pid,
 // requests per second that move as traffic comes, and on the row of the
 // worker serving a slow request that request and how long it has run; p
 // sorts by pid (again: the other way) and q quits.
@@ -79,7 +79,7 @@ func TestUWSGITopShowsWorkersLive(t *testing.T) {
 	testutil.RequireEBPF(t)
 	harness.RequireTmux(t)
 	p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 3})
-	d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--requests")
+	d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t))
 	pids := workerPIDs(t, p.Stats)
 	steadyLoad(t, p.Addr)
 	term := harness.StartTerminal(t, 160, 40, harness.Binary()+" top "+d.Addr)
