@@ -79,3 +79,34 @@ func TestConfigUnknownKeyListsEveryKey(t *testing.T) {
 		t.Errorf("the message leaves out max-transfers or capture-ring: %s", msg)
 	}
 }
+
+// TestRequestDetailDefault: request detail is on unless the command line
+// or the config turns it off, and off in procfs mode unless asked for (an
+// error there); the config's capture-ring of earlier releases is taken,
+// and said to be ignored.
+func TestRequestDetailDefault(t *testing.T) {
+	const pool = "[[pool]]\npid = 1\nstats = \"127.0.0.1:1717\"\n"
+	for _, c := range []struct {
+		name    string
+		args    []string
+		want    bool
+		ignored int
+	}{
+		{"default", []string{"--pid", "1"}, true, 0},
+		{"flag off", []string{"--pid", "1", "--requests=false"}, false, 0},
+		{"procfs", []string{"--pid", "1", "--mode", "procfs"}, false, 0},
+		{"config off", []string{"--config", writeConfig(t, "requests = false\n"+pool)}, false, 0},
+		{"config off, flag on", []string{"--config", writeConfig(t, "requests = false\n"+pool), "--requests"}, true, 0},
+		{"config's capture-ring", []string{"--config", writeConfig(t, "capture-ring = 1048576\n"+pool)}, true, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, err := resolveServe(c.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.requests != c.want || len(d.ignored) != c.ignored {
+				t.Errorf("requests %v, ignored %q; want %v and %d ignored", d.requests, d.ignored, c.want, c.ignored)
+			}
+		})
+	}
+}

@@ -56,9 +56,11 @@ func (e *PinPathError) Unwrap() error { return e.Err }
 // names with a dot, so names use underscores only.
 const linkPinPrefix = "link_"
 
-// sweptMapName is a map earlier versions pinned beside the C file's
-// (how many connections their sweeps removed): cleanup still removes it.
-const sweptMapName = "swept"
+// retiredMaps are maps earlier versions pinned that this one has not:
+// "swept" (how many connections their sweeps removed), beside the C
+// file's, and "heads", the ring request heads went through. A load
+// removes their pins, and cleanup too.
+var retiredMaps = []string{"swept", "heads"}
 
 // onBPFFS reports whether path, or the nearest of its ancestors that
 // exists, is on a bpf filesystem.
@@ -193,15 +195,20 @@ func (p *pinDir) pinnedLinks() ([]string, error) {
 	return names, nil
 }
 
-// dropIncompatibleMaps removes the pins of maps whose layout no longer
-// matches spec (an upgrade changed a key, a value or a size), so loading
-// creates them afresh. A hash map whose values or size only grew (an
-// upgrade added counters at their end, a larger table was asked for) has
-// its entries carried over, any new fields zero: restore writes them into
-// the new map. Any other map's counts are
-// lost, and it says so.
+// dropIncompatibleMaps removes the pins of retired maps, and of maps whose
+// layout no longer matches spec (an upgrade changed a key, a value or a
+// size), so loading creates them afresh. A hash map whose values or size
+// only grew (an upgrade added counters at their end, a larger table was
+// asked for) has its entries carried over, any new fields zero: restore
+// writes them into the new map. Any other map's counts are lost, and it
+// says so.
 func (p *pinDir) dropIncompatibleMaps(spec *ebpf.CollectionSpec, log *slog.Logger) (carried, error) {
 	out := carried{}
+	for _, name := range retiredMaps {
+		if os.Remove(p.file(name)) == nil {
+			log.Info("removed the pin of a map this version does not use", "map", name)
+		}
+	}
 	for name, ms := range spec.Maps {
 		if ms.Pinning == ebpf.PinNone {
 			continue
@@ -282,7 +289,7 @@ func (c carried) restore(maps map[string]*ebpf.Map) error {
 }
 
 // ownPins returns a test for whether a file in a pin directory is one
-// workerstats pins: a link, or a map of the C file's (or sweptMapName).
+// workerstats pins: a link, or a map of the C file's (or a retired one).
 func ownPins() (func(name string) bool, error) {
 	spec, err := bpf.LoadObserver()
 	if err != nil {
@@ -290,7 +297,7 @@ func ownPins() (func(name string) bool, error) {
 	}
 	return func(name string) bool {
 		_, isMap := spec.Maps[name]
-		return isMap || name == sweptMapName || strings.HasPrefix(name, linkPinPrefix)
+		return isMap || slices.Contains(retiredMaps, name) || strings.HasPrefix(name, linkPinPrefix)
 	}, nil
 }
 

@@ -32,7 +32,8 @@ import (
 // WORKERSTATS_BENCH_PAIRS (5) the rounds; make bench's CI smoke shortens
 // both. make bench-vm's one-vCPU guests set WORKERSTATS_BENCH_WRK_THREADS
 // and _CONNS (wrk's -t and -c: 1 and 4 there), and
-// WORKERSTATS_BENCH_DAEMON_ARGS (extra flags of the daemon, --requests).
+// WORKERSTATS_BENCH_DAEMON_ARGS (extra flags of the daemon:
+// --requests=false, say).
 
 // costCase is one server loaded one way.
 type costCase struct {
