@@ -85,7 +85,7 @@ func testKeptHeads(t *testing.T, hooks string) {
 }
 
 // sleepMS is how long the test's slow request keeps its worker.
-const sleepMS = 1500
+const sleepMS = 4000
 
 // waitInFlight waits until k keeps want as a head in flight, and returns
 // it.

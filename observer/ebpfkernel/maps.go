@@ -110,17 +110,12 @@ func (k *Kernel) unfitWorkers() uint64 {
 
 // Workers implements observer.Kernel.
 func (k *Kernel) Workers() ([]observer.Counters, error) {
-	var mono, boot unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
-		return nil, fmt.Errorf("read the monotonic clock: %w", err)
-	}
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot); err != nil {
-		return nil, fmt.Errorf("read the boot-time clock: %w", err)
-	}
-	now := uint64(mono.Nano()) // bpf_ktime_get_ns()'s clock
 	// Exit times are on bpf_ktime_get_ns()'s clock, start times on
 	// start_boottime's: they differ by the time the host was suspended.
-	suspended := uint64(boot.Nano() - mono.Nano())
+	now, suspended, err := clockOffset()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		pid uint32
 		v   bpf.ObserverWorker
@@ -302,4 +297,31 @@ func killer(k uint32) int {
 		return observer.KillerOOM
 	}
 	return int(k)
+}
+
+// clockOffset returns CLOCK_MONOTONIC now (bpf_ktime_get_ns()'s clock) and
+// how far CLOCK_BOOTTIME is ahead of it. The two clocks are read apart, so
+// the offset is taken from the closest of three pairs of reads, a boot-time
+// read between two monotonic ones, against their midpoint: a reader
+// descheduled between two reads (a loaded guest) would otherwise put every
+// exit that late, after the start of the worker that replaced it.
+func clockOffset() (now, offset uint64, err error) {
+	best := int64(-1)
+	for range 3 {
+		var m1, b, m2 unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &m1); err != nil {
+			return 0, 0, fmt.Errorf("read the monotonic clock: %w", err)
+		}
+		if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &b); err != nil {
+			return 0, 0, fmt.Errorf("read the boot-time clock: %w", err)
+		}
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &m2); err != nil {
+			return 0, 0, fmt.Errorf("read the monotonic clock: %w", err)
+		}
+		if gap := m2.Nano() - m1.Nano(); best < 0 || gap < best {
+			best, now = gap, uint64(m2.Nano())
+			offset = uint64(b.Nano() - (m1.Nano()+m2.Nano())/2)
+		}
+	}
+	return now, offset, nil
 }
