@@ -224,7 +224,7 @@ func (k *Kernel) fentryHooks() []hook {
 		{"tcp_v4_syn_recv_sock", bpf.ObserverProgOnAckRefused, &p.OnAckRefused},
 		{"tcp_v6_syn_recv_sock", bpf.ObserverProgOnAckRefused6, &p.OnAckRefused6},
 	} {
-		if !k.absent[t.fn] {
+		if !k.absent[t.fn] && !(k.noRefusals && refusalPrograms[t.name]) {
 			hooks = append(hooks, tracingHook(t.fn, t.name, t.prog))
 		}
 	}

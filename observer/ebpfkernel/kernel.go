@@ -88,10 +88,13 @@ type Kernel struct {
 	// listenerDrops says on_listener_drop runs (refused.go), with rcv the
 	// C file's tcp_v4_rcv_at and friends.
 	listenerDrops bool
-	rcv           receivers
-	stats         io.Closer
-	log           *slog.Logger
-	pins          *pinDir // nil when not pinning
+	// noRefusals says the fentry set's refusal programs are left out: a
+	// verifier refused one of them (refused.go).
+	noRefusals bool
+	rcv        receivers
+	stats      io.Closer
+	log        *slog.Logger
+	pins       *pinDir // nil when not pinning
 
 	bitsMu sync.Mutex // userspace's writes to the watched bitmap
 	// unfit are the workers userspace found no room for in the workers
@@ -173,7 +176,11 @@ func (k *Kernel) open(opts Options) error {
 			return fmt.Errorf("enable eBPF run-time statistics: %w", err)
 		}
 	}
-	if err := k.load(opts, captureMode(opts.CaptureHeads, k.hooks)); err != nil {
+	err = k.load(opts, captureMode(opts.CaptureHeads, k.hooks))
+	for err != nil && k.leaveOut(err) {
+		err = k.load(opts, captureMode(opts.CaptureHeads, k.hooks))
+	}
+	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			k.log.Error("the kernel's verifier refused a program", "log", fmt.Sprintf("%+v", ve))

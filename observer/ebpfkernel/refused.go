@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/workerstats/workerstats/bpf"
 	"github.com/workerstats/workerstats/observer"
 )
 
@@ -123,7 +126,39 @@ func textRanges(kallsyms io.Reader, names ...string) ([]textRange, error) {
 // exactRefusals says whether the kernel side counts refusals: under the
 // fentry set, or where on_listener_drop runs.
 func (k *Kernel) exactRefusals() bool {
-	return k.hooks == HooksFentry || k.listenerDrops
+	return k.hooks == HooksFentry && !k.noRefusals || k.listenerDrops
+}
+
+// refusalPrograms are the fentry set's programs that count refusals.
+var refusalPrograms = map[string]bool{
+	bpf.ObserverProgOnSynRefused: true, bpf.ObserverProgOnAckRefused: true, bpf.ObserverProgOnAckRefused6: true,
+}
+
+// refusedProgram finds the program a load error names.
+var refusedProgram = regexp.MustCompile(`program (\w+): `)
+
+// leaveOut says whether load error err is a verifier's refusal of a
+// program that counts refusals, which the rest can do without: those
+// programs are left out of the next load (listen_queue_errors are then
+// the listeners' sk_drops), and it says so in one line. Each is left out
+// once: a second refusal is the load's error.
+func (k *Kernel) leaveOut(err error) bool {
+	var ve *ebpf.VerifierError
+	m := refusedProgram.FindStringSubmatch(err.Error())
+	if !errors.As(err, &ve) || m == nil {
+		return false
+	}
+	switch {
+	case m[1] == bpf.ObserverProgOnListenerDrop && k.listenerDrops:
+		k.listenerDrops = false
+	case refusalPrograms[m[1]] && !k.noRefusals:
+		k.noRefusals = true
+	default:
+		return false
+	}
+	k.log.Warn("the kernel's verifier refused a program that counts listen refusals: left out, listen_queue_errors are the listeners' drops",
+		"program", m[1], "verifier", ve.Error())
+	return true
 }
 
 // ListenErrors implements observer.RefusalCounter: the connection attempts

@@ -1,8 +1,15 @@
 package ebpfkernel
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/workerstats/workerstats/bpf"
+	"github.com/workerstats/workerstats/internal/testutil"
 )
 
 // The drops on_listener_drop counts are those made inside tcp_v4_rcv or
@@ -34,5 +41,41 @@ ffffffffc0002000 t other	[ipv6]
 	}
 	if hidden[0] != (textRange{}) {
 		t.Errorf("with addresses hidden: %+v, want none", hidden[0])
+	}
+}
+
+// TestRefusedRefusalProgramsLeftOut: a verifier's refusal of a program
+// that counts listen refusals leaves it out of the next load, said in one
+// line, with its hooks and the exactness of listen_queue_errors; each
+// group once. A refusal of any other program is the load's error.
+func TestRefusedRefusalProgramsLeftOut(t *testing.T) {
+	refused := func(prog string) error {
+		return fmt.Errorf("program %s: load program: %w", prog,
+			&ebpf.VerifierError{Cause: errors.New("permission denied"), Log: []string{"func 'tcp_v6_syn_recv_sock' arg6 type FUNC_PROTO is not a struct"}})
+	}
+	log := testutil.NewLog(t)
+	k := &Kernel{hooks: HooksFentry, listenerDrops: true, log: log.Logger}
+	if k.leaveOut(refused(bpf.ObserverProgOnInetSend)) {
+		t.Error("a byte-counting program left out")
+	}
+	if !k.leaveOut(refused(bpf.ObserverProgOnAckRefused6)) || !k.exactRefusals() {
+		t.Error("on_ack_refused6 not left out, or listen errors no longer exact with on_listener_drop running")
+	}
+	for _, h := range k.fentryHooks() {
+		if refusalPrograms[h.name] {
+			t.Errorf("%s still attached", h.name)
+		}
+	}
+	if k.leaveOut(refused(bpf.ObserverProgOnSynRefused)) {
+		t.Error("the refusal programs left out twice")
+	}
+	if !k.leaveOut(refused(bpf.ObserverProgOnListenerDrop)) || k.exactRefusals() {
+		t.Error("on_listener_drop not left out, or listen errors still said exact")
+	}
+	if n := strings.Count(log.String(), "left out"); n != 2 {
+		t.Errorf("said %d times, want once per program left out:\n%s", n, log.String())
+	}
+	if k.leaveOut(errors.New("program on_syn_refused: map queue_waits: no such file")) {
+		t.Error("a load error that is no verifier's refusal taken as one")
 	}
 }
