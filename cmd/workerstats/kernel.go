@@ -115,7 +115,7 @@ func settingError(err error) (setting bool, _ error) {
 }
 
 // checkLimits is the one validator of the flags that size the kernel's
-// tables and its capture ring.
+// tables.
 func checkLimits(d daemonOptions) error {
 	ranges := []struct {
 		flag      string

@@ -370,8 +370,7 @@ func (sp *servedPool) watches() string {
 // serveDaemon runs the daemon, step by step, until ctx ends or a stats
 // server fails. Every stats socket is bound before anything is loaded, so
 // an address in use is found out first; the kernel side is closed only
-// once the servers and maintain have returned, and after the request
-// follower that reads its heads.
+// once the servers and maintain have returned.
 func serveDaemon(ctx context.Context, o daemonOptions) error {
 	log := slog.Default()
 	observer.Version = "workerstats-" + version
