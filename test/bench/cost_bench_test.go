@@ -99,7 +99,7 @@ func costPairs(b *testing.B, wrk string, c costCase, hooks string, master int, u
 	b.ReportMetric(mc, "added-host-cpu-ns/req")
 	goal := c.minTPS // on every hook set: one a user picks is to be as cheap
 	what := fmt.Sprintf("%s, %s hooks", c.name, hooks)
-	testutil.BenchRowFloor(b, "throughput with/without: "+what, fmt.Sprintf(">= %.2f", goal),
+	testutil.BenchRowFloor(b, "throughput with/without: "+what, fmt.Sprintf(">= %g", goal),
 		fmt.Sprintf("%.3f (%s, %d rounds; empty programs on the same hooks %.3f, %s)",
 			mt, testutil.Spread(tps, "%.3f"), rounds, mf, testutil.Spread(floor, "%.3f")), mt >= goal, mf < goal)
 	mpf, mcf := testutil.Median(p99Floor), testutil.Median(cpuFloor)
