@@ -86,7 +86,7 @@ fuzz: ## fuzz each target for FUZZTIME (default 10s); not part of make test, whi
 	$(GO) test -run '^$$' -fuzz '^FuzzParseMountinfo$$' -fuzztime $(FUZZTIME) ./observer/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./observer/container/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./observer/proto/
-	$(GO) test -run '^$$' -fuzz '^FuzzTracker$$' -fuzztime $(FUZZTIME) ./observer/requests/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./observer/requests/
 
 .PHONY: test-privileged
 test-privileged: ## only the tests that load eBPF and run real servers (as root): ebpfkernel's and test/'s
