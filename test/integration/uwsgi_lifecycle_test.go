@@ -509,12 +509,25 @@ func killUnderLoad(t *testing.T, hooks string, midResponse bool) {
 	if len(ours.Workers) != workers {
 		t.Errorf("%d slots, the pool has %d workers", len(ours.Workers), workers)
 	}
-	// uWSGI missed the cut request, and only it.
-	if missed != 1 || missedTX != wantMissedTX {
+	// uWSGI missed the cut request, and only it; but for the bytes of one
+	// answered request of the killed worker: uWSGI's request end counts
+	// the request, runs the after-request hooks, and only then adds the
+	// response's bytes to tx, and a SIGKILL in between loses them (seen
+	// under emulation on 5.10). Ours equal what the clients got, above.
+	extraTX := missedTX - wantMissedTX
+	if extraTX > 0 && extraTX <= maxResponse {
+		t.Logf("uWSGI also missed %d bytes, one response of the killed worker's: killed between counting a request and its bytes", extraTX)
+		extraTX = 0
+	}
+	if missed != 1 || extraTX != 0 {
 		t.Errorf("uWSGI counted %d requests and %d bytes fewer than the killed worker received and the clients got from it; want 1 and %d",
 			missed, missedTX, wantMissedTX)
 	}
 }
+
+// maxResponse is the most bytes one response of the load takes: its
+// largest body (harness.ResponseSize) and its headers.
+const maxResponse = 20000 + 512
 
 // TestUWSGIGracefulReload: `uwsgi --reload PIDFILE` between two rounds of
 // load. uWSGI's master stops its workers gracefully, re-executes itself
