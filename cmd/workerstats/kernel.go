@@ -66,7 +66,7 @@ func loadKernel(o daemonOptions, log *slog.Logger) (loadedKernel, string, error)
 		return nil, "--mode procfs", nil
 	}
 	k, err := ebpfkernel.Load(ebpfkernel.Options{Hooks: o.hooks, BPFStats: o.bpfStats, PinPath: o.pinPath,
-		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureHeads: o.requests, Log: log.With("component", "ebpf")})
+		MaxConnections: o.maxConns, MaxWorkers: o.maxWorkers, MaxTransfers: o.maxXfers, CaptureHeads: o.requests, NoStatus: !o.requests, Log: log.With("component", "ebpf")})
 	if err == nil {
 		return k, "", nil
 	}

@@ -162,7 +162,7 @@ func (o *serveFlags) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.mode, "mode", modeAuto, "auto (eBPF, else procfs), ebpf, or procfs (no request counters; no eBPF needed)")
 	f.StringVar(&o.hooks, "hooks", defaultHooks, "where the kernel counts bytes: auto, fentry (kernel functions, wherever BPF trampolines load; what auto picks there), sock (Linux >= 6.5), syscall, or raw (sys_enter/sys_exit)")
 	f.BoolVar(&o.bpfStats, "bpf-stats", false, "enable kernel.bpf_stats_enabled and report each program's ns per run in the dump")
-	f.BoolVar(&o.requests, "requests", true, "keep the first bytes of each request in the kernel (eBPF mode), read at each dump to show in each worker's cores what it is serving now; --requests=false leaves them out (status classes and durations are counted all the same)")
+	f.BoolVar(&o.requests, "requests", true, "request detail (eBPF mode): each response's status class and each request's duration, counted in the kernel, and each request's first bytes kept there, read at each dump to show in each worker's cores what it is serving now; --requests=false leaves all of it out")
 	f.StringVar(&o.reqVars, "request-vars", requests.AllVars.String(), "with --requests, which vars of a request a core shows: all (as uWSGI, less cookies and authorization), no-query (and no query strings), or none")
 	f.IntVar(&o.maxConns, "max-connections", defaultMaxConns, "connections the kernel tracks at once, every pool together; more are not counted, and the dump says how many")
 	f.IntVar(&o.maxProcs, "max-workers", defaultMaxWorkers, "processes the kernel tracks, every pool together: masters, workers and each slot's last exited process; more are not counted, and the dump says how many")

@@ -272,7 +272,8 @@ func busyCore(t *testing.T, addr, who string) observer.Core {
 // TestRequestVarsLeaveOutQueries: --request-vars no-query shows a busy
 // worker's request without its query string anywhere; none shows no vars,
 // only that the worker is in a request and since when; --requests=false
-// keeps no head, and shows only that it is in a request.
+// keeps no head and counts no status, and shows only that it is in a
+// request.
 func TestRequestVarsLeaveOutQueries(t *testing.T) {
 	testutil.RequireEBPF(t)
 	hooks := testutil.HookSets(t, ebpfkernel.AvailableHooks)[0]
@@ -309,6 +310,15 @@ func TestRequestVarsLeaveOutQueries(t *testing.T) {
 			if policy == "off" {
 				if len(core.Vars) != 0 || core.ReqInfo["request_start"] != nil {
 					t.Errorf("--requests=false: core %+v, want no vars, no request_start", core)
+				}
+				st, err := harness.ReadStats(d.Addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, w := range st.Workers {
+					if w.Statuses != nil || w.Durations != nil {
+						t.Errorf("--requests=false: worker %d shows statuses %+v, durations %+v; want neither", w.ID, w.Statuses, w.Durations)
+					}
 				}
 				return
 			}
