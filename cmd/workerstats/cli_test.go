@@ -51,6 +51,7 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"bad max transfers", []string{"serve", "--pid", "1", "--max-transfers", "0"}, "--max-transfers 0: give 1 to 4194304"},
 		{"requests without eBPF", []string{"serve", "--pid", "1", "--mode", "procfs", "--requests"}, "--requests needs eBPF: procfs mode sees no request; drop --mode procfs or --requests"},
 		{"bad request vars", []string{"serve", "--pid", "1", "--requests", "--request-vars", "some"}, `--request-vars "some" is not one of all, no-query, none`},
+		{"request vars in procfs mode", []string{"serve", "--pid", "1", "--mode", "procfs", "--request-vars", "none"}, "--request-vars says which vars request detail shows, and procfs mode sees no request: drop --mode procfs or --request-vars"},
 		{"request vars without requests", []string{"serve", "--pid", "1", "--requests=false", "--request-vars", "none"}, "--request-vars says which vars --requests shows: drop --requests=false"},
 		{"bad stats address", []string{"serve", "--pid", "1", "--stats", "localhost"}, "neither host:port nor a socket path"},
 		{"address in use", []string{"serve", "--pid", "1", "--stats", busy.Addr().String()}, "already in use"},

@@ -303,6 +303,9 @@ func (d *daemonOptions) check() error {
 		return err
 	}
 	if d.requestVars != requests.AllVars && !d.requests {
+		if d.mode == modeProcfs {
+			return errors.New("--request-vars says which vars request detail shows, and procfs mode sees no request: drop --mode procfs or --request-vars")
+		}
 		return errors.New("--request-vars says which vars --requests shows: drop --requests=false")
 	}
 	if d.requests && d.mode == modeProcfs {
