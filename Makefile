@@ -14,8 +14,8 @@ BINDIR     ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 UNITDIR    ?= /etc/systemd/system
 DESTDIR    ?=
-UNIT       := cmd/workerstats/systemd/workerstats.service
-CONFIG     := cmd/workerstats/systemd/workerstats.toml
+UNIT       := deploy/systemd/workerstats.service
+CONFIG     := deploy/systemd/workerstats.toml
 VAGRANT    ?= vagrant
 
 # bpf2go's compiler: Debian 12's clang 14, so generated objects are the same

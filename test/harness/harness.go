@@ -92,7 +92,7 @@ func repoRoot() (string, error) {
 }
 
 // RepoPath is the path of rel, a path from the repository's root (such as
-// cmd/workerstats/systemd/workerstats.service); it fails t if the
+// deploy/systemd/workerstats.service); it fails t if the
 // repository cannot be found.
 func RepoPath(t testing.TB, rel string) string {
 	t.Helper()

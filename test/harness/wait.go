@@ -23,11 +23,17 @@ func Poll(d time.Duration, f func() error) error {
 	}
 }
 
-// WaitFor polls f until it returns nil, failing t if d passes first.
+// WaitFor polls f until it returns nil, failing t if d passes first. A
+// wait of a second or more is logged with its length, which says where a
+// slow test (under emulation, say) spends its time.
 func WaitFor(t testing.TB, d time.Duration, what string, f func() error) {
 	t.Helper()
+	start := time.Now()
 	if err := Poll(d, f); err != nil {
 		t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
+	}
+	if took := time.Since(start); took >= time.Second {
+		t.Logf("waited %.1f s for %s", took.Seconds(), what)
 	}
 }
 

@@ -206,7 +206,7 @@ func TestDaemonKeepsOnlyNeededCapabilities(t *testing.T) {
 // unitDirective returns the values of key= in the shipped systemd unit.
 func unitDirective(t *testing.T, key string) []string {
 	t.Helper()
-	b, err := os.ReadFile(harness.RepoPath(t, "cmd/workerstats/systemd/workerstats.service"))
+	b, err := os.ReadFile(harness.RepoPath(t, "deploy/systemd/workerstats.service"))
 	if err != nil {
 		t.Fatal(err)
 	}
