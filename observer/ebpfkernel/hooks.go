@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/workerstats/workerstats/bpf"
 )
@@ -262,14 +264,56 @@ func (k *Kernel) attach() error {
 	if k.pins != nil {
 		return k.keepOrReplace(hooks)
 	}
-	for _, h := range hooks {
-		l, err := h.attach(*h.prog)
-		if err != nil {
-			return err
-		}
-		k.addLink(h, l)
+	links, err := attachAll(hooks)
+	if err != nil {
+		return err
+	}
+	for i, h := range hooks {
+		k.addLink(h, links[i])
 	}
 	return nil
+}
+
+// attachAll attaches every hook at once, each from a thread of its own:
+// before Linux 5.12 an attachment to a kernel function (fentry, fexit)
+// waits for a grace period of RCU tasks, which attachments made together
+// share, instead of one after another. Nothing is watched yet, so the
+// order in which they take effect does not matter. On an error, those
+// attached are detached again.
+func attachAll(hooks []hook) ([]link.Link, error) {
+	links := make([]link.Link, len(hooks))
+	var g errgroup.Group
+	for i, h := range hooks {
+		g.Go(func() error {
+			l, err := h.attach(*h.prog)
+			links[i] = l
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		closeAll(links)
+		return nil, err
+	}
+	return links, nil
+}
+
+// closeAll closes links at once (see attachAll: detaching from a kernel
+// function waits for the same grace period), nil ones skipped.
+func closeAll(links []link.Link) error {
+	errs := make([]error, len(links))
+	var wg sync.WaitGroup
+	for i, l := range links {
+		if l == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.Close()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // addLink records l, h's attachment.

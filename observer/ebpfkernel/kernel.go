@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -72,6 +73,8 @@ type Kernel struct {
 	// program with others is not the one we would run.
 	consts []byte
 	links  []link.Link
+	// took is how long each step of Load took, for its log.
+	took startup
 	// linkOf is each hook's link by its pin name, for the hooks attached
 	// and detached while running (listen.go).
 	linkOf map[string]link.Link
@@ -144,6 +147,7 @@ func Load(opts Options) (*Kernel, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps: %w", err)
 	}
+	start := time.Now()
 	hooks, probed, err := resolveHooks(opts.Hooks, log)
 	if err != nil {
 		return nil, err
@@ -155,13 +159,20 @@ func Load(opts Options) (*Kernel, error) {
 	k := &Kernel{hooks: hooks, log: log, oomVictimTask: probed.oomVictimTask, regsHelper: probed.regsHelper,
 		absent: probed.absent, netns: netns, countStatus: !opts.NoStatus}
 	k.probeRefusals()
+	k.took.probe = time.Since(start)
 	if err := k.open(opts); err != nil {
 		k.Close()
 		return nil, err
 	}
-	log.Info("eBPF programs attached", "hooks", hooks, "links", len(k.links))
+	log.Info("eBPF programs attached", "hooks", hooks, "links", len(k.links), "took", time.Since(start).Round(time.Millisecond))
+	log.Debug("eBPF start-up steps", "probe", k.took.probe.Round(time.Millisecond),
+		"load", k.took.load.Round(time.Millisecond), "attach", k.took.attach.Round(time.Millisecond))
 	return k, nil
 }
+
+// startup is how long Load's steps took: probing the kernel (BTF, the
+// hook set, the listeners' drops), loading (the verifier), attaching.
+type startup struct{ probe, load, attach time.Duration }
 
 // open takes the pin directory, enables statistics, loads and attaches.
 func (k *Kernel) open(opts Options) error {
@@ -176,10 +187,12 @@ func (k *Kernel) open(opts Options) error {
 			return fmt.Errorf("enable eBPF run-time statistics: %w", err)
 		}
 	}
+	loadAt := time.Now()
 	err = k.load(opts, captureMode(opts.CaptureHeads, k.hooks))
 	for err != nil && k.leaveOut(err) {
 		err = k.load(opts, captureMode(opts.CaptureHeads, k.hooks))
 	}
+	k.took.load = time.Since(loadAt)
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -191,6 +204,8 @@ func (k *Kernel) open(opts Options) error {
 		return err
 	}
 	k.probeListenerReads()
+	attachAt := time.Now()
+	defer func() { k.took.attach = time.Since(attachAt) }()
 	return k.attach()
 }
 
@@ -405,10 +420,7 @@ func (k *Kernel) Pinned() bool { return k.pins != nil }
 // Pinned links and maps stay, and the programs go on counting: only
 // RemovePins removes them.
 func (k *Kernel) Close() error {
-	var errs []error
-	for _, l := range k.links {
-		errs = append(errs, l.Close())
-	}
+	errs := []error{closeAll(k.links)}
 	k.links = nil
 	errs = append(errs, k.objs.Close())
 	if k.stats != nil {

@@ -3,6 +3,7 @@ package ebpfkernel
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -62,6 +63,11 @@ func (k *Kernel) markPorts(also ...listenKey) error {
 			return fmt.Errorf("read the keys of %s: %w", name, err)
 		}
 	}
+	if k.portWords == nil {
+		if err := k.writeAllPorts(words); err != nil {
+			return err
+		}
+	}
 	for i, w := range words {
 		if k.portWords != nil && k.portWords[i] == w {
 			continue
@@ -71,6 +77,25 @@ func (k *Kernel) markPorts(also ...listenKey) error {
 		}
 	}
 	k.portWords = words
+	return nil
+}
+
+// writeAllPorts writes every word of watched_ports in one call, and
+// records them as written; where the kernel has no batch updates (before
+// 5.6) it records nothing, and markPorts writes them one by one.
+func (k *Kernel) writeAllPorts(words []uint64) error {
+	keys := make([]uint32, len(words))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	_, err := k.objs.WatchedPorts.BatchUpdate(keys, words, nil)
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return nil
+	case err != nil:
+		return fmt.Errorf("watched_ports: %w", err)
+	}
+	k.portWords = slices.Clone(words)
 	return nil
 }
 

@@ -140,7 +140,10 @@ func runDaemon(t testing.TB, addr string, cmd *exec.Cmd, ready func() error) *Da
 			t.Logf("workerstats (%s) log:\n%s", strings.Join(d.Cmd.Args, " "), d.Log.String())
 		}
 	})
-	WaitFor(t, 30*time.Second, "workerstats to serve stats", func() error {
+	// Its start is its programs' verification, which under emulation
+	// takes the guest 15-30 s for the fentry set: a wait on the daemon's
+	// own start-up, stretched there as the servers' are.
+	WaitFor(t, testutil.Patience(30*time.Second), "workerstats to serve stats", func() error {
 		select {
 		case err := <-d.Exited:
 			d.Exited <- err
