@@ -251,6 +251,7 @@ type ListedPool struct {
 	PID       int                 `json:"pid"`
 	HostPID   int                 `json:"host_pid"`
 	Container *container.Identity `json:"container,omitempty"`
+	Pod       *Pod                `json:"pod,omitempty"`
 	Path      string              `json:"path"`
 	Workers   int                 `json:"workers"`
 	Waiting   string              `json:"waiting,omitempty"`
@@ -268,7 +269,7 @@ func (d *Discovery) List(ctx context.Context) ([]byte, error) {
 		if st, err := p.Pool.Snapshot(ctx); err != nil {
 			l.Error = err.Error()
 		} else {
-			l.PID, l.Workers, l.Waiting = st.PID, len(st.Workers), st.Observer.Waiting
+			l.PID, l.Workers, l.Waiting, l.Pod = st.PID, len(st.Workers), st.Observer.Waiting, st.Pod
 		}
 		out = append(out, l)
 	}

@@ -148,6 +148,9 @@ func (l *layout) stats(st *Stats) {
 	if st.Container != nil {
 		l.value("container", st.Container)
 	}
+	if st.Pod != nil {
+		l.value("pod", st.Pod)
+	}
 	l.value("observer", st.Observer)
 	l.close('}')
 }

@@ -35,6 +35,8 @@ type Pool struct {
 	// on (nil: off). The daemon's one Follower serves every pool.
 	Follower RequestFollower
 	Log      *slog.Logger
+	// Pods names the pod of the master's container (nil: none).
+	Pods PodNamer
 	// MaxAge lets readers arriving within it of a snapshot share it, so a
 	// storm of readers costs the kernel maps one read. 0 reads every time.
 	MaxAge time.Duration
@@ -67,6 +69,7 @@ type Pool struct {
 	last        *Stats
 	lastAt      time.Time
 	gauges      gauges
+	pod         podName
 }
 
 // Start finds the master and its current workers and starts counting. An

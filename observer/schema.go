@@ -29,6 +29,9 @@ type Stats struct {
 	// workerstats: the container and Kubernetes pod the master runs in,
 	// from its cgroup (see observer/container); nil when unreadable.
 	Container *container.Identity `json:"container,omitempty"`
+	// workerstats: the pod, by name, that container is of, as the API
+	// server says (serve on a Kubernetes node); nil elsewhere.
+	Pod *Pod `json:"pod,omitempty"`
 	// workerstats: how this dump was produced.
 	Observer ObserverInfo `json:"observer"`
 }

@@ -60,6 +60,9 @@ func (p *Pool) Snapshot(ctx context.Context) (*Stats, error) {
 	}
 	st.UID, st.GID, st.CWD = g.uid, g.gid, g.cwd
 	st.Container = p.self.identity
+	if id := p.self.identity; id != nil {
+		st.Pod = p.pod.of(p.Pods, id.ID)
+	}
 	st.Observer.Unknown = p.unknown()
 	st.Sockets, st.ListenQueue, st.ListenQueueErrors = p.queueWaits(g.sockets), g.listenQueue, g.listenErrors
 	now := time.Now()

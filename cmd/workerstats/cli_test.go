@@ -53,6 +53,8 @@ func TestCommandLineMistakesAreOneClearLine(t *testing.T) {
 		{"bad request vars", []string{"serve", "--pid", "1", "--requests", "--request-vars", "some"}, `--request-vars "some" is not one of all, no-query, none`},
 		{"request vars in procfs mode", []string{"serve", "--pid", "1", "--mode", "procfs", "--request-vars", "none"}, "--request-vars says which vars request detail shows, and procfs mode sees no request: drop --mode procfs or --request-vars"},
 		{"request vars without requests", []string{"serve", "--pid", "1", "--requests=false", "--request-vars", "none"}, "--request-vars says which vars --requests shows: drop --requests=false"},
+		{"bad metrics label", []string{"serve", "--pid", "1", "--metrics-labels", "pool,pid"}, `--metrics-labels: "pid" is not a label of workerstats' series: choose among pool, server, namespace, pod, container`},
+		{"missing kubeconfig", []string{"serve", "--pid", "1", "--kubeconfig", "/nonexistent/kubeconfig"}, "--kubeconfig: stat /nonexistent/kubeconfig: no such file or directory"},
 		{"bad stats address", []string{"serve", "--pid", "1", "--stats", "localhost"}, "neither host:port nor a socket path"},
 		{"address in use", []string{"serve", "--pid", "1", "--stats", busy.Addr().String()}, "already in use"},
 		{"read nothing there", []string{"read", deadAddr}, "connect to stats socket " + deadAddr},

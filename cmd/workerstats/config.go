@@ -100,6 +100,9 @@ type configFile struct {
 	StatsMaxConns int           `toml:"stats-max-conns"`
 	StatsTimeout  tomlDuration  `toml:"stats-timeout"`
 	StatsMaxAge   tomlDuration  `toml:"stats-max-age"`
+	Kubeconfig    string        `toml:"kubeconfig"`
+	NodeName      string        `toml:"node-name"`
+	MetricsLabels []string      `toml:"metrics-labels"`
 	Pools         []poolOptions `toml:"pool"`
 }
 

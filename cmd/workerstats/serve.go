@@ -56,6 +56,7 @@ type serveFlags struct {
 	procRoot string
 	config   string
 	host     hostOptions // --pin-path, --no-pin, --user: privileges.go
+	kube     kubeFlags   // --kubeconfig, --node-name, --metrics-labels: kube.go
 
 	discover      bool
 	discoverEvery time.Duration
@@ -98,6 +99,11 @@ type daemonOptions struct {
 	statsTimeout  time.Duration
 	statsMaxAge   time.Duration
 	ignored       []string // config keys taken and ignored: said once at start
+
+	kube kubeOptions
+	// pods names each pool's pod on a Kubernetes node: set by serveDaemon
+	// (nil: no cluster).
+	pods observer.PodNamer
 }
 
 // poolFlags are serve's flags that name one pool: they and a config's
@@ -171,6 +177,7 @@ func (o *serveFlags) addFlags(f *pflag.FlagSet) {
 	f.MarkDeprecated("capture-ring", "request heads no longer reach the daemon through a ring, and it is ignored")
 	f.StringVar(&o.procRoot, "proc", defaultProcRoot, "procfs mount to read processes from")
 	o.host.addFlags(f)
+	o.kube.addFlags(f)
 }
 
 // resolve merges --config into the flags and checks every option once, the
@@ -198,6 +205,9 @@ func (o *serveFlags) resolve(changed func(flag string) bool) (daemonOptions, err
 		d.discover = &discoverOptions{every: o.discoverEvery, maxPools: o.maxPools}
 	}
 	if err := d.check(); err != nil {
+		return daemonOptions{}, err
+	}
+	if d.kube, err = o.kube.resolve(); err != nil {
 		return daemonOptions{}, err
 	}
 	if !d.poolsFromConfig {
@@ -286,6 +296,7 @@ func (o *serveFlags) applyConfig(c configFile, changed func(string) bool) {
 	set("stats-max-conns", c.StatsMaxConns != 0, func() { o.statsMaxConns = c.StatsMaxConns })
 	set("stats-timeout", c.StatsTimeout.set, func() { o.statsTimeout = c.StatsTimeout.Duration })
 	set("stats-max-age", c.StatsMaxAge.set, func() { o.statsMaxAge = c.StatsMaxAge.Duration })
+	o.kube.applyConfig(c, changed)
 }
 
 // check validates the daemon-wide options, whether from flags, a config or
@@ -393,6 +404,7 @@ func serveDaemon(ctx context.Context, o daemonOptions) error {
 		defer k.Close()
 	}
 	follower := newFollower(k, o, log)
+	o.pods = watchPods(ctx, o.kube, log)
 	if err := startPools(ctx, pools, k, follower, procfsReason, o, log); err != nil {
 		return err
 	}
@@ -490,7 +502,7 @@ func newPool(target observer.Target, k observer.Kernel, follower *observer.Follo
 	if k == nil {
 		k = &observer.ProcfsKernel{Proc: o.proc, Reason: procfsReason}
 	}
-	p := &observer.Pool{Target: target, Proc: o.proc, Kernel: k, Log: log.With("component", "pool"), MaxAge: o.statsMaxAge}
+	p := &observer.Pool{Target: target, Proc: o.proc, Kernel: k, Log: log.With("component", "pool"), MaxAge: o.statsMaxAge, Pods: o.pods}
 	if follower != nil { // a nil *Follower in the field would not be nil: statuses of 0 would show
 		p.Follower = follower
 	}
@@ -516,7 +528,11 @@ func newStatsServer(sp *servedPool, o daemonOptions, log *slog.Logger) *statsock
 	}
 	if srv.HTTP {
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(metrics.New(metrics.PoolLabels, pools, log.With("component", "metrics")))
+		labels := o.kube.labels
+		if labels == nil { // demo's options
+			labels = metrics.PoolLabels
+		}
+		reg.MustRegister(metrics.New(labels, pools, log.With("component", "metrics")))
 		srv.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 	}
 	return srv

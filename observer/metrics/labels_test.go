@@ -17,8 +17,8 @@ import (
 )
 
 // One collector over several pools: every series labelled by its pool
-// (pool, server, container), never by a pid; what the kernel dropped
-// once; a label list that can grow.
+// (pool, server, and on Kubernetes its pod), never by a pid; what the
+// kernel dropped once; labels chosen among those a pool has.
 
 const testCID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
@@ -28,7 +28,7 @@ const testCID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde
 func threePools() []Pool {
 	pool := func(id, server string, c *container.Identity, pid0 int) Pool {
 		st := &observer.Stats{
-			PID: 1, HostPID: pid0, Container: c,
+			PID: 1, HostPID: pid0, Container: c, Pod: shopPod(c),
 			Sockets:  []observer.Socket{{Name: "127.0.0.1:8000", Proto: "tcp", Queue: 1, MaxQueue: 100}},
 			Observer: observer.ObserverInfo{Dropped: map[string]uint64{"connections_untracked": 2, "workers_untracked": 0}},
 		}
@@ -42,6 +42,15 @@ func threePools() []Pool {
 		pool("gunicorn-4e5f6a7b", "gunicorn", &container.Identity{Cgroup: "/kubepods/burstable/podp/" + testCID, ID: testCID, PodUID: "p", QoS: "burstable"}, 2000),
 		pool("uwsgi-0a1b2c3d-2", "uwsgi", &container.Identity{Cgroup: "/system.slice/uwsgi.service"}, 3000),
 	}
+}
+
+// shopPod is the pod of c, a container of a pod: web's, a Deployment's.
+func shopPod(c *container.Identity) *observer.Pod {
+	if c.PodUID == "" {
+		return nil
+	}
+	return &observer.Pod{Namespace: "shop", Name: "web-7d9f8b6c5-x2x4z", Container: "app",
+		Owner: &observer.Owner{Kind: "Deployment", Name: "web"}}
 }
 
 // scrapeText is /metrics as Prometheus reads it, in the text format.
@@ -92,7 +101,7 @@ func TestPoolLabelsOnEverySeries(t *testing.T) {
 				}
 				continue
 			}
-			for _, want := range []string{"pool", "server", "container_runtime", "container_id", "pod_uid"} {
+			for _, want := range DefaultLabels {
 				if !slices.Contains(names, want) {
 					t.Errorf("%s lacks the label %s: %v", mf.GetName(), want, names)
 				}
@@ -101,10 +110,10 @@ func TestPoolLabelsOnEverySeries(t *testing.T) {
 	}
 	text := scrapeText(t, c)
 	for _, want := range []string{
-		`workerstats_worker_requests_total{container_id="",container_runtime="",pod_uid="",pool="uwsgi-0a1b2c3d",server="uwsgi",worker="4"} 40`,
-		`workerstats_worker_host_pid{container_id="",container_runtime="",pod_uid="",pool="uwsgi-0a1b2c3d-2",server="uwsgi",worker="1"} 3001`,
-		`workerstats_worker_pid{container_id="` + testCID + `",container_runtime="",pod_uid="p",pool="gunicorn-4e5f6a7b",server="gunicorn",worker="2"} 3`,
-		`workerstats_up{container_id="` + testCID + `",container_runtime="",pod_uid="p",pool="gunicorn-4e5f6a7b",server="gunicorn"} 1`,
+		`workerstats_worker_requests_total{container="",namespace="",pod="",pool="uwsgi-0a1b2c3d",server="uwsgi",worker="4"} 40`,
+		`workerstats_worker_host_pid{container="",namespace="",pod="",pool="uwsgi-0a1b2c3d-2",server="uwsgi",worker="1"} 3001`,
+		`workerstats_worker_pid{container="app",namespace="shop",pod="web-7d9f8b6c5-x2x4z",pool="gunicorn-4e5f6a7b",server="gunicorn",worker="2"} 3`,
+		`workerstats_up{container="app",namespace="shop",pod="web-7d9f8b6c5-x2x4z",pool="gunicorn-4e5f6a7b",server="gunicorn"} 1`,
 		`workerstats_dropped_total{kind="connections_untracked"} 2`,
 	} {
 		if !strings.Contains(text, want+"\n") {
@@ -126,7 +135,8 @@ func TestPoolLabelsOnEverySeries(t *testing.T) {
 func TestSinglePoolLabels(t *testing.T) {
 	st := &observer.Stats{Container: &container.Identity{Cgroup: "/docker/" + testCID, Runtime: "docker", ID: testCID}}
 	var err error
-	c := New(PoolLabels, func() []Pool {
+	containers, _ := Select([]string{"pool", "server", "container_runtime", "container_id", "pod_uid"})
+	c := New(containers, func() []Pool {
 		return []Pool{{Snapshot: func(context.Context) (*observer.Stats, error) { return st, err }}}
 	}, testutil.NewLog(t).Logger)
 	want := `workerstats_up{container_id="` + testCID + `",container_runtime="docker",pod_uid="",pool="",server=""} 1`
@@ -140,20 +150,25 @@ func TestSinglePoolLabels(t *testing.T) {
 	}
 }
 
-// The label list is the collector's: more labels (a pod's namespace,
-// say) come with no other change.
-func TestMoreLabels(t *testing.T) {
-	labels := append(slices.Clone(PoolLabels), Label{"namespace", func(p Pool, _ *observer.Stats) string {
-		if p.Container != nil && p.Container.PodUID != "" {
-			return "shop"
-		}
-		return ""
-	}})
+// The labels are chosen: the owner of a pod (opt-in) comes as two, and
+// a name no series has is one clear error.
+func TestChosenLabels(t *testing.T) {
+	labels, err := Select([]string{"owner_name", "pool", "owner_kind", "namespace"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	pools := threePools()
 	text := scrapeText(t, New(labels, func() []Pool { return pools }, testutil.NewLog(t).Logger))
-	want := `workerstats_load{container_id="` + testCID + `",container_runtime="",namespace="shop",pod_uid="p",pool="gunicorn-4e5f6a7b",server="gunicorn"} 0`
-	if !strings.Contains(text, want+"\n") {
-		t.Errorf("/metrics lacks %s", want)
+	for _, want := range []string{
+		`workerstats_load{namespace="shop",owner_kind="Deployment",owner_name="web",pool="gunicorn-4e5f6a7b"} 0`,
+		`workerstats_load{namespace="",owner_kind="",owner_name="",pool="uwsgi-0a1b2c3d"} 0`,
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if _, err := Select([]string{"pool", "pid"}); err == nil || !strings.Contains(err.Error(), `"pid" is not a label`) {
+		t.Errorf("Select(pid): %v, want an error naming it", err)
 	}
 }
 

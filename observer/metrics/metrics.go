@@ -4,8 +4,11 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -32,17 +35,81 @@ type Label struct {
 	Value func(p Pool, st *observer.Stats) string
 }
 
-// PoolLabels are the labels that say which pool a series is of: pool and
-// server (a discovered pool's ID and server), container_runtime,
-// container_id and pod_uid (empty out of a container or a pod). Never a
-// pid: a label that changes with every respawn would make series without
-// end.
-var PoolLabels = []Label{
+// Labels are every label a pool's series may carry, by name: pool and
+// server (a discovered pool's ID and server); namespace, pod and
+// container (the container's name in its pod) on a Kubernetes node, and
+// owner_kind and owner_name (what made the pod: a Deployment, a
+// StatefulSet...); container_runtime, container_id and pod_uid from the
+// cgroup. Each is "" where it does not apply. Never a pid: a label that
+// changes with every respawn would make series without end.
+var Labels = []Label{
 	{"pool", func(p Pool, _ *observer.Stats) string { return p.ID }},
 	{"server", func(p Pool, _ *observer.Stats) string { return p.Server }},
+	{"namespace", func(_ Pool, st *observer.Stats) string { return pod(st).Namespace }},
+	{"pod", func(_ Pool, st *observer.Stats) string { return pod(st).Name }},
+	{"container", func(_ Pool, st *observer.Stats) string { return pod(st).Container }},
+	{"owner_kind", func(_ Pool, st *observer.Stats) string { return owner(st).Kind }},
+	{"owner_name", func(_ Pool, st *observer.Stats) string { return owner(st).Name }},
 	{"container_runtime", func(p Pool, st *observer.Stats) string { return identity(p, st).Runtime }},
 	{"container_id", func(p Pool, st *observer.Stats) string { return identity(p, st).ID }},
 	{"pod_uid", func(p Pool, st *observer.Stats) string { return identity(p, st).PodUID }},
+}
+
+// DefaultLabels name the labels of a collector unless told otherwise: who
+// a pool is, by the names an operator knows it by.
+var DefaultLabels = []string{"pool", "server", "namespace", "pod", "container"}
+
+// PoolLabels are the DefaultLabels.
+var PoolLabels = mustSelect(DefaultLabels)
+
+// Select returns the Labels of names, in Labels' order; an unknown name
+// is an error that lists them.
+func Select(names []string) ([]Label, error) {
+	var out []Label
+	for _, n := range names {
+		if !slices.ContainsFunc(Labels, func(l Label) bool { return l.Name == n }) {
+			return nil, fmt.Errorf("%q is not a label of workerstats' series: choose among %s", n, strings.Join(LabelNames(), ", "))
+		}
+	}
+	for _, l := range Labels {
+		if slices.Contains(names, l.Name) {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// LabelNames are the names of Labels.
+func LabelNames() []string {
+	names := make([]string, len(Labels))
+	for i, l := range Labels {
+		names[i] = l.Name
+	}
+	return names
+}
+
+func mustSelect(names []string) []Label {
+	l, err := Select(names)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+// pod is the pod a dump names, or none.
+func pod(st *observer.Stats) observer.Pod {
+	if st == nil || st.Pod == nil {
+		return observer.Pod{}
+	}
+	return *st.Pod
+}
+
+// owner is what made the pod a dump names, or none.
+func owner(st *observer.Stats) observer.Owner {
+	if p := pod(st); p.Owner != nil {
+		return *p.Owner
+	}
+	return observer.Owner{}
 }
 
 // identity is who pool p is: as the daemon found it, else as its dump says.
