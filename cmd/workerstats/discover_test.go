@@ -237,7 +237,7 @@ func TestDiscoverServesEveryPool(t *testing.T) {
 		t.Fatalf("GET %s: %v, %.200s", p.Path, err, b)
 	}
 	b, err = statsock.Read(ctx, "http://"+addr+"/metrics")
-	if want := `workerstats_up{container_id="",container_runtime="",pod_uid="",pool="` + p.ID + `",server="python3"} 1`; err != nil || !strings.Contains(string(b), want) {
+	if want := `workerstats_up{container="",namespace="",pod="",pool="` + p.ID + `",server="python3"} 1`; err != nil || !strings.Contains(string(b), want) {
 		t.Errorf("/metrics lacks %s: %v", want, err)
 	}
 

@@ -19,8 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -89,15 +89,22 @@ func Watch(ctx context.Context, o Options) (*Pods, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := newPodClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("a Kubernetes client for %s: %w", cfg.Host, err)
 	}
 	return watchWith(ctx, client, o)
 }
 
-// watchWith is Watch with client, a real clientset or a fake one.
-func watchWith(ctx context.Context, client kubernetes.Interface, o Options) (*Pods, error) {
+// podLister lists and watches pods: a podClient, or in tests a fake
+// clientset's.
+type podLister interface {
+	List(ctx context.Context, lo metav1.ListOptions) (*corev1.PodList, error)
+	Watch(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error)
+}
+
+// watchWith is Watch with pods.
+func watchWith(ctx context.Context, pods podLister, o Options) (*Pods, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -109,11 +116,23 @@ func watchWith(ctx context.Context, client kubernetes.Interface, o Options) (*Po
 	}
 	klog.SetSlogLogger(slog.New(quiet{o.Log.Handler()}))
 	onNode := fields.OneTermEqualSelector("spec.nodeName", o.Node).String()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = onNode }),
-		informers.WithTransform(trim))
-	p := &Pods{informer: factory.Core().V1().Pods().Informer(), forget: o.Forget, now: time.Now,
-		gone: map[string]goneContainer{}}
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
+			lo.FieldSelector = onNode
+			return pods.List(ctx, lo)
+		},
+		WatchFuncWithContext: func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
+			lo.FieldSelector = onNode
+			return pods.Watch(ctx, lo)
+		},
+	}
+	// A lister that cannot stream the first list as watch events (a
+	// fake clientset's) says so, and is listed the old way.
+	p := &Pods{informer: cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, pods), &corev1.Pod{}, 0, cache.Indexers{}),
+		forget: o.Forget, now: time.Now, gone: map[string]goneContainer{}}
+	if err := p.informer.SetTransform(trim); err != nil {
+		return nil, fmt.Errorf("trim pods: %w", err)
+	}
 	if err := p.informer.AddIndexers(cache.Indexers{byContainer: containerIDs}); err != nil {
 		return nil, fmt.Errorf("index pods by container: %w", err)
 	}
@@ -124,7 +143,7 @@ func watchWith(ctx context.Context, client kubernetes.Interface, o Options) (*Po
 	if err := p.informer.SetWatchErrorHandlerWithContext(errs.handle); err != nil {
 		return nil, fmt.Errorf("report the API server's errors: %w", err)
 	}
-	factory.Start(ctx.Done())
+	go p.informer.RunWithContext(ctx)
 	go p.sayWhenSynced(ctx, o, errs)
 	return p, nil
 }

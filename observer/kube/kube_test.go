@@ -42,9 +42,20 @@ func webPod() *corev1.Pod {
 	}
 }
 
-// watch starts Pods over a fake clientset holding objs, and waits for its
+// fakePods are a fake clientset's pods, which say (as the clientset does)
+// that they cannot stream the first list as watch events.
+type fakePods struct {
+	podLister
+	client *fake.Clientset
+}
+
+func (f fakePods) IsWatchListSemanticsUnSupported() bool {
+	return f.client.IsWatchListSemanticsUnSupported()
+}
+
+// watchPods starts Pods over a fake clientset holding objs, and waits for its
 // first list.
-func watch(t *testing.T, ctx context.Context, objs ...*corev1.Pod) (*Pods, *fake.Clientset) {
+func watchPods(t *testing.T, ctx context.Context, objs ...*corev1.Pod) (*Pods, *fake.Clientset) {
 	t.Helper()
 	client := fake.NewClientset()
 	for _, o := range objs {
@@ -52,7 +63,7 @@ func watch(t *testing.T, ctx context.Context, objs ...*corev1.Pod) (*Pods, *fake
 			t.Fatal(err)
 		}
 	}
-	p, err := watchWith(ctx, client, Options{Node: "n1", Log: testutil.NewLog(t).Logger})
+	p, err := watchWith(ctx, fakePods{client.CoreV1().Pods(metav1.NamespaceAll), client}, Options{Node: "n1", Log: testutil.NewLog(t).Logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +85,7 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 func TestPodOfNamesEachContainer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, _ := watch(t, ctx, webPod())
+	p, _ := watchPods(t, ctx, webPod())
 	web := &observer.Owner{Kind: "Deployment", Name: "web"}
 	for id, want := range map[string]observer.Pod{
 		cidApp:  {Namespace: "shop", Name: "web-7d9f8b6c5-x2x4z", Container: "app", Owner: web},
@@ -103,7 +114,7 @@ func TestDeletedPodRememberedRenamedOwnerShows(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pod := webPod()
-	p, client := watch(t, ctx, pod)
+	p, client := watchPods(t, ctx, pod)
 	now := time.Now()
 	p.now = func() time.Time { return now }
 
@@ -135,7 +146,7 @@ func TestDeletedPodRememberedRenamedOwnerShows(t *testing.T) {
 func TestOnlyTheNodesPods(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, client := watch(t, ctx)
+	_, client := watchPods(t, ctx)
 	listed := false
 	for _, a := range client.Actions() {
 		l, ok := a.(k8stesting.ListAction)

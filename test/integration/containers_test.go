@@ -325,7 +325,8 @@ func TestCgroupNamesContainer(t *testing.T) {
 		t.Run(shape.Name+"/"+hooks, func(t *testing.T) {
 			c := harness.NewContainer(t, shape)
 			p := harness.StartUWSGI(t, harness.UWSGIOptions{Processes: 2, Container: c})
-			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--stats-http", "--hooks", hooks)
+			d := harness.StartDaemon(t, "--pid", strconv.Itoa(p.PID), "--stats", harness.FreeAddr(t), "--stats-http", "--hooks", hooks,
+				"--metrics-labels", containerMetricsLabels)
 			res := harness.Drive(t, p, 500, 8, 0)
 			ours, theirs := harness.Settle(t, p, d, uint64(res.OK))
 			checkInContainer(t, c, ours, p.PID, theirs.PID)

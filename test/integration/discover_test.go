@@ -105,7 +105,7 @@ func TestDiscoverPoolsOnOneAddressInTwoNamespaces(t *testing.T) {
 			addr := harness.FreeAddr(t)
 			shapes := []harness.Shape{harness.Docker, harness.Containerd}
 			requests := []int{3000, 1200}
-			d := harness.StartDiscovery(t, "--discover-interval", discoverEvery, "--hooks", hooks)
+			d := harness.StartDiscovery(t, "--discover-interval", discoverEvery, "--hooks", hooks, "--metrics-labels", containerMetricsLabels)
 			var pools []*harness.UWSGIPool
 			var cs []*harness.Container
 			for _, s := range shapes {
@@ -235,8 +235,12 @@ func checkPoolLabels(t *testing.T, body string, listed []harness.Listed, dumps [
 	}
 }
 
-// containerLabels are the labels /metrics gives a pool in container c,
-// those with a value.
+// containerMetricsLabels are the labels that name a pool's container by
+// its cgroup, beside its pool and server: opt-in (--metrics-labels).
+const containerMetricsLabels = "pool,server,container_runtime,container_id,pod_uid"
+
+// containerLabels are the labels /metrics gives a pool in container c
+// (with --metrics-labels containerMetricsLabels), those with a value.
 func containerLabels(c *harness.Container) map[string]string {
 	m := map[string]string{}
 	for k, v := range map[string]string{"container_runtime": c.Shape.Runtime, "container_id": c.ID, "pod_uid": c.PodUID} {
