@@ -93,6 +93,14 @@ test-privileged: ## only the tests that load eBPF and run real servers (as root)
 	$(GO) test -count=1 -v ./observer/ebpfkernel/
 	$(GO) test -count=1 -p 1 -v -timeout 30m ./test/...
 
+# The tests that name pools by their pods run a real kube-apiserver and
+# etcd, built from their Go modules at the release test/kube/servers/go.mod
+# pins (several minutes of CPU the first time; Go's cache keeps them).
+KUBE_SERVERS ?= build/kube
+.PHONY: kube-servers
+kube-servers: ## build kube-apiserver and etcd into build/kube for the tests against a real API server (TestPodsNamedByTheAPIServer)
+	cd test/kube/servers && $(GO) build -o $(abspath $(KUBE_SERVERS))/ ./cmd/kube-apiserver ./cmd/etcd
+
 # make vm-test KERNELS="5.10 6.1" (the default) or KERNELS=all (with 6.12).
 # The guests run the observer, ebpfkernel and test/integration tests;
 # test/userspace's, the same on every kernel, are left out (see its

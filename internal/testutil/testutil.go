@@ -125,6 +125,16 @@ func Patience(d time.Duration) time.Duration {
 	return d
 }
 
+// SkipEmulated skips t under software emulation (make vm-test), saying
+// why: for a test of what does not depend on the kernel, proven on the
+// host, whose servers an emulated guest runs too slowly to be worth it.
+func SkipEmulated(t testing.TB, why string) {
+	t.Helper()
+	if emulated() {
+		t.Skip("under emulation: " + why)
+	}
+}
+
 // emulated says whether the tests run under software emulation, their
 // request counts scaled down (ScaleEnv below 1).
 func emulated() bool {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/workerstats/workerstats/internal/testutil"
+	"github.com/workerstats/workerstats/observer"
 	"github.com/workerstats/workerstats/observer/container"
 	"github.com/workerstats/workerstats/observer/ebpfkernel"
 	"github.com/workerstats/workerstats/statsock"
@@ -86,6 +87,7 @@ type Listed struct {
 	PID       int                 `json:"pid"`      // the master's, as the server reports it
 	HostPID   int                 `json:"host_pid"` // the master's on the host
 	Container *container.Identity `json:"container"`
+	Pod       *observer.Pod       `json:"pod"`
 	Path      string              `json:"path"` // where its dump is served: /pools/ID
 	Workers   int                 `json:"workers"`
 	Waiting   string              `json:"waiting"`
