@@ -60,7 +60,7 @@ func TestDebInstallAndPurge(t *testing.T) {
 	if err := os.WriteFile(conffile, []byte("# edited\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	inPrivateBPFFS(t, "mkdir -p "+pinRoot+"/default && dpkg --remove workerstats && ! test -e "+pinRoot)
+	inPrivateBPFFS(t, leavePins(t)+"dpkg --remove workerstats\n! test -e "+pinRoot+"\n")
 	for _, p := range installed {
 		if _, err := os.Stat(p); (p == conffile) != (err == nil) {
 			t.Errorf("after dpkg --remove: %s: %v (the config alone stays)", p, err)
@@ -159,13 +159,33 @@ func checkNotEnabledNorStarted(t *testing.T) {
 	}
 }
 
+// leavePins returns the shell lines that leave pins under pinRoot as a
+// stopped daemon does: the installed daemon's own, run for as long as it
+// takes to pin its maps and links, where the kernel can load its
+// programs; elsewhere an empty pin directory.
+func leavePins(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Logf("no BTF (%v): the package's removal is checked on an empty pin directory, not a daemon's pins", err)
+		return "mkdir -p " + pinRoot + "/default\n"
+	}
+	log := filepath.Join(t.TempDir(), "daemon.log")
+	return binary + ` serve --pid $$ --stats 127.0.0.1:0 --mode ebpf >` + log + ` 2>&1 &
+d=$!
+for i in $(seq 120); do ls ` + pinRoot + `/default 2>/dev/null | grep -q '^link_' && break; sleep 0.5; done
+kill $d; wait $d || true
+ls ` + pinRoot + `/default | grep -q '^link_' || { echo "the daemon pinned no link in 60 s:"; cat ` + log + `; exit 1; }
+`
+}
+
 // inPrivateBPFFS runs script in a mount namespace of its own, on a bpf
 // filesystem of its own at /sys/fs/bpf, so that what the package's
 // scripts do to pins never touches the machine's.
 func inPrivateBPFFS(t *testing.T, script string) {
 	t.Helper()
-	run(t, "/", "unshare", "--mount", "--propagation", "private", "sh", "-ec",
+	out := run(t, "/", "unshare", "--mount", "--propagation", "private", "sh", "-ec",
 		"mount -t bpf bpf /sys/fs/bpf\n"+script)
+	t.Logf("in a bpffs of its own:\n%s", out)
 }
 
 func checkPurged(t *testing.T) {
