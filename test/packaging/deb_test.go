@@ -3,8 +3,10 @@ package packaging
 import (
 	"compress/gzip"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -39,8 +41,9 @@ var installed = []string{
 // The package a user installs: lintian finds no error or warning in it;
 // dpkg -i puts the binary, the unit (ExecStart in /usr/bin), the config
 // (a conffile), the man pages and the completions in place, and neither
-// enables nor starts the service; dpkg --remove stops short of the
-// config but takes the daemon's pins with it; dpkg --purge leaves nothing.
+// enables nor starts the service; dpkg --remove keeps the config and
+// takes a stopped daemon's pins, but not those of a daemon still running;
+// dpkg --purge leaves nothing; the machine's own pins are never touched.
 func TestDebInstallAndPurge(t *testing.T) {
 	testutil.RequireRoot(t, "install and purge the Debian package with dpkg")
 	for cmd, pkg := range map[string]string{"dpkg": "dpkg", "dpkg-buildpackage": "dpkg-dev", "dh": "debhelper", "lintian": "lintian", "unshare": "util-linux"} {
@@ -56,18 +59,36 @@ func TestDebInstallAndPurge(t *testing.T) {
 	checkNotEnabledNorStarted(t)
 
 	// The operator edits the config: removing the package keeps it,
-	// purging it does not. Both run where a daemon left its pins.
+	// purging it does not. Both run in a bpffs of their own, never on
+	// the machine's pins.
 	if err := os.WriteFile(conffile, []byte("# edited\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	inPrivateBPFFS(t, leavePins(t)+"dpkg --remove workerstats\n! test -e "+pinRoot+"\n")
+	hostPins := listPins(t)
+	inPrivateBPFFS(t, removeWithPins(t))
 	for _, p := range installed {
 		if _, err := os.Stat(p); (p == conffile) != (err == nil) {
 			t.Errorf("after dpkg --remove: %s: %v (the config alone stays)", p, err)
 		}
 	}
-	run(t, "/", "dpkg", "--purge", "workerstats")
+	inPrivateBPFFS(t, "dpkg --purge workerstats\n")
 	checkPurged(t)
+	if after := listPins(t); !slices.Equal(after, hostPins) {
+		t.Errorf("the machine's pins under %s changed: %q before, %q after", pinRoot, hostPins, after)
+	}
+}
+
+// listPins lists the machine's pins under pinRoot.
+func listPins(t *testing.T) []string {
+	t.Helper()
+	var pins []string
+	filepath.WalkDir(pinRoot, func(path string, _ fs.DirEntry, err error) error {
+		if err == nil {
+			pins = append(pins, path)
+		}
+		return nil
+	})
+	return pins
 }
 
 // requireNotInstalled stops the test before it would replace and purge a
@@ -163,22 +184,30 @@ func checkNotEnabledNorStarted(t *testing.T) {
 	}
 }
 
-// leavePins returns the shell lines that leave pins under pinRoot as a
-// stopped daemon does: the installed daemon's own, run for as long as it
-// takes to pin its maps and links, where the kernel can load its
-// programs; elsewhere an empty pin directory.
-func leavePins(t *testing.T) string {
+// removeWithPins returns the shell lines that run dpkg --remove where two
+// daemons pinned: one stopped, whose pins the removal takes, and one still
+// running (under a name cleanup meets first), whose pins it leaves, going
+// on. The daemons are the installed binary, where the kernel can load its
+// programs; elsewhere the removal meets an empty pin directory alone.
+func removeWithPins(t *testing.T) string {
 	t.Helper()
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		t.Logf("no BTF (%v): the package's removal is checked on an empty pin directory, not a daemon's pins", err)
-		return "mkdir -p " + pinRoot + "/default\n"
+		return "mkdir -p " + pinRoot + "/default\ndpkg --remove workerstats\n! test -e " + pinRoot + "\n"
 	}
 	log := filepath.Join(t.TempDir(), "daemon.log")
-	return binary + ` serve --pid $$ --stats 127.0.0.1:0 --mode ebpf >` + log + ` 2>&1 &
-d=$!
-for i in $(seq 120); do ls ` + pinRoot + `/default 2>/dev/null | grep -q '^link_' && break; sleep 0.5; done
-kill $d; wait $d || true
-ls ` + pinRoot + `/default | grep -q '^link_' || { echo "the daemon pinned no link in 60 s:"; cat ` + log + `; exit 1; }
+	return `serve() { ` + binary + ` serve --pid $$ --stats 127.0.0.1:0 --mode ebpf --pin-path "$1" >>` + log + ` 2>&1 & }
+pinned() {
+	for i in $(seq 120); do ls "$1" 2>/dev/null | grep -q '^link_' && return; sleep 0.5; done
+	echo "the daemon pinned no link in $1 in 60 s:"; cat ` + log + `; exit 1
+}
+serve ` + pinRoot + `/default; stopped=$!; pinned ` + pinRoot + `/default
+kill $stopped; wait $stopped || true
+serve ` + pinRoot + `/a-running; running=$!; pinned ` + pinRoot + `/a-running
+dpkg --remove workerstats
+kill $running; wait $running || true
+test ! -e ` + pinRoot + `/default || { echo "dpkg --remove left the stopped daemon's pins"; exit 1; }
+ls ` + pinRoot + `/a-running | grep -q '^link_' || { echo "dpkg --remove took the pins of a daemon still running"; exit 1; }
 `
 }
 
