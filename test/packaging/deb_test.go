@@ -46,7 +46,7 @@ var installed = []string{
 // dpkg --purge leaves nothing; the machine's own pins are never touched.
 func TestDebInstallAndPurge(t *testing.T) {
 	testutil.RequireRoot(t, "install and purge the Debian package with dpkg")
-	for cmd, pkg := range map[string]string{"dpkg": "dpkg", "dpkg-buildpackage": "dpkg-dev", "dh": "debhelper", "lintian": "lintian", "unshare": "util-linux"} {
+	for cmd, pkg := range map[string]string{"dpkg": "dpkg", "lintian": "lintian", "unshare": "util-linux", "systemctl": "systemd"} {
 		testutil.RequireCommand(t, cmd, pkg)
 	}
 	requireNotInstalled(t)
@@ -109,6 +109,8 @@ func requireNotInstalled(t *testing.T) {
 // returns its path.
 func makeDeb(t *testing.T) string {
 	t.Helper()
+	testutil.RequireCommand(t, "dpkg-buildpackage", "dpkg-dev")
+	testutil.RequireCommand(t, "dh", "debhelper")
 	dir := t.TempDir()
 	run(t, repoRoot(t), "make", "--no-print-directory", "deb", "DEB_DIR="+dir)
 	debs, err := filepath.Glob(filepath.Join(dir, "workerstats_*.deb"))
