@@ -193,6 +193,49 @@ bench: ## the cost figures against their goals, one table (as root; BENCH_SMOKE=
 	$(BENCH_ENV) $(GO) test -run '^$$' -bench . -benchmem $(BENCH_FLAGS) -timeout 90m ./... | tee $(BENCH_DIR)/bench.txt
 	@python3 .ci/bench-table $(BENCH_DIR)/table.tsv
 
+# --- Debian package (make deb) ---------------------------------------------
+# make deb stages the source (git's tracked and untracked files, not the
+# ignored ones) in build/deb/workerstats-DEB_VERSION with deploy/debian as
+# debian/ and a changelog naming VERSION, builds the binary package there
+# with dpkg-buildpackage (the static binary, by make build and make install:
+# see deploy/debian/rules), and fails on any lintian error or warning.
+# DEB_VERSION is VERSION as a Debian version: v1.2-3-gabc is 1.2+3.gabc,
+# an untagged abc-dirty 0~YYYYMMDD.gabc+dirty (the commit's date).
+DEB_DIR     ?= build/deb
+DEB_DATE    := $(shell git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null || date -u +%Y%m%d)
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v//; /^[0-9a-f]{7,40}(-dirty)?$$/s/^/0~$(DEB_DATE).g/; s/-/+/; s/-/./g; /^[0-9]/!s/^/0~/')
+DEB_SRC     := $(DEB_DIR)/workerstats-$(DEB_VERSION)
+
+.PHONY: deb
+deb: ## build the Debian package build/deb/workerstats_DEB_VERSION_ARCH.deb, lintian clean (needs dpkg-dev, debhelper, lintian)
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_SRC)
+	git ls-files -z -co --exclude-standard | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(DEB_SRC)
+	cp -r deploy/debian $(DEB_SRC)/debian
+	printf 'workerstats (%s) unstable; urgency=medium\n\n  * Built from %s.\n\n -- %s  %s\n' \
+		'$(DEB_VERSION)' '$(VERSION)' "$$(sed -n 's/^Maintainer: //p' deploy/debian/control)" \
+		"$$(git log -1 --format=%cD 2>/dev/null || date -R)" >$(DEB_SRC)/debian/changelog
+	cd $(DEB_SRC) && GO=$(GO) WORKERSTATS_VERSION=$(VERSION) dpkg-buildpackage --build=binary --no-sign
+	lintian --fail-on error,warning --info $(DEB_DIR)/workerstats_$(DEB_VERSION)_*.changes
+	@ls $(DEB_DIR)/workerstats_$(DEB_VERSION)_*.deb
+
+# --- OCI image (make image) ------------------------------------------------
+# make image builds IMAGE from deploy/image/Containerfile with podman: FROM
+# scratch, the static binary (make build, CGO_ENABLED=0 -trimpath, without
+# symbols) and nothing else; a build of COPYs only, so no container runs.
+# It also writes the image as an OCI archive, IMAGE_TAR, to check or load
+# elsewhere (podman load -i, skopeo copy oci-archive:...).
+IMAGE     ?= localhost/workerstats:$(VERSION)
+IMAGE_DIR ?= build/image
+IMAGE_TAR ?= build/workerstats-image.tar
+
+.PHONY: image
+image: ## build the OCI image IMAGE (FROM scratch: the static binary) with podman, and its OCI archive build/workerstats-image.tar
+	rm -rf $(IMAGE_DIR) $(IMAGE_TAR) && mkdir -p $(IMAGE_DIR)
+	CGO_ENABLED=0 GOFLAGS=-trimpath $(MAKE) --no-print-directory build BIN=$(IMAGE_DIR)/workerstats LDFLAGS="-s -w $(LDFLAGS)"
+	podman build --layers=false --build-arg VERSION=$(VERSION) -f deploy/image/Containerfile -t $(IMAGE) $(IMAGE_DIR)
+	podman save --format oci-archive -o $(IMAGE_TAR) $(IMAGE)
+	@echo "$(IMAGE): $(IMAGE_TAR), $$(du -h $(IMAGE_TAR) | cut -f1)"
+
 .PHONY: clean
 clean: ## remove the built binary
 	rm -f $(BIN)

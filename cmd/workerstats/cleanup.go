@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -51,20 +52,40 @@ daemon runs with those pins. It needs root.`,
 	return cmd
 }
 
+// cleanup removes the pins in each of dirs. It goes on past a directory
+// it cannot clean (a daemon still runs with it, say), so that one running
+// daemon keeps only its own pins, and returns those directories' errors.
 func cleanup(out io.Writer, dirs []string) error {
+	var errs lineErrors
 	for _, dir := range dirs {
 		n, err := ebpfkernel.RemovePins(dir)
 		switch {
 		case errors.Is(err, ebpfkernel.ErrNothingPinned):
 			fmt.Fprintf(out, "nothing is pinned in %s\n", dir)
 		case err != nil:
-			return cleanupError(dir, err)
+			errs = append(errs, cleanupError(dir, err))
 		default:
 			fmt.Fprintf(out, "removed %d pinned objects from %s: the programs are detached and the maps freed\n", n, dir)
 		}
 	}
-	return nil
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
 }
+
+// lineErrors are several errors said on one line.
+type lineErrors []error
+
+func (e lineErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e lineErrors) Unwrap() []error { return e }
 
 func cleanupError(dir string, err error) error {
 	if errors.Is(err, fs.ErrPermission) {

@@ -64,7 +64,7 @@ stdout, so it pipes into jq; errors go to stderr.`,
 	f := root.Flags()
 	f.StringVar(&connectAndRead, "connect-and-read", "", "read the stats socket ADDR and print its JSON on stdout, like 'workerstats read ADDR' (uWSGI's flag; uWSGI prints on stderr)")
 	read.addFlags(f)
-	root.AddCommand(newServeCmd(), newReadCmd(), newCleanupCmd(), newDemoCmd(), newDemoPoolCmd(), newTopCmd())
+	root.AddCommand(newServeCmd(), newReadCmd(), newCleanupCmd(), newDemoCmd(), newDemoPoolCmd(), newTopCmd(), newGenDocsCmd())
 	return root
 }
 
