@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http/httptest"
 	"os"
 	"regexp"
@@ -232,7 +233,7 @@ func unserved(expr parser.Expr, s served) []string {
 	var out []string
 	label := func(l, where string) {
 		if !s.labels[l] {
-			out = append(out, fmt.Sprintf("label %q (%s) is on no series /metrics serves: use one of %v", l, where, slices.Sorted(mapKeys(s.labels))))
+			out = append(out, fmt.Sprintf("label %q (%s) is on no series /metrics serves: use one of %v", l, where, slices.Sorted(maps.Keys(s.labels))))
 		}
 	}
 	parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
@@ -253,16 +254,6 @@ func unserved(expr parser.Expr, s served) []string {
 		return nil
 	})
 	return out
-}
-
-func mapKeys(m map[string]bool) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // The check above catches a dashboard that selects what is not served.
