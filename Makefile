@@ -65,6 +65,27 @@ test: lint ## run every test; as root the privileged ones load eBPF and run the 
 	$(GO) test -count=1 ./bpf/... ./internal/... ./observer/... ./statsock/... ./cmd/...
 	$(GO) test -count=1 -p 1 -v -timeout 30m ./test/...
 
+# --- Kubernetes: deploy/helm, deploy/kubernetes, deploy/grafana -------------
+# Helm comes from its Go module at a pinned version, so there is nothing to
+# install. test/deploy is a Go module of its own, which keeps the Kubernetes
+# and Prometheus modules out of the daemon's; go test ./... does not enter
+# it, so check-deploy runs it (go vet too), and make test runs check-deploy.
+HELM_VERSION ?= v4.3.2
+HELM         ?= $(GO) run helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+CHART        := deploy/helm/workerstats
+
+.PHONY: check-deploy
+check-deploy: ## helm lint the chart; its objects decode strictly, equal deploy/kubernetes and keep the unit's capabilities; the Grafana dashboard's PromQL selects served metrics
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict --set serviceMonitor.enabled=true $(CHART)
+	cd test/deploy && $(GO) vet ./... && HELM="$(HELM)" $(GO) test -count=1 ./...
+
+.PHONY: deploy-manifests
+deploy-manifests: ## write deploy/kubernetes/workerstats.yaml: the chart as helm template renders it with its default values
+	cd test/deploy && HELM="$(HELM)" $(GO) test -count=1 -run '^TestCommittedManifestsMatchChart$$' . -update
+
+test: check-deploy
+
 .PHONY: soak
 soak: ## (as root) TestSoakMixedLoad for 10 minutes (make test runs it for 2): uWSGI and gunicorn under load, faults and daemon restarts
 	WORKERSTATS_SOAK=$(or $(SOAK),10m) $(GO) test -count=1 -v -timeout 40m -run '^TestSoakMixedLoad$$' ./test/soak/
