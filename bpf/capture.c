@@ -36,27 +36,36 @@ static __always_inline struct req_head *head_entry(__u64 sk, __u64 make)
 	return h;
 }
 
-/* Keeps the first bytes received by syscall nr (second argument arg1), n
- * in all, on connection sk (entry c) of worker tgid: at, when they begin a
- * request; 0 for more of the head of the one c is receiving. */
-static __always_inline void capture(__u64 sk, struct conn *c, __u32 tgid, long n, __u64 at, long nr, __u64 arg1)
+/* copy_head's flag, in its last argument, that the bytes begin a request. */
+#define HEAD_BEGINS (1U << 31)
+
+/* Copies into connection sk's head the first bytes received by syscall
+ * nr (second argument arg1), n in all (nr_n: nr << 32 | n), of worker tgid
+ * (tgid_had: tgid << 32 | had, or | HEAD_BEGINS): when they begin a
+ * request, which began at when; else more of the head of the one being
+ * received since when, of which had bytes are kept. Returns how many are
+ * kept now (had when none could be). A global function (see
+ * same_request): a BPF call passes five scalars, hence the packing; the
+ * caller keeps the count in its conns entry. */
+__noinline __u32 copy_head(__u64 sk, __u64 arg1, __u64 nr_n, __u64 when, __u64 tgid_had)
 {
+	long nr = (long)(nr_n >> 32), n = (long)(__u32)nr_n;
+	__u32 had = (__u32)tgid_had & ~HEAD_BEGINS;
+	int begins = (tgid_had & HEAD_BEGINS) != 0;
 	__u64 room = 0;
 	__u64 buf = user_buf(nr, arg1, &room);
 	if (!buf)
-		return;
-	struct req_head *h = head_entry(sk, at);
+		return had;
+	struct req_head *h = head_entry(sk, begins);
 	if (!h)
-		return;
-	__u32 had = 0;
-	if (at) {
-		h->start_ns = at;
-		h->tgid = tgid;
+		return had;
+	if (begins) {
+		h->start_ns = when;
+		h->tgid = tgid_had >> 32;
 		h->cut = 0;
-	} else {
-		had = c->captured;
-		if (h->start_ns != c->req_start_ns || had >= HEAD_MAX)
-			return;
+		had = 0;
+	} else if (h->start_ns != when || had >= HEAD_MAX) {
+		return had;
 	}
 	__u64 len = (__u64)n < room ? (__u64)n : room;
 	if (len > HEAD_MAX - had)
@@ -74,5 +83,14 @@ static __always_inline void capture(__u64 sk, struct conn *c, __u32 tgid, long n
 	if ((__u64)n > len)
 		h->cut = 1;
 	h->len = had + len;
-	c->captured = had + len;
+	return had + len;
+}
+
+/* Keeps the first bytes received by syscall nr (second argument arg1), n
+ * in all, on connection sk (entry c) of worker tgid: at, when they begin a
+ * request; 0 for more of the head of the one c is receiving. */
+static __always_inline void capture(__u64 sk, struct conn *c, __u32 tgid, long n, __u64 at, long nr, __u64 arg1)
+{
+	__u64 tgid_had = (__u64)tgid << 32 | (at ? HEAD_BEGINS : c->captured);
+	c->captured = copy_head(sk, arg1, (__u64)nr << 32 | (__u32)n, at ? at : c->req_start_ns, tgid_had);
 }

@@ -129,8 +129,10 @@ static __always_inline int on_pool_port(struct sock *s, struct worker *w)
 	 * it have no bit until userspace says them). */
 	if (!scan_asked(w->master) && !bpf_map_lookup_elem(&listener_scans, &w->master))
 		return 0;
-	if (!scanned_port(w->master, s, &key))
+	if (!scanned_port(w->master, (__u64)s, key.port))
 		return 0;
+	if (!key.netns)
+		key.netns = sock_netns(s);
 	if (master)
 		*master = w->master;
 	else
@@ -149,7 +151,7 @@ static __always_inline struct conn *adopt(__u64 sk, __u32 tgid, struct worker *w
 	struct sock *s = (struct sock *)sk;
 	__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
 	if (family == AF_UNIX) {
-		if (!scanned_unix(w->master, s))
+		if (!scanned_unix(w->master, sk))
 			return 0;
 	} else if ((family != AF_INET && family != AF_INET6) || !on_pool_port(s, w)) {
 		return 0;

@@ -15,12 +15,16 @@
  */
 #include "lib/common.h"
 
-/* Records in s the listening stream socket fd (of the current task, in
- * file table fds) is, if it is one; 0 once s is full. */
-static __always_inline int scan_fd(struct listener_scan *s, struct file **fds, __u32 fd)
+/* Records in master's answer the listening stream socket fd (of the
+ * current task, in file table fds) is, if it is one; 0 once the answer
+ * is full. A global function, as scan_listeners. */
+__noinline int scan_fd(__u32 master, __u64 fds, __u32 fd)
 {
+	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
+	if (!s)
+		return 0;
 	struct file *f = 0;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+	if (bpf_probe_read_kernel(&f, sizeof(f), (struct file **)fds + (fd & (SCAN_FDS - 1))) || !f)
 		return 1;
 	struct inode *ino = BPF_CORE_READ(f, f_inode);
 	if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFSOCK)
@@ -49,19 +53,28 @@ static __always_inline int scan_fd(struct listener_scan *s, struct file **fds, _
 	return 1;
 }
 
-/* Answers s: the listening sockets the current task holds. */
-static __always_inline void scan_listeners(struct listener_scan *s)
+/* Answers master's question (its entry in listener_scans): the listening
+ * sockets the current task holds. A global function (see same_request in
+ * requests.c): its walk of SCAN_FDS fds is checked once, on its own,
+ * rather than in every state of every path of the send, receive and close
+ * programs that may adopt a connection, which multiplied their
+ * verification several times over. */
+__noinline int scan_listeners(__u32 master)
 {
+	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
+	if (!s)
+		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	__u32 max = BPF_CORE_READ(fdt, max_fds);
 	s->found = 0;
 	for (__u32 fd = 0; fd < SCAN_FDS && fd < max; fd++)
-		if (!scan_fd(s, fds, fd))
+		if (!scan_fd(master, (__u64)fds, fd))
 			break;
 	s->answered = 1;
 	s->want = 0;
+	return 0;
 }
 
 /* A question about master's listeners, if one waits; NULL otherwise. The
@@ -80,33 +93,32 @@ static __always_inline struct listener_scan *scan_asked(__u32 master)
  * pool's listeners. */
 static __always_inline void answer_scan(__u32 master)
 {
-	struct listener_scan *s = scan_asked(master);
-	if (s)
-		scan_listeners(s);
+	if (scan_asked(master))
+		scan_listeners(master);
 }
 
 /* Sock hooks, accept unhooked: does master (asked since the daemon
  * started, its answer adopted) listen on TCP port of socket sk's network
- * namespace, by its answer? The question is answered first if it waits;
- * key is filled in, namespace and port. */
-static __always_inline int scanned_port(__u32 master, struct sock *sk, struct listen_key *key)
+ * namespace, by its answer? The question is answered first if it waits.
+ * A global function, as scan_listeners: its loops are checked once. */
+__noinline int scanned_port(__u32 master, __u64 sk, __u32 port)
 {
 	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
 	if (!s || !s->adopt)
 		return 0;
 	if (s->want)
-		scan_listeners(s);
+		scan_listeners(master);
 	/* The namespace is read only when the port is one of the answer's. */
-	int port = 0;
+	int found = 0;
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < SCAN_FOUND; i++)
-		port |= i < s->found && s->ports[i] == key->port;
-	if (!port)
+		found |= i < s->found && s->ports[i] == port;
+	if (!found)
 		return 0;
-	key->netns = sock_netns(sk);
+	__u32 netns = sock_netns((struct sock *)sk);
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < SCAN_FOUND; i++)
-		if (i < s->found && s->ports[i] == key->port && s->netns[i] == key->netns)
+		if (i < s->found && s->ports[i] == port && s->netns[i] == netns)
 			return 1;
 	return 0;
 }
@@ -115,17 +127,17 @@ static __always_inline int scanned_port(__u32 master, struct sock *sk, struct li
  * master's listeners, by its answer? An accepted socket shares its
  * listener's bound address (struct unix_address); a socketpair or an
  * unbound client has none, and is told at the first read. The question is
- * answered first if it waits. */
-static __always_inline int scanned_unix(__u32 master, struct sock *sk)
+ * answered first if it waits. A global function, as scanned_port. */
+__noinline int scanned_unix(__u32 master, __u64 sk)
 {
 	struct unix_address *addr = BPF_CORE_READ((struct unix_sock *)sk, addr);
-	if (!addr || BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_ESTABLISHED)
+	if (!addr || BPF_CORE_READ((struct sock *)sk, __sk_common.skc_state) != TCP_ESTABLISHED)
 		return 0;
 	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
 	if (!s || !s->adopt)
 		return 0;
 	if (s->want)
-		scan_listeners(s);
+		scan_listeners(master);
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < SCAN_FOUND; i++) {
 		if (i >= s->found)

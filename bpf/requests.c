@@ -11,8 +11,10 @@
 #include "lib/common.h"
 
 /* The bucket of a request of ns: the first bound it is at most, 5 ms to
- * 30 s (requests.Bounds), else the last. */
-static __always_inline __u32 rt_bucket(__u64 ns)
+ * 30 s (requests.Bounds), else the last. A global function (see
+ * same_request): its thirteen ways out would otherwise multiply the
+ * states of every path that ends a request. */
+__noinline __u32 bucket_of(__u64 ns)
 {
 	if (ns <= 100000000ULL)
 		return ns <= 5000000ULL ? 0 : ns <= 10000000ULL ? 1 : ns <= 25000000ULL ? 2 : ns <= 50000000ULL ? 3 : 4;
@@ -27,7 +29,7 @@ static __always_inline void count_answered(struct worker *w, __u32 class, __u64 
 {
 	if (!count_status)
 		return;
-	__u32 i = rt_bucket(rt);
+	__u32 i = bucket_of(rt);
 	/* Checked again in the registers that index: older verifiers lose
 	 * the bounds of the ternaries. */
 	barrier_var(i);
@@ -108,8 +110,13 @@ static __always_inline int may_continue(struct conn *c, __u32 dir, long n)
  * FastCGI record other than BEGIN_REQUEST, such as the empty STDIN record
  * that ends a request's input, which PHP-FPM reads only after answering.
  * Reads the record's first two bytes. (A uwsgi packet of modifier1 1 and
- * a size of 2 to 11 looks the same: no server sends one.) */
-static __always_inline int same_request(long nr, __u64 arg1)
+ * a size of 2 to 11 looks the same: no server sends one.)
+ *
+ * A global function, as response_class and copy_head: the verifier checks
+ * it once, on its own, rather than again in every state of every path of
+ * its callers, which multiplied their verification (and the daemon's
+ * start) several times over. Their arguments are scalars. */
+__noinline int same_request(long nr, __u64 arg1)
 {
 	__u64 room = 0;
 	__u64 buf = user_buf(nr, arg1, &room);
@@ -142,7 +149,7 @@ static __always_inline int status_header(const __u8 *b)
  * ("HTTP/1.1 404 ...", which uwsgi servers answer in too), or a FastCGI
  * STDOUT record whose headers begin with Status (PHP writes it first when
  * it writes it), a 200 when they begin with another. */
-static __always_inline __u32 response_class(long nr, __u64 arg1, long n)
+__noinline __u32 response_class(long nr, __u64 arg1, long n)
 {
 	__u64 room = 0;
 	__u64 buf = user_buf(nr, arg1, &room);

@@ -391,6 +391,9 @@ func serveDaemon(ctx context.Context, o daemonOptions) error {
 	for _, why := range o.ignored {
 		log.Warn("a config key is ignored", "key", why)
 	}
+	if err := narrowBounding(); err != nil {
+		return err
+	}
 	pools, err := bindSockets(o.pools, log)
 	if err != nil {
 		return err

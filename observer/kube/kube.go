@@ -82,12 +82,14 @@ type goneContainer struct {
 // answer within o.Synced is said once in the log, and so is its first
 // answer after that.
 func Watch(ctx context.Context, o Options) (*Pods, error) {
-	if o.Node == "" {
-		return nil, errors.New("the node's name is unknown: set NODE_NAME from the downward API (fieldRef spec.nodeName) or pass --node-name")
-	}
+	// Outside a cluster first: a host with neither has no node name
+	// either, and is not a mistake.
 	cfg, err := restConfig(o.Kubeconfig)
 	if err != nil {
 		return nil, err
+	}
+	if o.Node == "" {
+		return nil, errors.New("the node's name is unknown: set NODE_NAME from the downward API (fieldRef spec.nodeName) or pass --node-name")
 	}
 	client, err := newPodClient(cfg)
 	if err != nil {

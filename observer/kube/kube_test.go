@@ -2,6 +2,8 @@ package kube
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -189,13 +191,23 @@ func TestOwner(t *testing.T) {
 	}
 }
 
+// Outside a cluster is not a mistake, with or without a node name; in
+// one, a missing node name is, and says what to set.
 func TestWatchNeedsANode(t *testing.T) {
-	_, err := Watch(context.Background(), Options{Kubeconfig: "/nonexistent"})
-	if err == nil || !strings.Contains(err.Error(), "NODE_NAME") {
-		t.Errorf("Watch without a node: %v, want an error naming NODE_NAME", err)
-	}
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
-	if _, err := Watch(context.Background(), Options{Node: "n1"}); err != ErrNoCluster {
-		t.Errorf("Watch outside a cluster: %v, want ErrNoCluster", err)
+	for _, node := range []string{"", "n1"} {
+		if _, err := Watch(context.Background(), Options{Node: node}); err != ErrNoCluster {
+			t.Errorf("Watch outside a cluster, node %q: %v, want ErrNoCluster", node, err)
+		}
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n" +
+		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n"
+	if err := os.WriteFile(kubeconfig, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Watch(context.Background(), Options{Kubeconfig: kubeconfig})
+	if err == nil || !strings.Contains(err.Error(), "NODE_NAME") {
+		t.Errorf("Watch in a cluster without a node: %v, want an error naming NODE_NAME", err)
 	}
 }

@@ -111,6 +111,9 @@ func apiServerArgs(t testing.TB, tmp, etcd string, port int) []string {
 	writeRSAKey(t, key)
 	return []string{
 		"--etcd-servers", etcd, "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+		// No Service endpoints to keep: nothing here reaches the API
+		// through the kubernetes Service (and loopback is refused for it).
+		"--endpoint-reconciler-type", "none",
 		"--secure-port", strconv.Itoa(port), "--cert-dir", filepath.Join(tmp, "certs"),
 		"--token-auth-file", tokens, "--authorization-mode", "RBAC",
 		"--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", key,

@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,8 +44,16 @@ func TestPodsNamedByTheAPIServer(t *testing.T) {
 	want := observer.Pod{Namespace: "shop", Name: pod.Name, Container: "app", Owner: &observer.Owner{Kind: "Deployment", Name: "web"}}
 	l := waitPod(t, d, p.PID, want)
 	match := map[string]string{"pool": l.ID, "namespace": "shop", "pod": pod.Name, "container": "app", "owner_kind": "Deployment", "owner_name": "web", "worker": "1"}
-	if _, ok := harness.MetricValue(t, harness.MetricsText(t, d), "workerstats_worker_requests_total", match); !ok {
+	body := harness.MetricsText(t, d)
+	if _, ok := harness.MetricValue(t, body, "workerstats_worker_requests_total", match); !ok {
 		t.Errorf("/metrics has no workerstats_worker_requests_total%v", match)
+	}
+	listed, _ := json.Marshal(l)
+	t.Logf("listed: %s", listed)
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "workerstats_up{") || strings.HasPrefix(line, "workerstats_worker_requests_total{") {
+			t.Logf("/metrics: %s", line)
+		}
 	}
 	if lq := waitListed(t, d, q.PID, 2); lq.Pod != nil {
 		t.Errorf("a pool of a pod on another node named %+v", lq.Pod)
