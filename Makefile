@@ -116,11 +116,18 @@ test-privileged: ## only the tests that load eBPF and run real servers (as root)
 
 # The tests that name pools by their pods run a real kube-apiserver and
 # etcd, built from their Go modules at the release test/kube/servers/go.mod
-# pins (several minutes of CPU the first time; Go's cache keeps them).
+# pins: about 15 minutes of CPU the first time, then kept in build/kube
+# (rebuilt only when that module changes) and in Go's cache. make test
+# builds them.
 KUBE_SERVERS ?= build/kube
+KUBE_BINS    := $(KUBE_SERVERS)/kube-apiserver $(KUBE_SERVERS)/etcd
 .PHONY: kube-servers
-kube-servers: ## build kube-apiserver and etcd into build/kube for the tests against a real API server (TestPodsNamedByTheAPIServer)
+kube-servers: $(KUBE_BINS) ## build kube-apiserver and etcd into build/kube for the tests against a real API server (TestPodsNamedByTheAPIServer)
+$(KUBE_BINS) &: test/kube/servers/go.mod test/kube/servers/go.sum $(wildcard test/kube/servers/cmd/*/*.go)
 	cd test/kube/servers && $(GO) build -o $(abspath $(KUBE_SERVERS))/ ./cmd/kube-apiserver ./cmd/etcd
+	touch $(KUBE_BINS)
+
+test: kube-servers
 
 # make vm-test KERNELS="5.10 6.1" (the default) or KERNELS=all (with 6.12).
 # The guests run the observer, ebpfkernel and test/integration tests;

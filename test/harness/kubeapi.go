@@ -17,7 +17,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -31,10 +30,12 @@ import (
 const KubeServersEnv = "WORKERSTATS_KUBE_SERVERS"
 
 // KubeAPI is a real Kubernetes API server (kube-apiserver on its own
-// etcd, no controller or kubelet) that a test started: Admin is a client
-// that may do anything, and Kubeconfig a kubeconfig file for user
-// workerstats, who may get, list and watch pods and nothing else (the
-// DaemonSet's ClusterRole).
+// etcd, no controller or kubelet) that a test started, holding what
+// deploy/kubernetes/workerstats.yaml creates (the DaemonSet, its
+// ServiceAccount and RBAC, its Service). Admin is a client that may do
+// anything, and Kubeconfig a kubeconfig file for the DaemonSet's
+// ServiceAccount, which may do what the chart's ClusterRole allows (get,
+// list and watch pods) and nothing else.
 type KubeAPI struct {
 	Admin      kubernetes.Interface
 	Kubeconfig string
@@ -42,7 +43,8 @@ type KubeAPI struct {
 }
 
 // StartKubeAPI starts etcd and kube-apiserver for t, stopped at its end.
-// Without the built binaries it skips t, saying how to build them.
+// Without the built binaries it skips t, saying how to build them (fails
+// it where testutil.RequirePrivilegedEnv is set, as in CI).
 func StartKubeAPI(t testing.TB) *KubeAPI {
 	t.Helper()
 	dir := os.Getenv(KubeServersEnv)
@@ -51,7 +53,7 @@ func StartKubeAPI(t testing.TB) *KubeAPI {
 	}
 	for _, bin := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
-			t.Skipf("no %s in %s: build kube-apiserver and etcd with make kube-servers (or name their directory in %s)", bin, dir, KubeServersEnv)
+			testutil.SkipOrFail(t, "no %s in %s: build kube-apiserver and etcd with make kube-servers (or name their directory in %s)", bin, dir, KubeServersEnv)
 		}
 	}
 	tmp := t.TempDir()
@@ -65,15 +67,11 @@ func StartKubeAPI(t testing.TB) *KubeAPI {
 		_, err := api.Admin.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(context.Background())
 		return err
 	})
-	api.allowPodReaders(t)
-	api.Kubeconfig = writeKubeconfig(t, tmp, "workerstats", api.URL, readerToken)
+	api.Kubeconfig = api.applyManifests(t, tmp)
 	return api
 }
 
-const (
-	adminToken  = "workerstats-test-admin"
-	readerToken = "workerstats-test-reader"
-)
+const adminToken = "workerstats-test-admin"
 
 // startEtcd starts an etcd of one member on loopback, and returns its
 // client URL.
@@ -98,12 +96,12 @@ func startLogged(t testing.TB, name string, cmd *exec.Cmd) {
 }
 
 // apiServerArgs are kube-apiserver's flags: serving on port of loopback
-// with certificates it makes itself, the two test tokens, RBAC, and
-// service-account keys made here.
+// with certificates it makes itself, the admin's token, RBAC, and the
+// key it signs service accounts' tokens with, made here.
 func apiServerArgs(t testing.TB, tmp, etcd string, port int) []string {
 	t.Helper()
 	tokens := filepath.Join(tmp, "tokens.csv")
-	users := adminToken + ",admin,1,system:masters\n" + readerToken + ",workerstats,2\n"
+	users := adminToken + ",admin,1,system:masters\n"
 	if err := os.WriteFile(tokens, []byte(users), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -170,24 +168,6 @@ func kubeClient(t testing.TB, kubeconfig string) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	return c
-}
-
-// allowPodReaders lets user workerstats get, list and watch pods, as the
-// DaemonSet's ClusterRole does, and nothing more.
-func (api *KubeAPI) allowPodReaders(t testing.TB) {
-	t.Helper()
-	ctx := context.Background()
-	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "workerstats"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}}}}
-	if _, err := api.Admin.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	bind := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "workerstats"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "workerstats"},
-		Subjects: []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: "workerstats"}}}
-	if _, err := api.Admin.RbacV1().ClusterRoleBindings().Create(ctx, bind, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // Namespace creates namespace ns with its default ServiceAccount, which

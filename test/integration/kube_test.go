@@ -18,10 +18,11 @@ import (
 )
 
 // TestPodsNamedByTheAPIServer: a real kube-apiserver (on its own etcd; no
-// controller, no kubelet) holds a pod on this node whose container runs a
-// uWSGI pool in a containerd-shaped cgroup, its status set as a kubelet
-// would; a discovery daemon given a kubeconfig for a user who may only
-// get, list and watch pods names the pool by the pod: in its dump, in the
+// controller, no kubelet) holds deploy/kubernetes's DaemonSet and RBAC,
+// and a pod on this node whose container runs a uWSGI pool in a
+// containerd-shaped cgroup, its status set as a kubelet would; a discovery
+// daemon given a kubeconfig for the DaemonSet's ServiceAccount (so with
+// the chart's RBAC alone) names the pool by the pod: in its dump, in the
 // list of pools and on /metrics. A pod on another node names nothing
 // here. The pod's owner renamed shows; the pod deleted while its pool
 // runs keeps its names, marked deleted, until the pool ends.
@@ -50,6 +51,7 @@ func TestPodsNamedByTheAPIServer(t *testing.T) {
 	}
 	listed, _ := json.Marshal(l)
 	t.Logf("listed: %s", listed)
+	t.Logf("its dump, GET %s:\n%s", l.Path, harness.ReadRaw(t, poolURL(d, l)))
 	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, "workerstats_up{") || strings.HasPrefix(line, "workerstats_worker_requests_total{") {
 			t.Logf("/metrics: %s", line)
