@@ -1,24 +1,20 @@
 package deploy
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer/json"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/workerstats/workerstats/internal/kubeyaml"
 )
 
 // decodeAll decodes every object of a multi-document YAML stream into its
-// Go type, strictly: an unknown kind, an unknown or duplicate field, or a
-// value of the wrong type is an error naming the object.
+// Go type, strictly (kubeyaml.Decode), knowing Kubernetes' own kinds and
+// prometheus-operator's.
 func decodeAll(stream []byte) ([]runtime.Object, error) {
 	s := runtime.NewScheme()
 	if err := scheme.AddToScheme(s); err != nil {
@@ -27,37 +23,7 @@ func decodeAll(stream []byte) ([]runtime.Object, error) {
 	if err := monitoringv1.AddToScheme(s); err != nil {
 		return nil, fmt.Errorf("monitoring.coreos.com/v1 scheme: %w", err)
 	}
-	strict := json.NewSerializerWithOptions(json.DefaultMetaFactory, s, s, json.SerializerOptions{Yaml: true, Strict: true})
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
-	var objs []runtime.Object
-	for i := 1; ; i++ {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", i, err)
-		}
-		if isEmpty(doc) {
-			continue
-		}
-		obj, gvk, err := strict.Decode(doc, nil, nil)
-		if err != nil {
-			return nil, fmt.Errorf("document %d (%s): %w", i, gvk, err)
-		}
-		objs = append(objs, obj)
-	}
-}
-
-// isEmpty says whether a YAML document holds only comments and blanks.
-func isEmpty(doc []byte) bool {
-	for _, line := range bytes.Split(doc, []byte("\n")) {
-		line = bytes.TrimSpace(line)
-		if len(line) > 0 && line[0] != '#' && !bytes.Equal(line, []byte("---")) {
-			return false
-		}
-	}
-	return true
+	return kubeyaml.Decode(stream, s)
 }
 
 // decodeOrFail decodes stream, what names where it came from.

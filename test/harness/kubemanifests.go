@@ -1,14 +1,9 @@
 package harness
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -17,9 +12,10 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/workerstats/workerstats/internal/kubeyaml"
 )
 
 // Manifests is where the DaemonSet and what it needs are, as the Helm
@@ -44,9 +40,13 @@ func (api *KubeAPI) applyManifests(t testing.TB, dir string) string {
 	if _, err := api.Admin.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	objs, err := decodeManifests(RepoPath(t, Manifests))
+	b, err := os.ReadFile(RepoPath(t, Manifests))
 	if err != nil {
 		t.Fatal(err)
+	}
+	objs, err := kubeyaml.Decode(b, scheme.Scheme)
+	if err != nil {
+		t.Fatalf("%s: %v", Manifests, err)
 	}
 	var sa *corev1.ServiceAccount
 	for _, o := range objs {
@@ -68,44 +68,6 @@ func (api *KubeAPI) applyManifests(t testing.TB, dir string) string {
 		t.Fatalf("a token for ServiceAccount %s/%s: %v", sa.Namespace, sa.Name, err)
 	}
 	return writeKubeconfig(t, dir, "serviceaccount-"+sa.Name, api.URL, tr.Status.Token)
-}
-
-// decodeManifests decodes every object of the multi-document YAML file at
-// path into its client-go type.
-func decodeManifests(path string) ([]runtime.Object, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-	var objs []runtime.Object
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		if onlyComments(doc) {
-			continue
-		}
-		o, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s, object %d: %w", path, len(objs)+1, err)
-		}
-		objs = append(objs, o)
-	}
-}
-
-// onlyComments says whether a YAML document is empty but for comments.
-func onlyComments(doc []byte) bool {
-	for _, l := range strings.Split(string(doc), "\n") {
-		if l = strings.TrimSpace(l); l != "" && l != "---" && !strings.HasPrefix(l, "#") {
-			return false
-		}
-	}
-	return true
 }
 
 // create creates o through c, with the API server's strict field
