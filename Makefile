@@ -143,12 +143,13 @@ vm-test: ## (as root) the observer, ebpfkernel and integration tests on Debian's
 
 # make bench-vm: the cost yardstick, instruction counts in Debian's kernels
 # booted under qemu's icount (KERNELS as vm-test's; BENCH_SMOKE=1 for CI's
-# short pass; BENCH_HOOKS=fentry, say, for some hook sets only). See
+# short pass; BENCH_HOOKS=fentry, say, for some hook sets only;
+# BENCH_PARTS="loops programs" to leave out the servers). See
 # vagrant/vm-bench and docs/performance.md.
 .PHONY: bench-vm
 bench-vm: ## (as root) cost figures as instruction counts in Debian's 5.10 and 6.1 (KERNELS=all: and 6.12) under qemu -icount
 	.ci/install-deps --bench-vm
-	KERNELS="$(KERNELS)" BENCH_SMOKE="$(BENCH_SMOKE)" BENCH_HOOKS="$(BENCH_HOOKS)" GO=$(GO) vagrant/vm-bench
+	KERNELS="$(KERNELS)" BENCH_SMOKE="$(BENCH_SMOKE)" BENCH_HOOKS="$(BENCH_HOOKS)" BENCH_PARTS="$(BENCH_PARTS)" GO=$(GO) vagrant/vm-bench
 
 .PHONY: install
 install: build ## install the binary, the systemd unit, and /etc/workerstats/workerstats.toml unless it exists
