@@ -129,10 +129,9 @@ static __always_inline int on_pool_port(struct sock *s, struct worker *w)
 	 * it have no bit until userspace says them). */
 	if (!scan_asked(w->master) && !bpf_map_lookup_elem(&listener_scans, &w->master))
 		return 0;
-	if (!scanned_port(w->master, (__u64)s, key.port))
-		return 0;
+	key.netns = scanned_port(w->master, (__u64)s, key.port);
 	if (!key.netns)
-		key.netns = sock_netns(s);
+		return 0;
 	if (master)
 		*master = w->master;
 	else

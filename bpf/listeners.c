@@ -99,9 +99,10 @@ static __always_inline void answer_scan(__u32 master)
 
 /* Sock hooks, accept unhooked: does master (asked since the daemon
  * started, its answer adopted) listen on TCP port of socket sk's network
- * namespace, by its answer? The question is answered first if it waits.
- * A global function, as scan_listeners: its loops are checked once. */
-__noinline int scanned_port(__u32 master, __u64 sk, __u32 port)
+ * namespace, by its answer? That namespace (an inode number, never 0)
+ * if it does, else 0. The question is answered first if it waits. A
+ * global function, as scan_listeners: its loops are checked once. */
+__noinline __u32 scanned_port(__u32 master, __u64 sk, __u32 port)
 {
 	struct listener_scan *s = bpf_map_lookup_elem(&listener_scans, &master);
 	if (!s || !s->adopt)
@@ -119,7 +120,7 @@ __noinline int scanned_port(__u32 master, __u64 sk, __u32 port)
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < SCAN_FOUND; i++)
 		if (i < s->found && s->ports[i] == port && s->netns[i] == netns)
-			return 1;
+			return netns;
 	return 0;
 }
 
