@@ -116,8 +116,7 @@ func (d *Discovery) Drop() ([]*Discovered, error) {
 	defer d.sweep.Unlock()
 	var gone []*Discovered
 	for _, p := range d.Pools() {
-		_, now, err := d.Proc.Stat(p.Master.PID)
-		if err == nil && now == p.Master && p.Pool.Waiting() == "" {
+		if d.Proc.Running(p.Master) && p.Pool.Waiting() == "" {
 			continue
 		}
 		d.mu.Lock()

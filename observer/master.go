@@ -16,11 +16,7 @@ import (
 // when it is not or, for a pidfile, when the file names another process.
 func (p *Pool) locate() error {
 	cur := p.master
-	alive := false
-	if cur.PID != 0 {
-		_, now, err := p.Proc.Stat(cur.PID)
-		alive = err == nil && now == cur
-	}
+	alive := cur.PID != 0 && p.Proc.Running(cur)
 	// A pidfile is read every time, since a restarted or upgraded master
 	// rewrites it; a name is looked for (a scan of every process) only
 	// when the master is gone; a pid names one process, never another.

@@ -3,6 +3,7 @@ package observer
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -107,6 +108,39 @@ func TestPoolFollowsRestartedMaster(t *testing.T) {
 	}
 	if w := st.Workers[1]; w.Requests != 20 || w.DeltaRequests != 0 {
 		t.Errorf("slot 2: requests %d delta %d, want 20 0 (pid 4003 had spawned second)", w.Requests, w.DeltaRequests)
+	}
+}
+
+// TestPoolLosesZombieMaster: a master that has exited but is not yet
+// reaped (its parent reaps late) is gone, with its pidfile removed as a
+// stopping master removes it: the pool is empty and says why, and a worker
+// its parent has not reaped either leaves its slot.
+func TestPoolLosesZombieMaster(t *testing.T) {
+	p, k := testPool(t)
+	pidfile := filepath.Join(t.TempDir(), "app.pid")
+	writePIDFile(t, pidfile, testMaster)
+	p.Target = Target{PIDFile: pidfile}
+	if st := snapshot(t, p); st.PID != testMaster || len(st.Workers) != 3 {
+		t.Fatalf("before: master %d with %d workers", st.PID, len(st.Workers))
+	}
+	// Its entry lost, procfs alone says whether worker 4002 (slot 3) runs.
+	k.mu.Lock()
+	delete(k.counters, 4002)
+	k.mu.Unlock()
+	addProc(t, p.Proc.Root, fakeProc{pid: 4002, ppid: testMaster, comm: "uwsgi (worker)", startTicks: 1500, state: 'Z'})
+	refresh(t, p)
+	if w := workerBySlot(t, snapshot(t, p), 3); w.PID == 4002 {
+		t.Errorf("a zombie worker still holds slot 3: status %q", w.Status)
+	}
+
+	addProc(t, p.Proc.Root, fakeProc{pid: testMaster, ppid: 1, comm: "uwsgi (master)", startTicks: 900, state: 'Z'})
+	if err := os.Remove(pidfile); err != nil {
+		t.Fatal(err)
+	}
+	refresh(t, p)
+	st := snapshot(t, p)
+	if st.PID != 0 || len(st.Workers) != 0 || !strings.Contains(st.Observer.Waiting, "master pid 4000 exited") {
+		t.Errorf("a zombie master: pid %d, %d workers, waiting %q; want an empty pool saying the master exited", st.PID, len(st.Workers), st.Observer.Waiting)
 	}
 }
 

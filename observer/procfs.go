@@ -42,6 +42,14 @@ func (p Procfs) State(pid int) (byte, error) {
 	return st.state, err
 }
 
+// Running says proc is still the process it was (same pid, same start)
+// and has not exited: a zombie, exited but not yet reaped by its parent (a
+// container's init that reaps late, a supervisor stopped), is gone.
+func (p Procfs) Running(proc Proc) bool {
+	st, err := p.stat(proc.PID)
+	return err == nil && st.Proc == proc && st.state != 'Z' && st.state != 'X'
+}
+
 // procStat is what workerstats reads from /proc/PID/stat.
 type procStat struct {
 	Proc

@@ -137,7 +137,7 @@ func (p *Pool) keepLost() {
 		if !s.alive || s.lastSeen {
 			continue
 		}
-		if _, now, err := p.Proc.Stat(s.proc.PID); err == nil && now == s.proc {
+		if p.Proc.Running(s.proc) {
 			s.past.add(s.cur)
 			s.cur = Counters{}
 			continue

@@ -140,6 +140,7 @@ func runDaemon(t testing.TB, addr string, cmd *exec.Cmd, ready func() error) *Da
 		}
 		if t.Failed() {
 			t.Logf("workerstats (%s) log:\n%s", strings.Join(d.Cmd.Args, " "), d.Log.String())
+			noteFailure(t, "the daemon's log ends:\n"+lastLines(d.Log.String(), recapLines))
 		}
 	})
 	// Its start is its programs' verification, which under emulation

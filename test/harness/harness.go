@@ -39,7 +39,9 @@ func Main(m *testing.M) {
 	runtime.LockOSThread()
 	if bin := os.Getenv(testutil.BinaryEnv); bin != "" {
 		binPath = bin
-		os.Exit(m.Run())
+		code := m.Run()
+		writeRecap(os.Stdout)
+		os.Exit(code)
 	}
 	dir, err := os.MkdirTemp("", "workerstats-test")
 	if err != nil {
@@ -53,6 +55,7 @@ func Main(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	writeRecap(os.Stdout)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -30,7 +30,9 @@ func WaitFor(t testing.TB, d time.Duration, what string, f func() error) {
 	t.Helper()
 	start := time.Now()
 	if err := Poll(d, f); err != nil {
-		t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
+		msg := fmt.Sprintf("timed out after %v waiting for %s: %v", d, what, err)
+		noteFailure(t, msg)
+		t.Fatal(msg)
 	}
 	if took := time.Since(start); took >= time.Second {
 		t.Logf("waited %.1f s for %s", took.Seconds(), what)
