@@ -37,6 +37,19 @@ func (p *Pool) locate() error {
 		p.lose(err)
 		return err
 	}
+	if found == cur && alive {
+		return nil
+	}
+	if !p.Proc.Running(found) {
+		// A zombie its parent has not reaped: exited, though its pidfile
+		// or its name still finds it. A live master stays, as with a
+		// stale pidfile.
+		if alive {
+			return nil
+		}
+		p.lose(notFound("%s finds pid %d, which has exited (not yet reaped)", p.Target, found.PID))
+		return nil
+	}
 	if found == cur {
 		return nil
 	}

@@ -133,14 +133,22 @@ func TestPoolLosesZombieMaster(t *testing.T) {
 		t.Errorf("a zombie worker still holds slot 3: status %q", w.Status)
 	}
 
+	// The master exits; its pidfile still names it (a crash leaves it).
 	addProc(t, p.Proc.Root, fakeProc{pid: testMaster, ppid: 1, comm: "uwsgi (master)", startTicks: 900, state: 'Z'})
+	for i := range 2 { // and stays empty: the pidfile's zombie is not adopted again
+		refresh(t, p)
+		st := snapshot(t, p)
+		if st.PID != 0 || len(st.Workers) != 0 || (i == 0 && !strings.Contains(st.Observer.Waiting, "master pid 4000 exited")) ||
+			!strings.Contains(st.Observer.Waiting, "finds pid 4000, which has exited (not yet reaped)") {
+			t.Errorf("a zombie master: pid %d, %d workers, waiting %q; want an empty pool saying the master exited", st.PID, len(st.Workers), st.Observer.Waiting)
+		}
+	}
 	if err := os.Remove(pidfile); err != nil {
 		t.Fatal(err)
 	}
 	refresh(t, p)
-	st := snapshot(t, p)
-	if st.PID != 0 || len(st.Workers) != 0 || !strings.Contains(st.Observer.Waiting, "master pid 4000 exited") {
-		t.Errorf("a zombie master: pid %d, %d workers, waiting %q; want an empty pool saying the master exited", st.PID, len(st.Workers), st.Observer.Waiting)
+	if st := snapshot(t, p); st.PID != 0 || !strings.Contains(st.Observer.Waiting, "does not exist") {
+		t.Errorf("the pidfile removed: pid %d, waiting %q", st.PID, st.Observer.Waiting)
 	}
 }
 
